@@ -1,0 +1,34 @@
+"""pytest-fa: the four-diagnostic evaluation protocol for local-credit training methods.
+
+Importing the package is cheap; the names below load torch on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "diagnose": "pytest_fa.report",
+    "DiagnosticReport": "pytest_fa.report",
+    "DiagnosticThresholds": "pytest_fa.report",
+    "Bundle": "pytest_fa.checkpoint",
+    "load_bundle": "pytest_fa.checkpoint",
+    "load_checkpoint": "pytest_fa.checkpoint",
+    "save_bundle": "pytest_fa.checkpoint",
+    "load_dataset": "pytest_fa.data",
+    "eval_batches": "pytest_fa.data",
+    "build_model": "pytest_fa.models",
+    "train": "pytest_fa.train",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_fa' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,164 @@
+"""Assertions for a method repo's own tests. Each takes a :class:`DiagnosticReport` or the
+raw tensors, and fails with the measured value, the threshold, the layer and what it means.
+
+    from pytest_fa.assertions import assert_grad_above_floor, assert_beats_frozen
+
+    def test_dfa_stays_measurable(fa_report):
+        assert_grad_above_floor(fa_report)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import diagnostics as D
+from .interface import per_sample
+from .render import MEANING
+from .report import DiagnosticReport
+from .thresholds import DiagnosticThresholds
+
+_DEFAULTS = DiagnosticThresholds()
+
+
+def _rows(t: torch.Tensor, layout: str | None) -> torch.Tensor:
+    if layout is None:
+        layout = {2: "vector", 3: "tokens"}.get(t.dim(), "spatial")
+    return per_sample(t, layout)
+
+
+def _fail(title: str, lines: Sequence[str], key: str) -> None:
+    body = "\n".join([title, *lines, f"Meaning: {MEANING[key]}"])
+    raise AssertionError(body)
+
+
+def assert_no_residual_explosion(
+    source: DiagnosticReport | Sequence[torch.Tensor],
+    max_growth: float | None = None,
+    *,
+    layout: str | None = None,
+) -> None:
+    """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖ ≤ max_growth`` (medians over samples).
+
+    ``source``: a report, or the hidden states ``[h_0, ..., h_L]`` of one batch.
+    """
+    if isinstance(source, DiagnosticReport):
+        norms = torch.tensor([row.h_norm for row in source.layers], dtype=torch.float64)
+        max_growth = max_growth if max_growth is not None else source.thresholds.max_growth
+    else:
+        norms = D.layer_medians([D.per_sample_norms(_rows(h, layout)) for h in source])
+        max_growth = max_growth if max_growth is not None else _DEFAULTS.max_growth
+    growth, block = D.residual_growth(norms)
+    if not growth <= max_growth:
+        per_layer = ", ".join(f"h_{i} {float(n):.3g}" for i, n in enumerate(norms))
+        _fail(
+            "Residual stream explodes: diagnostic (a) fires.",
+            [
+                f"Largest per-block growth: {growth:.4g}× at block {block} (‖h_{block + 1}‖ / ‖h_{block}‖)",
+                f"Threshold: {max_growth:g}× (max_growth)",
+                f"Median per-sample ‖h_l‖: {per_layer}",
+            ],
+            "a",
+        )
+
+
+def assert_grad_above_floor(
+    source: DiagnosticReport | torch.Tensor,
+    floor: float | None = None,
+    *,
+    batch_size: int | None = None,
+    floor_batch_size: int | None = None,
+    layout: str | None = None,
+) -> None:
+    """Diagnostic (b): median ``‖g_L‖``, restated at ``floor_batch_size``, is at least ``floor``.
+
+    ``source``: a report, or ``g_L = dCE/dh_L`` of one batch under a batch-mean loss, in
+    which case ``batch_size`` defaults to that batch's size.
+    """
+    if isinstance(source, DiagnosticReport):
+        row = source.layers[-1]
+        floor = floor if floor is not None else source.thresholds.grad_floor
+        ref = floor_batch_size or source.thresholds.floor_batch_size
+        g, b, layer = row.g_norm, source.batch_size, row.index
+    else:
+        floor = floor if floor is not None else _DEFAULTS.grad_floor
+        ref = floor_batch_size or _DEFAULTS.floor_batch_size
+        rows = _rows(source, layout)
+        g, b, layer = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None
+    restated = D.grad_at_reference_batch(g, b, ref)
+    if not restated >= floor:
+        where = f"h_{layer}" if layer is not None else "h_L"
+        _fail(
+            "BP reference gradient at the numerical floor: diagnostic (b) fires.",
+            [
+                f"Median per-sample ‖g‖ at {where}: {g:.4g} at batch size {b} "
+                f"= {restated:.4g} restated at batch size {ref}",
+                f"Floor: {floor:g} (grad_floor, stated at batch size {ref})",
+                "Any cosine to this reference is against noise; Γ at this layer is undefined.",
+            ],
+            "b",
+        )
+
+
+def assert_reference_not_drift(
+    source: DiagnosticReport | torch.Tensor, ceiling: float | None = None
+) -> None:
+    """Diagnostic (c): mean pairwise cosine of per-batch mean gradients ``≤ ceiling``.
+
+    ``source``: a report, or the per-batch mean gradients ``(K, F)`` at one layer.
+    """
+    if isinstance(source, DiagnosticReport):
+        result = source.diagnostics["c"]
+        stability, layer = float(result.value), result.layer
+        ceiling = ceiling if ceiling is not None else source.thresholds.drift_ceiling
+        batches = source.num_batches
+    else:
+        stability, layer, batches = D.direction_stability(source), None, source.shape[0]
+        ceiling = ceiling if ceiling is not None else _DEFAULTS.drift_ceiling
+    if not stability <= ceiling:
+        where = f" at h_{layer}" if layer is not None else ""
+        _fail(
+            "BP reference is drift-dominated: diagnostic (c) is above its ceiling.",
+            [
+                f"Cross-batch direction stability{where}: {stability:+.4f} over {batches} disjoint batches",
+                f"Ceiling: {ceiling:g} (drift_ceiling)",
+            ],
+            "c",
+        )
+
+
+def assert_beats_frozen(
+    trained: DiagnosticReport | float,
+    frozen_acc: float | None = None,
+    margin_pp: float | None = None,
+) -> None:
+    """Diagnostic (d): trained accuracy exceeds the frozen-blocks baseline by ``margin_pp``."""
+    if isinstance(trained, DiagnosticReport):
+        margin_pp = margin_pp if margin_pp is not None else trained.thresholds.frozen_margin_pp
+        frozen_acc = frozen_acc if frozen_acc is not None else trained.frozen_acc
+        trained_acc = trained.headline_acc
+    else:
+        trained_acc = trained
+        margin_pp = margin_pp if margin_pp is not None else _DEFAULTS.frozen_margin_pp
+    if trained_acc is None or frozen_acc is None:
+        raise AssertionError(
+            "assert_beats_frozen needs both the trained and the frozen-blocks accuracy; "
+            "the report has none (pass frozen_acc=… or run with a frozen baseline)"
+        )
+    margin = D.frozen_margin_pp(trained_acc, frozen_acc)
+    if not margin >= margin_pp:
+        _fail(
+            "Trained blocks do not beat random frozen blocks: diagnostic (d) fires.",
+            [
+                f"Trained accuracy {trained_acc:.4f} − frozen-blocks accuracy {frozen_acc:.4f} = {margin:+.2f} pp",
+                f"Required margin: {margin_pp:g} pp (frozen_margin_pp)",
+            ],
+            "d",
+        )
+
+
+def assert_trustworthy(report: DiagnosticReport) -> None:
+    """The verdict is ``trustworthy``: none of (a), (b), (d) fires and all were evaluated."""
+    if not report.trustworthy:
+        raise AssertionError(f"Protocol verdict: {report.verdict}\n\n{report}")

@@ -1,0 +1,89 @@
+"""Fixtures of the plugin. With several ``--fa-checkpoint`` options, every test that uses
+one of them runs once per checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .state import STATE_KEY, FAState
+
+if TYPE_CHECKING:
+    import torch
+
+    from .protocol import CheckpointRun, FrozenBaseline, ProtocolRunner
+    from .report import DiagnosticReport
+    from .thresholds import DiagnosticThresholds
+
+
+@contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn pytest-fa input errors into a one-paragraph failure without a traceback."""
+    from .errors import FAError
+
+    try:
+        yield
+    except FAError as exc:
+        pytest.fail(f"pytest-fa: {exc}", pytrace=False)
+
+
+def _state(request: pytest.FixtureRequest) -> FAState:
+    return request.config.stash[STATE_KEY]
+
+
+@pytest.fixture(scope="session")
+def fa_runner(request: pytest.FixtureRequest) -> ProtocolRunner:
+    """The session's :class:`~pytest_fa.protocol.ProtocolRunner`."""
+    return _state(request).runner
+
+
+@pytest.fixture(scope="session")
+def fa_checkpoint(request: pytest.FixtureRequest, fa_runner: ProtocolRunner) -> CheckpointRun:
+    """The loaded checkpoint (model, bundle, data, measured headline accuracy)."""
+    path = getattr(request, "param", None)
+    if path is None:
+        pytest.skip("no checkpoint given; pass --fa-checkpoint=PATH")
+    with clean_errors():
+        return fa_runner.run(path)
+
+
+@pytest.fixture
+def fa_model(fa_checkpoint: CheckpointRun) -> torch.nn.Module:
+    """The checkpoint's model in eval mode on the session's device."""
+    return fa_checkpoint.model.eval()
+
+
+@pytest.fixture
+def fa_eval_batches(fa_checkpoint: CheckpointRun, fa_runner: ProtocolRunner) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``--fa-eval-batches`` disjoint test batches of ``--fa-batch-size``, fixed across runs."""
+    with clean_errors():
+        return fa_runner.eval_batches(fa_checkpoint.path)
+
+
+@pytest.fixture
+def fa_feedback_matrices(fa_checkpoint: CheckpointRun) -> list[torch.Tensor]:
+    """The training feedback matrices ``B_l`` saved with the checkpoint (empty for BP)."""
+    return list(fa_checkpoint.loaded.state.feedback)
+
+
+@pytest.fixture
+def fa_frozen_baseline(request: pytest.FixtureRequest, fa_checkpoint: CheckpointRun, fa_runner: ProtocolRunner) -> FrozenBaseline:
+    """The architecture-matched frozen-blocks control, trained once and cached."""
+    with clean_errors():
+        return fa_runner.frozen_baseline(fa_checkpoint.path, _state(request).cache_dir())
+
+
+@pytest.fixture
+def fa_thresholds(request: pytest.FixtureRequest) -> DiagnosticThresholds:
+    """Session thresholds with the test's ``fa_protocol(...)`` overrides applied."""
+    return _state(request).thresholds_for(request.node)
+
+
+@pytest.fixture
+def fa_report(request: pytest.FixtureRequest, fa_checkpoint: CheckpointRun, fa_thresholds: DiagnosticThresholds) -> DiagnosticReport:
+    """The full protocol report of the checkpoint under ``fa_thresholds``."""
+    with clean_errors():
+        return _state(request).report(fa_checkpoint.path, fa_thresholds)

@@ -1,0 +1,145 @@
+"""The duck-typed model contract the protocol reads, and checks that it holds.
+
+A model is diagnosable when it exposes::
+
+    logits, hiddens = model(x, return_hidden=True)   # hiddens = [h_0, ..., h_L]
+    model.embed  or model.patch_embed                  # writes h_0
+    model.blocks                                       # block l returns f_l(h_l), not h_l + f_l(h_l)
+    model.out_ln + model.out_head  or  model.norm + model.head
+
+Hidden states are read per sample: ``(B, d)`` as is, token states ``(B, T, d)`` at the
+cls token ``h[:, 0, :]``, and feature maps (a model with ``hidden_layout = "spatial"``)
+flattened.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelInterfaceError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+LAYOUTS = ("vector", "tokens", "spatial")
+
+
+def embedding(model: nn.Module) -> nn.Module:
+    """The module that writes ``h_0``."""
+    for name in ("embed", "patch_embed"):
+        module = getattr(model, name, None)
+        if module is not None:
+            return module
+    raise ModelInterfaceError(
+        f"{type(model).__name__} has neither `embed` nor `patch_embed`; expose the module "
+        "that produces h_0 under one of those names"
+    )
+
+
+def blocks(model: nn.Module) -> Any:
+    """The residual blocks ``f_0 … f_{L-1}``."""
+    found = getattr(model, "blocks", None)
+    if found is None:
+        raise ModelInterfaceError(
+            f"{type(model).__name__} has no `blocks`; expose the residual blocks as an "
+            "nn.ModuleList whose elements return the residual branch f_l(h_l)"
+        )
+    return found
+
+
+def readout(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+    """``(terminal norm or None, head)``: what maps ``h_L`` to the logits."""
+    for norm_name, head_name in (("out_ln", "out_head"), ("norm", "head")):
+        head = getattr(model, head_name, None)
+        if head is not None:
+            norm = getattr(model, norm_name, None)
+            return norm, head
+    raise ModelInterfaceError(
+        f"{type(model).__name__} has neither `out_head` nor `head`; expose the classifier "
+        "as `out_head` (with `out_ln`) or `head` (with `norm`)"
+    )
+
+
+def has_terminal_norm(model: nn.Module) -> bool:
+    """True when a normalisation layer sits between ``h_L`` and the head."""
+    from torch import nn
+
+    norm, _ = readout(model)
+    return norm is not None and not isinstance(norm, nn.Identity)
+
+
+def hidden_layout(model: nn.Module, h: torch.Tensor) -> str:
+    """How to read one sample of ``h``: declared by ``model.hidden_layout`` or by rank."""
+    declared = getattr(model, "hidden_layout", None)
+    if declared is not None:
+        if declared not in LAYOUTS:
+            raise ModelInterfaceError(
+                f"{type(model).__name__}.hidden_layout = {declared!r}; use one of {LAYOUTS}"
+            )
+        return declared
+    if h.dim() == 2:
+        return "vector"
+    if h.dim() == 3:
+        return "tokens"
+    return "spatial"
+
+
+def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
+    """``(B, features)`` view of a hidden state or its gradient under ``layout``."""
+    if layout == "tokens":
+        return h[:, 0, :]
+    return h.reshape(h.shape[0], -1)
+
+
+def forward_hidden(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``model(x, return_hidden=True)`` with the result checked against the contract."""
+    try:
+        out = model(x, return_hidden=True)
+    except TypeError as exc:
+        if "return_hidden" not in str(exc):
+            raise
+        raise ModelInterfaceError(
+            f"{type(model).__name__}.forward does not accept `return_hidden`; add "
+            "`return_hidden=False` and return `(logits, [h_0, ..., h_L])` when it is True"
+        ) from exc
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ModelInterfaceError(
+            f"{type(model).__name__}(x, return_hidden=True) returned {type(out).__name__}; "
+            "it must return `(logits, [h_0, ..., h_L])`"
+        )
+    logits, hiddens = out
+    hiddens = list(hiddens)
+    n_blocks = len(blocks(model))
+    if len(hiddens) != n_blocks + 1:
+        raise ModelInterfaceError(
+            f"{type(model).__name__} returned {len(hiddens)} hidden states for {n_blocks} blocks; "
+            "expected L + 1 = [h_0 (embedding output), h_1, ..., h_L]"
+        )
+    return logits, hiddens
+
+
+def check_interface(model: nn.Module) -> None:
+    """Raise :class:`ModelInterfaceError` naming the first missing piece of the contract."""
+    embedding(model)
+    blocks(model)
+    readout(model)
+
+
+def block_weights(model: nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters of the blocks other than their normalisation layers.
+
+    These are what the frozen-blocks baseline holds at their random initial values; the
+    normalisation affine parameters inside the blocks stay trainable with the embedding,
+    terminal norm and head.
+    """
+    from torch import nn
+
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    frozen: list[nn.Parameter] = []
+    for block in blocks(model):
+        for module in block.modules():
+            if isinstance(module, norm_types):
+                continue
+            frozen.extend(module.parameters(recurse=False))
+    return frozen

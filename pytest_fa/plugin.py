@@ -1,0 +1,227 @@
+"""pytest entry point: options, the ``fa_protocol`` marker, generated protocol items,
+the terminal table and the JSON report. torch is imported only once a checkpoint is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.register_assert_rewrite("pytest_fa.assertions")
+
+from . import __version__  # noqa: E402
+from .fixtures import (  # noqa: E402,F401
+    fa_checkpoint,
+    fa_eval_batches,
+    fa_feedback_matrices,
+    fa_frozen_baseline,
+    fa_model,
+    fa_report,
+    fa_runner,
+    fa_thresholds,
+)
+from .state import STATE_KEY, FAState, threshold_fields  # noqa: E402
+
+ITEMS = (
+    ("a", "residual_growth"),
+    ("b", "grad_floor"),
+    ("c", "direction_stability"),
+    ("d", "frozen_margin"),
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    type: Any = str
+    default: Any = None
+    metavar: str | None = None
+    repeat: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--fa-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "fa_" + self.name
+
+
+OPTIONS = (
+    Option("checkpoint", "checkpoint to diagnose: a pytest-fa bundle, or a state dict with "
+           "--fa-model (repeatable; ini: one per line)", metavar="PATH", repeat=True),
+    Option("model", "factory for a custom architecture, package.module:build", metavar="SPEC"),
+    Option("data", "data set when the checkpoint does not record one: mnist1d, fashion-mnist, "
+           "cifar10, cifar100, synthetic", metavar="NAME"),
+    Option("data_root", "folder holding the data set files (CIFAR, Fashion-MNIST)", metavar="DIR"),
+    Option("device", "auto (default), cpu or cuda[:N]", default="auto", metavar="DEVICE"),
+    Option("eval_batches", "number K of disjoint eval batches (default 8, at least 8)", int, 8, "K"),
+    Option("batch_size", "eval batch size B (default 128, the paper's)", int, 128, "B"),
+    Option("frozen_acc", "accuracy of your frozen-blocks control; skips training one", float, None, "ACC"),
+    Option("frozen_epochs", "train budget of the frozen baseline for a plain state dict", int, None, "N"),
+    Option("report_json", "write every protocol report to this JSON file", str, None, "PATH"),
+)
+
+
+def _threshold_options() -> tuple[Option, ...]:
+    return tuple(
+        Option(f.name, f"threshold {f.name} (default {f.default})", type(f.default), None, "X")
+        for f in threshold_fields()
+    )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fa", "pytest-fa: evaluation protocol for local-credit methods")
+    for option in OPTIONS + _threshold_options():
+        kwargs: dict[str, Any] = {"dest": "fa_" + option.name, "metavar": option.metavar, "help": option.help}
+        if option.repeat:
+            group.addoption(option.flag, action="append", default=[], **kwargs)
+        else:
+            group.addoption(option.flag, type=option.type, default=None, **kwargs)
+        parser.addini(option.ini, option.help, type="linelist" if option.repeat else "string")
+
+
+def _resolve(config: pytest.Config, option: Option) -> Any:
+    value = config.getoption("fa_" + option.name)
+    if option.repeat:
+        return list(value) or list(config.getini(option.ini))
+    if value is not None:
+        return value
+    raw = config.getini(option.ini)
+    if raw in (None, ""):
+        return option.default
+    try:
+        return option.type(raw)
+    except ValueError:
+        raise pytest.UsageError(f"ini key {option.ini} = {raw!r} is not a valid {option.type.__name__}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without "
+        "--fa-checkpoint; keyword arguments override thresholds "
+        "(max_growth, grad_floor, floor_batch_size, drift_ceiling, frozen_margin_pp)",
+    )
+    values = {o.name: _resolve(config, o) for o in OPTIONS + _threshold_options()}
+    config.stash[STATE_KEY] = FAState.from_options(config, values)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    state = metafunc.config.stash[STATE_KEY]
+    if "fa_checkpoint" in metafunc.fixturenames and state.checkpoints:
+        metafunc.parametrize(
+            "fa_checkpoint", state.checkpoints, indirect=True, ids=[Path(p).name for p in state.checkpoints], scope="session"
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("fa_protocol")
+    if marker is None:
+        return
+    state = item.config.stash[STATE_KEY]
+    state.check_marker(marker)
+    if not state.checkpoints:
+        pytest.skip("fa_protocol: no checkpoint given; pass --fa-checkpoint=PATH")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE_KEY]
+    for path in state.checkpoints:
+        name = f"fa-protocol[{path}]"
+        collector = ProtocolCollector.from_parent(session, name=name, nodeid=name, path=Path(path).resolve())
+        collector.checkpoint = path
+        items.extend(collector.collect())
+
+
+class ProtocolCollector(pytest.Collector):
+    """The protocol items of one checkpoint: one per diagnostic."""
+
+    checkpoint: str = ""
+
+    def collect(self):
+        for key, name in ITEMS:
+            item = ProtocolItem.from_parent(self, name=name)
+            item.key = key
+            item.add_marker("fa_protocol")
+            yield item
+
+
+class ProtocolFailure(Exception):
+    """A diagnostic fired."""
+
+
+class ProtocolItem(pytest.Item):
+    key: str = ""
+
+    @property
+    def checkpoint(self) -> str:
+        return self.parent.checkpoint
+
+    def runtest(self) -> None:
+        from .render import MEANING, comparison, status
+
+        report = self.config.stash[STATE_KEY].report(self.checkpoint)
+        result = report.diagnostics[self.key]
+        self.user_properties.append(("fa_value", result.value))
+        if result.fires:
+            layer = "" if result.layer is None else f" at layer {result.layer}"
+            raise ProtocolFailure(
+                f"({self.key}) {result.name} fires on {self.checkpoint}{layer}: {comparison(result)}\n"
+                f"    {result.detail}\n"
+                f"    meaning: {MEANING[self.key]}\n"
+                f"    verdict: {report.verdict}"
+            )
+        if not result.evaluated:
+            raise ProtocolFailure(f"({self.key}) {result.name} was not evaluated: {result.detail}")
+        self.add_report_section("call", "fa", f"({self.key}) {result.name}: {comparison(result)} — {status(result)}")
+
+    def repr_failure(self, excinfo, style=None):
+        from .errors import FAError
+
+        if isinstance(excinfo.value, ProtocolFailure):
+            return str(excinfo.value)
+        if isinstance(excinfo.value, FAError):
+            return f"pytest-fa cannot diagnose {self.checkpoint}: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"fa-protocol[{self.checkpoint}]::{self.name}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not state.reports():
+        return
+    from .render import summary_table
+
+    terminalreporter.section("pytest-fa protocol")
+    reports = state.reports()
+    terminalreporter.write_line(summary_table(reports))
+    for report in reports:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(str(report))
+    if state.report_json:
+        terminalreporter.write_line(f"\nJSON report: {state.report_json}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None or not state.report_json or not state.reports():
+        return
+    payload = {
+        "pytest_fa": __version__,
+        "reports": [report.to_dict() for report in state.reports()],
+    }
+    path = Path(state.report_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+

@@ -1,0 +1,184 @@
+"""One pass over the eval batches that collects every raw number the protocol needs.
+
+For each batch the model runs once in eval mode; the reference ``g_l = dCE/dh_l`` (CE the
+batch-mean cross-entropy) comes from autograd on the hidden states the model returned,
+and the method's credit is evaluated on that same forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import interface
+from .credit import CreditSignal
+from .diagnostics import cosine_per_sample, per_sample_norms
+from .errors import DataError, ModelInterfaceError, NonFiniteError
+
+
+@dataclass
+class Probe:
+    """Per-sample measurements gathered over ``num_batches`` eval batches of ``batch_size``."""
+
+    hidden_norms: list[torch.Tensor]
+    grad_norms: list[torch.Tensor]
+    mid_layer: int
+    mid_batch_means: torch.Tensor
+    cosines: list[torch.Tensor | None] | None
+    credit_norms: list[torch.Tensor | None] | None
+    batch_size: int
+    num_batches: int
+    dtype: str
+    device: str
+    mode: str = "eval"
+    layout: str = "vector"
+    eval_correct: int = 0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_norms)
+
+    @property
+    def eval_accuracy(self) -> float:
+        return self.eval_correct / (self.batch_size * self.num_batches)
+
+
+def check_finite_parameters(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteError` naming the first parameter or buffer with NaN/Inf."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteError(
+                f"weight `{name}` contains NaN or Inf: training diverged or the file is corrupt; "
+                "diagnose the last finite checkpoint instead"
+            )
+
+
+def _check_batches(eval_batches: Sequence) -> int:
+    if len(eval_batches) < 1:
+        raise DataError("no eval batches given")
+    sizes = {len(batch[0]) for batch in eval_batches}
+    if len(sizes) != 1:
+        raise DataError(
+            f"eval batches differ in size {sorted(sizes)}; ‖g‖ under a batch-mean loss scales "
+            "with 1/B, so every batch must have the same size"
+        )
+    return sizes.pop()
+
+
+def run_probe(
+    model: nn.Module,
+    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    credit: CreditSignal | None = None,
+    device: torch.device | str | None = None,
+) -> Probe:
+    """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``."""
+    batch_size = _check_batches(eval_batches)
+    interface.check_interface(model)
+    check_finite_parameters(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return _probe(model, eval_batches, credit, device, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
+    dtype = next(model.parameters()).dtype
+    hidden_norms: list[list[torch.Tensor]] = []
+    grad_norms: list[list[torch.Tensor]] = []
+    cosines: list[list[torch.Tensor | None]] = []
+    credit_norms: list[list[torch.Tensor | None]] = []
+    mid_means = []
+    correct = 0
+    layout = "vector"
+    mid = 0
+    for x, y in eval_batches:
+        x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        y = y.to(device)
+        if x.is_floating_point():
+            x.requires_grad_(True)
+        with torch.enable_grad():
+            logits, hiddens = interface.forward_hidden(model, x)
+            if not torch.isfinite(logits).all():
+                raise NonFiniteError("the logits contain NaN or Inf on an eval batch")
+            if any(not h.requires_grad for h in hiddens):
+                raise ModelInterfaceError(
+                    "the hidden states returned by return_hidden=True are detached from the "
+                    "graph; return the tensors the forward pass uses, not .detach()ed copies"
+                )
+            loss = F.cross_entropy(logits, y)
+            grads = torch.autograd.grad(loss, hiddens, retain_graph=credit is not None, allow_unused=True)
+            layout = interface.hidden_layout(model, hiddens[0])
+            read = lambda t: interface.per_sample(t, layout)  # noqa: E731
+            for index, g in enumerate(grads):
+                if g is None:
+                    raise ModelInterfaceError(
+                        f"h_{index} is not on the path from the input to the logits; the model "
+                        "must return the hidden states its forward pass actually uses"
+                    )
+                if not torch.isfinite(g).all():
+                    raise NonFiniteError(
+                        f"the BP gradient at h_{index} contains NaN or Inf; the model is outside "
+                        "the range its dtype can represent (try a float64 probe)"
+                    )
+            rows_h = [read(h.detach()) for h in hiddens]
+            rows_g = [read(g) for g in grads]
+            credits = credit(x, y, logits, hiddens) if credit is not None else None
+        mid = (len(hiddens) - 1) // 2  # h_{L/2} of h_0..h_L
+        hidden_norms.append([per_sample_norms(h) for h in rows_h])
+        grad_norms.append([per_sample_norms(g) for g in rows_g])
+        mid_means.append(rows_g[mid].to(torch.float64).mean(dim=0))
+        correct += int((logits.argmax(dim=-1) == y).sum())
+        if credits is not None:
+            cosines.append(_layer_cosines(credits, rows_g))
+            credit_norms.append([None if a is None else per_sample_norms(a) for a in credits])
+    return Probe(
+        hidden_norms=_concat_layers(hidden_norms),
+        grad_norms=_concat_layers(grad_norms),
+        mid_layer=mid,
+        mid_batch_means=torch.stack(mid_means),
+        cosines=_concat_layers(cosines) if credit is not None else None,
+        credit_norms=_concat_layers(credit_norms) if credit is not None else None,
+        batch_size=batch_size,
+        num_batches=len(eval_batches),
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        layout=layout,
+        eval_correct=correct,
+    )
+
+
+def _layer_cosines(credits, rows_g) -> list[torch.Tensor | None]:
+    if len(credits) != len(rows_g):
+        raise ModelInterfaceError(
+            f"the credit signal returned {len(credits)} layers for {len(rows_g)} hidden states; "
+            "return one entry (or None) per h_0..h_L"
+        )
+    out = []
+    for index, (a, g) in enumerate(zip(credits, rows_g)):
+        if a is None:
+            out.append(None)
+            continue
+        if tuple(a.shape) != tuple(g.shape):
+            raise ModelInterfaceError(
+                f"credit a_{index} has shape {tuple(a.shape)} but the reference gradient at "
+                f"h_{index} is read as {tuple(g.shape)}; return per-sample rows (B, F)"
+            )
+        if not torch.isfinite(a).all():
+            raise NonFiniteError(f"the credit signal a_{index} contains NaN or Inf")
+        out.append(cosine_per_sample(a, g))
+    return out
+
+
+def _concat_layers(per_batch: list[list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
+    layers = []
+    for column in zip(*per_batch):
+        layers.append(None if column[0] is None else torch.cat(column))
+    return layers

@@ -1,0 +1,303 @@
+"""Run the protocol on checkpoint files: load, match the data, train or reuse the frozen
+baseline, diagnose. Everything here is plain Python; the pytest plugin is a thin layer on top.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import Bundle, LoadedCheckpoint, import_factory, load_bundle, load_checkpoint, save_bundle
+from .data import Dataset, dataset_from_spec, eval_batches, load_dataset
+from .errors import CheckpointError, DataError, FAError
+from .methods import get_method
+from .report import DiagnosticReport, DiagnosticThresholds, diagnose
+from .train import Recipe, accuracy, resolve_device, train
+
+FROZEN_BASELINE_VERSION = 1
+
+
+class MissingBudget(CheckpointError):
+    """The checkpoint records no training budget to match a frozen baseline to."""
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """How to run the protocol; mirrors the ``--fa-*`` options."""
+
+    model_factory: str | None = None
+    data: str | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    eval_batches: int = 8
+    batch_size: int = 128
+    thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
+    frozen_acc: float | None = None
+    frozen_epochs: int | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class FrozenBaseline:
+    """The architecture-matched frozen-blocks control of a checkpoint."""
+
+    accuracy: float
+    model: nn.Module | None
+    key: str
+    cached: bool
+    epochs: int | None
+    source: str
+
+    def describe(self) -> str:
+        origin = {"given": "given by --fa-frozen-acc", "cache": "from cache", "trained": "trained now"}[self.source]
+        budget = f", {self.epochs} epochs" if self.epochs else ""
+        return f"frozen-blocks baseline {self.accuracy:.4f} ({origin}{budget}, key {self.key[:12]})"
+
+
+@dataclass
+class CheckpointRun:
+    """One checkpoint with its data and measured accuracy, ready to diagnose."""
+
+    loaded: LoadedCheckpoint
+    data: Dataset
+    headline_acc: float
+    device: torch.device
+
+    @property
+    def bundle(self) -> Bundle | None:
+        return self.loaded.bundle
+
+    @property
+    def path(self) -> str:
+        return self.loaded.path
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def method(self) -> str | None:
+        return self.loaded.method
+
+
+class ProtocolRunner:
+    """Loads and caches everything per checkpoint path for one session."""
+
+    def __init__(self, settings: ProtocolSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self._runs: dict[str, CheckpointRun] = {}
+        self._data: dict[str, Dataset] = {}
+        self._baselines: dict[str, FrozenBaseline] = {}
+        self._reports: dict[tuple[str, DiagnosticThresholds], DiagnosticReport] = {}
+
+    # -- checkpoint and data -----------------------------------------------------------------
+    def run(self, path: str) -> CheckpointRun:
+        key = str(path)
+        if key not in self._runs:
+            self._runs[key] = self._load(key)
+        return self._runs[key]
+
+    def _load(self, path: str) -> CheckpointRun:
+        loaded = load_checkpoint(path, factory=self.settings.model_factory)
+        data = self._dataset_for(loaded)
+        model = loaded.model.to(self.device)
+        _check_model_accepts(model, data, path)
+        headline = accuracy(model, data.x_test, data.y_test)
+        return CheckpointRun(loaded, data, headline, self.device)
+
+    def _dataset_for(self, loaded: LoadedCheckpoint) -> Dataset:
+        asked = self.settings.data
+        if loaded.bundle is not None:
+            spec = loaded.bundle.data
+            if asked and asked != spec.get("name"):
+                raise DataError(
+                    f"{loaded.path} was trained on {spec.get('name')!r} but --fa-data={asked!r}; "
+                    "the protocol must run on the checkpoint's own data set (drop --fa-data)"
+                )
+            cache_key = json.dumps(spec, sort_keys=True, default=str)
+            if cache_key not in self._data:
+                self._data[cache_key] = dataset_from_spec(spec, root=self.settings.data_root).to(self.device)
+        else:
+            name = asked or "mnist1d"
+            cache_key = name
+            if cache_key not in self._data:
+                self._data[cache_key] = load_dataset(name, root=self.settings.data_root).to(self.device)
+        return self._data[cache_key]
+
+    def eval_batches(self, path: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``K`` disjoint batches of ``B`` test samples, the same for every checkpoint."""
+        return eval_batches(self.run(path).data, self.settings.eval_batches, self.settings.batch_size, seed=0)
+
+    # -- frozen baseline ---------------------------------------------------------------------
+    def frozen_baseline(self, path: str, cache_dir: Path | None = None) -> FrozenBaseline:
+        """Frozen-blocks control matched to the checkpoint's architecture, data, seed, recipe
+        and epochs; trained once and cached under ``cache_dir`` keyed on all of those."""
+        run = self.run(path)
+        if self.settings.frozen_acc is not None:
+            return FrozenBaseline(self.settings.frozen_acc, None, "given", False, None, "given")
+        recipe, epochs, seed, arch, arch_config = self._baseline_budget(run)
+        spec = {
+            "version": FROZEN_BASELINE_VERSION,
+            "arch": arch,
+            "arch_config": arch_config,
+            "model_factory": self.settings.model_factory if arch == "custom" else None,
+            "data": run.data.spec,
+            "seed": seed,
+            "epochs": epochs,
+            "recipe": recipe,
+        }
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+        if key in self._baselines:
+            return self._baselines[key]
+        file = Path(cache_dir or self.settings.cache_dir or _default_cache()) / f"frozen-{key[:24]}.pt"
+        baseline = self._cached_baseline(file, key, arch) or self._train_baseline(run, spec, key, file)
+        self._baselines[key] = baseline
+        return baseline
+
+    def _baseline_budget(self, run: CheckpointRun):
+        bundle = run.bundle
+        if bundle is not None and bundle.epochs:
+            return bundle.recipe or asdict(Recipe()), bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
+        if self.settings.frozen_epochs is None:
+            raise MissingBudget(
+                f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "
+                "budget (a plain state dict). Pass --fa-frozen-acc=ACC (the accuracy of your "
+                "architecture-matched frozen-blocks control) or --fa-frozen-epochs=N to train one "
+                "with the paper's recipe"
+            )
+        return asdict(Recipe()), self.settings.frozen_epochs, 42, "custom", {}
+
+    def _cached_baseline(self, file: Path, key: str, arch: str) -> FrozenBaseline | None:
+        if not file.exists():
+            return None
+        try:
+            bundle = load_bundle(file)
+        except FAError:
+            return None
+        if bundle.metrics.get("baseline_key") != key:
+            return None
+        model = self._build(bundle.arch, bundle.arch_config)
+        model.load_state_dict(bundle.state_dict)
+        return FrozenBaseline(bundle.metrics["test_acc"], model, key, True, bundle.epochs, "cache")
+
+    def _train_baseline(self, run: CheckpointRun, spec: dict[str, Any], key: str, file: Path) -> FrozenBaseline:
+        factory = None
+        if spec["arch"] == "custom":
+            make = import_factory(self.settings.model_factory)
+            config = spec["arch_config"]
+            factory = (lambda: make(**config)) if config else make
+        result = train(
+            run.data,
+            get_method("frozen"),
+            arch=spec["arch"],
+            arch_config=spec["arch_config"],
+            model_factory=factory,
+            epochs=spec["epochs"],
+            seed=spec["seed"],
+            recipe=Recipe(**spec["recipe"]),
+            device=self.device,
+            monitor=False,
+        )
+        result.bundle.metrics["baseline_key"] = key
+        if spec["arch"] == "custom":
+            result.bundle.arch_config = spec["arch_config"]
+        save_bundle(file, result.bundle)
+        return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
+
+    def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
+        if arch == "custom":
+            make = import_factory(self.settings.model_factory)
+            return make(**config) if config else make()
+        from .models import build_model
+
+        return build_model(arch, **config)
+
+    # -- diagnosis ---------------------------------------------------------------------------
+    def report(self, path: str, thresholds: DiagnosticThresholds | None = None, cache_dir: Path | None = None) -> DiagnosticReport:
+        """The full protocol on one checkpoint (cached per path and thresholds)."""
+        thresholds = thresholds or self.settings.thresholds
+        key = (str(path), thresholds)
+        if key not in self._reports:
+            self._reports[key] = self._diagnose(str(path), thresholds, cache_dir)
+        return self._reports[key]
+
+    def _diagnose(self, path: str, thresholds: DiagnosticThresholds, cache_dir: Path | None) -> DiagnosticReport:
+        run = self.run(path)
+        loaded = run.loaded
+        method = get_method(loaded.method, **loaded.state.config) if loaded.method else None
+        if method is None:
+            credit, reason = None, "a plain state dict carries no method and no feedback matrices"
+        else:
+            credit, reason = method.credit(loaded.model, loaded.state)
+        try:
+            baseline = self.frozen_baseline(path, cache_dir)
+            frozen_acc, frozen_unavailable = baseline.accuracy, None
+        except MissingBudget as exc:
+            baseline, frozen_acc, frozen_unavailable = None, None, str(exc)
+        bundle = loaded.bundle
+        context = {
+            "checkpoint": path,
+            "method": loaded.method,
+            "arch": bundle.arch if bundle else type(loaded.model).__name__,
+            "data": run.data.spec.get("name"),
+            "seed": bundle.seed if bundle else None,
+            "epochs": bundle.epochs if bundle else None,
+            "recorded_headline_acc": bundle.headline_acc if bundle else None,
+            "frozen_baseline": baseline.describe() if baseline else frozen_unavailable,
+            "terminal_norm": _terminal_norm(loaded.model),
+        }
+        return diagnose(
+            loaded.model,
+            self.eval_batches(path),
+            headline_acc=run.headline_acc,
+            frozen_acc=frozen_acc,
+            frozen_unavailable=frozen_unavailable,
+            credit=credit,
+            credit_unavailable=reason,
+            thresholds=thresholds,
+            label=loaded.label,
+            device=self.device,
+            context=context,
+        )
+
+
+def _terminal_norm(model: nn.Module) -> bool | None:
+    from .interface import has_terminal_norm
+
+    try:
+        return has_terminal_norm(model)
+    except FAError:
+        return None
+
+
+def _check_model_accepts(model: nn.Module, data: Dataset, path: str) -> None:
+    x = data.x_test[:2]
+    try:
+        with torch.no_grad():
+            logits = model.eval()(x)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: the model rejects inputs of shape {tuple(x.shape[1:])} from {data.name!r} "
+            f"({exc}); check --fa-data and the architecture config"
+        ) from exc
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if logits.shape[-1] != data.num_classes:
+        raise CheckpointError(
+            f"{path}: the model has {logits.shape[-1]} outputs but {data.name!r} has "
+            f"{data.num_classes} classes; check --fa-data"
+        )
+
+
+def _default_cache() -> Path:
+    from .data import cache_dir
+
+    return cache_dir() / "frozen"
+

@@ -1,0 +1,103 @@
+"""Plain-text rendering of reports: the per-layer table and the verdict."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import DiagnosticReport, DiagnosticResult
+
+MEANING = {
+    "a": "the residual stream explodes; the network is in a degenerate regime",
+    "b": "the BP reference is at the numerical floor; Γ against it is not interpretable",
+    "c": "sub-mode only: a drift-dominated reference is sample-invariant",
+    "d": "the trained blocks do not beat random frozen blocks; depth is not used",
+}
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def fmt_gamma(value: float | None, status: str) -> str:
+    if value is not None:
+        return f"{value:+.3f}"
+    return "undefined" if status.startswith("undefined") else "n/a"
+
+
+def comparison(result: DiagnosticResult) -> str:
+    """``value op threshold`` as the diagnostic reads it."""
+    op = {"a": ">", "b": "<", "c": ">", "d": "<"}[result.key]
+    unit = {"a": "×", "b": "", "c": "", "d": " pp"}[result.key]
+    return f"{fmt(result.value)}{unit} (fires {op} {fmt(result.threshold)}{unit})"
+
+
+def status(result: DiagnosticResult) -> str:
+    if not result.evaluated:
+        return "not evaluated"
+    if result.key == "c":
+        return result.detail.split(":")[0]
+    return "FIRES" if result.fires else "ok"
+
+
+def render_report(report: DiagnosticReport) -> str:
+    lines = []
+    title = f"pytest-fa protocol: {report.label}" if report.label else "pytest-fa protocol"
+    lines.append(title)
+    lines.append(
+        f"measured on {report.num_batches} × {report.batch_size} eval samples, {report.dtype}, "
+        f"{report.mode} mode, {report.device}; batch-mean CE"
+    )
+    lines.append("")
+    lines.append(f"{'layer':<6}{'‖h_l‖':>11}{'growth':>10}{'‖g_l‖':>11}{'‖g_l‖@' + str(report.thresholds.floor_batch_size):>11}{'Γ_l':>11}")
+    for row in report.layers:
+        lines.append(
+            f"h_{row.index:<4}{fmt(row.h_norm):>11}{fmt(row.growth):>10}{fmt(row.g_norm):>11}"
+            f"{fmt(row.g_norm_at_reference):>11}{fmt_gamma(row.gamma, row.gamma_status):>11}"
+        )
+    lines.append(f"Γ: {report.credit_status}")
+    undefined = [r.index for r in report.layers if r.gamma_status.startswith("undefined")]
+    if undefined:
+        lines.append(f"   undefined at layers {undefined}: ‖g_l‖ below the floor, no cosine is reported")
+    lines.append("")
+    for key, result in report.diagnostics.items():
+        lines.append(f"({key}) {result.name:<21}{comparison(result):<36}{status(result)}")
+        if result.detail:
+            lines.append(f"    {result.detail}")
+    if report.headline_acc is not None:
+        lines.append(f"headline accuracy {report.headline_acc:.4f}" + (
+            f", frozen-blocks baseline {report.frozen_acc:.4f}" if report.frozen_acc is not None else ""
+        ))
+    lines.append("")
+    lines.append(f"VERDICT: {report.verdict}")
+    for key in report.fired:
+        lines.append(f"  ({key}) {MEANING[key]}")
+    return "\n".join(lines)
+
+
+def summary_table(reports: list[DiagnosticReport]) -> str:
+    """One line per checkpoint: the four statistics and the verdict."""
+    header = ("checkpoint", "method", "acc", "frozen", "(a) growth", "(b) ‖g_L‖", "(c) stab.", "(d) margin", "Γ mean", "verdict")
+    rows = [header]
+    for r in reports:
+        d = r.diagnostics
+        rows.append((
+            r.label,
+            str(r.context.get("method") or "?"),
+            fmt(r.headline_acc, ".4f"),
+            fmt(r.frozen_acc, ".4f"),
+            _flag(d["a"], fmt(d["a"].value) + "×"),
+            _flag(d["b"], fmt(d["b"].value)),
+            fmt(d["c"].value, "+.2f"),
+            _flag(d["d"], fmt(d["d"].value, "+.1f") + " pp" if d["d"].evaluated else "—"),
+            fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a",
+            r.verdict,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _flag(result: DiagnosticResult, text: str) -> str:
+    return f"{text} !" if result.fires else text
