@@ -1,0 +1,57 @@
+"""Shared fixtures: a small MNIST-1D and small BP / DFA / frozen bundles trained once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+SMALL_SAMPLES = 6000  # 1200 test samples: room for 8 eval batches of 128
+SMALL_ARCH = {"d": 32, "depth": 4}
+SMALL_EPOCHS = 2
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every cache the package writes goes to a session temp folder, not the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("fa-cache")
+        mp.setenv("PYTEST_FA_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def small_data(isolated_cache):
+    from pytest_fa.data import load_dataset
+
+    return load_dataset("mnist1d", num_samples=SMALL_SAMPLES)
+
+
+def _train(small_data, method, tmp_path_factory):
+    from pytest_fa.checkpoint import save_bundle
+    from pytest_fa.train import train
+
+    result = train(small_data, method, arch_config=SMALL_ARCH, epochs=SMALL_EPOCHS, seed=42, device="cpu")
+    path = tmp_path_factory.mktemp("bundles") / f"{method}_s42.pt"
+    save_bundle(path, result.bundle)
+    return result, path
+
+
+@pytest.fixture(scope="session")
+def bp_trained(small_data, tmp_path_factory):
+    """``(TrainResult, path)`` of a small BP bundle."""
+    return _train(small_data, "bp", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def dfa_trained(small_data, tmp_path_factory):
+    """``(TrainResult, path)`` of a small DFA bundle."""
+    return _train(small_data, "dfa", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def bp_bundle(bp_trained):
+    return bp_trained[1]
+
+
+@pytest.fixture(scope="session")
+def dfa_bundle(dfa_trained):
+    return dfa_trained[1]

@@ -1,0 +1,148 @@
+"""diagnose() and DiagnosticReport: verdict logic, Γ conventions, recorded conditions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pytest_fa.credit import BPCredit, DFACredit
+from pytest_fa.data import eval_batches
+from pytest_fa.errors import DataError
+from pytest_fa.interface import per_sample
+from pytest_fa.report import DiagnosticThresholds, diagnose
+
+
+@pytest.fixture(scope="module")
+def batches(small_data):
+    return eval_batches(small_data, 8, 128)
+
+
+@pytest.fixture(scope="module")
+def dfa(dfa_trained):
+    return dfa_trained[0]
+
+
+@pytest.fixture(scope="module")
+def dfa_report(dfa, batches):
+    return diagnose(
+        dfa.model, batches, headline_acc=0.30, frozen_acc=0.35, credit=DFACredit(dfa.state.feedback), label="dfa"
+    )
+
+
+def test_report_records_the_conditions_of_measurement(dfa_report):
+    r = dfa_report
+    assert (r.batch_size, r.num_batches, r.dtype, r.mode, r.device) == (128, 8, "float32", "eval", "cpu")
+    assert len(r.layers) == 5 and [row.index for row in r.layers] == list(range(5))
+    assert r.layers[0].growth is None and all(row.growth > 0 for row in r.layers[1:])
+    assert r.diagnostics["c"].layer == 2  # h_{L/2} with L = 4
+    assert r.diagnostics["b"].layer == 4
+
+
+def test_verdict_lists_exactly_the_walk_back_diagnostics_that_fire(dfa, batches):
+    credit = DFACredit(dfa.state.feedback)
+    strict = DiagnosticThresholds(max_growth=1.0, grad_floor=1e3, drift_ceiling=-1.0)
+    r = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=strict)
+    assert r.fired == ["a", "b"] and r.verdict == "needs walk-back: (a), (b)"
+    assert r.diagnostics["c"].fires and "drift-dominated" in r.diagnostics["c"].detail  # (c) never walks back
+    lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30, frozen_margin_pp=-100)
+    ok = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=lax)
+    assert ok.trustworthy and ok.verdict == "trustworthy"
+
+
+def test_missing_frozen_accuracy_never_reads_trustworthy(dfa, batches):
+    lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30)
+    r = diagnose(dfa.model, batches, headline_acc=0.5, thresholds=lax)
+    assert not r.trustworthy
+    assert r.verdict == "incomplete: (d) not evaluated"
+    assert r.diagnostics["d"].fires is None and "not evaluated" in r.diagnostics["d"].detail
+
+
+def test_gamma_is_undefined_below_the_floor_not_printed(dfa, batches):
+    r = diagnose(dfa.model, batches, credit=DFACredit(dfa.state.feedback), thresholds=DiagnosticThresholds(grad_floor=1e3))
+    assert all(row.gamma is None and row.gamma_status.startswith("undefined") for row in r.layers)
+    assert r.gamma_mean() is None
+    assert "undefined" in str(r)
+
+
+def test_gamma_without_a_credit_signal_is_unavailable_with_the_reason(dfa, batches):
+    r = diagnose(dfa.model, batches, credit_unavailable="a plain state dict has no B")
+    assert all(row.gamma is None for row in r.layers)
+    assert r.credit_status == "unavailable: a plain state dict has no B"
+    assert r.to_dict()["gamma"]["mean_all_layers"] is None
+
+
+def test_bp_credit_aligns_perfectly_and_dfa_gamma_is_a_mean_of_per_sample_cosines(dfa, dfa_report, batches):
+    model = dfa.model
+    bp = diagnose(model, batches, credit=BPCredit(lambda t: per_sample(t, "vector")))
+    assert all(row.gamma == pytest.approx(1.0, abs=1e-9) for row in bp.layers)
+    # independent Γ_0 for DFA: per-sample cosine in float64 from autograd and e_T B_0
+    cosines = []
+    for x, y in batches:
+        logits, hiddens = model(x, return_hidden=True)
+        g0 = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), hiddens[0])[0].double()
+        e = torch.softmax(logits.detach().double(), -1) - torch.nn.functional.one_hot(y, 10).double()
+        a0 = e @ dfa.state.feedback[0].double()
+        cosines.append((a0 * g0).sum(1) / (a0.norm(dim=1) * g0.norm(dim=1)))
+    assert dfa_report.layers[0].gamma == pytest.approx(float(torch.cat(cosines).mean()), rel=1e-5)
+    assert dfa_report.layers[0].gamma_samples == 1024
+
+
+def test_floor_verdict_does_not_depend_on_the_eval_batch_size(small_data, dfa):
+    samples = eval_batches(small_data, 8, 128)
+    x = torch.cat([b[0] for b in samples])
+    y = torch.cat([b[1] for b in samples])
+    as_128 = [(x[i : i + 128], y[i : i + 128]) for i in range(0, 1024, 128)]
+    as_64 = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 1024, 64)]
+    r128 = diagnose(dfa.model, as_128)
+    r64 = diagnose(dfa.model, as_64)
+    assert r64.layers[-1].g_norm == pytest.approx(2 * r128.layers[-1].g_norm, rel=1e-5)
+    assert r64.diagnostics["b"].value == pytest.approx(r128.diagnostics["b"].value, rel=1e-5)
+    assert r64.to_dict()["measurement"]["batch_size"] == 64
+
+
+def test_too_few_or_uneven_eval_batches_are_refused(dfa, batches):
+    with pytest.raises(DataError, match="K ≥ 8"):
+        diagnose(dfa.model, batches[:7])
+    uneven = batches[:7] + [(batches[7][0][:100], batches[7][1][:100])]
+    with pytest.raises(DataError, match="same size"):
+        diagnose(dfa.model, uneven)
+
+
+def test_diagnose_restores_the_training_mode(dfa, batches):
+    model = dfa.model.train()
+    diagnose(model, batches)
+    assert model.training
+    model.eval()
+
+
+def test_report_serialises_to_json_and_renders_a_table(dfa_report):
+    payload = json.loads(json.dumps(dfa_report.to_dict()))
+    assert payload["verdict"] == dfa_report.verdict
+    assert payload["measurement"]["samples"] == 1024
+    assert payload["diagnostics"]["a"]["value"] == pytest.approx(dfa_report.diagnostics["a"].value)
+    assert payload["thresholds"]["grad_floor"] == 1e-7
+    text = str(dfa_report)
+    for needle in ("h_0", "h_4", "‖g_l‖@128", "(a) residual growth", "(d) frozen-blocks margin", "VERDICT:"):
+        assert needle in text
+    assert payload["diagnostics"]["d"]["value"] == pytest.approx(-5.0)
+
+
+def test_non_finite_values_become_null_in_json(dfa, batches):
+    r = diagnose(dfa.model, batches)
+    r.layers[0].h_norm = math.inf
+    assert r.to_dict()["layers"][0]["h_norm"] is None
+
+
+def test_thresholds_validate_and_update():
+    t = DiagnosticThresholds()
+    assert (t.max_growth, t.grad_floor, t.floor_batch_size, t.drift_ceiling, t.frozen_margin_pp) == (50.0, 1e-7, 128, 0.30, 2.0)
+    assert t.updated(grad_floor=1e-6, max_growth=None).grad_floor == 1e-6
+    with pytest.raises(TypeError, match="unknown threshold"):
+        t.updated(floor=1)
+    with pytest.raises(ValueError, match="finite"):
+        DiagnosticThresholds(max_growth=float("nan"))
+    with pytest.raises(ValueError, match="positive"):
+        DiagnosticThresholds(grad_floor=0.0)
