@@ -20,7 +20,6 @@ import importlib
 import io
 import os
 import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,10 @@ from torch import nn
 from .errors import CheckpointError, FeedbackError
 from .methods import MethodState, get_method
 
+RESAVE = (
+    "Re-save only tensors and plain values: a pytest-fa bundle "
+    "(pytest_fa.checkpoint.save_bundle) or torch.save(model.state_dict(), path)"
+)
 FORMAT = "pytest-fa.bundle"
 FORMAT_VERSION = 1
 
@@ -86,7 +89,10 @@ class Bundle:
         required = ("arch", "state_dict", "method", "data")
         missing = [k for k in required if k not in payload]
         if missing:
-            raise CheckpointError(f"{source} is a pytest-fa bundle without {missing}")
+            raise CheckpointError(
+                f"{source} is a pytest-fa bundle without {missing}; re-save it with "
+                "pytest_fa.checkpoint.save_bundle"
+            )
         return cls(
             arch=payload["arch"],
             arch_config=dict(payload.get("arch_config") or {}),
@@ -133,12 +139,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc) or "global" in str(exc):
+            raise CheckpointError(
+                f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. "
+                f"{RESAVE}"
+            ) from exc
         raise CheckpointError(
-            f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. "
-            "Re-save only tensors and plain values: a pytest-fa bundle "
-            "(pytest_fa.checkpoint.save_bundle) or torch.save(model.state_dict(), path)"
+            f"{path} is corrupt or truncated, or a pickle that needs arbitrary code to load "
+            f"(unsafe), which pytest-fa refuses ({exc}). {RESAVE}"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch raises many types on a damaged file
         raise CheckpointError(
             f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc}); the "
             "file is corrupt or truncated"
@@ -187,6 +197,11 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
 
 def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> nn.Module:
     """``model.load_state_dict(state_dict, strict=True)`` with the mismatch spelled out."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{source}: the state dict is a {type(state_dict).__name__}, not a dict of tensors; "
+            "save model.state_dict()"
+        )
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{source}: the state dict holds values that are not tensors")
     expected = model.state_dict()

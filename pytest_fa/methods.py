@@ -172,4 +172,7 @@ def get_method(name: str, **config: Any) -> Method:
         raise CheckpointError(
             f"unknown method {name!r}; pytest-fa knows {', '.join(sorted(METHODS))}"
         ) from None
-    return cls(**config)
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise CheckpointError(f"method {name!r} does not take config {config!r}: {exc}") from None
