@@ -3,6 +3,7 @@ one of them runs once per checkpoint."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -52,8 +53,11 @@ def fa_checkpoint(request: pytest.FixtureRequest, fa_runner: ProtocolRunner) -> 
 
 @pytest.fixture
 def fa_model(fa_checkpoint: CheckpointRun) -> torch.nn.Module:
-    """The checkpoint's model in eval mode on the session's device."""
-    return fa_checkpoint.model.eval()
+    """A private copy of the checkpoint's model, in eval mode on the session's device.
+
+    A test may change it freely; the protocol diagnoses its own copy.
+    """
+    return copy.deepcopy(fa_checkpoint.model).eval()
 
 
 @pytest.fixture

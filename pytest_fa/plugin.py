@@ -26,6 +26,8 @@ from .fixtures import (  # noqa: E402,F401
 )
 from .state import STATE_KEY, FAState, threshold_fields  # noqa: E402
 
+WALK_BACK_KEYS = ("a", "b", "d")
+
 ITEMS = (
     ("a", "residual_growth"),
     ("b", "grad_floor"),
@@ -42,6 +44,7 @@ class Option:
     default: Any = None
     metavar: str | None = None
     repeat: bool = False
+    is_path: bool = False
 
     @property
     def flag(self) -> str:
@@ -54,17 +57,17 @@ class Option:
 
 OPTIONS = (
     Option("checkpoint", "checkpoint to diagnose: a pytest-fa bundle, or a state dict with "
-           "--fa-model (repeatable; ini: one per line)", metavar="PATH", repeat=True),
+           "--fa-model (repeatable; ini: one per line)", metavar="PATH", repeat=True, is_path=True),
     Option("model", "factory for a custom architecture, package.module:build", metavar="SPEC"),
     Option("data", "data set when the checkpoint does not record one: mnist1d, fashion-mnist, "
            "cifar10, cifar100, synthetic", metavar="NAME"),
-    Option("data_root", "folder holding the data set files (CIFAR, Fashion-MNIST)", metavar="DIR"),
+    Option("data_root", "folder holding the data set files (CIFAR, Fashion-MNIST)", metavar="DIR", is_path=True),
     Option("device", "auto (default), cpu or cuda[:N]", default="auto", metavar="DEVICE"),
     Option("eval_batches", "number K of disjoint eval batches (default 8, at least 8)", int, 8, "K"),
     Option("batch_size", "eval batch size B (default 128, the paper's)", int, 128, "B"),
     Option("frozen_acc", "accuracy of your frozen-blocks control; skips training one", float, None, "ACC"),
     Option("frozen_epochs", "train budget of the frozen baseline for a plain state dict", int, None, "N"),
-    Option("report_json", "write every protocol report to this JSON file", str, None, "PATH"),
+    Option("report_json", "write every protocol report to this JSON file", str, None, "PATH", is_path=True),
 )
 
 
@@ -87,18 +90,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _resolve(config: pytest.Config, option: Option) -> Any:
+    """Command line first, then the ini key (paths relative to the ini file), then the default."""
     value = config.getoption("fa_" + option.name)
     if option.repeat:
-        return list(value) or list(config.getini(option.ini))
+        if value:
+            return list(dict.fromkeys(value))
+        return list(dict.fromkeys(_ini_path(config, p) for p in config.getini(option.ini)))
     if value is not None:
         return value
     raw = config.getini(option.ini)
     if raw in (None, ""):
         return option.default
+    if option.is_path:
+        return _ini_path(config, raw)
     try:
         return option.type(raw)
     except ValueError:
         raise pytest.UsageError(f"ini key {option.ini} = {raw!r} is not a valid {option.type.__name__}") from None
+
+
+def _ini_path(config: pytest.Config, raw: str) -> str:
+    path = Path(raw)
+    if not path.is_absolute() and config.inipath is not None:
+        path = config.inipath.parent / path
+    return str(path)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -115,9 +130,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     state = metafunc.config.stash[STATE_KEY]
     if "fa_checkpoint" in metafunc.fixturenames and state.checkpoints:
-        metafunc.parametrize(
-            "fa_checkpoint", state.checkpoints, indirect=True, ids=[Path(p).name for p in state.checkpoints], scope="session"
-        )
+        names = [Path(p).name for p in state.checkpoints]
+        ids = names if len(set(names)) == len(names) else state.checkpoints
+        metafunc.parametrize("fa_checkpoint", state.checkpoints, indirect=True, ids=ids, scope="session")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -170,8 +185,8 @@ class ProtocolItem(pytest.Item):
         report = self.config.stash[STATE_KEY].report(self.checkpoint)
         result = report.diagnostics[self.key]
         self.user_properties.append(("fa_value", result.value))
-        if result.fires:
-            layer = "" if result.layer is None else f" at layer {result.layer}"
+        if result.fires and self.key in WALK_BACK_KEYS:
+            layer = "" if result.layer is None else f" at {'block' if self.key == 'a' else 'layer'} {result.layer}"
             raise ProtocolFailure(
                 f"({self.key}) {result.name} fires on {self.checkpoint}{layer}: {comparison(result)}\n"
                 f"    {result.detail}\n"
@@ -179,7 +194,7 @@ class ProtocolItem(pytest.Item):
                 f"    verdict: {report.verdict}"
             )
         if not result.evaluated:
-            raise ProtocolFailure(f"({self.key}) {result.name} was not evaluated: {result.detail}")
+            raise ProtocolFailure(f"({self.key}) {result.name}: {result.detail}")
         self.add_report_section("call", "fa", f"({self.key}) {result.name}: {comparison(result)} — {status(result)}")
 
     def repr_failure(self, excinfo, style=None):

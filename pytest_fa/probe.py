@@ -7,6 +7,7 @@ and the method's credit is evaluated on that same forward pass.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,9 @@ from . import interface
 from .credit import CreditSignal
 from .diagnostics import cosine_per_sample, per_sample_norms
 from .errors import DataError, ModelInterfaceError, NonFiniteError
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -76,17 +80,28 @@ def run_probe(
     credit: CreditSignal | None = None,
     device: torch.device | str | None = None,
 ) -> Probe:
-    """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``."""
+    """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``.
+
+    Runs in eval mode (restored afterwards) and never below float32: a model stored in
+    float16 or bfloat16 is measured through a float32 copy.
+    """
     batch_size = _check_batches(eval_batches)
     interface.check_interface(model)
     check_finite_parameters(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    stored = next(model.parameters()).dtype
+    if stored in HALF_DTYPES:
+        # fp16 flushes hidden-layer BP gradients (~1e-9) to zero; measure a float32 copy
+        model = copy.deepcopy(model).float()
     was_training = model.training
     model.eval()
     try:
-        return _probe(model, eval_batches, credit, device, batch_size)
+        probe = _probe(model, eval_batches, credit, device, batch_size)
     finally:
         model.train(was_training)
+    if stored in HALF_DTYPES:
+        probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
+    return probe
 
 
 def _probe(model, eval_batches, credit, device, batch_size) -> Probe:

@@ -4,6 +4,7 @@ baseline, diagnose. Everything here is plain Python; the pytest plugin is a thin
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class CheckpointRun:
     data: Dataset
     headline_acc: float
     device: torch.device
+    pristine: nn.Module
 
     @property
     def bundle(self) -> Bundle | None:
@@ -110,7 +112,7 @@ class ProtocolRunner:
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
         headline = accuracy(model, data.x_test, data.y_test)
-        return CheckpointRun(loaded, data, headline, self.device)
+        return CheckpointRun(loaded, data, headline, self.device, copy.deepcopy(model))
 
     def _dataset_for(self, loaded: LoadedCheckpoint) -> Dataset:
         asked = self.settings.data
@@ -231,11 +233,13 @@ class ProtocolRunner:
     def _diagnose(self, path: str, thresholds: DiagnosticThresholds, cache_dir: Path | None) -> DiagnosticReport:
         run = self.run(path)
         loaded = run.loaded
+        batches = self.eval_batches(path)
+        model = run.pristine
         method = get_method(loaded.method, **loaded.state.config) if loaded.method else None
         if method is None:
             credit, reason = None, "a plain state dict carries no method and no feedback matrices"
         else:
-            credit, reason = method.credit(loaded.model, loaded.state)
+            credit, reason = method.credit(model, loaded.state)
         try:
             baseline = self.frozen_baseline(path, cache_dir)
             frozen_acc, frozen_unavailable = baseline.accuracy, None
@@ -251,11 +255,11 @@ class ProtocolRunner:
             "epochs": bundle.epochs if bundle else None,
             "recorded_headline_acc": bundle.headline_acc if bundle else None,
             "frozen_baseline": baseline.describe() if baseline else frozen_unavailable,
-            "terminal_norm": _terminal_norm(loaded.model),
+            "terminal_norm": _terminal_norm(model),
         }
         return diagnose(
-            loaded.model,
-            self.eval_batches(path),
+            model,
+            batches,
             headline_acc=run.headline_acc,
             frozen_acc=frozen_acc,
             frozen_unavailable=frozen_unavailable,

@@ -29,6 +29,8 @@ def comparison(result: DiagnosticResult) -> str:
     """``value op threshold`` as the diagnostic reads it."""
     op = {"a": ">", "b": "<", "c": ">", "d": "<"}[result.key]
     unit = {"a": "×", "b": "", "c": "", "d": " pp"}[result.key]
+    if result.value is None:
+        return f"— (fires {op} {fmt(result.threshold)}{unit})"
     return f"{fmt(result.value)}{unit} (fires {op} {fmt(result.threshold)}{unit})"
 
 

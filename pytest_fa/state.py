@@ -44,6 +44,13 @@ class FAState:
             )
         if values["batch_size"] < 2:
             raise pytest.UsageError("--fa-batch-size must be at least 2")
+        frozen_acc = values["frozen_acc"]
+        if frozen_acc is not None and not 0.0 <= frozen_acc <= 1.0:
+            raise pytest.UsageError(
+                f"--fa-frozen-acc={frozen_acc}: give the accuracy as a fraction in [0, 1], e.g. 0.65"
+            )
+        if values["frozen_epochs"] is not None and values["frozen_epochs"] < 1:
+            raise pytest.UsageError("--fa-frozen-epochs must be at least 1")
         _check_device(values["device"])
         return cls(config, values, thresholds)
 
