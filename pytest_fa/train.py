@@ -123,7 +123,7 @@ def train(
     params = method.parameters(model, state)
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(data.x_train) / recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    schedule = _schedule(optimizer, recipe, epochs * steps_per_epoch)
     monitor_batches = _monitor_batches(data) if monitor else None
     order = torch.Generator(device="cpu").manual_seed(seed)
     history: list[dict[str, Any]] = []
@@ -168,6 +168,14 @@ def train(
         metrics={"test_acc": history[-1]["test_acc"], "history": history},
     )
     return TrainResult(bundle, model, state, time.perf_counter() - start, history)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if recipe.schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule {recipe.schedule!r}; use 'cosine' or 'constant'")
 
 
 def _monitor_batches(data: Dataset):

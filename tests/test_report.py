@@ -146,3 +146,13 @@ def test_thresholds_validate_and_update():
         DiagnosticThresholds(max_growth=float("nan"))
     with pytest.raises(ValueError, match="positive"):
         DiagnosticThresholds(grad_floor=0.0)
+
+
+def test_half_precision_models_are_measured_in_float32(dfa, batches):
+    half = __import__("copy").deepcopy(dfa.model).half()
+    r = diagnose(half, batches)
+    assert r.dtype == "float32 (weights stored in float16)"
+    assert next(half.parameters()).dtype == torch.float16  # the user's model is untouched
+    reference = diagnose(half.float(), batches)
+    assert r.layers[-1].g_norm == pytest.approx(reference.layers[-1].g_norm, rel=1e-6)
+    assert r.layers[-1].g_norm > 0

@@ -124,3 +124,11 @@ def test_command_line_writes_one_bundle_per_method_and_seed(tmp_path, capsys, is
     out = capsys.readouterr().out
     assert "dfa s2 epoch   1/1" in out and "test acc" in out and "‖h_L‖" in out
     assert load_bundle(tmp_path / "dfa_s2.pt").arch_config["depth"] == 2
+
+
+def test_constant_schedule_keeps_the_learning_rate(small_data):
+    result = train(small_data, "bp", arch_config=SMALL_ARCH, epochs=1, seed=0,
+                   recipe=Recipe(schedule="constant"), monitor=False)
+    assert result.bundle.recipe["schedule"] == "constant"
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train(small_data, "bp", arch_config=SMALL_ARCH, epochs=1, recipe=Recipe(schedule="step"))

@@ -1,0 +1,41 @@
+"""The wheel installs one top-level package and registers the plugin."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    pytest.importorskip("setuptools")
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(out)],
+        check=True, capture_output=True,
+    )
+    (path,) = out.glob("pytest_fa-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_only_pytest_fa_is_installed_at_the_top_level(wheel):
+    top = {name.split("/")[0] for name in wheel.namelist()}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"pytest_fa"}
+    assert "pytest_fa/py.typed" in wheel.namelist()
+    assert "pytest_fa/models.py" in wheel.namelist()
+
+
+def test_entry_point_and_classifier(wheel):
+    info = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    entry_points = wheel.read(info).decode()
+    assert "[pytest11]" in entry_points and "fa = pytest_fa.plugin" in entry_points
+    metadata = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Classifier: Framework :: Pytest" in metadata
+    for dependency in ("pytest", "torch", "torchvision", "numpy", "hypothesis", "mnist1d"):
+        assert f"Requires-Dist: {dependency}" in metadata
