@@ -140,11 +140,13 @@ class ProtocolRunner:
     # -- frozen baseline ---------------------------------------------------------------------
     def frozen_baseline(self, path: str, cache_dir: Path | None = None) -> FrozenBaseline:
         """Frozen-blocks control matched to the checkpoint's architecture, data, seed, recipe
-        and epochs; trained once and cached under ``cache_dir`` keyed on all of those."""
+        and epochs (an early-stopped run's baseline follows the same schedule and stops at
+        the same epoch); trained once and cached under ``cache_dir`` keyed on all of those."""
         run = self.run(path)
         if self.settings.frozen_acc is not None:
             return FrozenBaseline(self.settings.frozen_acc, None, "given", False, None, "given")
         recipe, epochs, seed, arch, arch_config = self._baseline_budget(run)
+        planned = (run.bundle.metrics.get("planned_epochs") if run.bundle else None) or epochs
         spec = {
             "version": FROZEN_BASELINE_VERSION,
             "arch": arch,
@@ -153,6 +155,7 @@ class ProtocolRunner:
             "data": run.data.spec,
             "seed": seed,
             "epochs": epochs,
+            "planned_epochs": planned,
             "recipe": recipe,
         }
         key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
@@ -201,11 +204,12 @@ class ProtocolRunner:
             arch=spec["arch"],
             arch_config=spec["arch_config"],
             model_factory=factory,
-            epochs=spec["epochs"],
+            epochs=spec["planned_epochs"],
             seed=spec["seed"],
             recipe=Recipe(**spec["recipe"]),
             device=self.device,
             monitor=False,
+            on_epoch=lambda model, record: record["epoch"] >= spec["epochs"],
         )
         result.bundle.metrics["baseline_key"] = key
         if spec["arch"] == "custom":

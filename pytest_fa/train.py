@@ -101,8 +101,14 @@ def train(
     device: str | torch.device | None = "cpu",
     monitor: bool = True,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[nn.Module, dict[str, Any]], bool | None] | None = None,
 ) -> TrainResult:
-    """Train one model and return its bundle (not yet written to disk)."""
+    """Train one model and return its bundle (not yet written to disk).
+
+    ``on_epoch(model, record)`` is called after every epoch with that epoch's record (test
+    accuracy, loss and, with ``monitor``, ``h_L``, ``max_growth``, ``g_L``); returning True
+    stops training there, and the bundle records the epochs actually trained.
+    """
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
     device = resolve_device(str(device) if device is not None else None)
@@ -152,6 +158,8 @@ def train(
         history.append(record)
         if log:
             log(_progress_line(method.name, seed, epochs, record))
+        if on_epoch is not None and on_epoch(model, record):
+            break
     model.cpu()
     bundle = Bundle(
         arch=arch,
@@ -163,9 +171,9 @@ def train(
         aux={name: {k: v.detach().cpu() for k, v in net.state_dict().items()} for name, net in state.aux.items()},
         data=data.spec,
         seed=seed,
-        epochs=epochs,
+        epochs=len(history),
         recipe=asdict(recipe),
-        metrics={"test_acc": history[-1]["test_acc"], "history": history},
+        metrics={"test_acc": history[-1]["test_acc"], "history": history, "planned_epochs": epochs},
     )
     return TrainResult(bundle, model, state, time.perf_counter() - start, history)
 

@@ -132,3 +132,23 @@ def test_constant_schedule_keeps_the_learning_rate(small_data):
     assert result.bundle.recipe["schedule"] == "constant"
     with pytest.raises(ValueError, match="unknown schedule"):
         train(small_data, "bp", arch_config=SMALL_ARCH, epochs=1, recipe=Recipe(schedule="step"))
+
+
+def test_on_epoch_can_stop_training_and_the_baseline_follows(small_data, tmp_path):
+    from pytest_fa.checkpoint import save_bundle
+    from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
+
+    seen = []
+
+    def stop_at_first_growth(model, record):
+        seen.append(record["epoch"])
+        return record["epoch"] == 2
+
+    result = train(small_data, "dfa", arch_config=SMALL_ARCH, epochs=5, seed=3, on_epoch=stop_at_first_growth)
+    assert seen == [1, 2]
+    assert result.bundle.epochs == 2 and result.bundle.metrics["planned_epochs"] == 5
+    path = save_bundle(tmp_path / "early.pt", result.bundle)
+    baseline = ProtocolRunner(ProtocolSettings(device="cpu")).frozen_baseline(str(path), tmp_path)
+    assert baseline.epochs == 2
+    trained = load_bundle(next(tmp_path.glob("frozen-*.pt")))
+    assert trained.epochs == 2 and trained.metrics["planned_epochs"] == 5
