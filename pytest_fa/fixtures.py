@@ -42,13 +42,19 @@ def fa_runner(request: pytest.FixtureRequest) -> ProtocolRunner:
 
 
 @pytest.fixture(scope="session")
-def fa_checkpoint(request: pytest.FixtureRequest, fa_runner: ProtocolRunner) -> CheckpointRun:
-    """The loaded checkpoint (model, bundle, data, measured headline accuracy)."""
+def fa_checkpoint_path(request: pytest.FixtureRequest) -> str:
+    """The ``--fa-checkpoint`` path under test, not yet loaded (skipped without one)."""
     path = getattr(request, "param", None)
     if path is None:
         pytest.skip("no checkpoint given; pass --fa-checkpoint=PATH")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fa_checkpoint(fa_checkpoint_path: str, fa_runner: ProtocolRunner) -> CheckpointRun:
+    """The loaded checkpoint (model, bundle, data, measured headline accuracy)."""
     with clean_errors():
-        return fa_runner.run(path)
+        return fa_runner.run(fa_checkpoint_path)
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("pytest_fa.assertions")
+pytest.register_assert_rewrite("pytest_fa.assertions", "pytest_fa.pitfalls")
 
 from . import __version__  # noqa: E402
 from .fixtures import (  # noqa: E402,F401
     fa_checkpoint,
+    fa_checkpoint_path,
     fa_eval_batches,
     fa_feedback_matrices,
     fa_frozen_baseline,
@@ -24,6 +25,7 @@ from .fixtures import (  # noqa: E402,F401
     fa_runner,
     fa_thresholds,
 )
+from .pitfalls import HERE as PITFALLS_DIR  # noqa: E402
 from .state import STATE_KEY, FAState, threshold_fields  # noqa: E402
 
 WALK_BACK_KEYS = ("a", "b", "d")
@@ -68,6 +70,10 @@ OPTIONS = (
     Option("frozen_acc", "accuracy of your frozen-blocks control; skips training one", float, None, "ACC"),
     Option("frozen_epochs", "train budget of the frozen baseline for a plain state dict", int, None, "N"),
     Option("report_json", "write every protocol report to this JSON file", str, None, "PATH", is_path=True),
+    Option("pitfalls", "run the shipped pitfall regression suite (with --fa-checkpoint: also "
+           "check that checkpoint for exposure)", bool, False),
+    Option("lint", "scan Python sources under PATH for source-level pitfalls (repeatable)",
+           metavar="PATH", repeat=True, is_path=True),
 )
 
 
@@ -84,9 +90,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         kwargs: dict[str, Any] = {"dest": "fa_" + option.name, "metavar": option.metavar, "help": option.help}
         if option.repeat:
             group.addoption(option.flag, action="append", default=[], **kwargs)
+            parser.addini(option.ini, option.help, type="linelist")
+        elif option.type is bool:
+            kwargs.pop("metavar")
+            group.addoption(option.flag, action="store_const", const=True, default=None, **kwargs)
+            parser.addini(option.ini, option.help, type="bool", default=False)
         else:
             group.addoption(option.flag, type=option.type, default=None, **kwargs)
-        parser.addini(option.ini, option.help, type="linelist" if option.repeat else "string")
+            parser.addini(option.ini, option.help, type="string")
 
 
 def _resolve(config: pytest.Config, option: Option) -> Any:
@@ -99,6 +110,8 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
     if value is not None:
         return value
     raw = config.getini(option.ini)
+    if option.type is bool:
+        return bool(raw)
     if raw in (None, ""):
         return option.default
     if option.is_path:
@@ -123,16 +136,39 @@ def pytest_configure(config: pytest.Config) -> None:
         "--fa-checkpoint; keyword arguments override thresholds "
         "(max_growth, grad_floor, floor_batch_size, drift_ceiling, frozen_margin_pp)",
     )
+    config.addinivalue_line(
+        "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
+    )
     values = {o.name: _resolve(config, o) for o in OPTIONS + _threshold_options()}
-    config.stash[STATE_KEY] = FAState.from_options(config, values)
+    state = config.stash[STATE_KEY] = FAState.from_options(config, values)
+    if state.values["pitfalls"]:
+        from .pitfalls import fixtures as pitfall_fixtures
+
+        config.pluginmanager.register(pitfall_fixtures, "fa-pitfalls")
+        _add_collection_root(config, PITFALLS_DIR)
+
+
+def _add_collection_root(config: pytest.Config, path: Path) -> None:
+    """Collect ``path`` too; alone when the command line named no paths of its own."""
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        config.args.append(str(path))
+    else:
+        config.args[:] = [str(path)]
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.parent == PITFALLS_DIR and file_path.name.startswith("pitfall_") and file_path.suffix == ".py":
+        if parent.config.stash[STATE_KEY].values["pitfalls"]:
+            return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     state = metafunc.config.stash[STATE_KEY]
-    if "fa_checkpoint" in metafunc.fixturenames and state.checkpoints:
+    if "fa_checkpoint_path" in metafunc.fixturenames and state.checkpoints:
         names = [Path(p).name for p in state.checkpoints]
         ids = names if len(set(names)) == len(names) else state.checkpoints
-        metafunc.parametrize("fa_checkpoint", state.checkpoints, indirect=True, ids=ids, scope="session")
+        metafunc.parametrize("fa_checkpoint_path", state.checkpoints, indirect=True, ids=ids, scope="session")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -148,6 +184,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
+    for root in state.values["lint"]:
+        name = f"fa-lint[{root}]"
+        items.extend(LintCollector.from_parent(session, name=name, nodeid=name, path=Path(root).resolve()).collect())
     for path in state.checkpoints:
         name = f"fa-protocol[{path}]"
         collector = ProtocolCollector.from_parent(session, name=name, nodeid=name, path=Path(path).resolve())
@@ -210,8 +249,56 @@ class ProtocolItem(pytest.Item):
         return self.path, None, f"fa-protocol[{self.checkpoint}]::{self.name}"
 
 
+class LintCollector(pytest.Collector):
+    """One item per Python file under a ``--fa-lint`` path."""
+
+    def collect(self):
+        from .lint import python_files
+
+        if not self.path.exists():
+            raise pytest.UsageError(f"--fa-lint={self.path}: no such file or folder")
+        for file in python_files([self.path]):
+            yield LintItem.from_parent(self, name=str(file), path=file)
+
+
+class LintFindings(Exception):
+    """Source-level pitfalls found in one file."""
+
+
+class LintItem(pytest.Item):
+    def runtest(self) -> None:
+        from .lint import lint_file
+
+        findings = lint_file(self.path)
+        if findings:
+            raise LintFindings("\n".join(str(f) for f in findings))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, LintFindings):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"fa-lint {self.path}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    marker = item.get_closest_marker("fa_pitfall")
+    if marker is not None and (report.when == "call" or not report.passed):
+        checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
+        item.config.stash[STATE_KEY].record_pitfall(marker.args[0], checks_checkpoint, report.outcome)
+    return report
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
+    if state is not None and state.pitfall_outcomes:
+        from .render import pitfall_table
+
+        terminalreporter.section("pytest-fa pitfalls")
+        terminalreporter.write_line(pitfall_table(state.pitfall_outcomes))
     if state is None or not state.reports():
         return
     from .render import summary_table

@@ -103,3 +103,33 @@ def summary_table(reports: list[DiagnosticReport]) -> str:
 
 def _flag(result: DiagnosticResult, text: str) -> str:
     return f"{text} !" if result.fires else text
+
+
+def pitfall_table(outcomes: dict[str, dict[str, list[str]]]) -> str:
+    """Per pitfall: whether the suite pins it, and whether the user's checkpoint is exposed."""
+    from .pitfalls import PITFALLS
+
+    rows = [("pitfall", "", "suite", "your checkpoint")]
+    for p in PITFALLS:
+        entry = outcomes.get(p.id)
+        if entry is None:
+            continue
+        rows.append((p.id, p.title.replace("`", ""), _suite_state(entry["suite"]), _checkpoint_state(entry["checkpoint"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _suite_state(outcomes: list[str]) -> str:
+    if not outcomes:
+        return "—"
+    failed = outcomes.count("failed")
+    return f"FAILED ({failed}/{len(outcomes)})" if failed else f"pinned ({len(outcomes)} tests)"
+
+
+def _checkpoint_state(outcomes: list[str]) -> str:
+    ran = [o for o in outcomes if o != "skipped"]
+    if not ran:
+        return "not checked (no --fa-checkpoint)" if outcomes else "—"
+    return "EXPOSED" if "failed" in ran else "not exposed"

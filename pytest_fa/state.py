@@ -29,6 +29,7 @@ class FAState:
         self._runner: ProtocolRunner | None = None
         self._reports: dict[tuple[str, DiagnosticThresholds], DiagnosticReport] = {}
         self._errors: dict[tuple[str, DiagnosticThresholds], Exception] = {}
+        self.pitfall_outcomes: dict[str, dict[str, list[str]]] = {}
 
     @classmethod
     def from_options(cls, config: pytest.Config, values: dict[str, Any]) -> FAState:
@@ -95,6 +96,12 @@ class FAState:
             self.thresholds.updated(**marker.kwargs)
         except (TypeError, ValueError) as exc:
             pytest.fail(f"fa_protocol marker: {exc}", pytrace=False)
+
+    # -- pitfall suite ------------------------------------------------------------------------
+    def record_pitfall(self, pitfall_id: str, checks_checkpoint: bool, outcome: str) -> None:
+        """Note one pitfall test's outcome, for the suite or for the user's checkpoint."""
+        entry = self.pitfall_outcomes.setdefault(pitfall_id, {"suite": [], "checkpoint": []})
+        entry["checkpoint" if checks_checkpoint else "suite"].append(outcome)
 
     # -- reports -----------------------------------------------------------------------------
     def report(self, path: str, thresholds: DiagnosticThresholds | None = None) -> DiagnosticReport:

@@ -37,9 +37,10 @@ ITEM_NAMES = ("residual_growth", "grad_floor", "direction_stability", "frozen_ma
 PACKAGE_DIR = str(Path(pytest_fa.__file__).parent)
 OPTION_NAMES = (
     "checkpoint", "model", "data", "data-root", "device", "eval-batches", "batch-size",
-    "frozen-acc", "frozen-epochs", "report-json",
+    "frozen-acc", "frozen-epochs", "report-json", "lint",
     *(f.name.replace("_", "-") for f in dataclasses.fields(DiagnosticThresholds)),
 )
+FLAG_NAMES = ("pitfalls",)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -168,9 +169,12 @@ def test_help_lists_every_option_in_one_group(pytester):
     group = text[start : text.index("\n\n", start)]
     for name in OPTION_NAMES:
         assert f"--fa-{name}=" in group, name
+    for name in FLAG_NAMES:
+        assert f"--fa-{name} " in group, name
     flags = re.findall(r"^  (--fa-[a-z-]+)", text, flags=re.MULTILINE)
-    assert sorted(flags) == sorted(f"--fa-{name}" for name in OPTION_NAMES)  # nothing outside the group
-    for name in OPTION_NAMES:
+    expected = sorted(f"--fa-{name}" for name in OPTION_NAMES + FLAG_NAMES)
+    assert sorted(flags) == expected  # nothing outside the group
+    for name in OPTION_NAMES + FLAG_NAMES:
         assert f"fa_{name.replace('-', '_')} (" in text, name  # ini key
     assert "fa_checkpoint (linelist)" in text
 

@@ -1,0 +1,52 @@
+"""Fixtures of the pitfall suite, registered by ``--fa-pitfalls``.
+
+The training runs happen once per session and are shared by every pitfall module; they
+run on the GPU when there is one (``--fa-device``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ..state import STATE_KEY
+from . import by_id
+
+
+@pytest.fixture(scope="session")
+def degenerate_dfa(request):
+    """DFA on the ResMLP with MNIST-1D, trained until ‖g_L‖ is at the numerical floor."""
+    from .regimes import degenerate_dfa as run
+
+    return run(request.config.stash[STATE_KEY].values["device"])
+
+
+@pytest.fixture(scope="session")
+def healthy_bp(request):
+    """BP on the same architecture and data with the paper's recipe."""
+    from .regimes import healthy_bp as run
+
+    return run(request.config.stash[STATE_KEY].values["device"])
+
+
+@pytest.fixture
+def user_checkpoint_path(fa_checkpoint_path):
+    """The ``--fa-checkpoint`` path under test, unloaded (skipped without one)."""
+    return fa_checkpoint_path
+
+
+@pytest.fixture
+def user_checkpoint(fa_checkpoint):
+    """The loaded ``--fa-checkpoint`` under test (skipped without one)."""
+    return fa_checkpoint
+
+
+def exposed(pitfall_id: str, evidence: str) -> None:
+    """Fail the current test: the user's checkpoint or pipeline is exposed to a pitfall."""
+    pitfall = by_id(pitfall_id)
+    pytest.fail(
+        f"EXPOSED to pitfall {pitfall.id} ({pitfall.title}).\n"
+        f"    evidence: {evidence}\n"
+        f"    why: {pitfall.cause}\n"
+        f"    fix: {pitfall.fix}",
+        pytrace=False,
+    )
