@@ -149,11 +149,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _add_collection_root(config: pytest.Config, path: Path) -> None:
-    """Collect ``path`` too; alone when the command line named no paths of its own."""
-    if config.args_source == pytest.Config.ArgsSource.ARGS:
-        config.args.append(str(path))
-    else:
+    """Collect ``path`` too: alone when the command line named no paths of its own, not at
+    all when it already named something inside ``path``."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [str(path)]
+        return
+    named = [Path(a.split("::")[0]).resolve() for a in config.args]
+    if not any(p == path or path in p.parents for p in named):
+        config.args.append(str(path))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):

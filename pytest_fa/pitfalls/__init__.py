@@ -8,8 +8,10 @@ naive computation gives the wrong number, and pytest-fa's own functions do not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -147,6 +149,19 @@ PITFALLS: tuple[Pitfall, ...] = (
         fix="Report Γ with the training B next to the fresh-B null (mean ± std over n draws).",
     ),
 )
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The piece of pytest-fa that protects against a pitfall, and the naive code it replaces.
+
+    ``target`` is the dotted name of a function the pitfall's tests reach by attribute;
+    swapping in ``naive`` must make those tests fail (``python -m pytest_fa.pitfalls.guards``).
+    """
+
+    target: str
+    naive: Callable[..., Any]
+    description: str
 
 
 def by_id(pitfall_id: str) -> Pitfall:

@@ -10,8 +10,20 @@ from hypothesis import given, settings
 from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
 from pytest_fa.interface import forward_hidden
+from pytest_fa.pitfalls import Guard
 
 pytestmark = pytest.mark.fa_pitfall("1")
+
+
+def _naive_per_sample_norms(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().double().norm(-1).expand(x.shape[0])
+
+
+GUARD = Guard(
+    "pytest_fa.diagnostics.per_sample_norms",
+    _naive_per_sample_norms,
+    "per-sample L2 norms replaced by x.norm(-1)",
+)
 
 
 def naive_layer_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
