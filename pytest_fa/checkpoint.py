@@ -281,7 +281,7 @@ def load_checkpoint(
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
     method = get_method(bundle.method, **bundle.method_config)
-    state = MethodState(feedback=bundle.feedback, config=bundle.method_config)
+    state = MethodState(feedback=bundle.feedback, config=bundle.method_config, aux_state=bundle.aux)
     if method.needs_feedback:
         if not bundle.feedback:
             raise FeedbackError(

@@ -70,6 +70,45 @@ def check_dfa_feedback(
 ) -> list[torch.Tensor]:
     """Validate DFA feedback matrices against the model; raise :class:`FeedbackError` if off."""
     expected = [(num_classes, f) for f in feature_dims]
+    return check_feedback(feedback, expected, "(classes, features) so that a_l = e_T @ B_l")
+
+
+class FACredit:
+    """Feedback alignment, sequential from the top: ``a_L = e_T B_L``, ``a_l = a_{l+1} B_l``.
+
+    ``feedback[L]`` has shape (classes, F_L); ``feedback[l]`` for ``l < L`` has shape
+    (F_{l+1}, F_l): the fixed random matrix that stands in for the transposed Jacobian.
+    """
+
+    def __init__(self, feedback: Sequence[torch.Tensor]) -> None:
+        self.feedback = list(feedback)
+
+    def __call__(self, x, y, logits, hiddens):
+        e = output_error(logits, y)
+        credits = [e @ self.feedback[-1].to(e)]
+        for b in reversed(self.feedback[:-1]):
+            credits.append(credits[-1] @ b.to(e))
+        return credits[::-1]
+
+
+def init_fa_feedback(
+    num_classes: int, feature_dims: Sequence[int], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """``B_l ~ N(0, 1/F_{l+1})`` of shape (F_{l+1}, F_l) for l < L, and (classes, F_L) on top."""
+    dims = list(feature_dims)
+    chain = [torch.randn(dims[l + 1], dims[l], generator=generator) / math.sqrt(dims[l + 1]) for l in range(len(dims) - 1)]
+    return [*chain, torch.randn(num_classes, dims[-1], generator=generator) / math.sqrt(num_classes)]
+
+
+def expected_fa_shapes(num_classes: int, feature_dims: Sequence[int]) -> list[tuple[int, int]]:
+    dims = list(feature_dims)
+    return [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)] + [(num_classes, dims[-1])]
+
+
+def check_feedback(
+    feedback: Sequence[torch.Tensor], expected: Sequence[tuple[int, int]], layout_hint: str
+) -> list[torch.Tensor]:
+    """Validate feedback matrices against the shapes the model needs; :class:`FeedbackError` if off."""
     feedback = list(feedback)
     if len(feedback) != len(expected):
         raise FeedbackError(
@@ -82,13 +121,10 @@ def check_dfa_feedback(
         if tuple(b.shape) == shape[::-1] and shape[0] != shape[1]:
             raise FeedbackError(
                 f"feedback matrix B_{index} has shape {tuple(b.shape)}: it looks transposed; "
-                f"pytest-fa expects (classes, features) = {shape} so that a_l = e_T @ B_l"
+                f"pytest-fa expects {shape} {layout_hint}"
             )
         if tuple(b.shape) != shape:
-            raise FeedbackError(
-                f"feedback matrix B_{index} has shape {tuple(b.shape)}, expected {shape} "
-                "(classes, features of h_l)"
-            )
+            raise FeedbackError(f"feedback matrix B_{index} has shape {tuple(b.shape)}, expected {shape} {layout_hint}")
         if not torch.isfinite(b).all():
             raise FeedbackError(f"feedback matrix B_{index} contains NaN or Inf")
     return feedback

@@ -61,6 +61,15 @@ def readout(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     )
 
 
+def readout_logits(model: nn.Module, h_L: torch.Tensor) -> torch.Tensor:
+    """Logits from a final hidden state: ``model.read_logits`` if defined, else ``head(norm(h))``."""
+    read = getattr(model, "read_logits", None)
+    if read is not None:
+        return read(h_L)
+    norm, head = readout(model)
+    return head(norm(h_L) if norm is not None else h_L)
+
+
 def has_terminal_norm(model: nn.Module) -> bool:
     """True when a normalisation layer sits between ``h_L`` and the head."""
     from torch import nn

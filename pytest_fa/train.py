@@ -166,7 +166,7 @@ def train(
         arch_config=arch_config,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
         method=method.name,
-        method_config=dict(state.config),
+        method_config=method.config(),
         feedback=[b.detach().cpu() for b in state.feedback],
         aux={name: {k: v.detach().cpu() for k, v in net.state_dict().items()} for name, net in state.aux.items()},
         data=data.spec,

@@ -174,7 +174,7 @@ def test_load_checkpoint_of_dfa_bundle_restores_model_and_feedback(dfa_trained):
     assert len(loaded.state.feedback) == len(result.state.feedback) == DEPTH + 1
     for got, trained in zip(loaded.state.feedback, result.state.feedback):
         assert torch.equal(got, trained.cpu())
-    assert loaded.state.config == result.state.config
+    assert loaded.state.config == result.bundle.method_config == {"penalty": 0.0}
 
 
 def test_bundle_of_a_method_without_feedback_loads_without_it(dfa_bundle, tmp_path):
@@ -328,7 +328,7 @@ def test_custom_architecture_without_factory(dfa_bundle, tmp_path):
 def test_unknown_method(dfa_bundle, tmp_path):
     path = edited(dfa_bundle, tmp_path, lambda b: setattr(b, "method", "forward-forward"))
     message = error_of(CheckpointError, load_checkpoint, path)
-    assert "forward-forward" in message and "bp, dfa, frozen" in message
+    assert "forward-forward" in message and "bp, credit_bridge, dfa, ep, fa, frozen, state_bridge" in message
 
 
 def test_method_config_the_method_does_not_take(dfa_bundle, tmp_path):

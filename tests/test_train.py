@@ -99,8 +99,8 @@ def test_recipe_defaults_are_the_papers():
 
 
 def test_unknown_method_and_bad_budget_are_refused(small_data):
-    with pytest.raises(Exception, match="unknown method 'ep'"):
-        get_method("ep")
+    with pytest.raises(Exception, match="unknown method 'forward-forward'"):
+        get_method("forward-forward")
     with pytest.raises(ValueError, match="epochs"):
         train(small_data, "bp", epochs=0)
     assert isinstance(get_method("frozen"), FrozenBlocks)

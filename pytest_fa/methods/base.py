@@ -1,4 +1,4 @@
-"""Training methods: how each computes its update and which credit signal it exposes.
+"""The method interface: how a method computes its update and which credit signal it exposes.
 
 A method owns three things: the loss whose gradient is its update, the auxiliary state it
 needs (fixed feedback matrices, auxiliary nets) — which is saved with every checkpoint —
@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import interface
-from .credit import BPCredit, CreditSignal, DFACredit, check_dfa_feedback, init_dfa_feedback
-from .errors import CheckpointError
+from .. import interface
+from ..credit import CreditSignal
 
 
 @dataclass
@@ -33,6 +32,7 @@ class MethodState:
     feedback: list[torch.Tensor] = field(default_factory=list)
     aux: dict[str, nn.Module] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    aux_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def feature_dims(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
@@ -83,7 +83,12 @@ class Method:
 
     name: ClassVar[str] = ""
     needs_feedback: ClassVar[bool] = False
+    needs_aux: ClassVar[tuple[str, ...]] = ()
     trains_blocks: ClassVar[bool] = True
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments: ``get_method(name, **config())`` rebuilds the method."""
+        return {}
 
     def setup(self, model: nn.Module, num_classes: int, input_shape, generator: torch.Generator) -> MethodState:
         return MethodState()
@@ -105,74 +110,64 @@ class Method:
         return state
 
 
-class Backprop(Method):
-    name = "bp"
+def require_vector_layout(model: nn.Module, method: str, outputs: Sequence[torch.Tensor]) -> None:
+    from ..errors import ModelInterfaceError
 
-    def credit(self, model, state):
-        layout_of = lambda t: interface.per_sample(t, interface.hidden_layout(model, t))  # noqa: E731
-        return BPCredit(layout_of), ""
-
-
-class FrozenBlocks(Method):
-    """The depth-utilisation control: blocks stay at their random init, the rest trains by BP."""
-
-    name = "frozen"
-    trains_blocks = False
-
-    def setup(self, model, num_classes, input_shape, generator):
-        for p in interface.block_weights(model):
-            p.requires_grad_(False)
-        return MethodState()
-
-    def credit(self, model, state):
-        return None, "frozen-blocks baseline: its blocks are not trained, so there is no credit to align"
+    if interface.hidden_layout(model, outputs[0]) != "vector":
+        raise ModelInterfaceError(
+            f"{method} is implemented for models with (B, d) hidden states (ResMLP, StudentNet); "
+            f"{type(model).__name__} has {interface.hidden_layout(model, outputs[0])} states"
+        )
 
 
-class DFA(Method):
-    """Direct feedback alignment, optionally with the scale penalty ``λ ‖f_l(h_l)‖²``."""
+def hidden_states(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``[h_0, ..., h_L]`` (detached) from the outputs of :func:`local_forward`."""
+    states = [outputs[0].detach()]
+    for branch in outputs[1:]:
+        states.append(states[-1] + branch.detach())
+    return states
 
-    name = "dfa"
-    needs_feedback = True
+
+def scale_penalty(branches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_l mean_i ‖f_l(h_l)[i]‖²``: the residual-branch scale penalty."""
+    return sum(f.pow(2).sum() / f.shape[0] for f in branches)
+
+
+class LocalCreditMethod(Method):
+    """A method that trains each module by ``⟨output, a⟩`` with its own credit ``a``.
+
+    Subclasses give :meth:`training_credits` (the ``a_l`` used for the update, from the
+    local forward pass) and :meth:`credit` (the same rule as a credit signal on any forward
+    pass, for Γ); :meth:`aux_loss` trains auxiliary nets. ``penalty`` adds
+    ``λ Σ_l ‖f_l(h_l)‖²`` to the block losses.
+    """
 
     def __init__(self, penalty: float = 0.0) -> None:
         self.penalty = penalty
 
-    def setup(self, model, num_classes, input_shape, generator):
-        dims = feature_dims(model, input_shape)
-        param = next(model.parameters())
-        feedback = [b.to(param.device) for b in init_dfa_feedback(num_classes, dims, generator)]
-        return MethodState(feedback=feedback, config={"penalty": self.penalty})
+    def config(self) -> dict[str, Any]:
+        return {"penalty": self.penalty}
+
+    def training_credits(self, model, state, x, y, logits, outputs) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def aux_loss(self, model, state, x, y, logits, outputs) -> torch.Tensor | None:
+        return None
+
+    def parameters(self, model, state):
+        params = [p for p in model.parameters() if p.requires_grad]
+        for net in state.aux.values():
+            params.extend(p for p in net.parameters() if p.requires_grad)
+        return params
 
     def loss(self, model, state, x, y):
         logits, outputs = local_forward(model, x)
-        credits = DFACredit(state.feedback)(x, y, logits, outputs)
+        credits = self.training_credits(model, state, x, y, logits, outputs)
         layout = interface.hidden_layout(model, outputs[0])
         loss = F.cross_entropy(logits, y) + credit_loss(outputs, credits, layout)
         if self.penalty:
-            loss = loss + self.penalty * sum(f.pow(2).sum() / f.shape[0] for f in outputs[1:])
+            loss = loss + self.penalty * scale_penalty(outputs[1:])
+        aux = self.aux_loss(model, state, x, y, logits, outputs)
+        if aux is not None:
+            loss = loss + aux
         return loss, logits
-
-    def credit(self, model, state):
-        return DFACredit(state.feedback), ""
-
-    def restore(self, model, state, num_classes, input_shape):
-        dims = feature_dims(model, input_shape)
-        state.feedback = check_dfa_feedback(state.feedback, num_classes, dims)
-        return state
-
-
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Backprop, FrozenBlocks, DFA)}
-
-
-def get_method(name: str, **config: Any) -> Method:
-    """Instantiate a registered method by name."""
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise CheckpointError(
-            f"unknown method {name!r}; pytest-fa knows {', '.join(sorted(METHODS))}"
-        ) from None
-    try:
-        return cls(**config)
-    except TypeError as exc:
-        raise CheckpointError(f"method {name!r} does not take config {config!r}: {exc}") from None

@@ -1,0 +1,73 @@
+"""The shipped pitfall suite: wiring, conventions, CHECKLIST.md, and guards with teeth."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from pytest_fa.pitfalls import PITFALLS, HERE, Guard
+from pytest_fa.pitfalls import checklist, guards
+from pytest_fa.pitfalls import regimes  # noqa: F401  (kept imported: its runs are cached per process)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_tree(pitfall):
+    return ast.parse(pitfall.path.read_text())
+
+
+@pytest.mark.parametrize("pitfall", PITFALLS, ids=lambda p: p.id)
+def test_every_pitfall_has_a_module_following_the_conventions(pitfall):
+    assert pitfall.path.exists(), f"missing {pitfall.module}"
+    tree = module_tree(pitfall)
+    doc = ast.get_docstring(tree) or ""
+    assert doc.startswith(f"Pitfall {pitfall.id}:"), doc[:60]
+    tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert len(tests) >= 2, "both sides: the naive way and pytest-fa's"
+    for test in tests:
+        assert (ast.get_docstring(test) or "").startswith(f"Pitfall {pitfall.id}:"), test.name
+    source = pitfall.path.read_text()
+    assert f'pytestmark = pytest.mark.fa_pitfall("{pitfall.id}")' in source
+    assert "hypothesis" in source, "the immune side uses hypothesis"
+    module = guards.module_of(pitfall)
+    assert isinstance(module.GUARD, Guard)
+
+
+def test_checklist_is_generated_from_the_registry():
+    assert (ROOT / "CHECKLIST.md").read_text() == checklist.render(), (
+        "CHECKLIST.md is stale: python -m pytest_fa.pitfalls.checklist > CHECKLIST.md"
+    )
+
+
+def test_pitfall_modules_are_only_collected_with_the_flag(pytester):
+    result = pytester.runpytest("--co", "-q", str(HERE))
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result = pytester.runpytest("--fa-pitfalls", "--co", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    collected = result.stdout.str()
+    for pitfall in PITFALLS:
+        assert pitfall.module in collected, pitfall.module
+
+
+def test_an_explicit_pitfall_module_runs_alone(pytester):
+    first = PITFALLS[0]
+    result = pytester.runpytest("--fa-pitfalls", "--co", "-q", str(first.path))
+    files = {line.split("::")[0].rsplit("/", 1)[-1] for line in result.stdout.lines if "::" in line}
+    assert files == {first.module}
+
+
+def test_the_suite_passes_and_prints_the_pitfall_table(pytester):
+    result = pytester.runpytest("--fa-pitfalls", "-p", "no:cacheprovider", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    text = result.stdout.str()
+    assert "pytest-fa pitfalls" in text
+    for pitfall in PITFALLS:
+        assert any(line.startswith(f"{pitfall.id} ") and "pinned" in line for line in text.splitlines()), pitfall.id
+
+
+@pytest.mark.parametrize("pitfall", PITFALLS, ids=lambda p: p.id)
+def test_removing_the_guard_makes_the_pitfall_test_fail(pitfall):
+    result = guards.run_without_guard(pitfall)
+    assert result.caught, f"{pitfall.id}: removing {result.guard.target} left the suite green"
