@@ -29,7 +29,8 @@ from .checkpoint import Bundle, save_bundle
 from .data import Dataset, eval_batches, load_dataset
 from .methods import Method, MethodState, get_method
 from .models import build_model
-from .probe import run_probe
+from .monitor import growth_and_floor
+from .thresholds import DiagnosticThresholds
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = (42,)
@@ -81,11 +82,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 40
 
 def epoch_monitor(model: nn.Module, batches) -> dict[str, float]:
     """Diagnostics (a) and (b) on fixed batches: ``‖h_L‖``, max block growth, ``‖g_L‖``."""
-    probe = run_probe(model, batches)
-    h = D.layer_medians(probe.hidden_norms)
-    g = D.layer_medians(probe.grad_norms)
-    growth, _ = D.residual_growth(h)
-    return {"h_L": float(h[-1]), "max_growth": growth, "g_L": float(g[-1]), "batch_size": probe.batch_size}
+    record = growth_and_floor(model, batches, DiagnosticThresholds())
+    return {k: record[k] for k in ("h_L", "max_growth", "g_L", "batch_size")}
 
 
 def train(

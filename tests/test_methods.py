@@ -137,3 +137,15 @@ def test_a_users_own_method_plugs_in_through_register(small_data, batches, tmp_p
         assert all(g == pytest.approx(-1.0) for g in report.gamma_per_layer)
     finally:
         METHODS.pop("sign_flip_test")
+
+
+def test_perturbation_correlation_has_its_controls(dfa_trained, batches):
+    from pytest_fa.perturbation import perturbation_correlation
+
+    result, _ = dfa_trained
+    credit, _ = get_method("dfa").credit(result.model, result.state)
+    rho = perturbation_correlation(result.model, batches[:2], credit, directions=32)
+    assert all(c > 0.99 for c in rho.gradient_control)  # the Taylor ceiling
+    assert all(abs(c) < 0.1 for c in rho.random_control)
+    assert all(-1 <= r <= 1 for r in rho.rho)
+    assert next(result.model.parameters()).dtype == torch.float32  # put back as it was
