@@ -1,27 +1,56 @@
 """Static checker for the source-level evaluation pitfalls (``--fa-lint`` / ``python -m pytest_fa.lint``).
 
-Pure functions over the ``ast`` of a file; torch is never imported. Rules:
+Pure functions over the ``ast`` of a file; torch is never imported. Names are resolved through
+the file's imports (``import torch.nn.functional as F``, ``from torch.linalg import norm``); the
+usual ``torch``/``F``/``nn`` work in snippets that do not import them.
 
-``FA001`` (pitfall 1)
-    A positional ``p``/``ord`` without a ``dim``: ``x.norm(-1)``, ``h.norm(2)``,
-    ``torch.norm(x, -1)``, ``torch.linalg.norm(x, -1)``, ``torch.linalg.vector_norm(x, -1)``.
-    In all four signatures the first argument after the tensor is the order of the norm, so a
-    number there with no ``dim`` is the norm of the whole flattened tensor.
-``FA002`` (pitfall 2)
-    ``cosine_similarity`` (``F.``/``torch.nn.functional.``/``torch.``, or an
-    ``nn.CosineSimilarity`` module) with a gradient-like argument and no explicit ``eps``.
-``FA003`` (pitfall 3)
-    ``.half()`` / ``.to(torch.float16)`` / ``.type(torch.HalfTensor)`` on a gradient-like value,
-    and a float16 ``autocast`` block whose body computes gradients.
-``FA004`` (pitfall B3)
-    A cosine whose two arguments come from different batches of one function.
+``FA001`` (pitfall 1): a number in the order slot and no ``dim``.
+    ``t.norm(N)`` (``Tensor.norm(p, dim, ...)``) and ``torch.norm(x, N)`` /
+    ``torch.linalg.norm(x, N)`` / ``torch.linalg.vector_norm(x, N)`` (order second, dim third),
+    where N is a numeric literal (``-1``, ``2``, ``1.0``, ``float("inf")``, ``math.inf``) and no
+    dim is given (neither positionally nor as ``dim=``): that is the norm of the whole flattened
+    tensor. Not flagged: ``p=``/``ord=`` as keywords, any dim given, a non-literal order,
+    ``**kwargs``, ``matrix_norm`` (its default dim is the last two), a ``.norm`` on an imported
+    module (``np.linalg.norm``) or called with a tensor (``self.norm(h)``, a LayerNorm).
+``FA002`` (pitfall 2): an eps-clamped cosine of a gradient.
+    ``torch.nn.functional.cosine_similarity`` / ``torch.cosine_similarity`` without ``eps=``
+    (nor a 4th positional argument, nor ``**kwargs``), and calls of an ``nn.CosineSimilarity``
+    built without eps (inline ``nn.CosineSimilarity(dim=1)(a, g)``, a variable, or a
+    ``self.<attr>`` assigned in any method of the class), where ``x1`` or ``x2`` is gradient-like.
+``FA003`` (pitfall 3): float16 gradients.
+    ``.half()``, ``.to(..., torch.float16 | torch.half, ...)``, ``.to(dtype=...)``,
+    ``.type(torch.HalfTensor | torch.cuda.HalfTensor | "torch.HalfTensor")`` on a gradient-like
+    receiver; and a float16 autocast (``torch.autocast``/``torch.amp.autocast`` with
+    ``dtype=torch.float16``, or on a literal ``"cuda"`` device without dtype;
+    ``torch.cuda.amp.autocast`` unless another dtype is given; never with ``enabled=False``) used
+    as ``with`` or as a decorator whose body calls ``torch.autograd.grad``/``torch.autograd.backward``
+    or ``.backward(...)`` (not inside nested functions, nor under a nested non-fp16 autocast).
+``FA004`` (pitfall B3): a cosine across batches.
+    For any cosine above or ``pytest_fa.diagnostics.cosine_per_sample``, the "batch origins" of
+    both arguments are computed by forward dataflow over the assignments of the function (the
+    module body counts as one function): a ``for`` loop (or comprehension) over a batch source —
+    an iterable with no origin of its own whose names look like one (``*batch*``, ``*loader*``,
+    ``data``, ``dl``, ``ds``, ``it``, ``iter`` segments), never ``range(...)`` nor
+    ``.parameters()``-like iterators — gives its targets one origin; loops over the same named
+    source share it unless that source was built with ``shuffle=True``. ``next(it)`` is a new
+    origin at every call site; ``next(iter(X))`` is "the first batch of X" (one origin per X)
+    unless X shuffles. ``batches[0]`` vs ``batches[1]`` (a name containing ``batches``, a
+    constant index) are two origins. Origins flow through every expression (calls, attributes,
+    subscripts, ``zip``/``enumerate`` unpacking, ``.append``); an assignment replaces a
+    variable's origins in straight-line code and adds to them under ``if``/``try``/``while``.
+    Flagged when both origin sets are non-empty and disjoint; silent whenever either is unknown.
 
-"Gradient-like" is an expression that mentions a name or attribute containing ``grad``
-(``p.grad``, ``grads[l]``, ``torch.autograd.grad(...)``; not ``requires_grad``, ``no_grad`` and
-the other autograd switches), or a variable assigned earlier in the same scope from one.
+"Gradient-like": an expression that mentions a name or attribute containing ``grad``
+(case-insensitive: ``p.grad``, ``grads[l]``, ``g_grad``, ``torch.autograd.grad(...)``; not the
+autograd switches ``requires_grad(_)``, ``no_grad``, ``enable_grad``, ``set_grad_enabled``,
+``zero_grad``, ``grad_fn``, ...), or a variable (or ``self.<attr>``) assigned one earlier in the
+same scope (sticky: it stays gradient-like after later assignments). A function sees the
+enclosing scope's gradient-like names except its own parameters; batch origins never cross
+function boundaries.
 
 A line whose comment ends with ``fa-lint: ignore`` (all codes) or ``fa-lint: ignore[FA001,FA002]``
-suppresses the findings reported on it. Columns are 1-based.
+suppresses the findings on it (the reported line, or the first/last line of a multi-line call).
+Findings are ``path:line:col`` with 1-based character columns pointing at the called name.
 """
 
 from __future__ import annotations
@@ -176,15 +205,17 @@ class Env:
     taint: set[str] = field(default_factory=set)  # gradient-like
     origins: dict[str, frozenset[Origin]] = field(default_factory=dict)
     cosine_modules: dict[str, bool] = field(default_factory=dict)  # name -> eps given
+    shuffled: set[str] = field(default_factory=set)  # built with shuffle=True
 
     def copy(self) -> Env:
-        return Env(set(self.taint), dict(self.origins), dict(self.cosine_modules))
+        return Env(set(self.taint), dict(self.origins), dict(self.cosine_modules), set(self.shuffled))
 
     def forget(self, names: Iterable[str]) -> None:
         for name in names:
             self.taint.discard(name)
             self.origins.pop(name, None)
             self.cosine_modules.pop(name, None)
+            self.shuffled.discard(name)
 
 
 def _params(args: ast.arguments) -> list[str]:
@@ -302,6 +333,29 @@ class _Linter:
         return not (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
                     and inner.func.attr in MODEL_ITERATORS)
 
+    def _next_key(self, call: ast.Call, env: Env) -> tuple:
+        """``next(it)`` advances an iterator: every call site is another batch. ``next(iter(X))``
+        starts afresh: the first batch of X again, unless X is known to shuffle."""
+        arg = call.args[0]
+        if (isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "iter"
+                and len(arg.args) == 1):
+            source = _dotted(arg.args[0])
+            if source is not None and source not in env.shuffled:
+                return ("first", source)
+        return ("next", call.lineno, call.col_offset)
+
+    def _loop_key(self, iterable: ast.AST, env: Env) -> tuple:
+        """Loops over the same named source visit the same batches in the same order (unless it
+        shuffles); any other loop is a batch source of its own."""
+        node = iterable
+        while (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)) and node.args
+               and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr) in ITER_WRAPPERS - {"zip"}):
+            node = node.args[0]
+        source = _dotted(node)
+        if source is not None and source not in env.shuffled:
+            return ("for", source)
+        return ("for", iterable.lineno, iterable.col_offset)
+
     def origins(self, node: ast.AST | None, env: Env) -> frozenset[Origin]:
         if node is None:
             return EMPTY
@@ -312,7 +366,7 @@ class _Linter:
             own = env.origins.get(dotted, EMPTY) if dotted else EMPTY
             return own | self.origins(node.value, env)
         if isinstance(node, ast.Call) and self._is_next(node):
-            here = Origin(("next", node.lineno, node.col_offset), f"`{_short(node)}` (line {node.lineno})")
+            here = Origin(self._next_key(node, env), f"`{_short(node)}` at line {node.lineno}")
             return frozenset({here}) | self._children_origins(node, env)
         if isinstance(node, ast.Subscript):
             inner = self.origins(node.value, env)
@@ -385,8 +439,15 @@ class _Linter:
         origins = (self.origins(value, env) if value is not None else EMPTY) | extra
         tainted = value is not None and self.grad_like(value, env) is not None
         cosine_eps = self._cosine_module_ctor(value) if isinstance(value, ast.Call) else None
+        shuffles = isinstance(value, ast.Call) and any(
+            kw.arg == "shuffle" and isinstance(kw.value, ast.Constant) and kw.value.value is True
+            for kw in value.keywords)
         for name, replaceable in self._leaves(target):
             self._set(env, name, origins, tainted, replace and replaceable, cosine_eps)
+            if shuffles:
+                env.shuffled.add(name)
+            elif replace and replaceable:
+                env.shuffled.discard(name)
 
     def bind_loop(self, target: ast.AST, iterable: ast.AST, env: Env, replace: bool,
                   extra: frozenset[Origin] | None = None) -> None:
@@ -395,8 +456,8 @@ class _Linter:
         if extra is None:
             extra = EMPTY
             if not self.origins(iterable, env) and self._batch_source(iterable):
-                extra = frozenset({Origin(("for", iterable.lineno, iterable.col_offset),
-                                          f"the loop over `{_short(iterable)}` (line {iterable.lineno})")})
+                extra = frozenset({Origin(self._loop_key(iterable, env),
+                                          f"the loop over `{_short(iterable)}` at line {iterable.lineno}")})
         func = iterable.func if isinstance(iterable, ast.Call) else None
         name = func.id if isinstance(func, ast.Name) else None
         if isinstance(target, (ast.Tuple, ast.List)) and name in ("zip", "enumerate") and not _has_splat(iterable):
@@ -599,16 +660,17 @@ class _Linter:
             stack.extend(reversed(list(ast.iter_child_nodes(node))))
         return None
 
-    def check_with(self, node: ast.With | ast.AsyncWith) -> None:
-        for item in node.items:
-            why = self.autocast_fp16(item.context_expr)
+    def check_autocast(self, contexts: list[ast.expr], body: list[ast.stmt], form: str) -> None:
+        """``with <fp16 autocast>:`` (or ``@<fp16 autocast>`` on a function) around gradients."""
+        for context in contexts:
+            why = self.autocast_fp16(context)
             if why is None:
                 continue
-            grad = self.gradient_call(node.body)
+            grad = self.gradient_call(body)
             if grad is None:
                 continue
-            self.report("FA003", item.context_expr, (
-                f"`with {_short(item.context_expr)}` ({why}) wraps a gradient computation "
+            self.report("FA003", context, (
+                f"`{form}{_short(context)}` ({why}) wraps a gradient computation "
                 f"(`{_short(grad.func)}(...)` at line {grad.lineno}): float16's smallest subnormal is 6e-8, "
                 f"so hidden-layer BP gradients (~1e-9) flush to zero. Fix: measure reference gradients in "
                 f"float32/float64 (outside the autocast, or `enabled=False`) or with `dtype=torch.bfloat16`."
@@ -666,12 +728,15 @@ class _Linter:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for sub in [*node.decorator_list, *node.args.defaults, *(d for d in node.args.kw_defaults if d)]:
                 self.expr(sub, env)
+            self.check_autocast(node.decorator_list, node.body, "@")
             self.function(node, node.body, env)
         elif isinstance(node, ast.ClassDef):
             for sub in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
                 self.expr(sub, env)
             inner = env.copy()
-            inner.cosine_modules.update(self._class_cosine_modules(node))
+            modules, tainted = self._class_attributes(node)
+            inner.cosine_modules.update(modules)
+            inner.taint |= tainted
             self.block(node.body, inner, conditional=False)
         elif isinstance(node, ast.Assign):
             self.expr(node.value, env)
@@ -696,7 +761,7 @@ class _Linter:
                 self.expr(item.context_expr, env)
                 if item.optional_vars is not None:
                     self.bind(item.optional_vars, item.context_expr, env, replace)
-            self.check_with(node)
+            self.check_autocast([item.context_expr for item in node.items], node.body, "with ")
             self.block(node.body, env, conditional)
         elif isinstance(node, (ast.While, ast.If)):
             self.expr(node.test, env)
@@ -719,19 +784,27 @@ class _Linter:
                 if isinstance(child, ast.expr):
                     self.expr(child, env)
 
-    def _class_cosine_modules(self, node: ast.ClassDef) -> dict[str, bool]:
-        """``self.<attr> = nn.CosineSimilarity(...)`` in any method of the class."""
-        out: dict[str, bool] = {}
+    def _class_attributes(self, node: ast.ClassDef) -> tuple[dict[str, bool], set[str]]:
+        """What every method sees of ``self.<attr>``: the ``nn.CosineSimilarity`` modules (with
+        eps given or not) and the attributes any method assigns a gradient-like value."""
+        modules: dict[str, bool] = {}
+        tainted: set[str] = set()
         for sub in ast.walk(node):
-            if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Call):
-                eps = self._cosine_module_ctor(sub.value)
-                if eps is None:
-                    continue
-                for target in sub.targets:
-                    dotted = _dotted(target)
-                    if dotted is not None and dotted.startswith("self."):
-                        out[dotted] = eps
-        return out
+            if not isinstance(sub, (ast.Assign, ast.AnnAssign)) or sub.value is None:
+                continue
+            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+            eps = self._cosine_module_ctor(sub.value) if isinstance(sub.value, ast.Call) else None
+            gradient = self.grad_like(sub.value, Env()) is not None
+            for target in targets:
+                for leaf in ast.walk(target):
+                    dotted = _dotted(leaf) if isinstance(leaf, ast.Attribute) else None
+                    if dotted is None or not dotted.startswith("self.") or dotted.count(".") != 1:
+                        continue
+                    if eps is not None:
+                        modules[dotted] = eps
+                    if gradient:
+                        tainted.add(dotted)
+        return modules, tainted
 
     def run(self) -> list[tuple[Finding, int, int]]:
         self.function(None, self.tree.body, Env())
@@ -779,9 +852,20 @@ def lint_source(source: str, path: str = "<string>") -> list[Finding]:
     for files (it turns one into an FA000 finding)."""
     tree = ast.parse(source, filename=path)
     rules = _suppressions(source)
+    try:
+        found = _Linter(tree, source, path).run()
+    except RecursionError:
+        # the walk recurses once per level of the tree; ast.parse bounds that depth, so a
+        # higher limit for this one deep file (a sum of thousands of terms) is safe
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 100_000))
+        try:
+            found = _Linter(tree, source, path).run()
+        finally:
+            sys.setrecursionlimit(limit)
     kept = [
         finding
-        for finding, first, last in _Linter(tree, source, path).run()
+        for finding, first, last in found
         if not _suppressed(rules, {finding.line, first, last}, finding.code)
     ]
     return sorted(kept, key=lambda f: (f.line, f.col, f.code))
@@ -799,6 +883,9 @@ def lint_file(path: str | os.PathLike[str]) -> list[Finding]:
         line, col = error.lineno or 1, error.offset or 1
         return [Finding(name, line, col, RULES["FA000"], "FA000",
                         f"cannot parse: {error.msg}; fix the syntax error so the file can be checked.")]
+    except RecursionError:
+        return [Finding(name, 1, 1, RULES["FA000"], "FA000",
+                        "cannot parse: nested too deeply for Python's parser; split the expression.")]
     except (UnicodeDecodeError, LookupError, ValueError) as error:
         return [Finding(name, 1, 1, RULES["FA000"], "FA000",
                         f"cannot read as Python source: {error}; save it as UTF-8 (or declare its encoding).")]

@@ -140,6 +140,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
     )
     values = {o.name: _resolve(config, o) for o in OPTIONS + _threshold_options()}
+    for root in values["lint"]:
+        if not Path(root).exists():
+            raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
     state = config.stash[STATE_KEY] = FAState.from_options(config, values)
     if state.values["pitfalls"]:
         from .pitfalls import fixtures as pitfall_fixtures
@@ -187,14 +190,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
-    for root in state.values["lint"]:
+    for root in dict.fromkeys(Path(r).resolve() for r in state.values["lint"]):
         name = f"fa-lint[{root}]"
-        items.extend(LintCollector.from_parent(session, name=name, nodeid=name, path=Path(root).resolve()).collect())
+        items.extend(_collected(LintCollector.from_parent(session, name=name, nodeid=name, path=root)))
     for path in state.checkpoints:
         name = f"fa-protocol[{path}]"
         collector = ProtocolCollector.from_parent(session, name=name, nodeid=name, path=Path(path).resolve())
         collector.checkpoint = path
-        items.extend(collector.collect())
+        items.extend(_collected(collector))
+
+
+def _collected(collector: pytest.Collector) -> list[pytest.Item]:
+    """Collect through pytest's hooks, so the items are counted and reported like any others."""
+    report = collector.ihook.pytest_make_collect_report(collector=collector)
+    collector.ihook.pytest_collectreport(report=report)
+    return [node for node in report.result if isinstance(node, pytest.Item)]
 
 
 class ProtocolCollector(pytest.Collector):
@@ -258,8 +268,6 @@ class LintCollector(pytest.Collector):
     def collect(self):
         from .lint import python_files
 
-        if not self.path.exists():
-            raise pytest.UsageError(f"--fa-lint={self.path}: no such file or folder")
         for file in python_files([self.path]):
             yield LintItem.from_parent(self, name=str(file), path=file)
 

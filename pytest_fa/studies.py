@@ -122,7 +122,8 @@ def field_gamma(model, batches, credit) -> float:
         for index, (a, g) in enumerate(zip(credits, grads)):
             if len(per_layer) <= index:
                 per_layer.append([])
-            per_layer[index].append(F.cosine_similarity(a.detach().float(), interface.per_sample(g, layout).float(), dim=1))
+            field = F.cosine_similarity(a.detach().float(), interface.per_sample(g, layout).float(), dim=1, eps=1e-8)
+            per_layer[index].append(field)
     return statistics.fmean(float(torch.cat(c).mean()) for c in per_layer)
 
 
