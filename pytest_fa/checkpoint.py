@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, FeedbackError
-from .methods import MethodState, get_method
+from .methods import METHODS, MethodState, get_method
 
 RESAVE = (
     "Re-save only tensors and plain values: a pytest-fa bundle "
@@ -249,12 +249,14 @@ def load_checkpoint(
     factory: str | Callable[..., nn.Module] | None = None,
     input_shape=None,
     num_classes: int | None = None,
+    allow_unknown_method: bool = False,
 ) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
-    For a bundle whose method needs feedback matrices they must be present and match the
-    model; ``input_shape``/``num_classes`` are needed only to check a plain state dict's
-    feedback-free model against the data and may be left None otherwise.
+    For a bundle whose method needs feedback matrices or auxiliary nets they must be present
+    and match the model; ``input_shape``/``num_classes`` (from the data) are used when the
+    bundle's arch_config does not record them. ``allow_unknown_method`` accepts a method
+    pytest-fa does not know (its credit then comes from the caller, e.g. ``--fa-credit``).
     """
     from .models import build_model
 
@@ -280,8 +282,10 @@ def load_checkpoint(
             )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
-    method = get_method(bundle.method, **bundle.method_config)
     state = MethodState(feedback=bundle.feedback, config=bundle.method_config, aux_state=bundle.aux)
+    if bundle.method not in METHODS and allow_unknown_method:
+        return LoadedCheckpoint(source, model, bundle, state, bundle.method)
+    method = get_method(bundle.method, **bundle.method_config)
     if method.needs_feedback:
         if not bundle.feedback:
             raise FeedbackError(
@@ -289,10 +293,13 @@ def load_checkpoint(
                 "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
                 "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l"
             )
-    shape = bundle.arch_config.get("input_shape", input_shape)
-    classes = bundle.arch_config.get("num_classes", num_classes)
+    shape = bundle.arch_config.get("input_shape") or input_shape
+    classes = bundle.arch_config.get("num_classes") or num_classes
     if shape is None or classes is None:
-        raise CheckpointError(f"{source}: bundle does not record input_shape and num_classes")
+        raise CheckpointError(
+            f"{source}: neither the bundle's arch_config nor the caller gives input_shape and "
+            "num_classes, which the method's feedback matrices are checked against"
+        )
     state = method.restore(model, state, classes, shape)
     return LoadedCheckpoint(source, model, bundle, state, bundle.method)
 

@@ -61,6 +61,8 @@ OPTIONS = (
     Option("checkpoint", "checkpoint to diagnose: a pytest-fa bundle, or a state dict with "
            "--fa-model (repeatable; ini: one per line)", metavar="PATH", repeat=True, is_path=True),
     Option("model", "factory for a custom architecture, package.module:build", metavar="SPEC"),
+    Option("credit", "your method's credit signal for Γ: package.module:make_credit, called as "
+           "make_credit(model, checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]", metavar="SPEC"),
     Option("data", "data set when the checkpoint does not record one: mnist1d, fashion-mnist, "
            "cifar10, cifar100, synthetic", metavar="NAME"),
     Option("data_root", "folder holding the data set files (CIFAR, Fashion-MNIST)", metavar="DIR", is_path=True),

@@ -14,7 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import Bundle, LoadedCheckpoint, import_factory, load_bundle, load_checkpoint, save_bundle
+from .checkpoint import (
+    Bundle,
+    LoadedCheckpoint,
+    import_factory,
+    is_bundle,
+    load_bundle,
+    load_checkpoint,
+    read_checkpoint,
+    save_bundle,
+)
 from .data import Dataset, dataset_from_spec, eval_batches, load_dataset
 from .errors import CheckpointError, DataError, FAError
 from .methods import get_method
@@ -42,6 +51,7 @@ class ProtocolSettings:
     frozen_acc: float | None = None
     frozen_epochs: int | None = None
     cache_dir: str | None = None
+    credit: str | None = None
 
 
 @dataclass
@@ -107,20 +117,23 @@ class ProtocolRunner:
         return self._runs[key]
 
     def _load(self, path: str) -> CheckpointRun:
-        loaded = load_checkpoint(path, factory=self.settings.model_factory)
-        data = self._dataset_for(loaded)
+        payload = read_checkpoint(path)
+        data = self._dataset_for(path, payload.get("data") if is_bundle(payload) else None)
+        loaded = load_checkpoint(
+            path, factory=self.settings.model_factory, input_shape=data.input_shape,
+            num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,
+        )
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
         headline = accuracy(model, data.x_test, data.y_test)
         return CheckpointRun(loaded, data, headline, self.device, copy.deepcopy(model))
 
-    def _dataset_for(self, loaded: LoadedCheckpoint) -> Dataset:
+    def _dataset_for(self, path: str, spec: dict[str, Any] | None) -> Dataset:
         asked = self.settings.data
-        if loaded.bundle is not None:
-            spec = loaded.bundle.data
+        if spec is not None:
             if asked and asked != spec.get("name"):
                 raise DataError(
-                    f"{loaded.path} was trained on {spec.get('name')!r} but --fa-data={asked!r}; "
+                    f"{path} was trained on {spec.get('name')!r} but --fa-data={asked!r}; "
                     "the protocol must run on the checkpoint's own data set (drop --fa-data)"
                 )
             cache_key = json.dumps(spec, sort_keys=True, default=str)
@@ -217,6 +230,15 @@ class ProtocolRunner:
         save_bundle(file, result.bundle)
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
+    def _credit(self, loaded: LoadedCheckpoint, model: nn.Module):
+        """The credit signal for Γ: ``--fa-credit``'s factory, else the bundle's method."""
+        if self.settings.credit is not None:
+            make = import_factory(self.settings.credit)
+            return make(model, loaded), ""
+        if not loaded.method:
+            return None, "a plain state dict carries no method and no feedback matrices (pass --fa-credit)"
+        return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
+
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
             make = import_factory(self.settings.model_factory)
@@ -239,11 +261,7 @@ class ProtocolRunner:
         loaded = run.loaded
         batches = self.eval_batches(path)
         model = run.pristine
-        method = get_method(loaded.method, **loaded.state.config) if loaded.method else None
-        if method is None:
-            credit, reason = None, "a plain state dict carries no method and no feedback matrices"
-        else:
-            credit, reason = method.credit(model, loaded.state)
+        credit, reason = self._credit(loaded, model)
         try:
             baseline = self.frozen_baseline(path, cache_dir)
             frozen_acc, frozen_unavailable = baseline.accuracy, None

@@ -73,6 +73,7 @@ class FAState:
                     thresholds=self.thresholds,
                     frozen_acc=v["frozen_acc"],
                     frozen_epochs=v["frozen_epochs"],
+                    credit=v["credit"],
                 )
             )
         return self._runner

@@ -36,7 +36,7 @@ from pytest_fa.thresholds import DiagnosticThresholds
 ITEM_NAMES = ("residual_growth", "grad_floor", "direction_stability", "frozen_margin")
 PACKAGE_DIR = str(Path(pytest_fa.__file__).parent)
 OPTION_NAMES = (
-    "checkpoint", "model", "data", "data-root", "device", "eval-batches", "batch-size",
+    "checkpoint", "model", "credit", "data", "data-root", "device", "eval-batches", "batch-size",
     "frozen-acc", "frozen-epochs", "report-json", "lint",
     *(f.name.replace("_", "-") for f in dataclasses.fields(DiagnosticThresholds)),
 )
@@ -834,3 +834,29 @@ def test_frozen_epochs_below_one_is_a_clear_error(pytester, plain_checkpoint):
 def test_model_factory_that_cannot_be_imported(pytester, plain_checkpoint):
     result = run(pytester, f"--fa-checkpoint={plain_checkpoint}", "--fa-model=no_such_module:build")
     _all_items_fail_with(result, plain_checkpoint, "cannot import 'no_such_module'")
+
+
+def test_a_users_own_method_gets_gamma_through_fa_credit(pytester, dfa_bundle, small_data):
+    """A bundle whose method pytest-fa does not know is diagnosed with the user's credit factory."""
+    from pytest_fa.checkpoint import load_bundle, save_bundle
+
+    bundle = load_bundle(dfa_bundle)
+    bundle.method, bundle.method_config = "my_rule", {"scale": 2.0}
+    path = save_bundle(pytester.path / "mine.pt", bundle)
+    pytester.makepyfile(my_credit="""
+        from pytest_fa.credit import DFACredit
+
+        def make_credit(model, checkpoint):
+            assert checkpoint.method == "my_rule" and checkpoint.bundle.method_config == {"scale": 2.0}
+            return DFACredit(checkpoint.state.feedback)
+    """)
+    pytester.syspathinsert()
+    report = pytester.path / "r.json"
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--fa-checkpoint={path}", "--fa-credit=my_credit:make_credit",
+                                f"--fa-report-json={report}", "--fa-frozen-acc=0.1")
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    payload = json.loads(report.read_text())["reports"][0]
+    assert payload["gamma"]["status"] == "computed"
+    assert all(row["gamma"] is not None for row in payload["layers"])
+    unknown = pytester.runpytest("-p", "no:cacheprovider", f"--fa-checkpoint={path}")
+    unknown.stdout.fnmatch_lines(["*unknown method 'my_rule'*--fa-credit*"])
