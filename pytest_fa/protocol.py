@@ -170,6 +170,8 @@ class ProtocolRunner:
             "epochs": epochs,
             "planned_epochs": planned,
             "recipe": recipe,
+            "torch": torch.__version__,
+            "device": self.device.type,
         }
         key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
         if key in self._baselines:
