@@ -332,13 +332,15 @@ def temporal_table(results: Sequence[SeedResult]) -> str:
 # -- penalty sweep and null calibration ----------------------------------------------------------------
 def penalty_sweep(
     data: Dataset, out: Path, lambdas: Sequence[float], *, seed: int = 42, epochs: int = DEFAULT_EPOCHS,
-    arch_config: dict[str, Any] | None = None, device: str = "auto", batch_size: int = 128, log: Log | None = None,
+    arch_config: dict[str, Any] | None = None, device: str = "auto", batch_size: int = 128,
+    control_penalty: float = 1e-2, log: Log | None = None,
 ) -> list[dict[str, Any]]:
-    """DFA with ``λ Σ‖f_l‖²`` for each λ, and BP with the largest λ as the capacity-cost control."""
+    """DFA with ``λ Σ‖f_l‖²`` for each λ, and BP without and with ``control_penalty`` (the
+    paper's λ = 1e-2) as the capacity-cost control."""
     arch = tuple((arch_config or {"d": 256, "depth": 4}).items())
     specs = [RunSpec("dfa", seed, (("penalty", float(lam)),), arch_config=arch, epochs=epochs) for lam in lambdas]
     specs += [RunSpec("bp", seed, arch_config=arch, epochs=epochs),
-              RunSpec("bp", seed, (("penalty", float(max(lambdas))),), arch_config=arch, epochs=epochs)]
+              RunSpec("bp", seed, (("penalty", float(control_penalty)),), arch_config=arch, epochs=epochs)]
     paths = [run(data, spec, out, device, log) for spec in specs]
     settings = ProtocolSettings(device=device, batch_size=batch_size)
     results = diagnose_runs(paths, settings, Path(out) / "frozen", log)
