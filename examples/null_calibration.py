@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     study = studies.setup(args)
     tables, payload = [], []
     for lam in (0.0, 1e-2):
-        spec = studies.RunSpec("dfa", study.seeds[0], (("penalty", lam),), arch_config=tuple(study.arch_config.items()),
-                               epochs=study.epochs)
+        config = (("penalty", lam),) if lam else ()
+        spec = studies.RunSpec("dfa", study.seeds[0], config, arch_config=tuple(study.arch_config.items()), epochs=study.epochs)
         path = studies.run(study.data, spec, study.out, study.device, study.log)
         calib = studies.null_calibration(path, study.data, n=args.draws, batch_size=study.batch_size)
         mean, std = calib["deep_null"]

@@ -338,7 +338,8 @@ def penalty_sweep(
     """DFA with ``λ Σ‖f_l‖²`` for each λ, and BP without and with ``control_penalty`` (the
     paper's λ = 1e-2) as the capacity-cost control."""
     arch = tuple((arch_config or {"d": 256, "depth": 4}).items())
-    specs = [RunSpec("dfa", seed, (("penalty", float(lam)),), arch_config=arch, epochs=epochs) for lam in lambdas]
+    # λ = 0 is plain DFA: the same run (and bundle) as the audit's
+    specs = [RunSpec("dfa", seed, (("penalty", float(lam)),) if lam else (), arch_config=arch, epochs=epochs) for lam in lambdas]
     specs += [RunSpec("bp", seed, arch_config=arch, epochs=epochs),
               RunSpec("bp", seed, (("penalty", float(control_penalty)),), arch_config=arch, epochs=epochs)]
     paths = [run(data, spec, out, device, log) for spec in specs]
