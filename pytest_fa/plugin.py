@@ -166,7 +166,8 @@ def _add_collection_root(config: pytest.Config, path: Path) -> None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.parent == PITFALLS_DIR and file_path.name.startswith("pitfall_") and file_path.suffix == ".py":
-        if parent.config.stash[STATE_KEY].values["pitfalls"]:
+        # a path named on the command line is collected by pytest's python plugin already
+        if parent.config.stash[STATE_KEY].values["pitfalls"] and not parent.session.isinitpath(file_path):
             return pytest.Module.from_parent(parent, path=file_path)
     return None
 

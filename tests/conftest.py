@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import mnist1d.data  # noqa: F401
 import pytest
+
+# pytester's in-process runs drop the modules first imported inside them, and numpy's C
+# extensions (reached from mnist1d through scipy) cannot be loaded twice in one process:
+# import them here, outside every run.
 
 SMALL_SAMPLES = 6000  # 1200 test samples: room for 8 eval batches of 128
 SMALL_ARCH = {"d": 32, "depth": 4}

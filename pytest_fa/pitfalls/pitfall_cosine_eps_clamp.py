@@ -1,0 +1,154 @@
+"""Pitfall 2: ``F.cosine_similarity`` clamps each norm at eps = 1e-8, so against a BP
+reference below the floor it reports a shrunken number instead of a direction.
+
+``F.cosine_similarity(a, g)`` divides by ``max(‖a‖, eps) · max(‖g‖, eps)``: once
+``‖g_i‖ < 1e-8`` the value is ``cos(a_i, g_i) · ‖g_i‖ / 1e-8``. On the real Mode-1 DFA run
+(fixture ``degenerate_dfa``) every sample's ``‖g_l‖`` at h_1..h_4 is below the clamp
+(median 1.5e-9, largest 8.9e-9 at batch 128), so the clamped per-sample cosine is shrunk by
+a median factor of 7.4 and the deep-layer Γ_l of the field come out 2-10x closer to zero
+(-0.019 instead of -0.080 at h_2) — read as "no alignment" when the quantity no longer
+measures alignment at all. pytest-fa's ``diagnostics.cosine_per_sample`` has no eps (it is
+invariant to rescaling ``g`` by 2**27 ≈ 1.3e8, the clamped cosine is not), and the report marks those
+Γ_l *undefined* because ``‖g_l‖`` is below the floor.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_fa import diagnostics as D
+from pytest_fa import probe as P
+from pytest_fa import report as R
+from pytest_fa import strategies as fst
+from pytest_fa.credit import DFACredit, init_dfa_feedback
+from pytest_fa.interface import forward_hidden
+from pytest_fa.methods import feature_dims
+from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls.fixtures import exposed
+
+pytestmark = pytest.mark.fa_pitfall("2")
+
+EPS = 1e-8  # F.cosine_similarity's default eps
+
+
+def naive_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The cosine as it is written in the field: per row, with the default eps clamp."""
+    return F.cosine_similarity(a, g, dim=1)
+
+
+def _naive_cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return naive_cosine(a, g).to(torch.float64)
+
+
+GUARD = Guard(
+    "pytest_fa.diagnostics.cosine_per_sample",
+    _naive_cosine_per_sample,
+    "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
+)
+
+
+def credit_and_reference(model, batches, feedback):
+    """``(a_l, g_l)`` per layer over all batches: DFA credit and float32 BP reference, one pass each."""
+    credit = DFACredit(feedback)
+    per_batch = []
+    for x, y in batches:
+        logits, hiddens = forward_hidden(model, x)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
+        per_batch.append(([a.detach() for a in credit(x, y, logits, hiddens)], [g.detach() for g in grads]))
+    layers = len(per_batch[0][0])
+    a = [torch.cat([b[0][l] for b in per_batch]) for l in range(layers)]
+    g = [torch.cat([b[1][l] for b in per_batch]) for l in range(layers)]
+    return a, g
+
+
+def test_clamped_cosine_shrinks_deep_layer_gamma_on_a_real_mode1_run(degenerate_dfa):
+    """Pitfall 2: on DFA in Mode 1 every deep ‖g_i‖ is below eps; F.cosine_similarity shrinks Γ by ‖g‖/eps."""
+    model = copy.deepcopy(degenerate_dfa.model).eval()
+    a, g = credit_and_reference(model, degenerate_dfa.batches, degenerate_dfa.feedback)
+    honest_gamma, naive_gamma = [], []
+    for layer in range(1, len(g)):
+        norms = D.per_sample_norms(g[layer])
+        # measured: every sample (1024 of 1024) below the clamp, largest 8.9e-9
+        assert float((norms < EPS).double().mean()) >= 0.9, f"h_{layer}: the run is not at the floor"
+        honest = D.cosine_per_sample(a[layer], g[layer])
+        naive = naive_cosine(a[layer], g[layer]).double()
+        # the mechanism: the clamped value is the cosine times min(1, ‖g‖ / eps)
+        torch.testing.assert_close(naive, honest * torch.clamp(norms / EPS, max=1.0), rtol=0, atol=1e-5)
+        shrink = (honest.abs() / naive.abs()).median()
+        assert shrink > 3, f"h_{layer}: median shrink {float(shrink):.2f} (measured 7.35)"
+        # a cosine does not depend on the scale of its arguments; the clamped one does
+        rescaled = g[layer] * 2.0**27  # ~1.3e8, exact in binary: lifts every ‖g_i‖ above eps
+        torch.testing.assert_close(D.cosine_per_sample(a[layer], rescaled), honest, rtol=0, atol=1e-12)
+        torch.testing.assert_close(naive_cosine(a[layer], rescaled).double(), honest, rtol=0, atol=1e-5)
+        honest_gamma.append(float(honest.mean()))
+        naive_gamma.append(float(naive.mean()))
+    # measured: mean |Γ_l| over h_1..h_4 is 0.046 eps-free and 0.012 clamped (3.8x)
+    honest_size = sum(abs(v) for v in honest_gamma) / len(honest_gamma)
+    naive_size = sum(abs(v) for v in naive_gamma) / len(naive_gamma)
+    assert naive_size < honest_size / 2, (honest_gamma, naive_gamma)
+
+
+def test_clamp_is_harmless_while_the_reference_is_healthy(healthy_bp):
+    """Pitfall 2: on healthy BP (‖g_l‖ ≈ 3e-3) the clamp never engages: both cosines agree to 1e-6."""
+    model = copy.deepcopy(healthy_bp.model).eval()
+    dims = feature_dims(model, healthy_bp.data.input_shape)
+    fresh = init_dfa_feedback(healthy_bp.data.num_classes, dims, torch.Generator().manual_seed(0))
+    a, g = credit_and_reference(model, healthy_bp.batches, [b.to(healthy_bp.device) for b in fresh])
+    for layer in range(len(g)):
+        assert float(D.per_sample_norms(g[layer]).min()) > 100 * EPS
+        honest = D.cosine_per_sample(a[layer], g[layer])
+        torch.testing.assert_close(naive_cosine(a[layer], g[layer]).double(), honest, rtol=0, atol=1e-6)
+
+
+def test_report_marks_deep_gamma_undefined_instead_of_a_clamped_number(degenerate_dfa):
+    """Pitfall 2: pytest-fa reports Γ_l undefined below the floor where the clamped cosine prints a number."""
+    model = copy.deepcopy(degenerate_dfa.model).eval()
+    report = R.diagnose(model, degenerate_dfa.batches, credit=DFACredit(degenerate_dfa.feedback))
+    a, g = credit_and_reference(model, degenerate_dfa.batches, degenerate_dfa.feedback)
+    for row in report.layers[1:]:
+        naive = float(naive_cosine(a[row.index], g[row.index]).mean())
+        assert abs(naive) < 0.05, "the clamped Γ reads as a small, plausible number"
+        assert row.gamma is None and row.gamma_status.startswith("undefined"), (row.index, row.gamma_status)
+        assert row.g_norm < EPS
+    # layer 0's reference is far above the clamp: there Γ_0 is defined and the two agree
+    assert report.layers[0].g_norm > 100 * EPS and report.layers[0].gamma is not None
+    assert abs(report.layers[0].gamma - float(naive_cosine(a[0], g[0]).mean())) < 1e-5
+    assert report.gamma_mean(1) is None
+
+
+@given(fst.credit_and_reference(), st.integers(min_value=-12, max_value=12))
+@settings(max_examples=60, deadline=None)
+def test_cosine_per_sample_is_exact_and_scale_free(pair, exponent):
+    """Pitfall 2: pytest-fa's cosine equals the exact cosine at any norm (1e-30…1e8) and dtype, and ignores scale."""
+    a, g = pair
+    a64, g64 = a.double(), g.double()
+    # exact reference: rescale each row by its largest entry (no eps anywhere), then the textbook formula
+    a_s = a64 / a64.abs().amax(dim=1, keepdim=True)
+    g_s = g64 / g64.abs().amax(dim=1, keepdim=True)
+    exact = (a_s * g_s).sum(1) / (a_s.norm(dim=1) * g_s.norm(dim=1))
+    got = D.cosine_per_sample(a, g)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(D.cosine_per_sample(a64, g64 * 10.0**exponent), exact, rtol=0, atol=1e-9)
+
+
+def test_user_checkpoint_reference_is_above_the_clamp(user_checkpoint, fa_eval_batches):
+    """Pitfall 2: is any layer's median ‖g_l‖ below F.cosine_similarity's 1e-8 clamp on your checkpoint?"""
+    model = copy.deepcopy(user_checkpoint.model).eval()
+    probe = P.run_probe(model, fa_eval_batches)
+    medians = D.layer_medians(probe.grad_norms)
+    below = [(index, float(m)) for index, m in enumerate(medians) if m < EPS]
+    if below:
+        detail = ", ".join(f"‖g_{i}‖ = {m:.3g} (clamped cosine shrunk ~{EPS / m:.0f}x)" for i, m in below)
+        exposed(
+            "2",
+            f"{user_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
+            f"{probe.batch_size}: {detail}; any Γ computed with F.cosine_similarity at these layers "
+            "measures ‖g‖, not direction",
+        )
