@@ -31,6 +31,13 @@ def test_only_pytest_fa_is_installed_at_the_top_level(wheel):
     assert "pytest_fa/models.py" in wheel.namelist()
 
 
+def test_every_source_module_is_in_the_wheel(wheel):
+    """Subpackages included (the pitfall suite must run from an installed wheel), nothing stale."""
+    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pytest_fa").rglob("*.py") if "__pycache__" not in p.parts}
+    shipped = {name for name in wheel.namelist() if name.endswith(".py")}
+    assert shipped == source, {"missing": sorted(source - shipped), "stale": sorted(shipped - source)}
+
+
 def test_entry_point_and_classifier(wheel):
     info = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
     entry_points = wheel.read(info).decode()
