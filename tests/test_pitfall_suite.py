@@ -59,12 +59,13 @@ def test_an_explicit_pitfall_module_runs_alone(pytester):
     assert len(items) == len(set(items)), "a module named on the command line is collected twice"
 
 
-def test_the_suite_passes_and_prints_the_pitfall_table(pytester):
-    # a subprocess: modules first imported inside an in-process run are dropped after it,
-    # and some of torch's and numpy's cannot be imported a second time
-    result = pytester.runpytest_subprocess("--fa-pitfalls", "-p", "no:cacheprovider", "-q")
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
-    text = result.stdout.str()
+def test_the_suite_passes_and_prints_the_pitfall_table(capsys, monkeypatch, tmp_path):
+    # in this process (as the guard runs below), so the training regimes are shared with them;
+    # from an empty folder, as a user would run it
+    monkeypatch.chdir(tmp_path)
+    code = pytest.main(["--fa-pitfalls", "-p", "no:cacheprovider", "-q", "-W", "ignore::pytest.PytestAssertRewriteWarning"])
+    text = capsys.readouterr().out
+    assert code == pytest.ExitCode.OK, text[-3000:]
     assert "pytest-fa pitfalls" in text
     for pitfall in PITFALLS:
         assert any(line.startswith(f"{pitfall.id} ") and "pinned" in line for line in text.splitlines()), pitfall.id
