@@ -30,7 +30,7 @@ from .perturbation import perturbation_correlation
 from .protocol import ProtocolRunner, ProtocolSettings
 from .report import DiagnosticReport
 from .thresholds import DiagnosticThresholds
-from .train import DEFAULT_EPOCHS, Recipe, train
+from .train import DEFAULT_EPOCHS, Recipe, resolve_device, train
 
 Log = Callable[[str], None]
 AUDIT_METHODS = ("bp", "ep", "dfa", "state_bridge", "credit_bridge")
@@ -463,7 +463,7 @@ class StudySetup:
         import platform
 
         self.out.mkdir(parents=True, exist_ok=True)
-        machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {self.device}"
+        machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {resolve_device(self.device).type}"
         text = f"## {title}\n\nData: {self.data.name} ({len(self.data.x_train)} train / {len(self.data.x_test)} test)\n" \
                f"Command: `{command}`\nMachine: {machine}\n\n{table}\n"
         path = self.out / f"{name}.md"
