@@ -6,8 +6,11 @@ run on the GPU when there is one (``--fa-device``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from ..errors import FAError
 from ..state import STATE_KEY
 from . import by_id
 
@@ -38,6 +41,17 @@ def user_checkpoint_path(fa_checkpoint_path):
 def user_checkpoint(fa_checkpoint):
     """The loaded ``--fa-checkpoint`` under test (skipped without one)."""
     return fa_checkpoint
+
+
+def loaded_or_skip(request, path):
+    """The session runner's load of ``path`` and its eval batches; a checkpoint pytest-fa
+    cannot load is not "exposed" — the protocol items (and pitfall 6.5) say why — so skip."""
+    runner = request.config.stash[STATE_KEY].runner
+    try:
+        return runner.run(path), runner.eval_batches(path)
+    except FAError as exc:
+        failure = str(exc)
+    pytest.skip(f"pytest-fa cannot load {Path(path).name}: {failure}")
 
 
 def exposed(pitfall_id: str, evidence: str) -> None:

@@ -16,7 +16,6 @@ from pytest_fa.credit import BPCredit, DFACredit
 from pytest_fa.data import eval_batches
 from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
-from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("B3")
 
@@ -68,16 +67,6 @@ def matched_gamma(model, batches, credit) -> list[float]:
     return [D.mean_defined(c)[0] for c in measured.cosines]
 
 
-def _meaningful_dfa(regime):
-    record = regime.history[MEANINGFUL_EPOCH - 1]
-    limits = DiagnosticThresholds()
-    g_ref = record["g_L"] * record["batch_size"] / limits.floor_batch_size
-    assert record["max_growth"] < limits.max_growth and g_ref > limits.grad_floor, (
-        f"the regime changed: epoch {MEANINGFUL_EPOCH} is no longer in the meaningful regime: {record}"
-    )
-    return regime.model_at(MEANINGFUL_EPOCH)
-
-
 def _bp_credit():
     return BPCredit(lambda t: t.reshape(t.shape[0], -1))
 
@@ -95,7 +84,7 @@ def test_mismatched_batches_turn_backprop_itself_into_a_weak_credit(healthy_bp):
 def test_mismatched_batches_erase_the_real_deep_layer_signal_of_dfa(degenerate_dfa):
     """Pitfall B3: on real DFA, the same-batch deep Γ is about -0.08 (outside the fresh-B
     null); credit from batch k against the reference of batch k+1 reads as ≈ 0."""
-    model = _meaningful_dfa(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     credit = DFACredit(degenerate_dfa.feedback)
     matched = matched_gamma(model, degenerate_dfa.batches, credit)
     # measured: matched   -0.008 -0.050 -0.081 -0.086 -0.095
@@ -126,7 +115,7 @@ def test_the_probe_evaluates_the_credit_on_the_reference_forward_pass(degenerate
     """Pitfall B3: whatever the batch size and sample split, pytest-fa's probe hands the
     credit the very batch (and logits) whose gradient is the reference, and per-sample Γ
     does not depend on how the samples are batched."""
-    model = _meaningful_dfa(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     data = degenerate_dfa.data
     batches = eval_batches(data, num_batches, batch_size, seed=seed % 1000)
     recorder = RecordingCredit(degenerate_dfa.feedback)

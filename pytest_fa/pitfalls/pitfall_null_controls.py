@@ -18,11 +18,9 @@ from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
 from pytest_fa.calibration import NullCalibration
 from pytest_fa.credit import DFACredit, init_dfa_feedback, output_error
-from pytest_fa.errors import FAError
 from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
-from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.state import STATE_KEY
+from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("B7")
@@ -59,16 +57,6 @@ def naive_significance(cosines: torch.Tensor) -> float:
     return float(cosines.mean() / (cosines.std() / math.sqrt(len(cosines))))
 
 
-def _meaningful_dfa(regime):
-    record = regime.history[MEANINGFUL_EPOCH - 1]
-    limits = DiagnosticThresholds()
-    g_ref = record["g_L"] * record["batch_size"] / limits.floor_batch_size
-    assert record["max_growth"] < limits.max_growth and g_ref > limits.grad_floor, (
-        f"the regime changed: epoch {MEANINGFUL_EPOCH} is no longer in the meaningful regime: {record}"
-    )
-    return regime.model_at(MEANINGFUL_EPOCH)
-
-
 def _fresh_draw_cosines(model, batches, num_classes, draws: int, seed: int) -> list[list[torch.Tensor]]:
     """Per-sample cosines for ``draws`` fresh B (the draws null_gamma makes), per layer."""
     per_draw: list[list[list[torch.Tensor]]] = [[] for _ in range(draws)]
@@ -86,7 +74,7 @@ def _fresh_draw_cosines(model, batches, num_classes, draws: int, seed: int) -> l
 def test_without_a_null_random_feedback_looks_significantly_aligned(degenerate_dfa):
     """Pitfall B7: Γ against 0 with a per-sample t-test calls most freshly drawn random B
     "significantly" aligned or anti-aligned, though they carry no adaptation by construction."""
-    model = _meaningful_dfa(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     draws = _fresh_draw_cosines(model, degenerate_dfa.batches, classes, NULL_DRAWS, seed=7)
     deep = range(1, len(draws[0]))
@@ -102,7 +90,7 @@ def test_without_a_null_random_feedback_looks_significantly_aligned(degenerate_d
 def test_a_null_that_reuses_the_training_feedback_hides_a_real_effect(degenerate_dfa):
     """Pitfall B7: the real DFA run's deep Γ (≈ -0.08) lies far outside the fresh-B null;
     a "null" built from the training B sits on Γ itself, with no spread, and reports nothing."""
-    model = _meaningful_dfa(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     trained = [D.mean_defined(c)[0] for c in _gamma_per_sample(model, degenerate_dfa.batches, degenerate_dfa.feedback)]
     reused = _naive_null_gamma(model, degenerate_dfa.batches, classes, feedback=degenerate_dfa.feedback)
@@ -121,7 +109,7 @@ def test_a_null_that_reuses_the_training_feedback_hides_a_real_effect(degenerate
 def test_null_gamma_draws_fresh_feedback_on_the_real_run(degenerate_dfa):
     """Pitfall B7: pytest-fa's null is ≈ 0 with a spread of ~0.02 per layer on the real DFA
     run; layer 0 lies inside it, the deep layers' Γ well outside it (training-specific)."""
-    model = _meaningful_dfa(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     null = calibration.null_gamma(model, degenerate_dfa.batches, classes, feedback=degenerate_dfa.feedback, n=NULL_DRAWS)
     # measured: null mean -0.000 -0.002 +0.002 -0.000 -0.004, std 0.014 0.021 0.021 0.027 0.020
@@ -141,7 +129,7 @@ def test_null_gamma_draws_fresh_feedback_on_the_real_run(degenerate_dfa):
 def test_the_null_never_contains_the_training_feedback(degenerate_dfa, n, seed, batch_size):
     """Pitfall B7: for any seed, draw count and batch size, null_gamma's draws are fresh —
     reproducible from the seed, different from each other and from the training B."""
-    model = _meaningful_dfa(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     batches = [(x[:batch_size], y[:batch_size]) for x, y in degenerate_dfa.batches[:2]]
     seed = seed % 10_000
@@ -156,21 +144,10 @@ def test_the_null_never_contains_the_training_feedback(degenerate_dfa, n, seed, 
     assert all(s > 0 for s in null.null_std)
 
 
-def _loaded_or_skip(request, path):
-    """The session runner's load of ``path``; a checkpoint pytest-fa cannot load is not
-    "exposed" here — the protocol items (and pitfall 6.5) say why it cannot be loaded."""
-    runner = request.config.stash[STATE_KEY].runner
-    try:
-        return runner.run(path), runner.eval_batches(path)
-    except FAError as exc:
-        failure = str(exc)
-    pytest.skip(f"pytest-fa cannot load {Path(path).name}: {failure}")
-
-
 def test_user_checkpoint_deep_alignment_stands_out_of_the_null(user_checkpoint_path, request):
     """Pitfall B7: the DFA checkpoint under test has deep-layer Γ outside the fresh-B null
     band (mean ± 2 std, n = 20); inside it, no alignment claim about the deep layers holds."""
-    run, batches = _loaded_or_skip(request, user_checkpoint_path)
+    run, batches = loaded_or_skip(request, user_checkpoint_path)
     name = Path(run.path).name
     if run.method != "dfa":
         pytest.skip(f"{name} ({run.method or 'plain state dict'}): the fresh-B null is drawn for DFA feedback only")

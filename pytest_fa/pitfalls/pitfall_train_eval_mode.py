@@ -19,11 +19,9 @@ from pytest_fa import probe
 from pytest_fa import strategies as fst
 from pytest_fa.credit import DFACredit
 from pytest_fa.data import eval_batches, load_dataset
-from pytest_fa.errors import FAError
 from pytest_fa.methods import get_method
 from pytest_fa.pitfalls import Guard
-from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.state import STATE_KEY
+from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.train import Recipe, accuracy, train
 
 pytestmark = pytest.mark.fa_pitfall("B5")
@@ -133,22 +131,11 @@ def test_the_probe_measures_in_eval_mode_whatever_mode_it_is_handed(batchnorm_ru
         torch.testing.assert_close(single[0], batch[0], rtol=1e-4, atol=0)
 
 
-def _loaded_or_skip(request, path):
-    """The session runner's load of ``path``; a checkpoint pytest-fa cannot load is not
-    "exposed" here — the protocol items (and pitfall 6.5) say why it cannot be loaded."""
-    runner = request.config.stash[STATE_KEY].runner
-    try:
-        return runner.run(path), runner.eval_batches(path)
-    except FAError as exc:
-        failure = str(exc)
-    pytest.skip(f"pytest-fa cannot load {Path(path).name}: {failure}")
-
-
 def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(user_checkpoint_path, request):
     """Pitfall B5: the checkpoint under test gives materially the same ‖h_l‖, ‖g_l‖ and Γ_l in
     train and eval mode; if not (BatchNorm, dropout), any measurement that does not fix the
     mode reports other numbers than the protocol."""
-    run, batches = _loaded_or_skip(request, user_checkpoint_path)
+    run, batches = loaded_or_skip(request, user_checkpoint_path)
     name = Path(run.path).name
     method = get_method(run.method, **run.bundle.method_config) if run.bundle is not None else None
     credit = method.credit(run.pristine, run.loaded.state)[0] if method is not None else None

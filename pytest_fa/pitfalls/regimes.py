@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset, eval_batches, load_dataset
+from ..thresholds import DiagnosticThresholds
 from ..train import Recipe, resolve_device, train
 
 PITFALL_DATA = {"num_samples": 20000, "seed": 42}
@@ -52,6 +53,17 @@ class Regime:
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.snapshots[epoch])
         return model.eval()
+
+    def meaningful_model_at(self, epoch: int) -> nn.Module:
+        """``model_at(epoch)``, after checking that (a) and (b) did not fire yet at that epoch:
+        the regime in which a paper would report Γ."""
+        record = self.history[epoch - 1]
+        limits = DiagnosticThresholds()
+        g_ref = record["g_L"] * record["batch_size"] / limits.floor_batch_size
+        assert record["max_growth"] < limits.max_growth and g_ref > limits.grad_floor, (
+            f"the regime changed: epoch {epoch} is no longer in the meaningful regime: {record}"
+        )
+        return self.model_at(epoch)
 
     def first_epoch(self, key: str, predicate) -> int | None:
         """The first epoch whose monitor value ``key`` satisfies ``predicate``."""
