@@ -71,34 +71,47 @@ def assert_grad_above_floor(
     floor_batch_size: int | None = None,
     layout: str | None = None,
 ) -> None:
-    """Diagnostic (b): median ``‖g_L‖``, restated at ``floor_batch_size``, is at least ``floor``.
+    """Diagnostic (b): the BP reference at ``h_L`` is not at the numerical floor.
 
     ``source``: a report, or ``g_L = dCE/dh_L`` of one batch under a batch-mean loss, in
-    which case ``batch_size`` defaults to that batch's size.
+    which case ``batch_size`` defaults to that batch's size. On a report the report's rule
+    applies: under ``b_rule="decomposed"`` a median ``‖g_L‖`` (restated at
+    ``floor_batch_size``) below ``floor`` fails only when the backward gain collapsed too
+    (Mode 1); an error-saturated reference passes. Raw tensors carry no gain, so there the
+    floor alone decides.
     """
     if isinstance(source, DiagnosticReport):
+        limits = source.thresholds
         row = source.layers[-1]
-        floor = floor if floor is not None else source.thresholds.grad_floor
-        ref = floor_batch_size or source.thresholds.floor_batch_size
-        g, b, layer = row.g_norm, source.batch_size, row.index
+        floor = floor if floor is not None else limits.grad_floor
+        ref = floor_batch_size or limits.floor_batch_size
+        g, b, layer, gain = row.g_norm, source.batch_size, row.index, row.gain
+        rule = limits.b_rule
     else:
-        floor = floor if floor is not None else _DEFAULTS.grad_floor
-        ref = floor_batch_size or _DEFAULTS.floor_batch_size
+        limits = _DEFAULTS
+        floor = floor if floor is not None else limits.grad_floor
+        ref = floor_batch_size or limits.floor_batch_size
         rows = _rows(source, layout)
-        g, b, layer = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None
+        g, b, layer, gain = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None, None
+        rule = "paper"
     restated = D.grad_at_reference_batch(g, b, ref)
-    if not restated >= floor:
+    at_floor = not restated >= floor
+    submode = D.floor_submode(restated, float("nan") if gain is None else gain, floor, limits.gain_floor)
+    fires = at_floor if rule == "paper" or gain is None else submode == D.FLOOR_SUBMODES[1]
+    if fires:
         where = f"h_{layer}" if layer is not None else "h_L"
-        _fail(
-            "BP reference gradient at the numerical floor: diagnostic (b) fires.",
-            [
-                f"Median per-sample ‖g‖ at {where}: {g:.4g} at batch size {b} "
-                f"= {restated:.4g} restated at batch size {ref}",
-                f"Floor: {floor:g} (grad_floor, stated at batch size {ref})",
-                "Any cosine to this reference is against noise; Γ at this layer is undefined.",
-            ],
-            "b",
-        )
+        lines = [
+            f"Median per-sample ‖g‖ at {where}: {g:.4g} at batch size {b} "
+            f"= {restated:.4g} restated at batch size {ref}",
+            f"Floor: {floor:g} (grad_floor, stated at batch size {ref})",
+        ]
+        if gain is not None:
+            lines.append(
+                f"Backward gain ‖g‖ / ‖dCE/dlogits‖ at {where}: {gain:.4g} "
+                f"(gain_floor {limits.gain_floor:g}): {submode}; rule: {rule}"
+            )
+        lines.append("Any cosine to this reference is against noise; Γ at this layer is undefined.")
+        _fail("BP reference gradient at the numerical floor: diagnostic (b) fires.", lines, "b")
 
 
 def assert_reference_not_drift(

@@ -9,6 +9,7 @@ never a clamped number.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -90,6 +91,70 @@ def grad_floor(
 ) -> bool:
     """Diagnostic (b): True when ``‖g_L‖`` restated at ``B_ref`` is below ``floor``."""
     return grad_at_reference_batch(grad_norm, batch_size, reference_batch_size) < floor
+
+
+OUTPUT_ERROR_TOLERANCE = 1e-2
+"""Largest relative error of a sample's output error ``e_i`` (as the backward pass carried
+it) for which its reference gradient still counts as a direction: beyond it, the
+``p_y − 1`` cancellation dominates (see :func:`output_error_rel_error`)."""
+
+
+def backward_gain(grad_norms: torch.Tensor, logit_grad_norms: torch.Tensor) -> torch.Tensor:
+    """``‖g_{l,i}‖ / ‖∂CE/∂z_i‖`` per sample: the backward gain from the logits ``z`` to ``h_l``.
+
+    With a batch-mean CE, ``∂CE/∂z_i = e_i / B`` (``e = softmax(z) − onehot(y)``), so
+    ``‖g_{l,i}‖ = gain_{l,i} · ‖e_i‖ / B``: the reference is small either because the
+    gain through the terminal norm and head collapsed (∝ 1/‖h_L‖ under a terminal
+    LayerNorm) or because the error ``e_i`` vanished (a confident, correct prediction).
+    The gain does not depend on ``B``. NaN where ``e_i`` is exactly zero.
+    """
+    grad_norms = grad_norms.to(torch.float64)
+    logit_grad_norms = logit_grad_norms.to(torch.float64)
+    defined = logit_grad_norms > 0
+    safe = torch.where(defined, logit_grad_norms, torch.ones_like(logit_grad_norms))
+    return torch.where(defined, grad_norms / safe, torch.full_like(grad_norms, float("nan")))
+
+
+def output_error_rel_error(used: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``‖e_used,i − e_i‖ / ‖e_i‖`` per sample, with ``e_i = softmax(z_i) − onehot(y_i)`` in float64.
+
+    ``used`` is the output error the backward pass actually propagated (``B · ∂CE/∂z``, in
+    the model's dtype). In float32 the true-class entry ``p_y − 1`` cancels when ``p_y → 1``:
+    its absolute error is about the unit roundoff 6e-8, so the relative error of the
+    reference grows like ``6e-8 / ‖e_i‖``. Infinite where ``e_i`` is zero in float64 too.
+    """
+    z = logits.detach().to(torch.float64)
+    exact = torch.softmax(z, dim=-1)
+    exact[torch.arange(len(y)), y] -= 1.0
+    diff = per_sample_norms(used.detach().to(torch.float64) - exact)
+    norm = per_sample_norms(exact)
+    return torch.where(norm > 0, diff / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.full_like(norm, float("inf")))
+
+
+def median_defined(values: torch.Tensor) -> float:
+    """Median over the non-NaN entries; NaN when none is defined."""
+    values = values.to(torch.float64)
+    values = values[~torch.isnan(values)]
+    return float(values.median()) if values.numel() else float("nan")
+
+
+FLOOR_SUBMODES = ("above the floor", "Mode 1: backward gain collapsed", "error-saturated")
+
+
+def floor_submode(g_ref: float, gain: float, floor: float = 1e-7, gain_floor: float = 1e-3) -> str:
+    """Sub-mode of diagnostic (b) from the decomposition ``‖g_L‖·B = gain · ‖e‖``.
+
+    ``above the floor`` when ``g_ref ≥ floor``; below it, ``Mode 1`` when the median gain is
+    below ``gain_floor`` (the terminal norm and head no longer pass the error back) and
+    ``error-saturated`` when the gain is healthy and the error itself vanished (also when no
+    gain is defined because every ``e_i`` is exactly zero).
+    """
+    if not g_ref < floor:
+        return FLOOR_SUBMODES[0]
+    if gain < gain_floor:
+        return FLOOR_SUBMODES[1]
+    # a healthy gain, or none defined because every error is exactly zero
+    return FLOOR_SUBMODES[2]
 
 
 def direction_stability(batch_mean_grads: torch.Tensor) -> float:

@@ -27,20 +27,26 @@ from .thresholds import DiagnosticThresholds
 
 def growth_and_floor(model: nn.Module, batches, thresholds: DiagnosticThresholds) -> dict[str, Any]:
     """``‖h_L‖``, ``max_growth`` (a) and ``g_L`` (also restated at the reference batch, (b)),
-    with the verdicts of (a) and (b)."""
+    the backward gain and output-error norm (b) is decomposed into, and the verdicts of (a)
+    and (b) under ``thresholds`` (its floor rule included)."""
+    from .report import floor_result, growth_result, layer_gains, sound_reference_samples
+
     probe = run_probe(model, batches)
     h = D.layer_medians(probe.hidden_norms)
-    growth, _ = D.residual_growth(h)
-    g_L = float(D.layer_medians(probe.grad_norms)[-1])
-    g_ref = D.grad_at_reference_batch(g_L, probe.batch_size, thresholds.floor_batch_size)
+    g = D.layer_medians(probe.grad_norms)
+    growth = growth_result(h, thresholds)
+    floor = floor_result(probe, g, layer_gains(probe), sound_reference_samples(probe, thresholds), thresholds)
     return {
         "h_L": float(h[-1]),
-        "max_growth": growth,
-        "g_L": g_L,
-        "g_L_at_reference": g_ref,
+        "max_growth": growth.value,
+        "g_L": float(g[-1]),
+        "g_L_at_reference": floor.value,
+        "gain_L": floor.components.get("gain"),
+        "error_norm": floor.components.get("error_norm"),
         "batch_size": probe.batch_size,
-        "a": growth > thresholds.max_growth,
-        "b": g_ref < thresholds.grad_floor,
+        "a": bool(growth.fires),
+        "b": bool(floor.fires),
+        "b_submode": floor.submode,
     }
 
 
@@ -100,15 +106,27 @@ class EarlyStopMonitor:
 
 
 def temporal_replay(history: Sequence[dict[str, Any]], thresholds: DiagnosticThresholds | None = None) -> dict[str, int | None]:
-    """First epoch at which (a) and (b) fire in a bundle's per-epoch monitor history."""
+    """First epoch at which (a) and (b) fire in a bundle's per-epoch monitor history.
+
+    (b) follows ``thresholds.b_rule``; a history recorded without the backward gain
+    (older bundles) can only be replayed under the paper's rule, the floor alone.
+    """
     thresholds = thresholds or DiagnosticThresholds()
     first: dict[str, int | None] = {"a": None, "b": None}
     for record in history:
         if "max_growth" not in record:
             raise ValueError("the history has no monitor records; train with monitor=True")
-        g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], thresholds.floor_batch_size)
         if first["a"] is None and record["max_growth"] > thresholds.max_growth:
             first["a"] = record["epoch"]
-        if first["b"] is None and g_ref < thresholds.grad_floor:
+        if first["b"] is None and floor_fires(record, thresholds):
             first["b"] = record["epoch"]
     return first
+
+
+def floor_fires(record: dict[str, Any], thresholds: DiagnosticThresholds) -> bool:
+    """Whether (b) fires on one monitor record under ``thresholds``."""
+    g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], thresholds.floor_batch_size)
+    gain = record.get("gain_L")
+    if thresholds.b_rule == "paper" or gain is None:
+        return g_ref < thresholds.grad_floor
+    return D.floor_submode(g_ref, gain, thresholds.grad_floor, thresholds.gain_floor) == D.FLOOR_SUBMODES[1]

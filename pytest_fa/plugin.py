@@ -79,9 +79,22 @@ OPTIONS = (
 )
 
 
+THRESHOLD_HELP = {
+    "b_rule": "rule for (b): decomposed (default: fires when ‖g_L‖ is at the floor because the "
+    "backward gain collapsed, reports error-saturated when the error vanished instead) or paper "
+    "(the reference implementation: the floor alone)",
+    "gain_floor": "(b) under the decomposed rule: Mode 1 when the median backward gain "
+    "‖g_L‖ / ‖dCE/dlogits‖ is below this",
+}
+
+
 def _threshold_options() -> tuple[Option, ...]:
     return tuple(
-        Option(f.name, f"threshold {f.name} (default {f.default})", type(f.default), None, "X")
+        Option(
+            f.name,
+            THRESHOLD_HELP.get(f.name, f"threshold {f.name}") + f" (default {f.default})",
+            type(f.default), None, "RULE" if isinstance(f.default, str) else "X",
+        )
         for f in threshold_fields()
     )
 
@@ -136,7 +149,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without "
         "--fa-checkpoint; keyword arguments override thresholds "
-        "(max_growth, grad_floor, floor_batch_size, drift_ceiling, frozen_margin_pp)",
+        "(" + ", ".join(f.name for f in threshold_fields()) + ")",
     )
     config.addinivalue_line(
         "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import interface
 from .credit import CreditSignal
-from .diagnostics import cosine_per_sample, per_sample_norms
+from .diagnostics import cosine_per_sample, output_error_rel_error, per_sample_norms
 from .errors import DataError, ModelInterfaceError, NonFiniteError
 
 
@@ -26,7 +26,12 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 @dataclass
 class Probe:
-    """Per-sample measurements gathered over ``num_batches`` eval batches of ``batch_size``."""
+    """Per-sample measurements gathered over ``num_batches`` eval batches of ``batch_size``.
+
+    ``logit_grad_norms`` is ``‖∂CE/∂z_i‖ = ‖e_i‖ / B`` at the logits, from the same backward
+    pass as the ``‖g_l‖``; ``error_rel_errors`` the relative error of that ``e_i`` in the
+    model's dtype against float64 (see :func:`diagnostics.output_error_rel_error`).
+    """
 
     hidden_norms: list[torch.Tensor]
     grad_norms: list[torch.Tensor]
@@ -41,6 +46,8 @@ class Probe:
     mode: str = "eval"
     layout: str = "vector"
     eval_correct: int = 0
+    logit_grad_norms: torch.Tensor | None = None
+    error_rel_errors: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     @property
@@ -111,6 +118,8 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
     cosines: list[list[torch.Tensor | None]] = []
     credit_norms: list[list[torch.Tensor | None]] = []
     mid_means = []
+    logit_grads: list[torch.Tensor] = []
+    rel_errors: list[torch.Tensor] = []
     correct = 0
     layout = "vector"
     mid = 0
@@ -129,7 +138,9 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
                     "graph; return the tensors the forward pass uses, not .detach()ed copies"
                 )
             loss = F.cross_entropy(logits, y)
-            grads = torch.autograd.grad(loss, hiddens, retain_graph=credit is not None, allow_unused=True)
+            *grads, logit_grad = torch.autograd.grad(
+                loss, [*hiddens, logits], retain_graph=credit is not None, allow_unused=True
+            )
             layout = interface.hidden_layout(model, hiddens[0])
             read = lambda t: interface.per_sample(t, layout)  # noqa: E731
             for index, g in enumerate(grads):
@@ -150,6 +161,9 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
         hidden_norms.append([per_sample_norms(h) for h in rows_h])
         grad_norms.append([per_sample_norms(g) for g in rows_g])
         mid_means.append(rows_g[mid].to(torch.float64).mean(dim=0))
+        logit_rows = logit_grad.reshape(len(y), -1)
+        logit_grads.append(per_sample_norms(logit_rows))
+        rel_errors.append(output_error_rel_error(logit_rows * len(y), logits.reshape(len(y), -1), y))
         correct += int((logits.argmax(dim=-1) == y).sum())
         if credits is not None:
             cosines.append(_layer_cosines(credits, rows_g))
@@ -167,6 +181,8 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
         device=str(device),
         layout=layout,
         eval_correct=correct,
+        logit_grad_norms=torch.cat(logit_grads),
+        error_rel_errors=torch.cat(rel_errors),
     )
 
 

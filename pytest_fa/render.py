@@ -9,14 +9,34 @@ if TYPE_CHECKING:
 
 MEANING = {
     "a": "the residual stream explodes; the network is in a degenerate regime",
-    "b": "the BP reference is at the numerical floor; Γ against it is not interpretable",
+    "b": "the BP reference is at the numerical floor because the backward gain through the "
+    "terminal norm and head collapsed (Mode 1); Γ against it is not interpretable",
     "c": "sub-mode only: a drift-dominated reference is sample-invariant",
     "d": "the trained blocks do not beat random frozen blocks; depth is not used",
 }
 
 
+def error_saturated_note(fires: bool) -> str:
+    """What an error-saturated (b) means and what to do about it."""
+    rule = (
+        "it fires only under the paper's rule (--fa-b-rule=paper)" if fires
+        else "so (b) does not fire"
+    )
+    return (
+        "(b) error-saturated: the reference is below the floor because the model is confident "
+        "(‖e‖ = ‖softmax − onehot‖ → 0), not because the stream exploded — the backward gain "
+        f"is healthy, {rule}. Γ_l is averaged over the samples whose error the backward pass "
+        "carries soundly; for Γ over more samples, evaluate on held-out samples the model gets "
+        "wrong, on more eval batches (--fa-eval-batches), or on an earlier checkpoint."
+    )
+
+
 def fmt(value: float | None, spec: str = ".3g") -> str:
     return "—" if value is None else format(value, spec)
+
+
+def fmt_null(mean: float | None, std: float | None) -> str:
+    return "—" if mean is None or std is None else f"{mean:+.3f} ± {std:.3f}"
 
 
 def fmt_gamma(value: float | None, status: str) -> str:
@@ -38,8 +58,11 @@ def status(result: DiagnosticResult) -> str:
     if not result.evaluated:
         return "not evaluated"
     if result.key == "c":
-        return result.detail.split(":")[0]
-    return "FIRES" if result.fires else "ok"
+        return result.submode
+    state = "FIRES" if result.fires else "ok"
+    if result.key == "b" and result.submode and result.submode != "above the floor":
+        return f"{state} ({result.submode})"
+    return state
 
 
 def render_report(report: DiagnosticReport) -> str:
@@ -51,13 +74,22 @@ def render_report(report: DiagnosticReport) -> str:
         f"{report.mode} mode, {report.device}; batch-mean CE"
     )
     lines.append("")
-    lines.append(f"{'layer':<6}{'‖h_l‖':>11}{'growth':>10}{'‖g_l‖':>11}{'‖g_l‖@' + str(report.thresholds.floor_batch_size):>11}{'Γ_l':>11}")
+    lines.append(
+        f"{'layer':<6}{'‖h_l‖':>11}{'growth':>10}{'‖g_l‖':>11}"
+        f"{'‖g_l‖@' + str(report.thresholds.floor_batch_size):>11}{'gain':>10}{'Γ_l':>11}"
+        + (f"{'null (n=' + str(report.null_draws) + ')':>18}" if report.null_draws else "")
+    )
     for row in report.layers:
         lines.append(
             f"h_{row.index:<4}{fmt(row.h_norm):>11}{fmt(row.growth):>10}{fmt(row.g_norm):>11}"
-            f"{fmt(row.g_norm_at_reference):>11}{fmt_gamma(row.gamma, row.gamma_status):>11}"
+            f"{fmt(row.g_norm_at_reference):>11}{fmt(row.gain):>10}{fmt_gamma(row.gamma, row.gamma_status):>11}"
+            + (f"{fmt_null(row.null_mean, row.null_std):>18}" if report.null_draws else "")
         )
+    lines.append("gain = ‖g_l‖ / ‖dCE/dlogits‖, the backward gain from the logits (median over samples)")
     lines.append(f"Γ: {report.credit_status}")
+    partial = [r.index for r in report.layers if r.gamma_status.startswith("ok:")]
+    if partial:
+        lines.append(f"   at layers {partial}: {report.layers[partial[0]].gamma_status.removeprefix('ok: ')}")
     undefined = [r.index for r in report.layers if r.gamma_status.startswith("undefined")]
     if undefined:
         lines.append(f"   undefined at layers {undefined}: ‖g_l‖ below the floor, no cosine is reported")
@@ -74,6 +106,9 @@ def render_report(report: DiagnosticReport) -> str:
     lines.append(f"VERDICT: {report.verdict}")
     for key in report.fired:
         lines.append(f"  ({key}) {MEANING[key]}")
+    floor = report.diagnostics.get("b")
+    if floor is not None and floor.submode == "error-saturated":
+        lines.append(f"  {error_saturated_note(bool(floor.fires))}")
     return "\n".join(lines)
 
 

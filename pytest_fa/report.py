@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 
 from . import diagnostics as D
-from .credit import CreditSignal
+from .calibration import NullCalibration, null_gamma
+from .credit import CreditSignal, DFACredit
 from .errors import DataError
 from .probe import Probe, run_probe
 from .thresholds import DiagnosticThresholds
@@ -28,7 +30,12 @@ MIN_EVAL_BATCHES = 8
 
 @dataclass
 class DiagnosticResult:
-    """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated)."""
+    """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated).
+
+    ``submode`` names the regime the statistic points to ((b): above the floor, Mode 1 or
+    error-saturated; (c): drift- or noise-dominated); ``components`` holds the numbers it
+    was decomposed into ((b): backward gain and output-error norm).
+    """
 
     key: str
     value: float | None
@@ -36,6 +43,8 @@ class DiagnosticResult:
     fires: bool | None
     layer: int | None = None
     detail: str = ""
+    submode: str = ""
+    components: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -48,7 +57,8 @@ class DiagnosticResult:
 
 @dataclass
 class LayerRow:
-    """Per-layer numbers: medians over samples of ``‖h_l‖`` and ``‖g_l‖``, and ``Γ_l``."""
+    """Per-layer numbers: medians over samples of ``‖h_l‖``, ``‖g_l‖`` and the backward gain
+    ``‖g_l‖ / ‖dCE/dlogits‖``, and ``Γ_l``."""
 
     index: int
     h_norm: float
@@ -58,6 +68,9 @@ class LayerRow:
     gamma: float | None
     gamma_status: str
     gamma_samples: int = 0
+    gain: float | None = None
+    null_mean: float | None = None
+    null_std: float | None = None
 
 
 @dataclass
@@ -78,17 +91,18 @@ class DiagnosticReport:
     eval_acc: float | None = None
     credit_status: str = ""
     context: dict[str, Any] = field(default_factory=dict)
+    null_draws: int = 0
 
     # -- verdict ---------------------------------------------------------------------------
     @property
     def fired(self) -> list[str]:
         """Walk-back diagnostics that fired, among (a), (b), (d)."""
-        return [k for k in WALK_BACK_KEYS if self.diagnostics[k].fires]
+        return [k for k in WALK_BACK_KEYS if k in self.diagnostics and self.diagnostics[k].fires]
 
     @property
     def missing(self) -> list[str]:
-        """Walk-back diagnostics that could not be evaluated."""
-        return [k for k in WALK_BACK_KEYS if not self.diagnostics[k].evaluated]
+        """Walk-back diagnostics that could not be evaluated (or are absent from the report)."""
+        return [k for k in WALK_BACK_KEYS if k not in self.diagnostics or not self.diagnostics[k].evaluated]
 
     @property
     def trustworthy(self) -> bool:
@@ -97,10 +111,14 @@ class DiagnosticReport:
     @property
     def verdict(self) -> str:
         if self.fired:
-            return "needs walk-back: " + ", ".join(f"({k})" for k in self.fired)
+            return "needs walk-back: " + ", ".join(self._walk_back_item(k) for k in self.fired)
         if self.missing:
             return "incomplete: " + ", ".join(f"({k})" for k in self.missing) + " not evaluated"
         return "trustworthy"
+
+    def _walk_back_item(self, key: str) -> str:
+        submode = self.diagnostics[key].submode if key == "b" else ""
+        return f"({key}: {submode})" if submode else f"({key})"
 
     # -- alignment summaries ----------------------------------------------------------------
     @property
@@ -137,6 +155,7 @@ class DiagnosticReport:
             "layers": [asdict(row) for row in self.layers],
             "gamma": {
                 "status": self.credit_status,
+                "null_draws": self.null_draws,
                 "mean_all_layers": self.gamma_mean(0),
                 "mean_deep_layers": self.gamma_mean(1),
             },
@@ -178,8 +197,12 @@ def diagnose(
     label: str = "",
     device: torch.device | str | None = None,
     context: dict[str, Any] | None = None,
+    null_draws: int = 20,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over ``eval_batches`` (≥ 8 disjoint batches of 128).
+
+    For a DFA credit (:class:`~pytest_fa.credit.DFACredit`) every row also carries the null
+    band: Γ_l under ``null_draws`` fresh feedback draws, mean ± sd (0 turns it off).
 
     ``headline_acc`` and ``frozen_acc`` feed (d); without both, (d) is reported as not
     evaluated (``frozen_unavailable`` says why) and the verdict cannot be ``trustworthy``. ``credit`` gives the method's
@@ -189,7 +212,7 @@ def diagnose(
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
     probe = run_probe(model, eval_batches, credit=credit, device=device)
-    return report_from_probe(
+    report = report_from_probe(
         probe,
         thresholds=thresholds,
         headline_acc=headline_acc,
@@ -199,6 +222,32 @@ def diagnose(
         label=label,
         context=context,
     )
+    if null_draws and isinstance(credit, DFACredit):
+        attach_null(report, _null_calibration(model, eval_batches, credit, null_draws, device))
+    return report
+
+
+def _null_calibration(model, eval_batches, credit: DFACredit, n: int, device) -> NullCalibration:
+    param = next(model.parameters())
+    if param.dtype in (torch.float16, torch.bfloat16):
+        model = copy.deepcopy(model).float()  # as the probe does: never below float32
+    if device is not None:
+        model = copy.deepcopy(model).to(device) if param.device != torch.device(device) else model
+    num_classes = credit.feedback[-1].shape[0]
+    return null_gamma(model, eval_batches, num_classes, n=n)
+
+
+def attach_null(report: DiagnosticReport, null: NullCalibration) -> DiagnosticReport:
+    """Write the fresh-feedback null band (mean ± sd over draws) into each row whose Γ_l is
+    defined; Γ_l inside the band is not evidence of alignment."""
+    means, stds = null.null_mean, null.null_std
+    if len(means) != len(report.layers):
+        raise DataError(f"the null has {len(means)} layers, the report {len(report.layers)}")
+    for row, mean, std in zip(report.layers, means, stds):
+        if row.gamma is not None:
+            row.null_mean, row.null_std = mean, std
+    report.null_draws = int(null.draws.shape[0])
+    return report
 
 
 def report_from_probe(
@@ -221,9 +270,13 @@ def report_from_probe(
         D.grad_at_reference_batch(float(g), probe.batch_size, thresholds.floor_batch_size)
         for g in g_med
     ]
+    gains = layer_gains(probe)
+    sound = sound_reference_samples(probe, thresholds)
     layers = []
     for index in range(probe.num_layers):
-        gamma, status, count = _layer_gamma(probe, index, g_ref[index], thresholds, credit_unavailable)
+        gamma, status, count = _layer_gamma(
+            probe, index, g_ref[index], gains[index], sound, thresholds, credit_unavailable
+        )
         layers.append(
             LayerRow(
                 index=index,
@@ -234,30 +287,13 @@ def report_from_probe(
                 gamma=gamma,
                 gamma_status=status,
                 gamma_samples=count,
+                gain=gains[index],
             )
         )
-
-    max_growth, block = D.residual_growth(h_med)
-    deepest = probe.num_layers - 1
-    stability = D.direction_stability(probe.mid_batch_means)
     results = {
-        "a": DiagnosticResult(
-            "a", max_growth, thresholds.max_growth, max_growth > thresholds.max_growth or math.isnan(max_growth),
-            layer=block, detail=f"‖h_{block + 1}‖ / ‖h_{block}‖ (medians over samples)",
-        ),
-        "b": DiagnosticResult(
-            "b", g_ref[deepest], thresholds.grad_floor,
-            D.grad_floor(float(g_med[deepest]), probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size),
-            layer=deepest,
-            detail=f"median ‖g_{deepest}‖ = {float(g_med[deepest]):.3g} at eval batch {probe.batch_size}, "
-            f"restated at batch {thresholds.floor_batch_size}",
-        ),
-        "c": DiagnosticResult(
-            "c", stability, thresholds.drift_ceiling, stability > thresholds.drift_ceiling,
-            layer=probe.mid_layer,
-            detail=f"{D.stability_submode(stability, thresholds.drift_ceiling)}: "
-            f"{probe.num_batches} disjoint batches, reference read at h_{probe.mid_layer}",
-        ),
+        "a": growth_result(h_med, thresholds),
+        "b": floor_result(probe, g_med, gains, sound, thresholds),
+        "c": stability_result(probe, thresholds),
         "d": _frozen_result(headline_acc, frozen_acc, thresholds, frozen_unavailable),
     }
     return DiagnosticReport(
@@ -278,6 +314,84 @@ def report_from_probe(
     )
 
 
+def layer_gains(probe: Probe) -> list[float | None]:
+    """Median over samples of the backward gain ``‖g_l‖ / ‖dCE/dlogits‖`` at each ``h_l``."""
+    if probe.logit_grad_norms is None:
+        return [None] * probe.num_layers
+    gains = []
+    for norms in probe.grad_norms:
+        gain = D.median_defined(D.backward_gain(norms, probe.logit_grad_norms))
+        gains.append(None if math.isnan(gain) else gain)
+    return gains
+
+
+def sound_reference_samples(probe: Probe, thresholds: DiagnosticThresholds) -> torch.Tensor | None:
+    """Samples whose output error the backward pass carried with a relative error of at most
+    :data:`diagnostics.OUTPUT_ERROR_TOLERANCE` (None: not measured, or the paper's rule)."""
+    if probe.error_rel_errors is None or thresholds.b_rule == "paper":
+        return None
+    return probe.error_rel_errors <= D.OUTPUT_ERROR_TOLERANCE
+
+
+def growth_result(h_med: torch.Tensor, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(a): the largest per-block growth of the median ``‖h_l‖``."""
+    max_growth, block = D.residual_growth(h_med)
+    return DiagnosticResult(
+        "a", max_growth, thresholds.max_growth, max_growth > thresholds.max_growth or math.isnan(max_growth),
+        layer=block, detail=f"‖h_{block + 1}‖ / ‖h_{block}‖ (medians over samples)",
+    )
+
+
+def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(b): the median ``‖g_L‖`` restated at the floor's batch size, with its decomposition
+    ``‖g_L‖ · B = gain · ‖e‖`` and the sub-mode it points to."""
+    deepest = probe.num_layers - 1
+    g = float(g_med[deepest])
+    g_ref = D.grad_at_reference_batch(g, probe.batch_size, thresholds.floor_batch_size)
+    at_floor = D.grad_floor(g, probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size)
+    gain = gains[deepest]
+    components: dict[str, Any] = {"rule": thresholds.b_rule, "gain": gain, "gain_floor": thresholds.gain_floor}
+    detail = (
+        f"median ‖g_{deepest}‖ = {g:.3g} at eval batch {probe.batch_size}, "
+        f"restated at batch {thresholds.floor_batch_size}"
+    )
+    if probe.logit_grad_norms is None:
+        submode = "at the floor" if at_floor else D.FLOOR_SUBMODES[0]
+        fires = at_floor
+    else:
+        error_norm = float((probe.logit_grad_norms * probe.batch_size).median())
+        saturated = int((probe.error_rel_errors > D.OUTPUT_ERROR_TOLERANCE).sum())
+        components.update(error_norm=error_norm, saturated_samples=saturated, samples=len(probe.logit_grad_norms))
+        submode = D.floor_submode(g_ref, float("nan") if gain is None else gain, thresholds.grad_floor, thresholds.gain_floor)
+        fires = at_floor if thresholds.b_rule == "paper" else submode == D.FLOOR_SUBMODES[1]
+        detail += (
+            f" ≈ gain {_fmt(gain)} × median ‖e‖ {error_norm:.3g} / B (Mode 1 when the gain < "
+            f"{thresholds.gain_floor:g}); {saturated}/{len(probe.logit_grad_norms)} samples' "
+            f"errors inexact in {probe.dtype} (relative error > {D.OUTPUT_ERROR_TOLERANCE:g})"
+        )
+        if thresholds.b_rule == "paper":
+            detail += "; paper rule: fires on the floor alone"
+    return DiagnosticResult(
+        "b", g_ref, thresholds.grad_floor, fires,
+        layer=deepest, detail=detail, submode=submode, components=components,
+    )
+
+
+def stability_result(probe: Probe, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}``."""
+    stability = D.direction_stability(probe.mid_batch_means)
+    submode = D.stability_submode(stability, thresholds.drift_ceiling)
+    return DiagnosticResult(
+        "c", stability, thresholds.drift_ceiling, stability > thresholds.drift_ceiling,
+        layer=probe.mid_layer, submode=submode,
+        detail=f"{submode}: {probe.num_batches} disjoint batches, reference read at h_{probe.mid_layer}",
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
 def _check_batch_count(num_batches: int) -> None:
     if num_batches < MIN_EVAL_BATCHES:
         raise DataError(
@@ -286,18 +400,36 @@ def _check_batch_count(num_batches: int) -> None:
         )
 
 
-def _layer_gamma(probe, index, g_ref, thresholds, unavailable) -> tuple[float | None, str, int]:
+def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> tuple[float | None, str, int]:
+    """Γ_l = mean over samples of the per-sample cosine, where the reference means something.
+
+    Paper rule: undefined when the restated median ``‖g_l‖`` is below the floor. Decomposed
+    rule: undefined below the floor only when the gain collapsed too (Mode 1); otherwise the
+    mean over the samples whose output error is numerically sound in the model's dtype.
+    """
     if probe.cosines is None:
         return None, f"unavailable: {unavailable}", 0
     cos = probe.cosines[index]
     if cos is None:
         return None, "no credit at this layer", 0
-    if g_ref < thresholds.grad_floor:
+    below = g_ref < thresholds.grad_floor
+    if below and (sound is None or gain is None or gain < thresholds.gain_floor):
         return None, f"undefined: ‖g_{index}‖ below the floor", 0
+    dropped = 0
+    if sound is not None:
+        dropped = int((~sound).sum())
+        cos = torch.where(sound, cos, torch.full_like(cos, float("nan")))
     mean, count = D.mean_defined(cos)
     if count == 0:
+        if dropped:
+            return None, "undefined: every sample's output error is below the float precision", 0
         return None, "undefined: every sample has a zero credit or gradient", 0
-    return mean, "ok", count
+    status = "ok"
+    if dropped:
+        status = f"ok: {dropped} samples with an unsound output error left out"
+    if below:
+        status = f"ok: error-saturated reference; {dropped} samples left out" if dropped else "ok: error-saturated reference"
+    return mean, status, count
 
 
 def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:

@@ -7,14 +7,25 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 REFERENCE_BATCH_SIZE = 128
+B_RULES = ("decomposed", "paper")
 
 
 @dataclass(frozen=True)
 class DiagnosticThresholds:
-    """The protocol's thresholds; the defaults are the paper's.
+    """The protocol's thresholds: the paper's defaults, plus the decomposed (b) rule.
+
+    ``gain_floor`` and ``b_rule`` are pytest-fa's (``b_rule="paper"`` restores the paper's
+    (b)); the gain floor of 1e-3 sits at the log-midpoint of the measured gap between the
+    largest gain of a reference at the floor in Mode 1 and the smallest gain of a healthy
+    network (``examples/RESULTS.md``, "Budget invariance").
 
     ``max_growth``: (a) fires when ``max_l ‖h_{l+1}‖/‖h_l‖`` exceeds it.
-    ``grad_floor``: (b) fires when ``‖g_L‖``, restated at ``floor_batch_size``, is below it.
+    ``grad_floor``: the reference ``‖g_L‖``, restated at ``floor_batch_size``, is at the floor
+    below it.
+    ``gain_floor``: under ``b_rule="decomposed"`` (b) fires only when the reference is at
+    the floor *and* the median backward gain ``‖g_L‖ / ‖dCE/dlogits‖`` is below it (Mode 1);
+    a reference at the floor with a healthy gain is reported *error-saturated* instead.
+    ``b_rule="paper"`` fires (b) on the floor alone, as the reference implementation does.
     ``drift_ceiling``: (c) is drift-dominated above it.
     ``frozen_margin_pp``: (d) fires when trained − frozen accuracy is below it (points).
     """
@@ -22,16 +33,26 @@ class DiagnosticThresholds:
     max_growth: float = 50.0
     grad_floor: float = 1e-7
     floor_batch_size: int = REFERENCE_BATCH_SIZE
+    gain_floor: float = 1e-3
+    b_rule: str = "decomposed"
     drift_ceiling: float = 0.30
     frozen_margin_pp: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.b_rule not in B_RULES:
+            raise ValueError(f"b_rule={self.b_rule!r}: use one of {', '.join(B_RULES)}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(f.default, str):
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"threshold {f.name}={value!r} must be a finite number")
-        if self.max_growth <= 0 or self.grad_floor <= 0 or self.floor_batch_size <= 0:
-            raise ValueError("max_growth, grad_floor and floor_batch_size must be positive")
+        if min(self.max_growth, self.grad_floor, self.floor_batch_size, self.gain_floor) <= 0:
+            raise ValueError("max_growth, grad_floor, floor_batch_size and gain_floor must be positive")
+        if not -1.0 <= self.drift_ceiling <= 1.0:
+            raise ValueError(f"drift_ceiling={self.drift_ceiling}: a mean cosine lies in [-1, 1]")
+        if not -100.0 <= self.frozen_margin_pp <= 100.0:
+            raise ValueError(f"frozen_margin_pp={self.frozen_margin_pp}: a margin in points lies in [-100, 100]")
 
     def updated(self, **overrides: Any) -> DiagnosticThresholds:
         """A copy with some thresholds replaced; unknown names raise ``TypeError``."""

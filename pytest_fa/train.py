@@ -81,9 +81,10 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 40
 
 
 def epoch_monitor(model: nn.Module, batches) -> dict[str, float]:
-    """Diagnostics (a) and (b) on fixed batches: ``‖h_L‖``, max block growth, ``‖g_L‖``."""
+    """Diagnostics (a) and (b) on fixed batches: ``‖h_L‖``, max block growth, ``‖g_L‖`` and
+    its decomposition into the backward gain and the output-error norm."""
     record = growth_and_floor(model, batches, DiagnosticThresholds())
-    return {k: record[k] for k in ("h_L", "max_growth", "g_L", "batch_size")}
+    return {k: record[k] for k in ("h_L", "max_growth", "g_L", "gain_L", "error_norm", "batch_size")}
 
 
 def train(
@@ -176,6 +177,13 @@ def train(
     return TrainResult(bundle, model, state, time.perf_counter() - start, history)
 
 
+def stop_at_floor(model: nn.Module, record: dict[str, Any]) -> bool:
+    """``on_epoch`` hook: True once the epoch's restated median ``‖g_L‖`` is below the floor."""
+    limits = DiagnosticThresholds()
+    g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], limits.floor_batch_size)
+    return g_ref < limits.grad_floor
+
+
 def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
     if recipe.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -197,6 +205,8 @@ def _progress_line(method: str, seed: int, epochs: int, r: dict[str, Any]) -> st
     )
     if "h_L" in r:
         line += f"  ‖h_L‖ {r['h_L']:.3g}  max growth {r['max_growth']:.3g}×  ‖g_L‖ {r['g_L']:.3g}"
+        if r.get("gain_L") is not None:
+            line += f"  gain {r['gain_L']:.3g}  ‖e‖ {r['error_norm']:.3g}"
     return line + f"  ({r['seconds']:.1f} s)"
 
 
@@ -216,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--penalty", type=float, default=None, help="DFA scale penalty λ (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--out", default="runs", help="output folder for <method>_s<seed>.pt bundles")
+    parser.add_argument(
+        "--stop-at-floor", action="store_true",
+        help="stop at the first epoch whose monitored ‖g_L‖ (restated at batch 128) is below the "
+        "(b) floor; --epochs stays the planned schedule, and the bundle records both",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return parser
 
@@ -240,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=seed,
                 device=args.device,
                 log=log,
+                on_epoch=stop_at_floor if args.stop_at_floor else None,
             )
             path = save_bundle(out / f"{method_name}_s{seed}.pt", result.bundle)
             print(

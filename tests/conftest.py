@@ -23,6 +23,19 @@ def isolated_cache(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread while a module runs: small matmuls do not spin-wait on a busy
+    machine, and chaotic training runs (DFA at a high learning rate) do not depend on the
+    thread count. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def small_data(isolated_cache):
     from pytest_fa.data import load_dataset

@@ -8,6 +8,8 @@ copied from a run.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -257,8 +259,11 @@ def test_floor_fails_on_report_with_value_floor_layer_and_meaning(exploding_tiny
 
 def test_floor_explicit_floor_overrides_report(bp_report, exploding_tiny):
     g = bp_report.layers[-1].g_norm  # eval batch 128 = the floor's batch size
+    # BP's backward gain is healthy: below a raised floor its reference is error-saturated
+    assert_grad_above_floor(bp_report, floor=2 * g)
+    paper = dataclasses.replace(bp_report, thresholds=bp_report.thresholds.updated(b_rule="paper"))
     with pytest.raises(AssertionError) as info:
-        assert_grad_above_floor(bp_report, floor=2 * g)
+        assert_grad_above_floor(paper, floor=2 * g)
     message = str(info.value)
     assert g4(g) in message and f"Floor: {2 * g:g}" in message and "h_4" in message
     assert_grad_above_floor(bp_report, floor=g / 2)
@@ -268,10 +273,17 @@ def test_floor_explicit_floor_overrides_report(bp_report, exploding_tiny):
 
 def test_floor_marker_style_threshold_in_report_is_used(bp_trained, small_batches):
     result, _ = bp_trained
-    report = diagnose(result.model, small_batches, thresholds=DiagnosticThresholds(grad_floor=1.0))
-    assert report.diagnostics["b"].fires
+    paper = diagnose(result.model, small_batches, thresholds=DiagnosticThresholds(grad_floor=1.0, b_rule="paper"))
+    assert paper.diagnostics["b"].fires
     with pytest.raises(AssertionError, match=r"Floor: 1 \("):
-        assert_grad_above_floor(report)
+        assert_grad_above_floor(paper)
+    # a healthy gain makes a reference below the floor error-saturated, not Mode 1
+    decomposed = diagnose(result.model, small_batches, thresholds=DiagnosticThresholds(grad_floor=1.0))
+    assert decomposed.diagnostics["b"].submode == "error-saturated" and not decomposed.diagnostics["b"].fires
+    assert_grad_above_floor(decomposed)
+    mode1 = diagnose(result.model, small_batches, thresholds=DiagnosticThresholds(grad_floor=1.0, gain_floor=1e9))
+    with pytest.raises(AssertionError, match=r"Mode 1: backward gain collapsed; rule: decomposed"):
+        assert_grad_above_floor(mode1)
 
 
 def _ce_grad_at_logits(model_seed: int, batch: int, repeat: int):
@@ -448,7 +460,8 @@ def test_trustworthy_fails_with_verdict_and_report(exploding_tiny):
     with pytest.raises(AssertionError) as info:
         assert_trustworthy(exploding_tiny)
     message = str(info.value)
-    assert "needs walk-back: " + ", ".join(f"({k})" for k in fired) in message
+    assert exploding_tiny.verdict.startswith("needs walk-back: (a)")
+    assert exploding_tiny.verdict in message
     for key in fired:
         assert_meaning(message, key)
     assert "1e+04×" in message  # the measured growth is in the rendered report

@@ -46,8 +46,17 @@ def test_temporal_replay_reads_the_first_firing_epoch(small_data):
     growth = [r["max_growth"] for r in result.history]
     expected = next((r["epoch"] for r in result.history if r["max_growth"] > 50), None)
     assert first["a"] == expected, growth
-    strict = temporal_replay(result.history, DiagnosticThresholds(max_growth=1.0, grad_floor=1.0))
-    assert strict == {"a": 1, "b": 1}
+    assert all(r["gain_L"] > 0 and r["error_norm"] > 0 for r in result.history)
+    paper = DiagnosticThresholds(max_growth=1.0, grad_floor=1.0, b_rule="paper")
+    assert temporal_replay(result.history, paper) == {"a": 1, "b": 1}
+    # decomposed: below the floor, (b) fires only once the backward gain is below gain_floor too
+    saturated = DiagnosticThresholds(max_growth=1.0, grad_floor=1.0, gain_floor=1e-30)
+    assert temporal_replay(result.history, saturated) == {"a": 1, "b": None}
+    mode1 = DiagnosticThresholds(max_growth=1.0, grad_floor=1.0, gain_floor=1e9)
+    assert temporal_replay(result.history, mode1) == {"a": 1, "b": 1}
+    # a history without the gain (older bundles) replays (b) under the floor alone
+    legacy = [{k: v for k, v in r.items() if k != "gain_L"} for r in result.history]
+    assert temporal_replay(legacy, mode1.updated(gain_floor=1e-30)) == {"a": 1, "b": 1}
     with pytest.raises(ValueError, match="monitor"):
         temporal_replay([{"epoch": 1, "test_acc": 0.5}])
 

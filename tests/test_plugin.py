@@ -433,6 +433,32 @@ def test_batch_size_option_is_recorded_and_restates_the_floor(pytester, bp_bundl
     result.stdout.fnmatch_lines(["*at eval batch 64, restated at batch 128*"])
 
 
+@pytest.mark.parametrize("rule", ["decomposed", "paper"])
+def test_b_rule_option_decides_whether_a_reference_at_the_floor_with_a_healthy_gain_fires(
+    pytester, bp_bundle, rule
+):
+    # a floor of 1: BP's reference is "at the floor" with its gain O(1), as for a confident model
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0", "--fa-grad-floor=1",
+                 f"--fa-b-rule={rule}", "--fa-report-json=out.json", "-k", "grad_floor")
+    (report,) = read_json(pytester)["reports"]
+    b = report["diagnostics"]["b"]
+    assert b["submode"] == "error-saturated" and b["components"]["rule"] == rule
+    assert b["components"]["gain"] > report["thresholds"]["gain_floor"]
+    if rule == "paper":
+        result.assert_outcomes(failed=1, deselected=3)
+        assert "b" in report["fired"]
+    else:
+        result.assert_outcomes(passed=1, deselected=3)
+        assert "b" not in report["fired"]
+        result.stdout.fnmatch_lines(["*error-saturated*"])
+
+
+def test_an_unknown_b_rule_is_a_usage_error(pytester, bp_bundle):
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0", "--fa-b-rule=strict")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*b_rule='strict': use one of decomposed, paper*"])
+
+
 # --------------------------------------------------------------------------------------------
 # ini keys
 # --------------------------------------------------------------------------------------------
@@ -529,7 +555,7 @@ USER_TESTS = """
         record_property("frozen", (fa_frozen_baseline.accuracy, fa_report.frozen_acc))
         record_property("thresholds", (fa_thresholds.grad_floor, fa_report.thresholds.grad_floor))
 
-    @pytest.mark.fa_protocol(grad_floor=1.0)
+    @pytest.mark.fa_protocol(grad_floor=1.0, b_rule="paper")
     def test_floor_override(fa_report, fa_thresholds, record_property):
         record_property("thresholds", (fa_thresholds.grad_floor, fa_thresholds.max_growth,
                                        fa_report.thresholds.grad_floor))

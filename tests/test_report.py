@@ -43,9 +43,15 @@ def test_report_records_the_conditions_of_measurement(dfa_report):
 
 def test_verdict_lists_exactly_the_walk_back_diagnostics_that_fire(dfa, batches):
     credit = DFACredit(dfa.state.feedback)
-    strict = DiagnosticThresholds(max_growth=1.0, grad_floor=1e3, drift_ceiling=-1.0)
+    strict = DiagnosticThresholds(max_growth=1.0, grad_floor=1e3, gain_floor=1e9, drift_ceiling=-1.0)
     r = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=strict)
-    assert r.fired == ["a", "b"] and r.verdict == "needs walk-back: (a), (b)"
+    assert r.fired == ["a", "b"]
+    assert r.verdict == "needs walk-back: (a), (b: Mode 1: backward gain collapsed)"
+    paper = diagnose(
+        dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit,
+        thresholds=strict.updated(gain_floor=1e-30, b_rule="paper"),
+    )
+    assert paper.fired == ["a", "b"] and paper.diagnostics["b"].submode == "error-saturated"
     assert r.diagnostics["c"].fires and "drift-dominated" in r.diagnostics["c"].detail  # (c) never walks back
     lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30, frozen_margin_pp=-100)
     ok = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=lax)
@@ -61,10 +67,21 @@ def test_missing_frozen_accuracy_never_reads_trustworthy(dfa, batches):
 
 
 def test_gamma_is_undefined_below_the_floor_not_printed(dfa, batches):
-    r = diagnose(dfa.model, batches, credit=DFACredit(dfa.state.feedback), thresholds=DiagnosticThresholds(grad_floor=1e3))
+    mode1 = DiagnosticThresholds(grad_floor=1e3, gain_floor=1e9)
+    r = diagnose(dfa.model, batches, credit=DFACredit(dfa.state.feedback), thresholds=mode1)
     assert all(row.gamma is None and row.gamma_status.startswith("undefined") for row in r.layers)
     assert r.gamma_mean() is None
     assert "undefined" in str(r)
+    paper = diagnose(dfa.model, batches, credit=DFACredit(dfa.state.feedback), thresholds=DiagnosticThresholds(grad_floor=1e3, b_rule="paper"))
+    assert all(row.gamma is None for row in paper.layers)
+
+
+def test_gamma_against_an_error_saturated_reference_stays_defined(dfa, batches):
+    saturated = DiagnosticThresholds(grad_floor=1e3, gain_floor=1e-30)
+    r = diagnose(dfa.model, batches, credit=DFACredit(dfa.state.feedback), thresholds=saturated)
+    assert r.diagnostics["b"].submode == "error-saturated" and not r.diagnostics["b"].fires
+    assert all(row.gamma is not None and "error-saturated" in row.gamma_status for row in r.layers)
+    assert "(b) error-saturated" in str(r)
 
 
 def test_gamma_without_a_credit_signal_is_unavailable_with_the_reason(dfa, batches):
