@@ -282,6 +282,10 @@ def load_checkpoint(
             )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
+    cls = METHODS.get(bundle.method)
+    if cls is not None:
+        # a bundle written before a config key existed was trained with its earlier behaviour
+        bundle.method_config = {**cls.recorded_defaults, **bundle.method_config}
     state = MethodState(feedback=bundle.feedback, config=bundle.method_config, aux_state=bundle.aux)
     if bundle.method not in METHODS and allow_unknown_method:
         return LoadedCheckpoint(source, model, bundle, state, bundle.method)

@@ -20,12 +20,7 @@ ARCH = {"d": 32, "depth": 3}
 ZOO = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +56,16 @@ def test_bundles_carry_the_auxiliary_state_their_credit_needs(zoo):
     assert len(load_bundle(zoo["fa"][1]).feedback) == ARCH["depth"] + 1
     assert set(load_bundle(zoo["state_bridge"][1]).aux) == {"state_bridge"}
     assert set(load_bundle(zoo["credit_bridge"][1]).aux) == {"credit_bridge"}
-    assert load_bundle(zoo["ep"][1]).method_config == {"penalty": 0.0, "beta": 0.1, "steps": 6, "step_size": 0.5}
+    assert load_bundle(zoo["ep"][1]).method_config == {
+        "penalty": 0.0, "beta": 0.1, "steps": 6, "step_size": 0.5, "credit": "displacement", "backtrack": True,
+    }
+
+
+def test_an_ep_bundle_from_before_backtracking_reloads_with_its_fixed_step_relaxation(zoo, tmp_path):
+    bundle = load_bundle(zoo["ep"][1])
+    del bundle.method_config["backtrack"]
+    loaded = load_checkpoint(save_bundle(tmp_path / "old_ep.pt", bundle))
+    assert loaded.state.config["backtrack"] is False
 
 
 @pytest.mark.parametrize("name", ["state_bridge", "credit_bridge"])

@@ -85,6 +85,9 @@ class Method:
     needs_feedback: ClassVar[bool] = False
     needs_aux: ClassVar[tuple[str, ...]] = ()
     trains_blocks: ClassVar[bool] = True
+    recorded_defaults: ClassVar[dict[str, Any]] = {}
+    """Config a bundle that does not record a key was trained with (the behaviour before the
+    key was introduced); filled in when a bundle is loaded."""
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``get_method(name, **config())`` rebuilds the method."""
