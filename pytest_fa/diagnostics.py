@@ -9,7 +9,6 @@ never a clamped number.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch

@@ -75,3 +75,17 @@ def test_the_suite_passes_and_prints_the_pitfall_table(capsys, monkeypatch, tmp_
 def test_removing_the_guard_makes_the_pitfall_test_fail(pitfall):
     result = guards.run_without_guard(pitfall)
     assert result.caught, f"{pitfall.id}: removing {result.guard.target} left the suite green"
+    assert result.reaches_shipped, (
+        f"{pitfall.id}: removing {result.guard.target} (swapped in {result.bindings}) left what users "
+        f"see unchanged: {result.shipped}"
+    )
+
+
+def test_a_guard_is_swapped_wherever_pytest_fa_bound_it():
+    from pytest_fa import probe, report
+
+    guard = Guard("pytest_fa.probe.run_probe", lambda *a, **k: None, "a stand-in")
+    with guards.removed(guard) as swapped:
+        assert report.run_probe is guard.naive and probe.run_probe is guard.naive
+    assert {"pytest_fa.probe.run_probe", "pytest_fa.report.run_probe"} <= set(swapped)
+    assert report.run_probe is probe.run_probe and probe.run_probe is not guard.naive

@@ -155,13 +155,16 @@ PITFALLS: tuple[Pitfall, ...] = (
 class Guard:
     """The piece of pytest-fa that protects against a pitfall, and the naive code it replaces.
 
-    ``target`` is the dotted name of a function the pitfall's tests reach by attribute;
-    swapping in ``naive`` must make those tests fail (``python -m pytest_fa.pitfalls.guards``).
+    ``target`` is the dotted name of the function (or class) that holds the guard. Removing
+    it (``python -m pytest_fa.pitfalls.guards``) swaps ``naive`` in everywhere pytest-fa
+    holds a reference to it; the pitfall's tests must then fail, and the shipped outcome
+    on ``witness`` (:mod:`pytest_fa.pitfalls.witness`) must change.
     """
 
     target: str
     naive: Callable[..., Any]
     description: str
+    witness: Any = None  # a witness.Witness; None: the default (the Mode-1 bundle, both paths)
 
 
 def by_id(pitfall_id: str) -> Pitfall:

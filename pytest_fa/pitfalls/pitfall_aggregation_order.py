@@ -39,6 +39,7 @@ from pytest_fa import strategies as fst
 from pytest_fa.credit import DFACredit
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("5")
@@ -56,6 +57,7 @@ GUARD = Guard(
     "pytest_fa.diagnostics.cosine_per_sample",
     _naive_cosine_per_sample,
     "per-sample cosine replaced by the cosine of batch means (order ii)",
+    witness=Witness(bundle="meaningful"),
 )
 
 

@@ -23,6 +23,7 @@ from pytest_fa.errors import CheckpointError
 from pytest_fa.methods import get_method
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.protocol import ProtocolSettings
 from pytest_fa.state import STATE_KEY
 from pytest_fa.thresholds import DiagnosticThresholds
@@ -52,6 +53,10 @@ GUARD = Guard(
     "pytest_fa.protocol.ProtocolRunner",
     _NaiveRunner,
     "frozen baseline trained with a default one-epoch budget instead of the checkpoint's",
+    witness=Witness(
+        paths=("cli",), frozen_acc=None,
+        why_not="diagnose() takes frozen_acc from its caller; only the command line trains the baseline",
+    ),
 )
 
 

@@ -16,10 +16,10 @@ from pytest_fa.credit import BPCredit, DFACredit
 from pytest_fa.data import eval_batches
 from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
+from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("B3")
-
-MEANINGFUL_EPOCH = 1  # (a) and (b) do not fire yet: the regime in which Γ would be reported
 
 
 def _naive_run_probe(model, eval_batches, credit=None, device=None):
@@ -44,6 +44,7 @@ GUARD = Guard(
     "pytest_fa.probe.run_probe",
     _naive_run_probe,
     "credit evaluated on the next batch instead of the reference's forward pass",
+    witness=Witness(bundle="meaningful"),
 )
 
 

@@ -31,6 +31,7 @@ from pytest_fa.interface import forward_hidden
 from pytest_fa.methods import feature_dims
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("2")
 
@@ -50,6 +51,11 @@ GUARD = Guard(
     "pytest_fa.diagnostics.cosine_per_sample",
     _naive_cosine_per_sample,
     "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
+    witness=Witness(
+        thresholds=(("grad_floor", 1e-30),),
+        why_not="at the default floor the deep layers of the Mode-1 bundle are undefined, so no "
+        "clamped cosine reaches the report; the witness lowers the floor, as a threshold sweep does",
+    ),
 )
 
 

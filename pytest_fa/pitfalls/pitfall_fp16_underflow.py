@@ -34,6 +34,7 @@ from pytest_fa.credit import DFACredit
 from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("3")
 
@@ -55,6 +56,10 @@ GUARD = Guard(
     "pytest_fa.probe.run_probe",
     _naive_run_probe,
     "half-precision models measured in their own dtype instead of a float32 copy",
+    witness=Witness(
+        paths=("python",), dtype="float16",
+        why_not="bundles load in float32: a float16 model reaches only the Python API",
+    ),
 )
 
 

@@ -20,15 +20,15 @@ from pytest_fa.methods import MethodState, get_method
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
+from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.state import STATE_KEY
 from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("6.5")
 
-MEANINGFUL_EPOCH = 1  # (a) and (b) do not fire yet: the regime in which Γ would be reported
 
-
-def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None):
+def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False):
     """The post-hoc loader: weights in, whatever feedback happens to be there (maybe none)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     bundle = Bundle.from_payload(payload, str(path))
@@ -42,6 +42,7 @@ GUARD = Guard(
     "pytest_fa.checkpoint.load_checkpoint",
     _naive_load_checkpoint,
     "a bundle loads with its feedback matrices silently missing",
+    witness=Witness(bundle="stripped"),
 )
 
 

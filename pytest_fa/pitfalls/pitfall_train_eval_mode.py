@@ -22,6 +22,7 @@ from pytest_fa.data import eval_batches, load_dataset
 from pytest_fa.methods import get_method
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
+from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.train import Recipe, accuracy, train
 
 pytestmark = pytest.mark.fa_pitfall("B5")
@@ -47,6 +48,10 @@ GUARD = Guard(
     "pytest_fa.probe.run_probe",
     _naive_run_probe,
     "diagnostics measured in the mode the model happens to be in",
+    witness=Witness(
+        bundle="batchnorm", paths=("python",), train_mode=True,
+        why_not="the command line always measures a freshly loaded model, in eval mode",
+    ),
 )
 
 

@@ -34,10 +34,9 @@ from pytest_fa.interface import forward_hidden
 from pytest_fa.methods import MethodState, feature_dims, get_method
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
 
 pytestmark = pytest.mark.fa_pitfall("4")
-
-MEANINGFUL_EPOCH = 1  # ‖g_L‖ ≈ 9e-6 at batch 128: Γ is defined at every layer
 
 
 def regenerate_feedback(num_classes: int, dims: list[int], seed: int) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ PITFALL_DATA = {"num_samples": 20000, "seed": 42}
 PITFALL_ARCH = {"d": 256, "depth": 4}
 DEGENERATE_RECIPE = Recipe(lr=3e-2, schedule="constant")
 DEGENERATE_EPOCHS = 6
+MEANINGFUL_EPOCH = 1  # the degenerate run before (a) and (b) fire: the regime in which Γ is reported
 HEALTHY_EPOCHS = 3
 
 
@@ -73,17 +74,33 @@ class Regime:
         return None
 
 
-def _run(name: str, method: str, recipe: Recipe, epochs: int, device: str | None, seed: int) -> Regime:
+def _run(
+    name: str,
+    method: str,
+    recipe: Recipe,
+    epochs: int,
+    device: str | None,
+    seed: int,
+    arch: str = "resmlp",
+    arch_config: dict[str, Any] = PITFALL_ARCH,
+    data_config: dict[str, Any] = PITFALL_DATA,
+) -> Regime:
     device = resolve_device(device)
-    data = load_dataset("mnist1d", **PITFALL_DATA).to(device)
+    data = load_dataset("mnist1d", **data_config).to(device)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
     def keep(model, record):
         snapshots[record["epoch"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    result = train(
-        data, method, arch_config=PITFALL_ARCH, epochs=epochs, seed=seed, recipe=recipe, device=device, on_epoch=keep
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the degenerate runs are chaotic: another thread count, another run
+    try:
+        result = train(
+            data, method, arch=arch, arch_config=arch_config, epochs=epochs, seed=seed, recipe=recipe,
+            device=device, on_epoch=keep,
+        )
+    finally:
+        torch.set_num_threads(threads)
     model = result.model.to(device).eval()
     return Regime(
         name=name,
@@ -108,3 +125,17 @@ def degenerate_dfa(device: str | None = None, seed: int = 42) -> Regime:
 def healthy_bp(device: str | None = None, seed: int = 42) -> Regime:
     """BP on the same architecture and data with the paper's recipe (about 8 s on 2 CPU cores)."""
     return _run("healthy BP", "bp", Recipe(), HEALTHY_EPOCHS, device, seed)
+
+
+BATCHNORM_DATA = {"num_samples": 6000, "seed": 42}
+BATCHNORM_CNN = {"channels": 16, "depth": 3, "fc": 64}
+
+
+@functools.cache
+def batchnorm_dfa(device: str | None = None, seed: int = 42) -> Regime:
+    """DFA on SmallCNN (BatchNorm in every block) at the degenerate regime's recipe, 2 epochs
+    of 6 000 MNIST-1D samples: a model whose train and eval modes measure differently."""
+    return _run(
+        "BatchNorm DFA", "dfa", DEGENERATE_RECIPE, 2, device, seed,
+        arch="smallcnn", arch_config=BATCHNORM_CNN, data_config=BATCHNORM_DATA,
+    )
