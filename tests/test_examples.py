@@ -73,3 +73,34 @@ def test_cross_architecture_covers_four_architectures(out):
     assert example("cross_architecture").main(["--smoke", "--out", str(out)]) == 0
     rows = table_rows(out / "cross_architecture.md")
     assert {r[0]: r[1] for r in rows} == {"resmlp": "yes", "vit-mini": "yes", "smallcnn": "no", "studentnet": "no"}
+
+
+def test_budget_invariance_gives_both_rules_for_each_bundle(bp_bundle, dfa_bundle, tmp_path, capsys):
+    json_path = tmp_path / "rows.json"
+    assert example("budget_invariance").main([str(bp_bundle), str(dfa_bundle), "--device", "cpu", "--json", str(json_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header, rows = lines[0], [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    assert "verdict (paper)" in header and "gain_L" in header
+    assert [r[0] for r in rows] == ["bp s42", "dfa s42"]
+    import json
+
+    saved = json.loads(json_path.read_text())
+    assert all(r["gain"] > 0 and r["error_norm"] > 0 and r["frozen"] is not None for r in saved)
+    assert saved[0]["verdict"] == "trustworthy"
+
+
+def test_float32_reference_bins_every_sample(bp_bundle, capsys):
+    assert example("float32_reference").main([str(bp_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1024 samples from 1 bundles")
+    rows = [line for line in out.splitlines() if line.startswith("| [")]
+    assert sum(int(r.split("|")[2]) for r in rows) == 1024
+
+
+def test_ep_relaxation_compares_the_four_variants(out, capsys):
+    assert example("ep_relaxation").main(["--smoke"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "epoch" not in line]
+    assert {tuple(c.strip() for c in r.strip("|").split("|")[:2]) for r in rows} == {
+        ("displacement", "fixed step"), ("displacement", "backtracking"),
+        ("prediction-error", "fixed step"), ("prediction-error", "backtracking"),
+    }
