@@ -9,7 +9,7 @@ outcomes are compared, with the guard in place and removed:
   in-process from an empty folder (failed items and their first message line included).
 
 The bundles come from the suite's training regimes: ``mode1`` is the degenerate DFA run
-(Mode 1: ‖h_L‖ ≈ 5e7, its deep references at the floor, so Γ is undefined at every layer),
+(Mode 1: ‖h_L‖ ≈ 1.5e8, its deep references at the floor, so Γ is undefined at h_1 … h_L),
 ``meaningful`` the same run after its first epoch (before (a) and (b) fire: Γ defined at
 every layer, as a paper would report it), ``stripped`` the Mode-1 bundle saved without its
 feedback matrices, ``batchnorm`` a DFA SmallCNN (BatchNorm in every block).
