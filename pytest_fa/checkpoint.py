@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import os
 import pickle
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class Bundle:
                 f"{source} is a pytest-fa bundle without {missing}; re-save it with "
                 "pytest_fa.checkpoint.save_bundle"
             )
+        _check_record(payload, source)
         return cls(
             arch=payload["arch"],
             arch_config=dict(payload.get("arch_config") or {}),
@@ -106,6 +108,21 @@ class Bundle:
             epochs=payload.get("epochs"),
             recipe=dict(payload.get("recipe") or {}),
             metrics=dict(payload.get("metrics") or {}),
+        )
+
+
+def _check_record(payload: dict[str, Any], source: str) -> None:
+    """The recorded budget and accuracy feed (d): refuse values that cannot be what they say."""
+    epochs = payload.get("epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise CheckpointError(f"{source} records epochs={epochs!r}; a training budget is a whole number ≥ 1")
+    acc = (payload.get("metrics") or {}).get("test_acc")
+    if acc is not None and (
+        isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 1
+    ):
+        raise CheckpointError(
+            f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
+            "bundle with the measured accuracy"
         )
 
 
@@ -313,6 +330,10 @@ def _call_factory(make: Callable[..., nn.Module], config: dict[str, Any], source
         model = make(**config) if config else make()
     except TypeError as exc:
         raise CheckpointError(f"{source}: the model factory rejected config {config}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+        raise CheckpointError(
+            f"{source}: your model factory raised {type(exc).__name__}: {exc} (called with config {config})"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{source}: the model factory returned {type(model).__name__}, not an nn.Module")
     return model

@@ -5,6 +5,7 @@ the terminal table and the JSON report. torch is imported only once a checkpoint
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,8 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
     """Command line first, then the ini key (paths relative to the ini file), then the default."""
     value = config.getoption("fa_" + option.name)
     if option.repeat:
-        if value:
-            return list(dict.fromkeys(value))
-        return list(dict.fromkeys(_ini_path(config, p) for p in config.getini(option.ini)))
+        paths = value or [_ini_path(config, p) for p in config.getini(option.ini)]
+        return _unique(paths) if option.is_path else list(dict.fromkeys(paths))
     if value is not None:
         return value
     raw = config.getini(option.ini)
@@ -135,6 +135,26 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
         return option.type(raw)
     except ValueError:
         raise pytest.UsageError(f"ini key {option.ini} = {raw!r} is not a valid {option.type.__name__}") from None
+
+
+def _unique(paths: list[str]) -> list[str]:
+    """The paths in order, each file once however it was spelled (relative, absolute, ``..``)."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        seen.setdefault(Path(path).resolve(), path)
+    return list(seen.values())
+
+
+def _check_report_path(raw: str | None) -> None:
+    """Fail at start-up, not after the run, when the JSON report cannot be written."""
+    if raw is None:
+        return
+    path = Path(raw)
+    if path.is_dir():
+        raise pytest.UsageError(f"--fa-report-json={raw} is a folder; give a file path, e.g. {path / 'report.json'}")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"--fa-report-json={raw}: cannot write there ({parent} is not a writable folder)")
 
 
 def _ini_path(config: pytest.Config, raw: str) -> str:
@@ -158,6 +178,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for root in values["lint"]:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
+    _check_report_path(values["report_json"])
     state = config.stash[STATE_KEY] = FAState.from_options(config, values)
     if state.values["pitfalls"]:
         from .pitfalls import fixtures as pitfall_fixtures

@@ -49,8 +49,11 @@ class DiagnosticThresholds:
                 raise ValueError(f"threshold {f.name}={value!r} must be a finite number")
         if min(self.max_growth, self.grad_floor, self.floor_batch_size, self.gain_floor) <= 0:
             raise ValueError("max_growth, grad_floor, floor_batch_size and gain_floor must be positive")
-        if not -1.0 <= self.drift_ceiling <= 1.0:
-            raise ValueError(f"drift_ceiling={self.drift_ceiling}: a mean cosine lies in [-1, 1]")
+        if not -1.0 < self.drift_ceiling < 1.0:
+            raise ValueError(
+                f"drift_ceiling={self.drift_ceiling}: a mean cosine lies in [-1, 1], and a ceiling at "
+                "either end makes (c) always or never drift-dominated; give one strictly inside"
+            )
         if not -100.0 <= self.frozen_margin_pp <= 100.0:
             raise ValueError(f"frozen_margin_pp={self.frozen_margin_pp}: a margin in points lies in [-100, 100]")
 

@@ -648,3 +648,30 @@ def test_dfa_bundle_gamma_round_trip(dfa_trained, small_data):
     reseeded = init_dfa_feedback(CLASSES, [WIDTH] * (DEPTH + 1), torch.Generator().manual_seed(999))
     other = diagnose(result.model, batches, credit=DFACredit(reseeded))
     assert max(abs(a - b) for a, b in zip(other.gamma_per_layer, direct.gamma_per_layer)) > 1e-3
+
+
+def test_factory_that_raises_names_the_users_code(plain_state_dict, factory_module):
+    path, _ = plain_state_dict
+    name = factory_module("def build():\n    raise RuntimeError('no GPU kernels here')\n")
+    message = error_of(CheckpointError, load_checkpoint, path, factory=f"{name}:build")
+    assert "your model factory raised RuntimeError: no GPU kernels here" in message
+
+
+@pytest.mark.parametrize(
+    "field, value, phrase",
+    [
+        ("epochs", -3, "epochs=-3"), ("epochs", 2.5, "epochs=2.5"), ("epochs", True, "epochs=True"),
+        ("test_acc", "0.95", "test_acc='0.95'"), ("test_acc", 95.0, "test_acc=95.0"),
+        ("test_acc", float("nan"), "test_acc=nan"),
+    ],
+)
+def test_a_bundle_with_an_impossible_record_is_refused(bp_bundle, tmp_path, field, value, phrase):
+    payload = torch.load(bp_bundle, weights_only=True)
+    if field == "epochs":
+        payload["epochs"] = value
+    else:
+        payload["metrics"]["test_acc"] = value
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert phrase in message and ("whole number" in message or "fraction in [0, 1]" in message)

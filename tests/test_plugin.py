@@ -297,7 +297,7 @@ def test_drift_dominated_reference_alone_does_not_fail_the_run(pytester, bp_bund
     """(c) only names a sub-mode and is not part of the walk-back: with (a), (b), (d) clean the
     verdict is trustworthy and the run must pass, with the sub-mode reported."""
     result = run(
-        pytester, f"--fa-checkpoint={bp_bundle}", "--fa-drift-ceiling=-1", "--fa-frozen-acc=0",
+        pytester, f"--fa-checkpoint={bp_bundle}", "--fa-drift-ceiling=-0.99", "--fa-frozen-acc=0",
         "--fa-report-json=out.json",
     )
     (report,) = read_json(pytester)["reports"]
@@ -886,3 +886,35 @@ def test_a_users_own_method_gets_gamma_through_fa_credit(pytester, dfa_bundle, s
     assert all(row["gamma"] is not None for row in payload["layers"])
     unknown = pytester.runpytest("-p", "no:cacheprovider", f"--fa-checkpoint={path}")
     unknown.stdout.fnmatch_lines(["*unknown method 'my_rule'*--fa-credit*"])
+
+
+def test_model_factory_that_raises_is_reported_as_the_users_error(pytester, plain_checkpoint):
+    pytester.makepyfile(raising_factory="def build():\n    raise ValueError('width must be even')\n")
+    pytester.syspathinsert()
+    result = run(pytester, f"--fa-checkpoint={plain_checkpoint}", "--fa-model=raising_factory:build",
+                 "--fa-frozen-acc=0")
+    _all_items_fail_with(result, plain_checkpoint, "your model factory raised ValueError: width must be even")
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_an_unwritable_report_json_is_a_usage_error_before_anything_runs(pytester, bp_bundle, where):
+    target = pytester.path if where == "folder" else Path(bp_bundle) / "report.json"
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0", f"--fa-report-json={target}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--fa-report-json=*is a folder*" if where == "folder" else "*cannot write there*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_one_checkpoint_named_twice_is_diagnosed_once(pytester, bp_bundle):
+    relative = os.path.relpath(bp_bundle, pytester.path)
+    result = run(pytester, f"--fa-checkpoint={relative}", f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0",
+                 "--fa-report-json=out.json")
+    result.assert_outcomes(passed=4)
+    assert len(read_json(pytester)["reports"]) == 1
+
+
+@pytest.mark.parametrize("ceiling", ["-1", "1", "1.5"])
+def test_a_drift_ceiling_at_or_beyond_the_ends_is_a_usage_error(pytester, bp_bundle, ceiling):
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", f"--fa-drift-ceiling={ceiling}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*drift_ceiling=*strictly inside*"])

@@ -43,7 +43,7 @@ def test_report_records_the_conditions_of_measurement(dfa_report):
 
 def test_verdict_lists_exactly_the_walk_back_diagnostics_that_fire(dfa, batches):
     credit = DFACredit(dfa.state.feedback)
-    strict = DiagnosticThresholds(max_growth=1.0, grad_floor=1e3, gain_floor=1e9, drift_ceiling=-1.0)
+    strict = DiagnosticThresholds(max_growth=1.0, grad_floor=1e3, gain_floor=1e9, drift_ceiling=-0.99)
     r = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=strict)
     assert r.fired == ["a", "b"]
     assert r.verdict == "needs walk-back: (a), (b: Mode 1: backward gain collapsed)"
