@@ -230,11 +230,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for root in dict.fromkeys(Path(r).resolve() for r in state.values["lint"]):
         name = f"fa-lint[{root}]"
         items.extend(_collected(LintCollector.from_parent(session, name=name, nodeid=name, path=root)))
+    unreadable = state.unreadable_checkpoints() if state.checkpoints else []
+    first: list[pytest.Item] = []
     for path in state.checkpoints:
         name = f"fa-protocol[{path}]"
         collector = ProtocolCollector.from_parent(session, name=name, nodeid=name, path=Path(path).resolve())
         collector.checkpoint = path
-        items.extend(_collected(collector))
+        # a file that cannot be read fails first, before any other checkpoint trains a baseline
+        (first if path in unreadable else items).extend(_collected(collector))
+    items[:0] = first
 
 
 def _collected(collector: pytest.Collector) -> list[pytest.Item]:

@@ -118,6 +118,21 @@ class FAState:
                 raise
         return self._reports[key]
 
+    def unreadable_checkpoints(self) -> list[str]:
+        """Read every checkpoint file once, before any data is loaded or baseline trained;
+        the error of each one that cannot be read is kept for its items."""
+        from .checkpoint import read_checkpoint
+        from .errors import CheckpointError
+
+        unreadable = []
+        for path in self.checkpoints:
+            try:
+                read_checkpoint(path)
+            except CheckpointError as exc:
+                self._errors[(path, self.thresholds)] = exc
+                unreadable.append(path)
+        return unreadable
+
     def reports(self) -> list[DiagnosticReport]:
         """Reports under the session's thresholds, in checkpoint order."""
         return [

@@ -918,3 +918,15 @@ def test_a_drift_ceiling_at_or_beyond_the_ends_is_a_usage_error(pytester, bp_bun
     result = run(pytester, f"--fa-checkpoint={bp_bundle}", f"--fa-drift-ceiling={ceiling}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*drift_ceiling=*strictly inside*"])
+
+
+def test_an_unreadable_checkpoint_fails_before_any_other_is_diagnosed(pytester, bp_bundle):
+    (pytester.path / "corrupt.pt").write_bytes(Path(bp_bundle).read_bytes()[:1000])
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-checkpoint=corrupt.pt", "--fa-checkpoint=missing.pt",
+                 "--fa-frozen-acc=0")
+    order = [rep.nodeid for rep in result.reprec.getreports("pytest_runtest_logreport") if rep.when == "call"]
+    assert [n.split("::")[0] for n in order[:8]] == ["fa-protocol[corrupt.pt]"] * 4 + ["fa-protocol[missing.pt]"] * 4
+    reports = item_reports(result)
+    assert all("corrupt or truncated" in str(reports[i].longrepr) for i in protocol_ids("corrupt.pt"))
+    assert all("does not exist" in str(reports[i].longrepr) for i in protocol_ids("missing.pt"))
+    assert all(reports[i].passed for i in protocol_ids(bp_bundle))
