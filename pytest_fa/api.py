@@ -1,0 +1,132 @@
+"""The protocol in one call, from a training loop or a notebook: no bundle, no pytest.
+
+    report = pytest_fa.check(model, test_loader, credit=DFACredit(feedback), frozen_acc=0.65)
+    assert report.trustworthy, report
+
+``data`` is what a training loop already has: a ``DataLoader`` (or any iterable of
+``(x, y)`` batches), a pair of tensors ``(x, y)``, or a :class:`pytest_fa.data.Dataset`
+(its test split). The eval batches are ``num_batches`` disjoint batches of ``batch_size``
+samples drawn with a seeded permutation, whatever batch size the loader yields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .credit import CreditSignal
+from .data import Dataset
+from .data import eval_batches as dataset_eval_batches
+from .errors import DataError
+from .report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
+from .thresholds import DiagnosticThresholds
+from .train import accuracy
+
+
+def eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All samples of ``data`` as one ``(x, y)`` pair (a loader is read once, to the end)."""
+    if isinstance(data, Dataset):
+        return data.x_test, data.y_test
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes, Mapping)):
+        xs, ys = [], []
+        for index, batch in enumerate(data):
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise DataError(
+                    f"batch {index} of the data is a {type(batch).__name__}; check() needs (x, y) "
+                    "batches — a DataLoader over a dataset that yields (input, label)"
+                )
+            xs.append(torch.as_tensor(batch[0]))
+            ys.append(torch.as_tensor(batch[1]))
+        if not xs:
+            raise DataError("the data yielded no batches; pass the loader of your test split")
+        x, y = torch.cat(xs), torch.cat(ys)
+    else:
+        raise DataError(
+            f"check() takes a DataLoader (or any iterable of (x, y) batches), an (x, y) pair of "
+            f"tensors or a pytest_fa Dataset, not {type(data).__name__}"
+            + (" (pass the inputs and labels as an (x, y) pair of tensors)" if isinstance(data, Mapping) else "")
+        )
+    _check_samples(x, y)
+    return x, y
+
+
+def _check_samples(x: torch.Tensor, y: torch.Tensor) -> None:
+    if len(x) != len(y):
+        raise DataError(f"the data has {len(x)} inputs but {len(y)} labels; they must match one to one")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise DataError(
+            f"labels must be a 1-D tensor of class indices, got shape {tuple(y.shape)} and dtype {y.dtype} "
+            "(one-hot labels: pass y.argmax(dim=1))"
+        )
+    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+        raise DataError("the inputs contain NaN or inf; clean the data before measuring the model on it")
+
+
+def batches_from(
+    data: Any, num_batches: int = MIN_EVAL_BATCHES, batch_size: int = 128, *, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``num_batches`` disjoint eval batches of ``batch_size`` samples from ``data``."""
+    if isinstance(data, Dataset):
+        return dataset_eval_batches(data, num_batches, batch_size, seed=seed)
+    x, y = eval_samples(data)
+    needed = num_batches * batch_size
+    if len(y) < needed:
+        raise DataError(
+            f"the data has {len(y)} samples but {num_batches} batches of {batch_size} need {needed}; "
+            f"pass more samples, or a smaller batch_size (the protocol needs at least {MIN_EVAL_BATCHES} batches)"
+        )
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:needed]
+    return [(x[index], y[index]) for index in order.split(batch_size)]
+
+
+def check(
+    model: nn.Module,
+    data: Any,
+    *,
+    credit: CreditSignal | None = None,
+    frozen_acc: float | None = None,
+    headline_acc: float | None = None,
+    thresholds: DiagnosticThresholds | None = None,
+    num_batches: int = MIN_EVAL_BATCHES,
+    batch_size: int = 128,
+    seed: int = 0,
+    label: str = "",
+    device: torch.device | str | None = None,
+) -> DiagnosticReport:
+    """Run the protocol on ``model`` over eval batches drawn from ``data``.
+
+    ``headline_acc`` defaults to the model's accuracy on every sample of ``data`` (recorded
+    in ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched
+    frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
+    ``trustworthy``. ``credit`` is your method's ``credit(x, y, logits, hiddens)``; without it
+    Γ is reported unavailable, never ``cos(BP, BP) = 1``.
+    """
+    if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
+        raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
+    x_all, y_all = eval_samples(data)
+    batches = batches_from((x_all, y_all), num_batches, batch_size, seed=seed)
+    context: dict[str, Any] = {"eval_source": type(data).__name__, "samples_given": len(y_all)}
+    if headline_acc is None:
+        where = next(model.parameters()).device
+        headline_acc = accuracy(model, x_all.to(where), y_all.to(where))
+        context["headline_acc"] = f"measured by check() on all {len(y_all)} samples given"
+    return diagnose(
+        model,
+        batches,
+        headline_acc=headline_acc,
+        frozen_acc=frozen_acc,
+        frozen_unavailable=None if frozen_acc is not None else (
+            "no frozen_acc given: pass the accuracy of your frozen-blocks control (same "
+            "architecture, data and budget, blocks frozen at initialisation)"
+        ),
+        credit=credit,
+        thresholds=thresholds,
+        label=label,
+        device=device,
+        context=context,
+    )
