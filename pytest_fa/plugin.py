@@ -73,6 +73,8 @@ OPTIONS = (
     Option("frozen_acc", "accuracy of your frozen-blocks control; skips training one", float, None, "ACC"),
     Option("frozen_epochs", "train budget of the frozen baseline for a plain state dict", int, None, "N"),
     Option("report_json", "write every protocol report to this JSON file", str, None, "PATH", is_path=True),
+    Option("report_md", "write the filled reporting template (Markdown) of every checkpoint to this file",
+           str, None, "PATH", is_path=True),
     Option("pitfalls", "run the shipped pitfall regression suite (with --fa-checkpoint: also "
            "check that checkpoint for exposure)", bool, False),
     Option("lint", "scan Python sources under PATH for source-level pitfalls (repeatable)",
@@ -145,16 +147,16 @@ def _unique(paths: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def _check_report_path(raw: str | None) -> None:
+def _check_report_path(raw: str | None, flag: str) -> None:
     """Fail at start-up, not after the run, when the JSON report cannot be written."""
     if raw is None:
         return
     path = Path(raw)
     if path.is_dir():
-        raise pytest.UsageError(f"--fa-report-json={raw} is a folder; give a file path, e.g. {path / 'report.json'}")
+        raise pytest.UsageError(f"{flag}={raw} is a folder; give the path of a file inside it")
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise pytest.UsageError(f"--fa-report-json={raw}: cannot write there ({parent} is not a writable folder)")
+        raise pytest.UsageError(f"{flag}={raw}: cannot write there ({parent} is not a writable folder)")
 
 
 def _ini_path(config: pytest.Config, raw: str) -> str:
@@ -178,7 +180,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for root in values["lint"]:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
-    _check_report_path(values["report_json"])
+    for name in ("report_json", "report_md"):
+        _check_report_path(values[name], "--fa-" + name.replace("_", "-"))
     state = config.stash[STATE_KEY] = FAState.from_options(config, values)
     if state.values["pitfalls"]:
         from .pitfalls import fixtures as pitfall_fixtures
@@ -367,7 +370,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
-    if state is None or not state.report_json or not state.reports():
+    if state is None or not state.reports():
+        return
+    if state.values["report_md"]:
+        from .markdown import markdown_report
+
+        path = Path(state.values["report_md"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(markdown_report(state.reports(), __version__), encoding="utf-8")
+    if not state.report_json:
         return
     payload = {
         "pytest_fa": __version__,

@@ -930,3 +930,37 @@ def test_an_unreadable_checkpoint_fails_before_any_other_is_diagnosed(pytester, 
     assert all("corrupt or truncated" in str(reports[i].longrepr) for i in protocol_ids("corrupt.pt"))
     assert all("does not exist" in str(reports[i].longrepr) for i in protocol_ids("missing.pt"))
     assert all(reports[i].passed for i in protocol_ids(bp_bundle))
+
+
+def test_report_md_fills_the_template_for_every_checkpoint(pytester, bp_bundle, dfa_bundle):
+    run(pytester, f"--fa-checkpoint={bp_bundle}", f"--fa-checkpoint={dfa_bundle}", "--fa-frozen-acc=0.1",
+                 "--fa-report-md=out/report.md", "--fa-report-json=out.json")
+    text = (pytester.path / "out" / "report.md").read_text()
+    reports = read_json(pytester)["reports"]
+    dfa_name = Path(dfa_bundle).name
+    for report in reports:
+        label = report["label"]
+        assert f"| {label} | {report['accuracy']['headline']:.4f} | 0.1000 | {report['verdict']} |" in text
+        assert f"## {label} — {report['verdict']}" in text
+    section = text.split(f"## {dfa_name}")[1]
+    for key, name in (("a", "residual growth"), ("b", "gradient floor"), ("c", "direction stability"),
+                      ("d", "frozen-blocks margin")):
+        assert f"| ({key}) | {name} |" in section
+    assert "(fires > 50×)" in section and "(fires < 1e-07)" in section and "gain_floor 0.001" in section
+    layer_rows = [line for line in section.split("### Per layer")[1].split("### Verdict")[0].splitlines()
+                  if line.startswith("| h_")]
+    assert len(layer_rows) == len(reports[1]["layers"])
+    assert "| frozen-blocks baseline | frozen-blocks baseline 0.1000 (given by --fa-frozen-acc" in section
+
+
+def test_report_md_marks_undefined_and_unavailable_gamma(pytester, dfa_bundle, plain_checkpoint):
+    # a floor of 1 with a gain floor of 10 puts the DFA bundle in Mode 1: its deep Γ rows are undefined
+    run(pytester, f"--fa-checkpoint={dfa_bundle}", "--fa-frozen-acc=0", "--fa-grad-floor=1", "--fa-gain-floor=10",
+        "--fa-report-md=mode1.md")
+    text = (pytester.path / "mode1.md").read_text()
+    assert "*undefined* (‖g_4‖ below the floor)" in text
+    assert "What to do: quote per-layer Γ only from checkpoints before (b) fires" in text
+    run(pytester, f"--fa-checkpoint={plain_checkpoint}", "--fa-frozen-acc=0", "--fa-model=mymodel:build",
+        "--fa-data=mnist1d", "--fa-report-md=plain.md")
+    plain = (pytester.path / "plain.md").read_text()
+    assert "*unavailable* (a plain state dict carries no method" in plain
