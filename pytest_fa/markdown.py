@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .render import MEANING, comparison, error_saturated_note, fmt, fmt_gamma, fmt_null
+from .render import SEED_COLUMNS, MEANING, comparison, error_saturated_note, fmt, fmt_gamma, fmt_null, seed_rows
+from .seeds import seed_groups
 
 if TYPE_CHECKING:
     from .report import DiagnosticReport
@@ -100,6 +101,10 @@ def markdown_report(reports: list[DiagnosticReport], version: str = "") -> str:
         ["checkpoint", "accuracy", "frozen", "verdict"],
         [[r.label or "checkpoint", fmt(r.headline_acc, ".4f"), fmt(r.frozen_acc, ".4f"), r.verdict] for r in reports],
     )
+    groups = seed_groups(reports)
+    if groups:
+        lines += ["", "## Seeds of one configuration (mean ± sd)", ""]
+        lines += _table(list(SEED_COLUMNS), [list(row) for row in seed_rows(groups)])
     for report in reports:
         lines += ["", checkpoint_section(report)]
     return "\n".join(lines) + "\n"

@@ -358,9 +358,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     from .render import summary_table
 
+    from .seeds import seed_groups
+
     terminalreporter.section("pytest-fa protocol")
     reports = state.reports()
     terminalreporter.write_line(summary_table(reports))
+    groups = seed_groups(reports)
+    if groups:
+        from .render import seed_table
+
+        terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
+        terminalreporter.write_line(seed_table(groups))
     for report in reports:
         terminalreporter.write_line("")
         terminalreporter.write_line(str(report))
@@ -380,9 +388,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         path.write_text(markdown_report(state.reports(), __version__), encoding="utf-8")
     if not state.report_json:
         return
+    from .seeds import seed_groups
+
     payload = {
         "pytest_fa": __version__,
         "reports": [report.to_dict() for report in state.reports()],
+        "seed_groups": [group.to_dict() for group in seed_groups(state.reports())],
     }
     path = Path(state.report_json)
     path.parent.mkdir(parents=True, exist_ok=True)

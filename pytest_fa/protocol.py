@@ -275,6 +275,7 @@ class ProtocolRunner:
             "method": loaded.method,
             "arch": bundle.arch if bundle else type(loaded.model).__name__,
             "data": run.data.spec.get("name"),
+            "configuration": _configuration(bundle, run.data.spec),
             "seed": bundle.seed if bundle else None,
             "epochs": bundle.epochs if bundle else None,
             "recorded_headline_acc": bundle.headline_acc if bundle else None,
@@ -294,6 +295,18 @@ class ProtocolRunner:
             device=self.device,
             context=context,
         )
+
+
+def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:
+    """What a run was trained as, apart from its seed (None for a plain state dict)."""
+    if bundle is None:
+        return None
+    return json.dumps(
+        {"arch": bundle.arch, "arch_config": bundle.arch_config, "method": bundle.method,
+         "method_config": bundle.method_config, "data": data_spec, "epochs": bundle.epochs,
+         "recipe": bundle.recipe},
+        sort_keys=True, default=str,
+    )
 
 
 def _terminal_norm(model: nn.Module) -> bool | None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .report import DiagnosticReport, DiagnosticResult
+    from .seeds import SeedGroup
 
 MEANING = {
     "a": "the residual stream explodes; the network is in a degenerate regime",
@@ -131,6 +132,42 @@ def summary_table(reports: list[DiagnosticReport]) -> str:
             r.verdict,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt_mean_sd(stat: tuple[float | None, float | None, int], spec: str = ".3g") -> str:
+    mean, sd, _ = stat
+    if mean is None:
+        return "—"
+    return format(mean, spec) + ("" if sd is None else " ± " + format(sd, spec.replace("+", "")))
+
+
+SEED_COLUMNS = ("configuration", "seeds", "acc", "(a) growth", "(b) ‖g_L‖", "(d) margin pp", "deep Γ", "verdicts")
+
+
+def seed_rows(groups: list[SeedGroup]) -> list[tuple[str, ...]]:
+    """Per configuration: mean ± sd over its seeds and how many seeds got each verdict."""
+    rows = []
+    for group in groups:
+        stats = group.statistics()
+        rows.append((
+            group.name,
+            ", ".join(str(s) for s in group.seeds),
+            fmt_mean_sd(stats["headline_acc"], ".4f"),
+            fmt_mean_sd(stats["growth"]),
+            fmt_mean_sd(stats["grad_ref"]),
+            fmt_mean_sd(stats["margin_pp"], ".1f"),
+            fmt_mean_sd(stats["deep_gamma"], "+.3f"),
+            "; ".join(f"{verdict} ×{count}" for verdict, count in group.verdicts().items()),
+        ))
+    return rows
+
+
+def seed_table(groups: list[SeedGroup]) -> str:
+    rows = [SEED_COLUMNS, *seed_rows(groups)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SEED_COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -964,3 +964,33 @@ def test_report_md_marks_undefined_and_unavailable_gamma(pytester, dfa_bundle, p
         "--fa-data=mnist1d", "--fa-report-md=plain.md")
     plain = (pytester.path / "plain.md").read_text()
     assert "*unavailable* (a plain state dict carries no method" in plain
+
+
+@pytest.fixture(scope="module")
+def dfa_other_seed(small_data, dfa_bundle, tmp_path_factory):
+    """The small DFA bundle's configuration, trained with another seed."""
+    from pytest_fa.checkpoint import save_bundle
+    from pytest_fa.train import train
+
+    reference = load_bundle(dfa_bundle)
+    arch = {k: v for k, v in reference.arch_config.items() if k not in ("input_shape", "num_classes")}
+    result = train(small_data, "dfa", arch_config=arch, epochs=reference.epochs, seed=7, device="cpu")
+    return save_bundle(tmp_path_factory.mktemp("seed7") / "dfa_s7.pt", result.bundle)
+
+
+def test_seeds_of_one_configuration_get_a_mean_sd_row_and_a_verdict_count(pytester, bp_bundle, dfa_bundle, dfa_other_seed):
+    result = run(pytester, f"--fa-checkpoint={dfa_bundle}", f"--fa-checkpoint={dfa_other_seed}",
+                 f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0.1", "--fa-report-json=out.json",
+                 "--fa-report-md=out.md")
+    payload = read_json(pytester)
+    (group,) = payload["seed_groups"]  # BP has one seed: no group
+    assert sorted(group["seeds"]) == [7, 42] and group["configuration"]["method"] == "dfa"
+    dfa_reports = [r for r in payload["reports"] if r["label"] in group["checkpoints"]]
+    accs = [r["accuracy"]["headline"] for r in dfa_reports]
+    stats = group["statistics"]["headline_acc"]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(accs) / 2)
+    assert stats["sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+    assert sum(group["verdicts"].values()) == 2
+    assert group["verdicts"] == {v: [r["verdict"] for r in dfa_reports].count(v) for v in group["verdicts"]}
+    result.stdout.fnmatch_lines(["seeds of one configuration (mean ± sd):", "*dfa resmlp 2 ep*42, 7*±*"])
+    assert "| dfa resmlp 2 ep | 42, 7 |" in (pytester.path / "out.md").read_text()
