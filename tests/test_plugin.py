@@ -37,7 +37,7 @@ ITEM_NAMES = ("residual_growth", "grad_floor", "direction_stability", "frozen_ma
 PACKAGE_DIR = str(Path(pytest_fa.__file__).parent)
 OPTION_NAMES = (
     "checkpoint", "model", "credit", "data", "data-root", "device", "eval-batches", "batch-size",
-    "frozen-acc", "frozen-epochs", "report-json", "lint",
+    "frozen-acc", "frozen-epochs", "report-json", "report-md", "lint",
     *(f.name.replace("_", "-") for f in dataclasses.fields(DiagnosticThresholds)),
 )
 FLAG_NAMES = ("pitfalls",)
