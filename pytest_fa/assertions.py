@@ -95,10 +95,7 @@ def assert_grad_above_floor(
         g, b, layer, gain = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None, None
         rule = "paper"
     restated = D.grad_at_reference_batch(g, b, ref)
-    at_floor = not restated >= floor
-    submode = D.floor_submode(restated, float("nan") if gain is None else gain, floor, limits.gain_floor)
-    fires = at_floor if rule == "paper" or gain is None else submode == D.FLOOR_SUBMODES[1]
-    if fires:
+    if D.floor_fires(restated, gain, floor, limits.gain_floor, rule):
         where = f"h_{layer}" if layer is not None else "h_L"
         lines = [
             f"Median per-sample ‖g‖ at {where}: {g:.4g} at batch size {b} "
@@ -108,7 +105,8 @@ def assert_grad_above_floor(
         if gain is not None:
             lines.append(
                 f"Backward gain ‖g‖ / ‖dCE/dlogits‖ at {where}: {gain:.4g} "
-                f"(gain_floor {limits.gain_floor:g}): {submode}; rule: {rule}"
+                f"(gain_floor {limits.gain_floor:g}): "
+                f"{D.floor_submode(restated, gain, floor, limits.gain_floor)}; rule: {rule}"
             )
         lines.append("Any cosine to this reference is against noise; Γ at this layer is undefined.")
         _fail("BP reference gradient at the numerical floor: diagnostic (b) fires.", lines, "b")

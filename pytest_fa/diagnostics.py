@@ -156,6 +156,20 @@ def floor_submode(g_ref: float, gain: float, floor: float = 1e-7, gain_floor: fl
     return FLOOR_SUBMODES[2]
 
 
+def floor_fires(
+    g_ref: float, gain: float | None, floor: float = 1e-7, gain_floor: float = 1e-3, rule: str = "decomposed"
+) -> bool:
+    """Whether diagnostic (b) fires on a reference ``g_ref`` (restated at the floor's batch).
+
+    ``rule="paper"``, or no gain measured (``gain is None``): the floor alone (a NaN reference
+    is at the floor). ``"decomposed"``: only in Mode 1 (:func:`floor_submode`); a gain that is
+    NaN because every error is exactly zero counts as error-saturated.
+    """
+    if rule == "paper" or gain is None:
+        return not g_ref >= floor
+    return floor_submode(g_ref, gain, floor, gain_floor) == FLOOR_SUBMODES[1]
+
+
 def direction_stability(batch_mean_grads: torch.Tensor) -> float:
     """Diagnostic (c): mean pairwise cosine of the per-batch mean gradients ``(K, F)``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .render import SEED_COLUMNS, MEANING, comparison, error_saturated_note, fmt, fmt_gamma, fmt_null, seed_rows
+from .render import MEANING, SEED_COLUMNS, comparison, fmt, fmt_gamma, fmt_null, saturation_note, seed_rows
 from .seeds import seed_groups
 
 if TYPE_CHECKING:
@@ -86,9 +86,9 @@ def checkpoint_section(report: DiagnosticReport) -> str:
         lines.append(f"- ({key}) {MEANING[key]}. What to do: {WHAT_TO_DO[key]}.")
     for key in report.missing:
         lines.append(f"- ({key}) not evaluated: {report.diagnostics[key].detail if key in report.diagnostics else 'absent'}")
-    floor = report.diagnostics.get("b")
-    if floor is not None and floor.submode == "error-saturated":
-        lines.append(f"- {error_saturated_note(bool(floor.fires))}")
+    note = saturation_note(report)
+    if note:
+        lines.append(f"- {note}")
     if report.trustworthy:
         lines.append("- none of (a), (b), (d) fires: the headline accuracy and the per-layer Γ can be reported as measured.")
     return "\n".join(lines)

@@ -126,7 +126,4 @@ def temporal_replay(history: Sequence[dict[str, Any]], thresholds: DiagnosticThr
 def floor_fires(record: dict[str, Any], thresholds: DiagnosticThresholds) -> bool:
     """Whether (b) fires on one monitor record under ``thresholds``."""
     g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], thresholds.floor_batch_size)
-    gain = record.get("gain_L")
-    if thresholds.b_rule == "paper" or gain is None:
-        return g_ref < thresholds.grad_floor
-    return D.floor_submode(g_ref, gain, thresholds.grad_floor, thresholds.gain_floor) == D.FLOOR_SUBMODES[1]
+    return D.floor_fires(g_ref, record.get("gain_L"), thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule)

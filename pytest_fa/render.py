@@ -107,10 +107,18 @@ def render_report(report: DiagnosticReport) -> str:
     lines.append(f"VERDICT: {report.verdict}")
     for key in report.fired:
         lines.append(f"  ({key}) {MEANING[key]}")
-    floor = report.diagnostics.get("b")
-    if floor is not None and floor.submode == "error-saturated":
-        lines.append(f"  {error_saturated_note(bool(floor.fires))}")
+    note = saturation_note(report)
+    if note:
+        lines.append(f"  {note}")
     return "\n".join(lines)
+
+
+def saturation_note(report: DiagnosticReport) -> str | None:
+    """The error-saturated note when (b) is error-saturated, else None."""
+    floor = report.diagnostics.get("b")
+    if floor is None or floor.submode != "error-saturated":
+        return None
+    return error_saturated_note(bool(floor.fires))
 
 
 def summary_table(reports: list[DiagnosticReport]) -> str:

@@ -363,7 +363,9 @@ def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresh
         saturated = int((probe.error_rel_errors > D.OUTPUT_ERROR_TOLERANCE).sum())
         components.update(error_norm=error_norm, saturated_samples=saturated, samples=len(probe.logit_grad_norms))
         submode = D.floor_submode(g_ref, float("nan") if gain is None else gain, thresholds.grad_floor, thresholds.gain_floor)
-        fires = at_floor if thresholds.b_rule == "paper" else submode == D.FLOOR_SUBMODES[1]
+        fires = D.floor_fires(
+            g_ref, float("nan") if gain is None else gain, thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule
+        )
         detail += (
             f" ≈ gain {_fmt(gain)} × median ‖e‖ {error_norm:.3g} / B (Mode 1 when the gain < "
             f"{thresholds.gain_floor:g}); {saturated}/{len(probe.logit_grad_norms)} samples' "

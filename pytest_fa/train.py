@@ -29,7 +29,7 @@ from .checkpoint import Bundle, save_bundle
 from .data import Dataset, eval_batches, load_dataset
 from .methods import Method, MethodState, get_method
 from .models import build_model
-from .monitor import growth_and_floor
+from .monitor import floor_fires, growth_and_floor
 from .thresholds import DiagnosticThresholds
 
 DEFAULT_EPOCHS = 10
@@ -179,9 +179,7 @@ def train(
 
 def stop_at_floor(model: nn.Module, record: dict[str, Any]) -> bool:
     """``on_epoch`` hook: True once the epoch's restated median ``‖g_L‖`` is below the floor."""
-    limits = DiagnosticThresholds()
-    g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], limits.floor_batch_size)
-    return g_ref < limits.grad_floor
+    return floor_fires(record, DiagnosticThresholds(b_rule="paper"))
 
 
 def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
