@@ -11,6 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "adapt": "pytest_fa.adapter",
     "check": "pytest_fa.api",
     "diagnose": "pytest_fa.report",
     "DiagnosticReport": "pytest_fa.report",

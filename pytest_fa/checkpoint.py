@@ -140,7 +140,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
             "tensors, numbers, strings, lists and dicts"
         ) from exc
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer, then one atomic rename
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
     return path

@@ -8,8 +8,12 @@ A model is diagnosable when it exposes::
     model.out_ln + model.out_head  or  model.norm + model.head
 
 Hidden states are read per sample: ``(B, d)`` as is, token states ``(B, T, d)`` at the
-cls token ``h[:, 0, :]``, and feature maps (a model with ``hidden_layout = "spatial"``)
-flattened.
+cls token ``h[:, 0, :]`` (or, under ``"tokens_mean"``, as the mean over tokens), and
+feature maps (a model with ``hidden_layout = "spatial"``) flattened. ``hidden_layout`` may
+also be a method ``hidden_layout(h) -> layout``.
+
+A model written otherwise is adapted with :func:`pytest_fa.adapt`, which reads the states
+through forward hooks on named modules.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-LAYOUTS = ("vector", "tokens", "spatial")
+LAYOUTS = ("vector", "tokens", "tokens_mean", "spatial")
+BLOCK_OUTPUTS = ("auto", "sum", "branch")  # what an adapted model's blocks return (pytest_fa.adapt)
+POOLINGS = ("cls", "mean")  # how an adapted model's token states are read
 
 
 def embedding(model: nn.Module) -> nn.Module:
@@ -81,6 +87,8 @@ def has_terminal_norm(model: nn.Module) -> bool:
 def hidden_layout(model: nn.Module, h: torch.Tensor) -> str:
     """How to read one sample of ``h``: declared by ``model.hidden_layout`` or by rank."""
     declared = getattr(model, "hidden_layout", None)
+    if callable(declared):
+        declared = declared(h)
     if declared is not None:
         if declared not in LAYOUTS:
             raise ModelInterfaceError(
@@ -98,7 +106,29 @@ def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
     """``(B, features)`` view of a hidden state or its gradient under ``layout``."""
     if layout == "tokens":
         return h[:, 0, :]
+    if layout == "tokens_mean":
+        return h.mean(dim=1)
     return h.reshape(h.shape[0], -1)
+
+
+def _no_return_hidden(model: nn.Module) -> ModelInterfaceError:
+    return ModelInterfaceError(
+        f"{type(model).__name__}.forward does not accept `return_hidden`; adapt it without a "
+        "rewrite, naming the modules that write h_0 ... h_L: pytest_fa.adapt(model, ['embed', "
+        "'blocks.*']) or --fa-hidden='embed,blocks.*' (or add `return_hidden=False` and return "
+        "`(logits, [h_0, ..., h_L])` when it is True)"
+    )
+
+
+def accepts_return_hidden(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``return_hidden`` (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "return_hidden" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def forward_hidden(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -108,10 +138,7 @@ def forward_hidden(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     except TypeError as exc:
         if "return_hidden" not in str(exc):
             raise
-        raise ModelInterfaceError(
-            f"{type(model).__name__}.forward does not accept `return_hidden`; add "
-            "`return_hidden=False` and return `(logits, [h_0, ..., h_L])` when it is True"
-        ) from exc
+        raise _no_return_hidden(model) from exc
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise ModelInterfaceError(
             f"{type(model).__name__}(x, return_hidden=True) returned {type(out).__name__}; "
@@ -128,11 +155,20 @@ def forward_hidden(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     return logits, hiddens
 
 
+def state_name(model: nn.Module, index: int) -> str:
+    """``h_index``, with the module that writes it when the model names its states."""
+    names = getattr(model, "state_names", None)
+    return f"h_{index} ({names[index]!r})" if names and index < len(names) else f"h_{index}"
+
+
 def check_interface(model: nn.Module) -> None:
     """Raise :class:`ModelInterfaceError` naming the first missing piece of the contract."""
+    if not accepts_return_hidden(model):
+        raise _no_return_hidden(model)
     embedding(model)
     blocks(model)
-    readout(model)
+    if getattr(model, "read_logits", None) is None:
+        readout(model)
 
 
 def block_weights(model: nn.Module) -> list[torch.nn.Parameter]:

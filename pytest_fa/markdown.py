@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .render import MEANING, SEED_COLUMNS, comparison, fmt, fmt_gamma, fmt_null, saturation_note, seed_rows
+from .render import (
+    MEANING,
+    SEED_COLUMNS,
+    comparison,
+    fmt,
+    fmt_gamma,
+    fmt_null,
+    layout_note,
+    saturation_note,
+    seed_rows,
+)
 from .seeds import seed_groups
 
 if TYPE_CHECKING:
@@ -38,7 +48,7 @@ def _conditions(report: DiagnosticReport) -> list[list[str]]:
         ["headline accuracy", fmt(report.headline_acc, ".4f")],
         ["frozen-blocks baseline", str(context.get("frozen_baseline") or fmt(report.frozen_acc, ".4f"))],
         ["measured on", f"{report.num_batches} × {report.batch_size} eval samples, {report.dtype}, "
-                        f"{report.mode} mode, {report.device}; batch-mean CE"],
+                        f"{report.mode} mode, {report.device}; batch-mean CE{layout_note(report)}"],
         ["thresholds", ", ".join(f"{k} {v}" for k, v in vars(report.thresholds).items())],
     ]
     return rows

@@ -62,6 +62,12 @@ OPTIONS = (
     Option("checkpoint", "checkpoint to diagnose: a pytest-fa bundle, or a state dict with "
            "--fa-model (repeatable; ini: one per line)", metavar="PATH", repeat=True, is_path=True),
     Option("model", "factory for a custom architecture, package.module:build", metavar="SPEC"),
+    Option("hidden", "adapt a model without return_hidden: module paths or patterns of the states "
+           "h_0, h_1, ..., h_L, comma-separated (e.g. 'embed,blocks.*'), read by forward hooks", metavar="PATTERNS"),
+    Option("block_output", "with --fa-hidden: the named blocks return h + f(h) (sum), only f(h) "
+           "(branch), or auto (read from the forward pass, the default)", default="auto", metavar="KIND"),
+    Option("pooling", "with --fa-hidden: read token states (B, T, d) at the cls token (cls, the "
+           "default) or as the mean over tokens (mean)", default="cls", metavar="KIND"),
     Option("credit", "your method's credit signal for Γ: package.module:make_credit, called as "
            "make_credit(model, checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]", metavar="SPEC"),
     Option("data", "data set when the checkpoint does not record one: mnist1d, fashion-mnist, "
@@ -75,6 +81,13 @@ OPTIONS = (
     Option("report_json", "write every protocol report to this JSON file", str, None, "PATH", is_path=True),
     Option("report_md", "write the filled reporting template (Markdown) of every checkpoint to this file",
            str, None, "PATH", is_path=True),
+    Option("plot", "write one PNG per checkpoint into this folder: per-layer ‖h_l‖ and ‖g_l‖ against "
+           "the floor, Γ_l against the null band", str, None, "DIR", is_path=True),
+    Option("compare", "compare with a saved --fa-report-json file: one `compare` item per checkpoint "
+           "fails when a diagnostic crossed its threshold or a figure regressed beyond --fa-compare-fail",
+           str, None, "PATH", is_path=True),
+    Option("compare_fail", "tolerance of one figure for --fa-compare (repeatable), e.g. headline_acc:1pp, "
+           "deep_gamma:0.05, growth:20%%, grad_ref:10x", metavar="SPEC", repeat=True),
     Option("pitfalls", "run the shipped pitfall regression suite (with --fa-checkpoint: also "
            "check that checkpoint for exposure)", bool, False),
     Option("lint", "scan Python sources under PATH for source-level pitfalls (repeatable)",
@@ -147,14 +160,17 @@ def _unique(paths: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def _check_report_path(raw: str | None, flag: str) -> None:
-    """Fail at start-up, not after the run, when the JSON report cannot be written."""
+def _check_report_path(raw: str | None, flag: str, folder: bool = False) -> None:
+    """Fail at start-up, not after the run, when a report file (or folder) cannot be written."""
     if raw is None:
         return
     path = Path(raw)
-    if path.is_dir():
+    if path.is_dir() and not folder:
         raise pytest.UsageError(f"{flag}={raw} is a folder; give the path of a file inside it")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if path.exists() and folder and not path.is_dir():
+        raise pytest.UsageError(f"{flag}={raw} is a file; give a folder for the figures")
+    start = path if folder else path.parent
+    parent = next((p for p in [start, *start.parents] if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise pytest.UsageError(f"{flag}={raw}: cannot write there ({parent} is not a writable folder)")
 
@@ -180,9 +196,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for root in values["lint"]:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
-    for name in ("report_json", "report_md"):
-        _check_report_path(values[name], "--fa-" + name.replace("_", "-"))
+    for name in ("report_json", "report_md", "plot"):
+        _check_report_path(values[name], "--fa-" + name.replace("_", "-"), folder=name == "plot")
     state = config.stash[STATE_KEY] = FAState.from_options(config, values)
+    state.load_saved_report()
+    config.pluginmanager.register(SessionHooks(state), "fa-session")
     if state.values["pitfalls"]:
         from .pitfalls import fixtures as pitfall_fixtures
 
@@ -257,11 +275,19 @@ class ProtocolCollector(pytest.Collector):
     checkpoint: str = ""
 
     def collect(self):
+        items: list[ProtocolItem] = []
         for key, name in ITEMS:
             item = ProtocolItem.from_parent(self, name=name)
             item.key = key
             item.add_marker("fa_protocol")
-            yield item
+            items.append(item)
+        if self.config.stash[STATE_KEY].saved is not None:
+            items.append(CompareItem.from_parent(self, name="compare"))
+        if self.config.pluginmanager.hasplugin("xdist"):
+            # under `pytest -n N --dist loadgroup` one worker diagnoses each checkpoint
+            for item in items:
+                item.add_marker(pytest.mark.xdist_group(name=self.checkpoint))
+        return items
 
 
 class ProtocolFailure(Exception):
@@ -306,6 +332,19 @@ class ProtocolItem(pytest.Item):
         return self.path, None, f"fa-protocol[{self.checkpoint}]::{self.name}"
 
 
+class CompareItem(ProtocolItem):
+    """This checkpoint against its report in the ``--fa-compare`` file."""
+
+    def runtest(self) -> None:
+        state = self.config.stash[STATE_KEY]
+        comparison = state.compare(self.checkpoint)
+        if comparison is None:
+            pytest.skip(f"{self.checkpoint} is not in {state.values['compare']}: nothing to compare")
+        if comparison.failed:
+            raise ProtocolFailure(comparison.summary())
+        self.add_report_section("call", "fa", comparison.summary())
+
+
 class LintCollector(pytest.Collector):
     """One item per Python file under a ``--fa-lint`` path."""
 
@@ -337,14 +376,37 @@ class LintItem(pytest.Item):
         return self.path, None, f"fa-lint {self.path}"
 
 
+PITFALL_PROPERTY = "fa_pitfall"
+WORKER_REPORTS = "fa_reports"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     marker = item.get_closest_marker("fa_pitfall")
     if marker is not None and (report.when == "call" or not report.passed):
         checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
-        item.config.stash[STATE_KEY].record_pitfall(marker.args[0], checks_checkpoint, report.outcome)
+        # carried on the report, so it reaches the pytest-xdist controller too
+        report.user_properties.append((PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
     return report
+
+
+class SessionHooks:
+    """Hooks that read reports into the session's state: pitfall outcomes from every test
+    report, and the protocol reports that pytest-xdist workers computed."""
+
+    def __init__(self, state: FAState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == PITFALL_PROPERTY:
+                pitfall_id, checks_checkpoint = value
+                self.state.record_pitfall(pitfall_id, checks_checkpoint, report.outcome)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        self.state.add_worker_reports(node.workeroutput.get(WORKER_REPORTS, []))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -372,6 +434,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for report in reports:
         terminalreporter.write_line("")
         terminalreporter.write_line(str(report))
+    comparisons = state.comparisons()
+    if comparisons:
+        from .compare import comparison_table
+
+        terminalreporter.section(f"pytest-fa compare with {state.values['compare']}")
+        terminalreporter.write_line(comparison_table(comparisons))
     if state.report_json:
         terminalreporter.write_line(f"\nJSON report: {state.report_json}")
 
@@ -380,24 +448,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or not state.reports():
         return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller writes the files
+        workeroutput[WORKER_REPORTS] = state.local_report_dicts()
+        return
+    reports = state.reports()
     if state.values["report_md"]:
         from .markdown import markdown_report
 
         path = Path(state.values["report_md"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown_report(state.reports(), __version__), encoding="utf-8")
+        path.write_text(markdown_report(reports, __version__), encoding="utf-8")
+    if state.values["plot"]:
+        from .plot import write_report_plots
+
+        write_report_plots(reports, state.values["plot"])
     if not state.report_json:
         return
     from .seeds import seed_groups
 
     payload = {
         "pytest_fa": __version__,
-        "reports": [report.to_dict() for report in state.reports()],
-        "seed_groups": [group.to_dict() for group in seed_groups(state.reports())],
+        "reports": [report.to_dict() for report in reports],
+        "seed_groups": [group.to_dict() for group in seed_groups(reports)],
     }
     path = Path(state.report_json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
-
-
-

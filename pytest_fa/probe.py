@@ -132,10 +132,11 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
             logits, hiddens = interface.forward_hidden(model, x)
             if not torch.isfinite(logits).all():
                 raise NonFiniteError("the logits contain NaN or Inf on an eval batch")
-            if any(not h.requires_grad for h in hiddens):
+            detached = [i for i, h in enumerate(hiddens) if not h.requires_grad]
+            if detached:
                 raise ModelInterfaceError(
-                    "the hidden states returned by return_hidden=True are detached from the "
-                    "graph; return the tensors the forward pass uses, not .detach()ed copies"
+                    f"{interface.state_name(model, detached[0])} is detached from the graph; the "
+                    "states must be the tensors the forward pass uses, not .detach()ed copies"
                 )
             loss = F.cross_entropy(logits, y)
             *grads, logit_grad = torch.autograd.grad(
@@ -146,8 +147,8 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
             for index, g in enumerate(grads):
                 if g is None:
                     raise ModelInterfaceError(
-                        f"h_{index} is not on the path from the input to the logits; the model "
-                        "must return the hidden states its forward pass actually uses"
+                        f"{interface.state_name(model, index)} is not on the path from the input to "
+                        "the logits; the model must return the hidden states its forward pass uses"
                     )
                 if not torch.isfinite(g).all():
                     raise NonFiniteError(

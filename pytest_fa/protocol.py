@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from .checkpoint import (
@@ -52,6 +53,9 @@ class ProtocolSettings:
     frozen_epochs: int | None = None
     cache_dir: str | None = None
     credit: str | None = None
+    hidden: str | None = None
+    block_output: str = "auto"
+    pooling: str = "cls"
 
 
 @dataclass
@@ -123,6 +127,7 @@ class ProtocolRunner:
             path, factory=self.settings.model_factory, input_shape=data.input_shape,
             num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,
         )
+        loaded.model = self._adapted(loaded.model)
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
         headline = accuracy(model, data.x_test, data.y_test)
@@ -177,7 +182,10 @@ class ProtocolRunner:
         if key in self._baselines:
             return self._baselines[key]
         file = Path(cache_dir or self.settings.cache_dir or _default_cache()) / f"frozen-{key[:24]}.pt"
-        baseline = self._cached_baseline(file, key, arch) or self._train_baseline(run, spec, key, file)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # one lock per baseline: pytest-xdist workers and concurrent runs train it once
+        with FileLock(f"{file}.lock"):
+            baseline = self._cached_baseline(file, key, arch) or self._train_baseline(run, spec, key, file)
         self._baselines[key] = baseline
         return baseline
 
@@ -212,7 +220,7 @@ class ProtocolRunner:
         if spec["arch"] == "custom":
             make = import_factory(self.settings.model_factory)
             config = spec["arch_config"]
-            factory = (lambda: make(**config)) if config else make
+            factory = lambda: self._adapted(make(**config) if config else make())  # noqa: E731
         result = train(
             run.data,
             get_method("frozen"),
@@ -244,10 +252,18 @@ class ProtocolRunner:
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
             make = import_factory(self.settings.model_factory)
-            return make(**config) if config else make()
+            return self._adapted(make(**config) if config else make())
         from .models import build_model
 
         return build_model(arch, **config)
+
+    def _adapted(self, model: nn.Module) -> nn.Module:
+        """``model`` read through forward hooks at the ``hidden`` states, when they are named."""
+        if not self.settings.hidden:
+            return model
+        from .adapter import adapt
+
+        return adapt(model, self.settings.hidden, block_output=self.settings.block_output, pooling=self.settings.pooling)
 
     # -- diagnosis ---------------------------------------------------------------------------
     def report(self, path: str, thresholds: DiagnosticThresholds | None = None, cache_dir: Path | None = None) -> DiagnosticReport:

@@ -66,13 +66,30 @@ def status(result: DiagnosticResult) -> str:
     return state
 
 
+LAYOUTS = {
+    "vector": "",
+    "tokens": "token states read at the cls token",
+    "tokens_mean": "token states read as the mean over tokens",
+    "spatial": "feature maps read flattened",
+}
+
+
+def layout_note(report: DiagnosticReport) -> str:
+    """How one sample of ``h_l`` was read, when it is not a plain vector; and the states named."""
+    parts = [LAYOUTS.get(report.layout, report.layout)]
+    states = report.context.get("states")
+    if states:
+        parts.append(f"states h_0..h_{len(states) - 1} = {', '.join(states)}")
+    return "".join(f"; {p}" for p in parts if p)
+
+
 def render_report(report: DiagnosticReport) -> str:
     lines = []
     title = f"pytest-fa protocol: {report.label}" if report.label else "pytest-fa protocol"
     lines.append(title)
     lines.append(
         f"measured on {report.num_batches} × {report.batch_size} eval samples, {report.dtype}, "
-        f"{report.mode} mode, {report.device}; batch-mean CE"
+        f"{report.mode} mode, {report.device}; batch-mean CE{layout_note(report)}"
     )
     lines.append("")
     lines.append(

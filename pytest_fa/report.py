@@ -86,6 +86,7 @@ class DiagnosticReport:
     dtype: str
     device: str
     mode: str
+    layout: str = "vector"
     headline_acc: float | None = None
     frozen_acc: float | None = None
     eval_acc: float | None = None
@@ -146,6 +147,7 @@ class DiagnosticReport:
                 "dtype": self.dtype,
                 "device": self.device,
                 "mode": self.mode,
+                "layout": self.layout,
                 "loss": "batch-mean cross-entropy",
             },
             "thresholds": asdict(self.thresholds),
@@ -167,6 +169,32 @@ class DiagnosticReport:
             "context": self.context,
         }
         return _json_safe(out)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiagnosticReport:
+        """The report back from :meth:`to_dict` (``to_dict(from_dict(d)) == d``)."""
+        measurement, accuracy, gamma = data["measurement"], data["accuracy"], data["gamma"]
+        return cls(
+            label=data["label"],
+            layers=[LayerRow(**row) for row in data["layers"]],
+            diagnostics={
+                key: DiagnosticResult(**{k: v for k, v in result.items() if k != "name"})
+                for key, result in data["diagnostics"].items()
+            },
+            thresholds=DiagnosticThresholds(**data["thresholds"]),
+            batch_size=measurement["batch_size"],
+            num_batches=measurement["num_batches"],
+            dtype=measurement["dtype"],
+            device=measurement["device"],
+            mode=measurement["mode"],
+            layout=measurement.get("layout", "vector"),
+            headline_acc=accuracy["headline"],
+            frozen_acc=accuracy["frozen_baseline"],
+            eval_acc=accuracy["eval_batches"],
+            credit_status=gamma["status"],
+            null_draws=gamma["null_draws"],
+            context=dict(data["context"]),
+        )
 
     def __str__(self) -> str:
         from .render import render_report
@@ -212,6 +240,8 @@ def diagnose(
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
     probe = run_probe(model, eval_batches, credit=credit, device=device)
+    if getattr(model, "state_names", None):
+        context = {**(context or {}), "states": list(model.state_names)}
     report = report_from_probe(
         probe,
         thresholds=thresholds,
@@ -306,6 +336,7 @@ def report_from_probe(
         dtype=probe.dtype,
         device=probe.device,
         mode=probe.mode,
+        layout=probe.layout,
         headline_acc=headline_acc,
         frozen_acc=frozen_acc,
         eval_acc=probe.eval_accuracy,

@@ -30,6 +30,9 @@ class FAState:
         self._reports: dict[tuple[str, DiagnosticThresholds], DiagnosticReport] = {}
         self._errors: dict[tuple[str, DiagnosticThresholds], Exception] = {}
         self.pitfall_outcomes: dict[str, dict[str, list[str]]] = {}
+        self.saved: dict[str, Any] | None = None
+        self.tolerances: tuple = ()
+        self._worker_reports: dict[str, DiagnosticReport] = {}
 
     @classmethod
     def from_options(cls, config: pytest.Config, values: dict[str, Any]) -> FAState:
@@ -53,6 +56,7 @@ class FAState:
         if values["frozen_epochs"] is not None and values["frozen_epochs"] < 1:
             raise pytest.UsageError("--fa-frozen-epochs must be at least 1")
         _check_device(values["device"])
+        _check_adapter(values)
         return cls(config, values, thresholds)
 
     # -- runner ------------------------------------------------------------------------------
@@ -74,6 +78,9 @@ class FAState:
                     frozen_acc=v["frozen_acc"],
                     frozen_epochs=v["frozen_epochs"],
                     credit=v["credit"],
+                    hidden=v["hidden"],
+                    block_output=v["block_output"],
+                    pooling=v["pooling"],
                 )
             )
         return self._runner
@@ -97,6 +104,47 @@ class FAState:
             self.thresholds.updated(**marker.kwargs)
         except (TypeError, ValueError) as exc:
             pytest.fail(f"fa_protocol marker: {exc}", pytrace=False)
+
+    # -- comparison with a saved report --------------------------------------------------------
+    def load_saved_report(self) -> None:
+        """Read ``--fa-compare`` and parse ``--fa-compare-fail`` at start-up (usage errors)."""
+        from .compare import CompareError, load_saved_report, parse_fail_specs
+
+        path, specs = self.values["compare"], self.values["compare_fail"]
+        if specs and path is None:
+            raise pytest.UsageError("--fa-compare-fail sets tolerances for --fa-compare=PATH; give the saved report too")
+        if path is None:
+            return
+        try:
+            self.saved = load_saved_report(path)
+            self.tolerances = parse_fail_specs(specs)
+        except CompareError as exc:
+            flag = "--fa-compare-fail" if self.saved is not None else f"--fa-compare={path}"
+            raise pytest.UsageError(f"{flag}: {exc}") from None
+
+    def saved_report(self, path: str) -> dict[str, Any] | None:
+        """The saved report of this checkpoint (None: not in the ``--fa-compare`` file)."""
+        from .compare import match_reports
+
+        stubs = [{"label": Path(p).name, "context": {"checkpoint": p}} for p in self.checkpoints]
+        pairs = {new["context"]["checkpoint"]: old for new, old in match_reports(self.saved["reports"], stubs)}
+        return pairs.get(path)
+
+    def compare(self, path: str):
+        """This checkpoint's report against its saved one (None: not in the saved file)."""
+        from .compare import compare_reports
+
+        old = self.saved_report(path)
+        return None if old is None else compare_reports(old, self.report(path).to_dict(), self.tolerances)
+
+    def comparisons(self) -> list:
+        """Every diagnosed checkpoint that the saved report holds, against its saved report."""
+        from .compare import compare_reports
+
+        if self.saved is None:
+            return []
+        pairs = [(self.saved_report(path), report) for path, report in self.reports_by_path().items()]
+        return [compare_reports(old, new.to_dict(), self.tolerances) for old, new in pairs if old is not None]
 
     # -- pitfall suite ------------------------------------------------------------------------
     def record_pitfall(self, pitfall_id: str, checks_checkpoint: bool, outcome: str) -> None:
@@ -133,13 +181,42 @@ class FAState:
                 unreadable.append(path)
         return unreadable
 
+    def reports_by_path(self) -> dict[str, DiagnosticReport]:
+        """Reports under the session's thresholds, in checkpoint order: computed here, or
+        (on the pytest-xdist controller) by the workers."""
+        out = {}
+        for path in self.checkpoints:
+            report = self._reports.get((path, self.thresholds)) or self._worker_reports.get(path)
+            if report is not None:
+                out[path] = report
+        return out
+
     def reports(self) -> list[DiagnosticReport]:
-        """Reports under the session's thresholds, in checkpoint order."""
+        return list(self.reports_by_path().values())
+
+    def local_report_dicts(self) -> list[dict[str, Any]]:
+        """What a pytest-xdist worker sends its controller: ``{"path", "report"}`` pairs."""
         return [
-            self._reports[(p, self.thresholds)]
-            for p in self.checkpoints
-            if (p, self.thresholds) in self._reports
+            {"path": path, "report": self._reports[(path, self.thresholds)].to_dict()}
+            for path in self.checkpoints if (path, self.thresholds) in self._reports
         ]
+
+    def add_worker_reports(self, entries: list[dict[str, Any]]) -> None:
+        """Reports from a pytest-xdist worker; a checkpoint diagnosed by two workers is kept once."""
+        from .report import DiagnosticReport
+
+        for entry in entries:
+            self._worker_reports.setdefault(entry["path"], DiagnosticReport.from_dict(entry["report"]))
+
+
+def _check_adapter(values: dict[str, Any]) -> None:
+    from .interface import BLOCK_OUTPUTS, POOLINGS
+
+    for name, choices in (("block_output", BLOCK_OUTPUTS), ("pooling", POOLINGS)):
+        if values[name] not in choices:
+            raise pytest.UsageError(f"--fa-{name.replace('_', '-')}={values[name]!r}: use one of {', '.join(choices)}")
+    if values["hidden"] is not None and not values["hidden"].replace(",", "").strip():
+        raise pytest.UsageError("--fa-hidden is empty: name the modules of h_0..h_L, e.g. --fa-hidden='embed,blocks.*'")
 
 
 def _check_device(device: str) -> None:

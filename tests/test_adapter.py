@@ -1,0 +1,418 @@
+"""The hook adapter: third-party models read at named states, equal to the duck-typed path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pytest_fa
+from pytest_fa.adapter import HookedModel, adapt, match_path, resolve_states
+from pytest_fa.credit import DFACredit, init_dfa_feedback
+from pytest_fa.errors import ModelInterfaceError
+from pytest_fa.interface import block_weights
+from pytest_fa.models import build_model
+from pytest_fa.probe import run_probe
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SAMPLES = 8 * 32
+
+
+def _data(shape, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(SAMPLES, *shape, generator=g), torch.randint(0, classes, (SAMPLES,), generator=g)
+
+
+def _check(model, data, **kwargs):
+    return pytest_fa.check(model, data, batch_size=32, frozen_acc=0.1, **kwargs)
+
+
+class SumBlock(nn.Module):
+    """Returns the stream: ``h + f(h)``."""
+
+    def __init__(self, branch: nn.Module) -> None:
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, h):
+        return h + self.branch(h)
+
+
+def _branch(d=16, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+
+class BranchNet(nn.Module):
+    """Blocks return ``f(h)``; the parent adds it to the stream."""
+
+    def __init__(self, branches, d=16, seed=0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Linear(12, d)
+        self.layers = nn.ModuleList(branches)
+        self.ln = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for f in self.layers:
+            h = h + f(h)
+        return self.fc(self.ln(h))
+
+
+def _pair():
+    """The same network written with branch-returning and with sum-returning blocks."""
+    branches = [_branch(seed=s) for s in range(3)]
+    branch_net = BranchNet(branches)
+    torch.manual_seed(0)
+    sum_net = nn.Sequential(nn.Linear(12, 16), *[SumBlock(f) for f in branches], nn.LayerNorm(16), nn.Linear(16, 10))
+    sum_net[0].load_state_dict(branch_net.stem.state_dict())
+    sum_net[4].load_state_dict(branch_net.ln.state_dict())
+    sum_net[5].load_state_dict(branch_net.fc.state_dict())
+    return branch_net.eval(), sum_net.eval()
+
+
+# -- the acceptance: duck-typed vs adapted, and third-party models ----------------------------
+def test_the_adapter_gives_the_duck_typed_numbers_on_the_resmlp():
+    torch.manual_seed(3)
+    model = build_model("resmlp", input_shape=[12], num_classes=10, d=16, depth=3).eval()
+    credit = DFACredit(init_dfa_feedback(10, [16] * 4, torch.Generator().manual_seed(1)))
+    data = _data([12])
+    duck = _check(model, data, credit=credit)
+    adapted = adapt(model, ["embed", "blocks.*"])
+    hooked = _check(adapted, data, credit=credit)
+    assert adapted.block_output == "auto" and adapted._mode == "branch"
+    assert hooked.verdict == duck.verdict
+    for a, b in zip(duck.layers, hooked.layers, strict=True):
+        torch.testing.assert_close(
+            [a.h_norm, a.g_norm, a.gain, a.gamma, a.null_mean, a.null_std],
+            [b.h_norm, b.g_norm, b.gain, b.gamma, b.null_mean, b.null_std], rtol=1e-6, atol=0,
+        )
+    for key in "abcd":
+        assert hooked.diagnostics[key].value == pytest.approx(duck.diagnostics[key].value, rel=1e-6)
+    assert hooked.context["states"] == ["embed", "blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_a_trained_duck_typed_bundle_reads_the_same_through_the_adapter(dfa_trained, small_data):
+    result, _ = dfa_trained
+    model = result.model.eval()
+    credit = DFACredit(result.state.feedback)
+    batches = pytest_fa.eval_batches(small_data, 8, 128, seed=0)
+    duck = pytest_fa.diagnose(model, batches, credit=credit, frozen_acc=0.5, headline_acc=0.6, null_draws=0)
+    hooked = pytest_fa.diagnose(adapt(model, "embed, blocks.*"), batches, credit=credit, frozen_acc=0.5,
+                                headline_acc=0.6, null_draws=0)
+    assert [r.gamma for r in hooked.layers] == pytest.approx([r.gamma for r in duck.layers], rel=1e-6)
+    assert [r.g_norm for r in hooked.layers] == pytest.approx([r.g_norm for r in duck.layers], rel=1e-6)
+    assert hooked.verdict == duck.verdict
+
+
+def test_branch_and_sum_blocks_of_one_network_give_one_report():
+    branch_net, sum_net = _pair()
+    data = _data([12])
+    torch.testing.assert_close(branch_net(data[0]), sum_net(data[0]))
+    branch = adapt(branch_net, ["stem", "layers.*"])
+    summed = adapt(sum_net, ["0", "[1-3]"])
+    rb, rs = _check(branch, data), _check(summed, data)
+    assert (branch._mode, summed._mode) == ("branch", "sum")
+    assert len(rb.layers) == len(rs.layers) == 4
+    for a, b in zip(rb.layers, rs.layers, strict=True):
+        assert (a.h_norm, a.g_norm) == pytest.approx((b.h_norm, b.g_norm), rel=1e-5)
+
+
+def test_branch_mode_reads_the_exact_stream_and_its_gradient():
+    branch_net, _ = _pair()
+    x, y = _data([12])
+    logits, hiddens = adapt(branch_net, ["stem", "layers.*"])(x, return_hidden=True)
+    h = branch_net.stem(x)
+    expected = [h]
+    for f in branch_net.layers:
+        h = h + f(h)
+        expected.append(h)
+    for got, want in zip(hiddens, expected, strict=True):
+        assert torch.equal(got, want)
+    grads = torch.autograd.grad(nn.functional.cross_entropy(logits, y), hiddens)
+    want_grads = torch.autograd.grad(nn.functional.cross_entropy(branch_net.fc(branch_net.ln(h)), y), expected)
+    for got, want in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_torchvision_vision_transformer_is_read_at_the_cls_token_or_the_mean():
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    ).eval()
+    nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision starts the head at zero
+    data = _data([3, 16, 16])
+    cls = _check(adapt(vit, ["encoder.dropout", "encoder.layers.*"]), data)
+    mean = _check(adapt(vit, ["encoder.dropout", "encoder.layers.*"], pooling="mean"), data)
+    assert len(cls.layers) == len(mean.layers) == 4
+    assert (cls.layout, mean.layout) == ("tokens", "tokens_mean")
+    assert "cls token" in str(cls) and "mean over tokens" in str(mean)
+    assert cls.layers[0].h_norm != pytest.approx(mean.layers[0].h_norm)
+    assert all(row.g_norm > 0 for row in cls.layers)
+
+
+def test_a_torchvision_vit_with_its_zero_initialised_head_is_mode_1():
+    vit = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    ).eval()
+    report = _check(adapt(vit, "encoder.dropout, encoder.layers.*"), _data([3, 16, 16]))
+    assert report.diagnostics["b"].fires and "Mode 1" in report.diagnostics["b"].submode
+
+
+def test_a_torchvision_resnet_is_read_at_every_basic_block():
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=10).eval()
+    adapted = adapt(resnet, ["maxpool", "layer*.*"])
+    report = _check(adapted, _data([3, 32, 32]))
+    assert len(report.layers) == 9 and adapted._mode == "sum"
+    assert report.layout == "spatial"
+    assert report.context["states"][:3] == ["maxpool", "layer1.0", "layer1.1"]
+    frozen = {id(p) for p in block_weights(adapted)}
+    assert all(id(p) in frozen for p in resnet.layer4[1].conv2.parameters())
+    assert not any(id(p) in frozen for p in resnet.layer4[1].bn2.parameters())
+    assert not any(id(p) in frozen for p in resnet.fc.parameters())
+
+
+def test_an_nn_sequential_residual_mlp_gets_a_report():
+    _, sum_net = _pair()
+    report = _check(adapt(sum_net, "0, 1, 2, 3"), _data([12]))
+    assert len(report.layers) == 4 and report.layout == "vector"
+
+
+# -- what the wrapper leaves alone ------------------------------------------------------------
+def test_the_wrapper_is_the_model_outside_return_hidden():
+    branch_net, _ = _pair()
+    adapted = adapt(branch_net, ["stem", "layers.*"])
+    x, _ = _data([12])
+    assert torch.equal(adapted(x), branch_net(x))
+    assert adapted._record is None
+    assert list(adapted.state_dict()) == ["model." + k for k in branch_net.state_dict()]
+    assert [n for n, _ in adapted.named_parameters()] == ["model." + n for n, _ in branch_net.named_parameters()]
+
+
+def test_glob_patterns_match_one_segment_at_a_time():
+    assert match_path("blocks.*", "blocks.3")
+    assert not match_path("blocks.*", "blocks.3.ln")
+    assert match_path("**.ln", "blocks.3.ln") and match_path("**.ln", "ln")
+    assert match_path("layer[12].*", "layer2.0") and not match_path("layer[12].*", "layer3.0")
+    branch_net, _ = _pair()
+    assert [n for n, _ in resolve_states(branch_net, ["stem", "layers.*", "stem"])] == [
+        "stem", "layers.0", "layers.1", "layers.2"
+    ]
+
+
+# -- bad inputs ------------------------------------------------------------------------------
+def test_a_pattern_that_matches_nothing_names_what_exists():
+    branch_net, _ = _pair()
+    with pytest.raises(ModelInterfaceError, match=r"'blocks\.\*' matches no module of BranchNet.*'layers'"):
+        adapt(branch_net, ["stem", "blocks.*"])
+    with pytest.raises(ModelInterfaceError, match="at least one block"):
+        adapt(branch_net, ["stem"])
+    with pytest.raises(ModelInterfaceError, match="no states named"):
+        adapt(branch_net, " , ")
+
+
+def test_states_that_are_not_one_stream_are_refused():
+    branch_net, _ = _pair()
+    x, _ = _data([12])
+    with pytest.raises(ModelInterfaceError, match="not one residual stream"):
+        adapt(branch_net, ["stem", "layers.0", "layers.1.1"])(x, return_hidden=True)
+    with pytest.raises(ModelInterfaceError, match="first block 'layers.1' is not the output of 'layers.0.0'"):
+        adapt(branch_net, ["layers.0.0", "layers.1", "layers.2"])(x, return_hidden=True)
+    with pytest.raises(ModelInterfaceError, match=r"ran in the order \['layers.0', 'layers.1', 'layers.2', 'ln'\]"):
+        adapt(branch_net, ["ln", "layers.*"])(x, return_hidden=True)
+
+
+def test_a_wrong_block_output_is_refused_with_the_right_one():
+    branch_net, sum_net = _pair()
+    x, _ = _data([12])
+    with pytest.raises(ModelInterfaceError, match="set block_output='branch'"):
+        adapt(branch_net, ["stem", "layers.*"], block_output="sum")(x, return_hidden=True)
+    with pytest.raises(ModelInterfaceError, match="set block_output='sum'"):
+        adapt(sum_net, ["0", "[1-3]"], block_output="branch")(x, return_hidden=True)
+    with pytest.raises(ModelInterfaceError, match="one block"):
+        adapt(sum_net, ["0", "1"])(x, return_hidden=True)
+    assert len(adapt(sum_net, ["0", "1"], block_output="sum")(x, return_hidden=True)[1]) == 2
+    with pytest.raises(ModelInterfaceError, match="block_output='both'"):
+        adapt(sum_net, ["0", "1"], block_output="both")
+    with pytest.raises(ModelInterfaceError, match="pooling='max'"):
+        adapt(sum_net, ["0", "1"], pooling="max")
+
+
+class SequenceFirst(nn.Module):
+    """Token states laid out (T, B, d): the batch is not the first dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 16)
+        self.blocks = nn.ModuleList(SumBlock(_branch(seed=s)) for s in range(2))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.embed(x).reshape(len(x), 1, 16).transpose(0, 1).expand(3, -1, -1)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean(0))
+
+
+class Unused(nn.Module):
+    """The last named block runs, but its output never reaches the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 16)
+        self.blocks = nn.ModuleList(SumBlock(_branch(seed=s)) for s in range(3))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.blocks[1](self.blocks[0](self.embed(x)))
+        self.blocks[2](h)
+        return self.head(h)
+
+
+class CutUpstream(Unused):
+    """The stream is cut after block 1: nothing before it reaches the logits."""
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h).detach() if block is self.blocks[1] else block(h)
+        return self.head(h)
+
+
+class Detaching(Unused):
+    """Block 1 hands on a detached copy of its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks[1].register_forward_hook(lambda module, args, out: out.detach())
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+class Twice(Unused):
+    def forward(self, x):
+        h = self.embed(x)
+        for block in [*self.blocks, self.blocks[2]]:
+            h = block(h)
+        return self.head(h)
+
+
+class InPlace(Unused):
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(torch.relu_(h))
+
+
+class TupleOut(Unused):
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h), h
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (SequenceFirst(), r"'blocks.0' has shape \(3, 256, 16\) for a batch of 256"),
+        (Unused(), r"h_3 \('blocks.2'\) is not on the path from the input to the logits"),
+        (CutUpstream(), r"h_0 \('embed'\) is not on the path"),
+        (Detaching(), r"h_2 \('blocks.1'\) is detached from the graph"),
+        (Twice(), r"\['blocks.2'\] ran more than once"),
+        (InPlace(), "'blocks.2' was overwritten in place"),
+        (TupleOut(), "returned tuple, not a logits tensor; pass adapt"),
+    ],
+    ids=["batch-not-first", "not-on-path", "cut-upstream", "detached", "twice", "in-place", "tuple-logits"],
+)
+def test_a_graph_the_protocol_cannot_read_is_refused(model, match):
+    x, y = _data([12])
+    adapted = adapt(model.eval(), ["embed", "blocks.*"], block_output="sum")
+    with pytest.raises(ModelInterfaceError, match=match):
+        run_probe(adapted, [(x[:256], y[:256])] * 2)
+
+
+def test_logits_can_be_picked_out_of_what_the_model_returns():
+    model = TupleOut().eval()
+    report = _check(adapt(model, ["embed", "blocks.*"], logits=lambda out: out[0]), _data([12]))
+    assert len(report.layers) == 4
+
+
+def test_a_model_without_return_hidden_is_pointed_to_the_adapter():
+    _, sum_net = _pair()
+    with pytest.raises(ModelInterfaceError, match=r"pytest_fa.adapt\(model"):
+        _check(sum_net, _data([12]))
+    with pytest.raises(ModelInterfaceError, match="adapted already"):
+        adapt(adapt(sum_net, "0, 1, 2"), "0, 1")
+    assert isinstance(adapt(sum_net, "0,1,2"), HookedModel)
+
+
+# -- the command line --------------------------------------------------------------------------
+FACTORY = """
+import torch
+from torch import nn
+
+
+class SumBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.f = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+    def forward(self, h):
+        return h + self.f(h)
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), *[SumBlock(32) for _ in range(3)],
+                         nn.LayerNorm(32), nn.Linear(32, 10))
+"""
+
+
+def test_fa_hidden_adapts_a_plain_state_dict_from_the_command_line(pytester):
+    pytester.makepyfile(seqfactory=FACTORY)
+    pytester.syspathinsert()
+    import importlib
+
+    build = importlib.import_module("seqfactory").build
+    torch.save(build().state_dict(), pytester.path / "seq.pt")
+    args = ["--fa-checkpoint=seq.pt", "--fa-model=seqfactory:build", "--fa-frozen-acc=0.1",
+            "--fa-report-json=report.json", "-p", "no:cacheprovider"]
+    refused = pytester.runpytest_subprocess(*args)
+    refused.stdout.fnmatch_lines(["*does not accept `return_hidden`*--fa-hidden=*"])
+    result = pytester.runpytest_subprocess(*args, "--fa-hidden=1, [2-4]")
+    report = json.loads((pytester.path / "report.json").read_text())["reports"][0]
+    assert len(report["layers"]) == 4
+    assert report["context"]["states"] == ["1", "2", "3", "4"]
+    result.stdout.fnmatch_lines(["*states h_0..h_3 = 1, 2, 3, 4*"])
+    bad = pytester.runpytest_subprocess(*args, "--fa-hidden=1,blocks.*")
+    bad.stdout.fnmatch_lines(["*'blocks.*' matches no module of Sequential*"])
+    usage = pytester.runpytest_subprocess(*args, "--fa-hidden=1,2", "--fa-block-output=both")
+    usage.stderr.fnmatch_lines(["*--fa-block-output='both': use one of auto, sum, branch*"])
+
+
+def test_a_copy_of_the_adapted_model_reads_its_own_states():
+    import copy
+
+    branch_net, _ = _pair()
+    adapted = adapt(branch_net, ["stem", "layers.*"])
+    twin = copy.deepcopy(adapted)
+    x, _ = _data([12])
+    with torch.no_grad():
+        twin.model.stem.weight.mul_(2)
+    _, ours = adapted(x, return_hidden=True)
+    _, theirs = twin(x, return_hidden=True)
+    assert len(theirs) == 4 and not torch.equal(ours[0], theirs[0])
+    assert not branch_net.stem._forward_hooks and not twin.model.stem._forward_hooks

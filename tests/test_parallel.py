@@ -1,0 +1,80 @@
+"""pytest-xdist: the same JSON as a serial run, and one frozen baseline per cache however many
+processes ask for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("xdist")
+
+
+def _run(pytester, cache, *args):
+    env = {**os.environ, "PYTEST_FA_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--fa-device=cpu", *args],
+        cwd=pytester.path, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_a_parallel_run_writes_the_serial_json(pytester, bp_bundle, dfa_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    checkpoints = [f"--fa-checkpoint={bp_bundle}", f"--fa-checkpoint={dfa_bundle}"]
+    _run(pytester, cache, *checkpoints)  # trains the shared frozen baseline into the cache
+    serial = _run(pytester, cache, *checkpoints, "--fa-report-json=serial.json", "--fa-report-md=serial.md")
+    parallel = _run(pytester, cache, *checkpoints, "-n", "2", "--fa-report-json=parallel.json",
+                    "--fa-report-md=parallel.md", "--fa-plot=figures")
+    assert "2 workers" in parallel.stdout, parallel.stdout + parallel.stderr
+    assert serial.returncode == parallel.returncode
+    one = json.loads((pytester.path / "serial.json").read_text())
+    two = json.loads((pytester.path / "parallel.json").read_text())
+    assert [r["label"] for r in two["reports"]] == [r["label"] for r in one["reports"]]
+    assert two == one
+    assert (pytester.path / "parallel.md").read_text() == (pytester.path / "serial.md").read_text()
+    assert sorted(p.name for p in (pytester.path / "figures").iterdir()) == ["bp_s42.png", "dfa_s42.png"]
+    assert "pytest-fa protocol" in parallel.stdout and "dfa_s42.pt" in parallel.stdout.split("pytest-fa protocol")[1]
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
+
+    bundle, cache, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    runner = ProtocolRunner(ProtocolSettings(device="cpu"))
+    runner.run(bundle)
+    (ready / str(os.getpid())).touch()
+    while len(list(ready.iterdir())) < 2:  # both ask for the baseline at the same moment
+        time.sleep(0.01)
+    baseline = runner.frozen_baseline(bundle, cache)
+    print(baseline.source, repr(baseline.accuracy))
+    """
+)
+
+
+def test_two_concurrent_runs_train_one_baseline_and_leave_a_readable_cache(bp_bundle, tmp_path):
+    from pytest_fa.checkpoint import load_bundle
+
+    cache, ready = tmp_path / "shared", tmp_path / "ready"
+    ready.mkdir()
+    script = tmp_path / "ask.py"
+    script.write_text(CONCURRENT)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(bp_bundle), str(cache), str(ready)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    sources = sorted(out.split()[0] for out, _ in outs)
+    assert sources == ["cache", "trained"]
+    assert len({out.split()[1] for out, _ in outs}) == 1  # both report the one baseline's accuracy
+    (file,) = cache.glob("frozen-*.pt")
+    assert load_bundle(file).metrics["baseline_key"]
+    assert not list(cache.glob("*.tmp"))
