@@ -399,6 +399,9 @@ def test_fa_hidden_adapts_a_plain_state_dict_from_the_command_line(pytester):
     result.stdout.fnmatch_lines(["*states h_0..h_3 = 1, 2, 3, 4*"])
     bad = pytester.runpytest_subprocess(*args, "--fa-hidden=1,blocks.*")
     bad.stdout.fnmatch_lines(["*'blocks.*' matches no module of Sequential*"])
+    pytester.makeini("[pytest]\nfa_hidden = 1, [2-4]\nfa_pooling = mean\n")
+    from_ini = pytester.runpytest_subprocess(*args)
+    from_ini.stdout.fnmatch_lines(["*states h_0..h_3 = 1, 2, 3, 4*"])
     usage = pytester.runpytest_subprocess(*args, "--fa-hidden=1,2", "--fa-block-output=both")
     usage.stderr.fnmatch_lines(["*--fa-block-output='both': use one of auto, sum, branch*"])
 

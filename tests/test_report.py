@@ -173,3 +173,15 @@ def test_half_precision_models_are_measured_in_float32(dfa, batches):
     reference = diagnose(half.float(), batches)
     assert r.layers[-1].g_norm == pytest.approx(reference.layers[-1].g_norm, rel=1e-6)
     assert r.layers[-1].g_norm > 0
+
+
+def test_a_report_rebuilt_from_its_json_is_the_same_report(dfa_report):
+    import json
+
+    from pytest_fa.report import DiagnosticReport
+
+    data = json.loads(json.dumps(dfa_report.to_dict()))
+    rebuilt = DiagnosticReport.from_dict(data)
+    assert rebuilt.to_dict() == data
+    assert str(rebuilt) == str(dfa_report)
+    assert rebuilt.verdict == dfa_report.verdict and rebuilt.layers == dfa_report.layers
