@@ -18,7 +18,12 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Pitfall:
-    """One pitfall: what a reader sees, why it happens, how pytest-fa catches it, the fix."""
+    """One pitfall: what a reader sees, why it happens, how pytest-fa catches it, the fix.
+
+    ``lint_code`` is the code ``pytest_fa.lint`` reports the pitfall under where it can be seen
+    in the source (``FA001``), None where it cannot; each one has its rule module in
+    ``pytest_fa/lint/rules/``.
+    """
 
     id: str
     slug: str
@@ -27,6 +32,7 @@ class Pitfall:
     cause: str
     guard: str
     fix: str
+    lint_code: str | None = None
 
     @property
     def module(self) -> str:
@@ -47,6 +53,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "per-sample rows, scaled by the largest entry so no value under- or overflows; "
         "`--fa-lint` flags positional `p` in `.norm(...)` calls.",
         fix="Write `x.norm(dim=-1)` or `torch.linalg.vector_norm(x, dim=-1)`.",
+        lint_code="FA001",
     ),
     Pitfall(
         "2", "cosine-eps-clamp", "`F.cosine_similarity` clamps the norms at eps = 1e-8",
@@ -58,6 +65,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "and Γ_l is reported undefined where ‖g_l‖ is below the floor; `--fa-lint` flags "
         "`cosine_similarity` on gradients without an explicit `eps=`.",
         fix="Compute the cosine from unit vectors in float64 and report undefined below the floor.",
+        lint_code="FA002",
     ),
     Pitfall(
         "3", "fp16-underflow", "fp16 underflows hidden-layer BP gradients",
@@ -68,6 +76,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "diagnosed through a float32 copy, and the dtype is recorded beside every number; "
         "`--fa-lint` flags `.half()` on gradients.",
         fix="Measure reference gradients in float32 or float64 (or bf16 autocast), never fp16.",
+        lint_code="FA003",
     ),
     Pitfall(
         "4", "training-specific-feedback", "Random feedback matrices are training-specific",
@@ -113,6 +122,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         guard="The credit signal is evaluated on the very forward pass that produced the reference "
         "gradient; `--fa-lint` flags cosines between quantities from different batches.",
         fix="Compute both vectors on the same frozen forward pass.",
+        lint_code="FA004",
     ),
     Pitfall(
         "B4", "baseline-mismatch", "The frozen-blocks baseline does not match the trained model",
