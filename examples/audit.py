@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from pytest_fa import studies
+import studies
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from pytest_fa import studies
+import studies
 from pytest_fa.data import load_dataset
 
 SMOKE_ARCHS = {

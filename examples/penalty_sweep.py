@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from pytest_fa import studies
+import studies
 
 LAMBDAS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
 

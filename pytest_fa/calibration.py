@@ -7,16 +7,18 @@ the reference study). A training-B Γ inside that null band is not evidence of a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import interface
-from .credit import init_dfa_feedback, output_error
+from .credit import check_dfa_feedback, init_dfa_feedback, output_error
 from .diagnostics import cosine_per_sample, mean_defined
+from .errors import DataError
+from .reference import reference_pass
 
 
 @dataclass
@@ -38,12 +40,41 @@ class NullCalibration:
         """``(Γ_trained − null mean) / null std`` per layer."""
         if self.trained is None:
             return None
-        return [(t - m) / s if s > 0 else float("inf") for t, m, s in zip(self.trained, self.null_mean, self.null_std)]
+        return [_z(t, m, s) for t, m, s in zip(self.trained, self.null_mean, self.null_std)]
 
     def deep_null(self, first_layer: int = 1) -> tuple[float, float]:
         """Mean over draws and deep layers of Γ, and the mean per-layer std."""
         deep = self.draws[:, first_layer:]
         return float(deep.mean()), float(deep.std(dim=0).mean())
+
+
+def _z(trained: float, mean: float, std: float) -> float:
+    """``(trained − mean) / std``; without spread ±inf on either side of the mean, NaN on it."""
+    if std > 0:
+        return (trained - mean) / std
+    return math.nan if trained == mean else math.copysign(math.inf, trained - mean)
+
+
+def fresh_feedback_draws(
+    num_classes: int,
+    feature_dims: Sequence[int],
+    n: int,
+    seed: int = 0,
+    exclude: Sequence[torch.Tensor] | None = None,
+) -> list[list[torch.Tensor]]:
+    """``n`` fresh DFA feedback sets: draw ``i`` from a generator seeded ``seed·100003 + i``,
+    skipping any draw identical to ``exclude`` (the training feedback is never its own null)."""
+    draws: list[list[torch.Tensor]] = []
+    index = 0
+    while len(draws) < n:
+        fresh = init_dfa_feedback(num_classes, feature_dims, torch.Generator().manual_seed(seed * 100_003 + index))
+        index += 1
+        if exclude is not None and len(exclude) == len(fresh) and all(
+            a.shape == b.shape and torch.equal(a.cpu(), b) for a, b in zip(exclude, fresh)
+        ):
+            continue
+        draws.append(fresh)
+    return draws
 
 
 def null_gamma(
@@ -54,20 +85,22 @@ def null_gamma(
     feedback: Sequence[torch.Tensor] | None = None,
     n: int = 20,
     seed: int = 0,
+    exclude: Sequence[torch.Tensor] | None = None,
 ) -> NullCalibration:
     """Γ_l with ``n`` fresh DFA feedback draws (and with ``feedback``, the training B, if given).
 
     Γ_l is the mean over samples of ``cos(e_T B_l, g_l)``, the same statistic the report
-    uses; the forward and backward pass runs once per batch for all draws.
+    uses; the forward and backward pass runs once per batch for all draws, in eval mode.
+    A draw identical to the training feedback (``exclude``, by default ``feedback``) is
+    skipped for the next one.
     """
     if n < 2:
         raise ValueError("null calibration needs n ≥ 2 fresh draws for a spread")
-    was_training = model.training
-    model.eval()
-    try:
-        per_batch = [_batch_cosines(model, x, y, num_classes, feedback, n, seed) for x, y in eval_batches]
-    finally:
-        model.train(was_training)
+    if len(eval_batches) < 1:
+        raise DataError("null calibration needs at least one eval batch")
+    exclude = feedback if exclude is None else exclude
+    with interface.eval_mode(model):
+        per_batch = [_batch_cosines(model, x, y, num_classes, feedback, n, seed, exclude) for x, y in eval_batches]
     fresh = torch.cat([b[0] for b in per_batch], dim=2)  # (n, L+1, N)
     draws = torch.tensor([[mean_defined(layer)[0] for layer in draw] for draw in fresh], dtype=torch.float64)
     trained = None
@@ -77,22 +110,20 @@ def null_gamma(
     return NullCalibration(draws, trained)
 
 
-def _batch_cosines(model, x, y, num_classes, feedback, n, seed):
-    param = next(model.parameters())
-    x = x.to(param.device, param.dtype)
-    y = y.to(param.device)
-    x.requires_grad_(True)
-    logits, hiddens = interface.forward_hidden(model, x)
-    grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-    layout = interface.hidden_layout(model, hiddens[0])
-    rows = [interface.per_sample(g, layout) for g in grads]
-    e = output_error(logits, y)
+def _batch_cosines(model, x, y, num_classes, feedback, n, seed, exclude):
+    ref = reference_pass(model, x, y)
+    rows = ref.rows
+    if ref.logits.shape[-1] != num_classes:
+        raise DataError(f"num_classes={num_classes}, but the model has {ref.logits.shape[-1]} outputs")
+    e = output_error(ref.logits, y.to(ref.logits.device))
     dims = [r.shape[1] for r in rows]
-    draws = []
+    if feedback is not None:
+        check_dfa_feedback(feedback, num_classes, dims)
     # the same seed gives the same draws for every batch: each draw is one fixed set of B
-    for index in range(n):
-        fresh = init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed * 100_003 + index))
-        draws.append(torch.stack([cosine_per_sample(e @ b.to(e), g) for b, g in zip(fresh, rows)]))
+    draws = [
+        torch.stack([cosine_per_sample(e @ b.to(e), g) for b, g in zip(fresh, rows)])
+        for fresh in fresh_feedback_draws(num_classes, dims, n, seed, exclude)
+    ]
     own = None
     if feedback is not None:
         own = torch.stack([cosine_per_sample(e @ b.to(e), g) for b, g in zip(feedback, rows)])

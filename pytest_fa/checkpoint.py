@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, FeedbackError
+from .errors import CheckpointError, FeedbackError, setting
 from .methods import METHODS, MethodState, get_method
 
 RESAVE = (
@@ -150,7 +150,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with every failure turned into a clear error."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the --fa-checkpoint path")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; point at the .pt file")
     try:
@@ -187,7 +187,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if not is_bundle(payload):
         raise CheckpointError(
             f"{path} is not a pytest-fa bundle (no 'format' key); for a plain state dict pass "
-            "--fa-model=package.module:build so pytest-fa can construct the model"
+            f"{setting('model', 'package.module:build')} so pytest-fa can construct the model"
         )
     return Bundle.from_payload(payload, source=str(path))
 
@@ -197,18 +197,18 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CheckpointError(
-            f"--fa-model={spec!r} must look like package.module:build (module path, colon, callable)"
+            f"{setting('model', repr(spec))} must look like package.module:build (module path, colon, callable)"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CheckpointError(f"--fa-model: cannot import {module_name!r}: {exc}") from exc
+        raise CheckpointError(f"{setting('model')}: cannot import {module_name!r}: {exc}") from exc
     try:
         factory = getattr(module, attr)
     except AttributeError:
-        raise CheckpointError(f"--fa-model: module {module_name!r} has no {attr!r}") from None
+        raise CheckpointError(f"{setting('model')}: module {module_name!r} has no {attr!r}") from None
     if not callable(factory):
-        raise CheckpointError(f"--fa-model: {spec} is not callable")
+        raise CheckpointError(f"{setting('model')}: {spec} is not callable")
     return factory
 
 
@@ -240,7 +240,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
         raise CheckpointError(
             f"{source}: the state dict does not match {type(model).__name__}: "
             + ", ".join(parts)
-            + ". Check the architecture config (or --fa-model) against the one that was trained"
+            + f". Check the architecture config (or {setting('model')}) against the one that was trained"
         )
     model.load_state_dict(state_dict, strict=True)
     return model
@@ -273,7 +273,7 @@ def load_checkpoint(
     For a bundle whose method needs feedback matrices or auxiliary nets they must be present
     and match the model; ``input_shape``/``num_classes`` (from the data) are used when the
     bundle's arch_config does not record them. ``allow_unknown_method`` accepts a method
-    pytest-fa does not know (its credit then comes from the caller, e.g. ``--fa-credit``).
+    pytest-fa does not know (its credit then comes from the caller, e.g. the ``credit`` setting).
     """
     from .models import build_model
 
@@ -284,7 +284,7 @@ def load_checkpoint(
         if make is None:
             raise CheckpointError(
                 f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
-                "pass --fa-model=package.module:build (a callable returning the untrained model)"
+                f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
             )
         model = load_weights(_call_factory(make, {}, source), payload, source)
         return LoadedCheckpoint(source, model, None, MethodState(), None)
@@ -295,7 +295,7 @@ def load_checkpoint(
     else:
         if bundle.arch == "custom":
             raise CheckpointError(
-                f"{source} holds a custom architecture; pass --fa-model=package.module:build"
+                f"{source} holds a custom architecture; pass {setting('model', 'package.module:build')}"
             )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import FAError
+from . import registry
+from .errors import FAError, setting
 
 # -- errors --------------------------------------------------------------------------------
 
@@ -44,7 +45,7 @@ class CompareError(FAError):
     """A saved report cannot be read or compared, or a tolerance spec cannot be parsed."""
 
 
-WRITE_HINT = "give a JSON file written by a previous run with --fa-report-json=PATH"
+WRITE_HINT = f"give a JSON file written by a previous run with {setting('report_json', 'PATH')}"
 
 # -- reading report dicts ------------------------------------------------------------------
 
@@ -142,7 +143,6 @@ DIAGNOSTIC_FIGURES = {f.diagnostic: f.name for f in _FIGURE_LIST if f.diagnostic
 """Diagnostic key → the figure its threshold crossing is reported under."""
 
 FIRES_WHEN = {"a": ">", "b": "<", "c": ">", "d": "<"}
-DIAGNOSTIC_NAMES = {"a": "residual growth", "b": "gradient floor", "c": "direction stability", "d": "frozen-blocks margin"}
 
 
 def _figure(name: str) -> Figure:
@@ -345,7 +345,7 @@ def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CompareError(f"saved report {p}: no such file; {WRITE_HINT}")
     if p.is_dir():
         raise CompareError(
-            f"saved report {p} is a folder; give the JSON file inside it (the PATH of --fa-report-json)"
+            f"saved report {p} is a folder; give the JSON file inside it (the PATH of {setting('report_json')})"
         )
     try:
         text = p.read_text(encoding="utf-8")
@@ -463,7 +463,7 @@ class Change:
                 NOW_EVALUATED: "now evaluated",
             }[self.kind]
             rule = f"fires {FIRES_WHEN[key]} {self.threshold:g}" if self.threshold is not None else ""
-            text = f"{figure} ({key}: {DIAGNOSTIC_NAMES[key]}) {what}: {values}"
+            text = f"{figure} ({key}: {registry.get(key).name}) {what}: {values}"
             text += f"; {rule}" if rule else ""
         elif self.kind == BEYOND and self.tolerance is not None:
             text = (f"{figure} moved beyond its tolerance {self.tolerance.text}: {values}; allowed: "
@@ -711,8 +711,6 @@ def comparison_rows(comparisons: Iterable[CheckpointComparison]) -> list[tuple[s
 
 def comparison_table(comparisons: Iterable[CheckpointComparison]) -> str:
     """A compact terminal table: checkpoint, figure, old, new, change, status."""
-    rows = [COLUMNS, *comparison_rows(comparisons)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from .render import text_table
+
+    return text_table([COLUMNS, *comparison_rows(comparisons)])

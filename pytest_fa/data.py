@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, setting
 
 DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 
@@ -421,7 +421,7 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
         raise DataError(
             f"Fashion-MNIST not found in {base} (looked for {', '.join(FASHION_MNIST_FILES)}, "
             "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
-            "dataset-fashion-mnist` or pass --fa-data-root=<folder with the idx files>"
+            f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}"
         )
     in_torchvision_layout = all(
         path == base / "FashionMNIST" / "raw" / stem for stem, path in sources.items()
@@ -476,7 +476,7 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     folder = CIFAR_FOLDERS[name]
     if root is None:
         raise DataError(
-            f"{name} needs a data root: pass --fa-data-root=<folder containing {folder}> "
+            f"{name} needs a data root: pass {setting('data_root', f'<folder containing {folder}>')} "
             "(nothing is downloaded)"
         )
     base = pathlib.Path(root).expanduser()
@@ -488,7 +488,7 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     if missing:
         raise DataError(
             f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
-            f"--fa-data-root=<folder containing {folder}> (nothing is downloaded)"
+            f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)"
         )
 
     classes = CIFAR_CLASSES[name]

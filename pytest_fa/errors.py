@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class FAError(Exception):
     """Base class: the input cannot be diagnosed honestly."""
@@ -25,3 +27,20 @@ class FeedbackError(CheckpointError):
 
 class NonFiniteError(FAError):
     """NaN or Inf in weights, hidden states or gradients."""
+
+
+# -- settings in messages ----------------------------------------------------------------------
+# Library messages name a setting as "setting `name=VALUE`", the spelling of the Python API
+# (check(), ProtocolSettings); the plugin rewrites each to its option, `--fa-name=VALUE`.
+
+_SETTING = re.compile(r"setting `(\w+)((?:=[^`]*)?)`")
+
+
+def setting(name: str, value: str = "") -> str:
+    """How a message names a setting: ``setting `name=value```."""
+    return f"setting `{name}{'=' + value if value else ''}`"
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each named setting written as its command-line option."""
+    return _SETTING.sub(lambda m: f"--fa-{m.group(1).replace('_', '-')}{m.group(2)}", message)

@@ -18,9 +18,11 @@ through forward hooks on named modules.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelInterfaceError
+from .errors import ModelInterfaceError, setting
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +117,7 @@ def _no_return_hidden(model: nn.Module) -> ModelInterfaceError:
     return ModelInterfaceError(
         f"{type(model).__name__}.forward does not accept `return_hidden`; adapt it without a "
         "rewrite, naming the modules that write h_0 ... h_L: pytest_fa.adapt(model, ['embed', "
-        "'blocks.*']) or --fa-hidden='embed,blocks.*' (or add `return_hidden=False` and return "
+        f"'blocks.*']) or {setting('hidden', repr('embed,blocks.*'))} (or add `return_hidden=False` and return "
         "`(logits, [h_0, ..., h_L])` when it is True)"
     )
 
@@ -169,6 +171,18 @@ def check_interface(model: nn.Module) -> None:
     blocks(model)
     if getattr(model, "read_logits", None) is None:
         readout(model)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for a ``with`` block; every submodule's own mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def block_weights(model: nn.Module) -> list[torch.nn.Parameter]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import registry
+
 from .render import (
-    MEANING,
     SEED_COLUMNS,
     comparison,
     fmt,
@@ -19,18 +20,6 @@ from .seeds import seed_groups
 
 if TYPE_CHECKING:
     from .report import DiagnosticReport
-
-WHAT_TO_DO = {
-    "a": "report the run as degenerate and do not quote its Γ; a scale penalty on the branches "
-    "(λ Σ‖f_l‖²) or an earlier checkpoint keeps the stream bounded",
-    "b": "quote per-layer Γ only from checkpoints before (b) fires (fa-train --stop-at-floor, or "
-    "the temporal replay of the monitor)",
-    "d": "report the frozen control beside the headline accuracy, and do not claim that the method "
-    "trains the blocks",
-}
-
-NAMES = {"a": "residual growth", "b": "gradient floor", "c": "direction stability", "d": "frozen-blocks margin"}
-
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
@@ -61,7 +50,7 @@ def _diagnostics(report: DiagnosticReport) -> list[list[str]]:
         if key == "b" and result.components.get("gain") is not None:
             statistic += f"; gain {fmt(result.components['gain'])} × median ‖e‖ {fmt(result.components.get('error_norm'))} / B"
         outcome = "not evaluated" if not result.evaluated else ("FIRES" if result.fires else "ok")
-        rows.append([f"({key})", NAMES.get(key, key), statistic, outcome, result.submode or "—"])
+        rows.append([f"({key})", registry.get(key).name, statistic, outcome, result.submode or "—"])
     return rows
 
 
@@ -93,7 +82,8 @@ def checkpoint_section(report: DiagnosticReport) -> str:
     )
     lines += ["", f"Γ: {report.credit_status}", "", "### Verdict", "", f"**{report.verdict}**", ""]
     for key in report.fired:
-        lines.append(f"- ({key}) {MEANING[key]}. What to do: {WHAT_TO_DO[key]}.")
+        diagnostic = registry.get(key)
+        lines.append(f"- ({key}) {diagnostic.meaning}. What to do: {diagnostic.what_to_do}.")
     for key in report.missing:
         lines.append(f"- ({key}) not evaluated: {report.diagnostics[key].detail if key in report.diagnostics else 'absent'}")
     note = saturation_note(report)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, setting
 
 Shape = tuple[int, ...]
 
@@ -222,7 +222,7 @@ def build_model(arch: str, **config: Any) -> ReferenceModel:
         known = ", ".join(sorted(ARCHITECTURES))
         raise CheckpointError(
             f"unknown architecture {arch!r}; pytest-fa ships {known}. For your own model pass "
-            "--fa-model=package.module:build"
+            f"{setting('model', 'package.module:build')}"
         ) from None
     try:
         return cls(**config)

@@ -19,6 +19,7 @@ from torch import nn
 
 from . import interface
 from .credit import CreditSignal
+from .reference import reference_pass
 
 
 @dataclass
@@ -80,14 +81,10 @@ def _perturbation_correlation(model, eval_batches, credit, directions, epsilon, 
     sums = None
     count = 0
     for x, y in eval_batches:
-        x = x.double().to(next(model.parameters()).device)
-        y = y.to(x.device)
-        with torch.enable_grad():
-            logits, hiddens = interface.forward_hidden(model, x.requires_grad_(True))
-            if interface.hidden_layout(model, hiddens[0]) != "vector":
-                raise ValueError("perturbation correlation is implemented for (B, d) hidden states")
-            grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), hiddens, retain_graph=True)
-            credits = credit(x, y, logits, hiddens)
+        ref = reference_pass(model, x, y, credit, reduction="sum")
+        if ref.layout != "vector":
+            raise ValueError("perturbation correlation is implemented for (B, d) hidden states")
+        hiddens, grads, credits, y = ref.hiddens, ref.grads, ref.credits, y.to(ref.logits.device)
         batch = torch.stack([
             torch.stack(_layer_rho(model, layer, h.detach(), y, [a, g, torch.randn(g.shape, generator=generator, dtype=g.dtype)],
                                    directions, epsilon, generator))

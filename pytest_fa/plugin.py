@@ -4,6 +4,7 @@ the terminal table and the JSON report. torch is imported only once a checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import pytest
 
 pytest.register_assert_rewrite("pytest_fa.assertions", "pytest_fa.pitfalls")
 
-from . import __version__  # noqa: E402
+from . import __version__, registry  # noqa: E402
 from .fixtures import (  # noqa: E402,F401
     fa_checkpoint,
     fa_checkpoint_path,
@@ -27,21 +28,19 @@ from .fixtures import (  # noqa: E402,F401
     fa_thresholds,
 )
 from .pitfalls import HERE as PITFALLS_DIR  # noqa: E402
-from .state import STATE_KEY, FAState, threshold_fields  # noqa: E402
+from .errors import as_flags  # noqa: E402
+from .settings import SessionSettings, SettingError, option_fields  # noqa: E402
+from .state import STATE_KEY, FAState  # noqa: E402
+from .thresholds import DiagnosticThresholds, threshold_fields  # noqa: E402
 
-WALK_BACK_KEYS = ("a", "b", "d")
-
-ITEMS = (
-    ("a", "residual_growth"),
-    ("b", "grad_floor"),
-    ("c", "direction_stability"),
-    ("d", "frozen_margin"),
-)
 
 
 @dataclass(frozen=True)
 class Option:
+    """A ``--fa-*`` option and its ini key, generated from one field of the settings."""
+
     name: str
+    field: str
     help: str
     type: Any = str
     default: Any = None
@@ -57,67 +56,27 @@ class Option:
     def ini(self) -> str:
         return "fa_" + self.name
 
+    @classmethod
+    def of_setting(cls, f: dataclasses.Field) -> Option:
+        spec = f.metadata["option"]
+        default = None if f.default is dataclasses.MISSING or spec["repeat"] else f.default
+        return cls(spec["flag"] or f.name, f.name, spec["help"], spec["type"], default, spec["metavar"],
+                   spec["repeat"], spec["path"])
 
-OPTIONS = (
-    Option("checkpoint", "checkpoint to diagnose: a pytest-fa bundle, or a state dict with "
-           "--fa-model (repeatable; ini: one per line)", metavar="PATH", repeat=True, is_path=True),
-    Option("model", "factory for a custom architecture, package.module:build", metavar="SPEC"),
-    Option("hidden", "adapt a model without return_hidden: module paths or patterns of the states "
-           "h_0, h_1, ..., h_L, comma-separated (e.g. 'embed,blocks.*'), read by forward hooks", metavar="PATTERNS"),
-    Option("block_output", "with --fa-hidden: the named blocks return h + f(h) (sum), only f(h) "
-           "(branch), or auto (read from the forward pass, the default)", default="auto", metavar="KIND"),
-    Option("pooling", "with --fa-hidden: read token states (B, T, d) at the cls token (cls, the "
-           "default) or as the mean over tokens (mean)", default="cls", metavar="KIND"),
-    Option("credit", "your method's credit signal for Γ: package.module:make_credit, called as "
-           "make_credit(model, checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]", metavar="SPEC"),
-    Option("data", "data set when the checkpoint does not record one: mnist1d, fashion-mnist, "
-           "cifar10, cifar100, synthetic", metavar="NAME"),
-    Option("data_root", "folder holding the data set files (CIFAR, Fashion-MNIST)", metavar="DIR", is_path=True),
-    Option("device", "auto (default), cpu or cuda[:N]", default="auto", metavar="DEVICE"),
-    Option("eval_batches", "number K of disjoint eval batches (default 8, at least 8)", int, 8, "K"),
-    Option("batch_size", "eval batch size B (default 128, the paper's)", int, 128, "B"),
-    Option("frozen_acc", "accuracy of your frozen-blocks control; skips training one", float, None, "ACC"),
-    Option("frozen_epochs", "train budget of the frozen baseline for a plain state dict", int, None, "N"),
-    Option("report_json", "write every protocol report to this JSON file", str, None, "PATH", is_path=True),
-    Option("report_md", "write the filled reporting template (Markdown) of every checkpoint to this file",
-           str, None, "PATH", is_path=True),
-    Option("plot", "write one PNG per checkpoint into this folder: per-layer ‖h_l‖ and ‖g_l‖ against "
-           "the floor, Γ_l against the null band", str, None, "DIR", is_path=True),
-    Option("compare", "compare with a saved --fa-report-json file: one `compare` item per checkpoint "
-           "fails when a diagnostic crossed its threshold or a figure regressed beyond --fa-compare-fail",
-           str, None, "PATH", is_path=True),
-    Option("compare_fail", "tolerance of one figure for --fa-compare (repeatable), e.g. headline_acc:1pp, "
-           "deep_gamma:0.05, growth:20%%, grad_ref:10x", metavar="SPEC", repeat=True),
-    Option("pitfalls", "run the shipped pitfall regression suite (with --fa-checkpoint: also "
-           "check that checkpoint for exposure)", bool, False),
-    Option("lint", "scan Python sources under PATH for source-level pitfalls (repeatable)",
-           metavar="PATH", repeat=True, is_path=True),
-)
+    @classmethod
+    def of_threshold(cls, f: dataclasses.Field) -> Option:
+        text = isinstance(f.default, str)
+        return cls(f.name, f.name, f"{f.metadata['help']} (default {f.default})", type(f.default), None,
+                   "RULE" if text else "X")
 
 
-THRESHOLD_HELP = {
-    "b_rule": "rule for (b): decomposed (default: fires when ‖g_L‖ is at the floor because the "
-    "backward gain collapsed, reports error-saturated when the error vanished instead) or paper "
-    "(the reference implementation: the floor alone)",
-    "gain_floor": "(b) under the decomposed rule: Mode 1 when the median backward gain "
-    "‖g_L‖ / ‖dCE/dlogits‖ is below this",
-}
-
-
-def _threshold_options() -> tuple[Option, ...]:
-    return tuple(
-        Option(
-            f.name,
-            THRESHOLD_HELP.get(f.name, f"threshold {f.name}") + f" (default {f.default})",
-            type(f.default), None, "RULE" if isinstance(f.default, str) else "X",
-        )
-        for f in threshold_fields()
-    )
+OPTIONS = tuple(Option.of_setting(f) for f in option_fields())
+THRESHOLD_OPTIONS = tuple(Option.of_threshold(f) for f in threshold_fields())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fa", "pytest-fa: evaluation protocol for local-credit methods")
-    for option in OPTIONS + _threshold_options():
+    for option in OPTIONS + THRESHOLD_OPTIONS:
         kwargs: dict[str, Any] = {"dest": "fa_" + option.name, "metavar": option.metavar, "help": option.help}
         if option.repeat:
             group.addoption(option.flag, action="append", default=[], **kwargs)
@@ -192,20 +151,37 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
     )
-    values = {o.name: _resolve(config, o) for o in OPTIONS + _threshold_options()}
-    for root in values["lint"]:
+    settings = _settings(config)
+    for root in settings.lint:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
     for name in ("report_json", "report_md", "plot"):
-        _check_report_path(values[name], "--fa-" + name.replace("_", "-"), folder=name == "plot")
-    state = config.stash[STATE_KEY] = FAState.from_options(config, values)
+        _check_report_path(getattr(settings, name), "--fa-" + name.replace("_", "-"), folder=name == "plot")
+    state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
     config.pluginmanager.register(SessionHooks(state), "fa-session")
-    if state.values["pitfalls"]:
+    if settings.pitfalls:
         from .pitfalls import fixtures as pitfall_fixtures
 
         config.pluginmanager.register(pitfall_fixtures, "fa-pitfalls")
         _add_collection_root(config, PITFALLS_DIR)
+
+
+def _settings(config: pytest.Config) -> SessionSettings:
+    """The session's settings from the command line and ini; a bad value is a usage error
+    that names its option."""
+    try:
+        thresholds = DiagnosticThresholds().updated(**{o.name: _resolve(config, o) for o in THRESHOLD_OPTIONS})
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"pytest-fa: {exc}") from None
+    values = {o.field: _resolve(config, o) for o in OPTIONS}
+    values.update({o.field: tuple(values[o.field]) for o in OPTIONS if o.repeat})
+    try:
+        return SessionSettings(thresholds=thresholds, **values)
+    except SettingError as exc:
+        option = next(o for o in OPTIONS if o.field == exc.name)
+        shown = repr(exc.value) if isinstance(exc.value, str) else exc.value
+        raise pytest.UsageError(f"{option.flag}={shown}: {as_flags(exc.message)}") from None
 
 
 def _add_collection_root(config: pytest.Config, path: Path) -> None:
@@ -222,7 +198,7 @@ def _add_collection_root(config: pytest.Config, path: Path) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.parent == PITFALLS_DIR and file_path.name.startswith("pitfall_") and file_path.suffix == ".py":
         # a path named on the command line is collected by pytest's python plugin already
-        if parent.config.stash[STATE_KEY].values["pitfalls"] and not parent.session.isinitpath(file_path):
+        if parent.config.stash[STATE_KEY].settings.pitfalls and not parent.session.isinitpath(file_path):
             return pytest.Module.from_parent(parent, path=file_path)
     return None
 
@@ -248,7 +224,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
-    for root in dict.fromkeys(Path(r).resolve() for r in state.values["lint"]):
+    for root in dict.fromkeys(Path(r).resolve() for r in state.settings.lint):
         name = f"fa-lint[{root}]"
         items.extend(_collected(LintCollector.from_parent(session, name=name, nodeid=name, path=root)))
     unreadable = state.unreadable_checkpoints() if state.checkpoints else []
@@ -276,9 +252,9 @@ class ProtocolCollector(pytest.Collector):
 
     def collect(self):
         items: list[ProtocolItem] = []
-        for key, name in ITEMS:
-            item = ProtocolItem.from_parent(self, name=name)
-            item.key = key
+        for diagnostic in registry.DIAGNOSTICS:
+            item = ProtocolItem.from_parent(self, name=diagnostic.item)
+            item.key = diagnostic.key
             item.add_marker("fa_protocol")
             items.append(item)
         if self.config.stash[STATE_KEY].saved is not None:
@@ -307,16 +283,16 @@ class ProtocolItem(pytest.Item):
         report = self.config.stash[STATE_KEY].report(self.checkpoint)
         result = report.diagnostics[self.key]
         self.user_properties.append(("fa_value", result.value))
-        if result.fires and self.key in WALK_BACK_KEYS:
+        if result.fires and self.key in registry.walk_back_keys():
             layer = "" if result.layer is None else f" at {'block' if self.key == 'a' else 'layer'} {result.layer}"
-            raise ProtocolFailure(
+            raise ProtocolFailure(as_flags(
                 f"({self.key}) {result.name} fires on {self.checkpoint}{layer}: {comparison(result)}\n"
                 f"    {result.detail}\n"
                 f"    meaning: {MEANING[self.key]}\n"
                 f"    verdict: {report.verdict}"
-            )
+            ))
         if not result.evaluated:
-            raise ProtocolFailure(f"({self.key}) {result.name}: {result.detail}")
+            raise ProtocolFailure(as_flags(f"({self.key}) {result.name}: {result.detail}"))
         self.add_report_section("call", "fa", f"({self.key}) {result.name}: {comparison(result)} — {status(result)}")
 
     def repr_failure(self, excinfo, style=None):
@@ -325,7 +301,7 @@ class ProtocolItem(pytest.Item):
         if isinstance(excinfo.value, ProtocolFailure):
             return str(excinfo.value)
         if isinstance(excinfo.value, FAError):
-            return f"pytest-fa cannot diagnose {self.checkpoint}: {excinfo.value}"
+            return f"pytest-fa cannot diagnose {self.checkpoint}: {as_flags(str(excinfo.value))}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
@@ -339,7 +315,7 @@ class CompareItem(ProtocolItem):
         state = self.config.stash[STATE_KEY]
         comparison = state.compare(self.checkpoint)
         if comparison is None:
-            pytest.skip(f"{self.checkpoint} is not in {state.values['compare']}: nothing to compare")
+            pytest.skip(f"{self.checkpoint} is not in {state.settings.compare}: nothing to compare")
         if comparison.failed:
             raise ProtocolFailure(comparison.summary())
         self.add_report_section("call", "fa", comparison.summary())
@@ -415,7 +391,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         from .render import pitfall_table
 
         terminalreporter.section("pytest-fa pitfalls")
-        terminalreporter.write_line(pitfall_table(state.pitfall_outcomes))
+        terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))
     if state is None or not state.reports():
         return
     from .render import summary_table
@@ -433,12 +409,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(seed_table(groups))
     for report in reports:
         terminalreporter.write_line("")
-        terminalreporter.write_line(str(report))
+        terminalreporter.write_line(as_flags(str(report)))
     comparisons = state.comparisons()
     if comparisons:
         from .compare import comparison_table
 
-        terminalreporter.section(f"pytest-fa compare with {state.values['compare']}")
+        terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
         terminalreporter.write_line(comparison_table(comparisons))
     if state.report_json:
         terminalreporter.write_line(f"\nJSON report: {state.report_json}")
@@ -453,16 +429,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         workeroutput[WORKER_REPORTS] = state.local_report_dicts()
         return
     reports = state.reports()
-    if state.values["report_md"]:
+    if state.settings.report_md:
         from .markdown import markdown_report
 
-        path = Path(state.values["report_md"])
+        path = Path(state.settings.report_md)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown_report(reports, __version__), encoding="utf-8")
-    if state.values["plot"]:
+        path.write_text(as_flags(markdown_report(reports, __version__)), encoding="utf-8")
+    if state.settings.plot:
         from .plot import write_report_plots
 
-        write_report_plots(reports, state.values["plot"])
+        write_report_plots(reports, state.settings.plot)
     if not state.report_json:
         return
     from .seeds import seed_groups

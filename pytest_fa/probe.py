@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import interface
 from .credit import CreditSignal
 from .diagnostics import cosine_per_sample, output_error_rel_error, per_sample_norms
 from .errors import DataError, ModelInterfaceError, NonFiniteError
+from .reference import reference_pass
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -90,29 +90,29 @@ def run_probe(
     """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``.
 
     Runs in eval mode (restored afterwards) and never below float32: a model stored in
-    float16 or bfloat16 is measured through a float32 copy.
+    float16 or bfloat16 is measured through a float32 copy (and a model that lives off
+    ``device`` through a copy on it).
     """
     batch_size = _check_batches(eval_batches)
     interface.check_interface(model)
     check_finite_parameters(model)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    stored = next(model.parameters()).dtype
+    param = next(model.parameters())
+    stored = param.dtype
     if stored in HALF_DTYPES:
         # fp16 flushes hidden-layer BP gradients (~1e-9) to zero; measure a float32 copy
         model = copy.deepcopy(model).float()
-    was_training = model.training
-    model.eval()
-    try:
-        probe = _probe(model, eval_batches, credit, device, batch_size)
-    finally:
-        model.train(was_training)
+    if device is not None and torch.device(device) != param.device:
+        model = copy.deepcopy(model).to(device)
+    with interface.eval_mode(model):
+        probe = probe_batches(model, eval_batches, credit, batch_size)
     if stored in HALF_DTYPES:
         probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
     return probe
 
 
-def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
-    dtype = next(model.parameters()).dtype
+def probe_batches(model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int) -> Probe:
+    """The measurement loop of :func:`run_probe`: one :func:`reference_pass` per batch, in
+    the model's current mode and dtype (``run_probe`` sets eval mode and float32 first)."""
     hidden_norms: list[list[torch.Tensor]] = []
     grad_norms: list[list[torch.Tensor]] = []
     cosines: list[list[torch.Tensor | None]] = []
@@ -124,51 +124,21 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
     layout = "vector"
     mid = 0
     for x, y in eval_batches:
-        x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
-        y = y.to(device)
-        if x.is_floating_point():
-            x.requires_grad_(True)
-        with torch.enable_grad():
-            logits, hiddens = interface.forward_hidden(model, x)
-            if not torch.isfinite(logits).all():
-                raise NonFiniteError("the logits contain NaN or Inf on an eval batch")
-            detached = [i for i, h in enumerate(hiddens) if not h.requires_grad]
-            if detached:
-                raise ModelInterfaceError(
-                    f"{interface.state_name(model, detached[0])} is detached from the graph; the "
-                    "states must be the tensors the forward pass uses, not .detach()ed copies"
-                )
-            loss = F.cross_entropy(logits, y)
-            *grads, logit_grad = torch.autograd.grad(
-                loss, [*hiddens, logits], retain_graph=credit is not None, allow_unused=True
-            )
-            layout = interface.hidden_layout(model, hiddens[0])
-            read = lambda t: interface.per_sample(t, layout)  # noqa: E731
-            for index, g in enumerate(grads):
-                if g is None:
-                    raise ModelInterfaceError(
-                        f"{interface.state_name(model, index)} is not on the path from the input to "
-                        "the logits; the model must return the hidden states its forward pass uses"
-                    )
-                if not torch.isfinite(g).all():
-                    raise NonFiniteError(
-                        f"the BP gradient at h_{index} contains NaN or Inf; the model is outside "
-                        "the range its dtype can represent (try a float64 probe)"
-                    )
-            rows_h = [read(h.detach()) for h in hiddens]
-            rows_g = [read(g) for g in grads]
-            credits = credit(x, y, logits, hiddens) if credit is not None else None
-        mid = (len(hiddens) - 1) // 2  # h_{L/2} of h_0..h_L
-        hidden_norms.append([per_sample_norms(h) for h in rows_h])
+        ref = reference_pass(model, x, y, credit)
+        layout, rows_g, logits = ref.layout, ref.rows, ref.logits.detach()
+        mid = (len(rows_g) - 1) // 2  # h_{L/2} of h_0..h_L
+        hidden_norms.append([per_sample_norms(h) for h in ref.hidden_rows])
         grad_norms.append([per_sample_norms(g) for g in rows_g])
         mid_means.append(rows_g[mid].to(torch.float64).mean(dim=0))
-        logit_rows = logit_grad.reshape(len(y), -1)
+        logit_rows = ref.logit_grad.reshape(len(y), -1)
         logit_grads.append(per_sample_norms(logit_rows))
+        y = y.to(logits.device)
         rel_errors.append(output_error_rel_error(logit_rows * len(y), logits.reshape(len(y), -1), y))
         correct += int((logits.argmax(dim=-1) == y).sum())
-        if credits is not None:
-            cosines.append(_layer_cosines(credits, rows_g))
-            credit_norms.append([None if a is None else per_sample_norms(a) for a in credits])
+        if ref.credits is not None:
+            cosines.append(_layer_cosines(ref.credits, rows_g))
+            credit_norms.append([None if a is None else per_sample_norms(a) for a in ref.credits])
+    param = next(model.parameters())
     return Probe(
         hidden_norms=_concat_layers(hidden_norms),
         grad_norms=_concat_layers(grad_norms),
@@ -178,8 +148,8 @@ def _probe(model, eval_batches, credit, device, batch_size) -> Probe:
         credit_norms=_concat_layers(credit_norms) if credit is not None else None,
         batch_size=batch_size,
         num_batches=len(eval_batches),
-        dtype=str(dtype).removeprefix("torch."),
-        device=str(device),
+        dtype=str(param.dtype).removeprefix("torch."),
+        device=str(param.device),
         layout=layout,
         eval_correct=correct,
         logit_grad_norms=torch.cat(logit_grads),

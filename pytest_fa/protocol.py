@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from .checkpoint import (
     save_bundle,
 )
 from .data import Dataset, dataset_from_spec, eval_batches, load_dataset
-from .errors import CheckpointError, DataError, FAError
+from .errors import CheckpointError, DataError, FAError, setting
 from .methods import get_method
 from .report import DiagnosticReport, DiagnosticThresholds, diagnose
+from .settings import ProtocolSettings
 from .train import Recipe, accuracy, resolve_device, train
 
 FROZEN_BASELINE_VERSION = 1
@@ -36,26 +37,6 @@ FROZEN_BASELINE_VERSION = 1
 
 class MissingBudget(CheckpointError):
     """The checkpoint records no training budget to match a frozen baseline to."""
-
-
-@dataclass(frozen=True)
-class ProtocolSettings:
-    """How to run the protocol; mirrors the ``--fa-*`` options."""
-
-    model_factory: str | None = None
-    data: str | None = None
-    data_root: str | None = None
-    device: str = "auto"
-    eval_batches: int = 8
-    batch_size: int = 128
-    thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
-    frozen_acc: float | None = None
-    frozen_epochs: int | None = None
-    cache_dir: str | None = None
-    credit: str | None = None
-    hidden: str | None = None
-    block_output: str = "auto"
-    pooling: str = "cls"
 
 
 @dataclass
@@ -70,7 +51,7 @@ class FrozenBaseline:
     source: str
 
     def describe(self) -> str:
-        origin = {"given": "given by --fa-frozen-acc", "cache": "from cache", "trained": "trained now"}[self.source]
+        origin = {"given": "given, not trained", "cache": "from cache", "trained": "trained now"}[self.source]
         budget = f", {self.epochs} epochs" if self.epochs else ""
         return f"frozen-blocks baseline {self.accuracy:.4f} ({origin}{budget}, key {self.key[:12]})"
 
@@ -138,8 +119,8 @@ class ProtocolRunner:
         if spec is not None:
             if asked and asked != spec.get("name"):
                 raise DataError(
-                    f"{path} was trained on {spec.get('name')!r} but --fa-data={asked!r}; "
-                    "the protocol must run on the checkpoint's own data set (drop --fa-data)"
+                    f"{path} was trained on {spec.get('name')!r} but {setting('data', repr(asked))} asks for another; "
+                    f"the protocol must run on the checkpoint's own data set (drop {setting('data')})"
                 )
             cache_key = json.dumps(spec, sort_keys=True, default=str)
             if cache_key not in self._data:
@@ -196,8 +177,8 @@ class ProtocolRunner:
         if self.settings.frozen_epochs is None:
             raise MissingBudget(
                 f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "
-                "budget (a plain state dict). Pass --fa-frozen-acc=ACC (the accuracy of your "
-                "architecture-matched frozen-blocks control) or --fa-frozen-epochs=N to train one "
+                f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
+                f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
                 "with the paper's recipe"
             )
         return asdict(Recipe()), self.settings.frozen_epochs, 42, "custom", {}
@@ -240,13 +221,13 @@ class ProtocolRunner:
         save_bundle(file, result.bundle)
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
-    def _credit(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: ``--fa-credit``'s factory, else the bundle's method."""
+    def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
+        """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
         if self.settings.credit is not None:
             make = import_factory(self.settings.credit)
             return make(model, loaded), ""
         if not loaded.method:
-            return None, "a plain state dict carries no method and no feedback matrices (pass --fa-credit)"
+            return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
 
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
@@ -274,12 +255,16 @@ class ProtocolRunner:
             self._reports[key] = self._diagnose(str(path), thresholds, cache_dir)
         return self._reports[key]
 
+    def cached_report(self, path: str, thresholds: DiagnosticThresholds | None = None) -> DiagnosticReport | None:
+        """The report of ``path`` if it was computed already, else None."""
+        return self._reports.get((str(path), thresholds or self.settings.thresholds))
+
     def _diagnose(self, path: str, thresholds: DiagnosticThresholds, cache_dir: Path | None) -> DiagnosticReport:
         run = self.run(path)
         loaded = run.loaded
         batches = self.eval_batches(path)
         model = run.pristine
-        credit, reason = self._credit(loaded, model)
+        credit, reason = self.credit_for(loaded, model)
         try:
             baseline = self.frozen_baseline(path, cache_dir)
             frozen_acc, frozen_unavailable = baseline.accuracy, None
@@ -342,14 +327,14 @@ def _check_model_accepts(model: nn.Module, data: Dataset, path: str) -> None:
     except RuntimeError as exc:
         raise CheckpointError(
             f"{path}: the model rejects inputs of shape {tuple(x.shape[1:])} from {data.name!r} "
-            f"({exc}); check --fa-data and the architecture config"
+            f"({exc}); check {setting('data')} and the architecture config"
         ) from exc
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     if logits.shape[-1] != data.num_classes:
         raise CheckpointError(
             f"{path}: the model has {logits.shape[-1]} outputs but {data.name!r} has "
-            f"{data.num_classes} classes; check --fa-data"
+            f"{data.num_classes} classes; check {setting('data')}"
         )
 
 

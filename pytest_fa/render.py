@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
+
+from . import registry
+from .errors import setting
 
 if TYPE_CHECKING:
     from .report import DiagnosticReport, DiagnosticResult
     from .seeds import SeedGroup
 
-MEANING = {
-    "a": "the residual stream explodes; the network is in a degenerate regime",
-    "b": "the BP reference is at the numerical floor because the backward gain through the "
-    "terminal norm and head collapsed (Mode 1); Γ against it is not interpretable",
-    "c": "sub-mode only: a drift-dominated reference is sample-invariant",
-    "d": "the trained blocks do not beat random frozen blocks; depth is not used",
-}
+class _Meanings(Mapping):
+    """What firing means, per diagnostic key, read from the registry."""
+
+    def __getitem__(self, key: str) -> str:
+        return registry.get(key).meaning
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([d.key for d in registry.DIAGNOSTICS])
+
+    def __len__(self) -> int:
+        return len(registry.DIAGNOSTICS)
+
+
+MEANING: Mapping[str, str] = _Meanings()
 
 
 def error_saturated_note(fires: bool) -> str:
     """What an error-saturated (b) means and what to do about it."""
     rule = (
-        "it fires only under the paper's rule (--fa-b-rule=paper)" if fires
+        f"it fires only under the paper's rule ({setting('b_rule', 'paper')})" if fires
         else "so (b) does not fire"
     )
     return (
@@ -28,8 +39,16 @@ def error_saturated_note(fires: bool) -> str:
         "(‖e‖ = ‖softmax − onehot‖ → 0), not because the stream exploded — the backward gain "
         f"is healthy, {rule}. Γ_l is averaged over the samples whose error the backward pass "
         "carries soundly; for Γ over more samples, evaluate on held-out samples the model gets "
-        "wrong, on more eval batches (--fa-eval-batches), or on an earlier checkpoint."
+        f"wrong, on more eval batches ({setting('eval_batches')}), or on an earlier checkpoint."
     )
+
+
+def text_table(rows: list) -> str:
+    """Left-aligned columns two spaces apart, the first row a header underlined with dashes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def fmt(value: float | None, spec: str = ".3g") -> str:
@@ -48,8 +67,8 @@ def fmt_gamma(value: float | None, status: str) -> str:
 
 def comparison(result: DiagnosticResult) -> str:
     """``value op threshold`` as the diagnostic reads it."""
-    op = {"a": ">", "b": "<", "c": ">", "d": "<"}[result.key]
-    unit = {"a": "×", "b": "", "c": "", "d": " pp"}[result.key]
+    diagnostic = registry.get(result.key)
+    op, unit = diagnostic.op, diagnostic.unit
     if result.value is None:
         return f"— (fires {op} {fmt(result.threshold)}{unit})"
     return f"{fmt(result.value)}{unit} (fires {op} {fmt(result.threshold)}{unit})"
@@ -58,10 +77,11 @@ def comparison(result: DiagnosticResult) -> str:
 def status(result: DiagnosticResult) -> str:
     if not result.evaluated:
         return "not evaluated"
-    if result.key == "c":
-        return result.submode
+    diagnostic = registry.get(result.key)
+    if not diagnostic.walk_back:
+        return result.submode or ("fires" if result.fires else "ok")
     state = "FIRES" if result.fires else "ok"
-    if result.key == "b" and result.submode and result.submode != "above the floor":
+    if diagnostic.submode_in_verdict and result.submode and result.submode != "above the floor":
         return f"{state} ({result.submode})"
     return state
 
@@ -140,26 +160,21 @@ def saturation_note(report: DiagnosticReport) -> str | None:
 
 def summary_table(reports: list[DiagnosticReport]) -> str:
     """One line per checkpoint: the four statistics and the verdict."""
-    header = ("checkpoint", "method", "acc", "frozen", "(a) growth", "(b) ‖g_L‖", "(c) stab.", "(d) margin", "Γ mean", "verdict")
+    diagnostics = registry.DIAGNOSTICS
+    header = ("checkpoint", "method", "acc", "frozen", *(d.column or f"({d.key}) {d.name}" for d in diagnostics),
+              "Γ mean", "verdict")
     rows = [header]
     for r in reports:
-        d = r.diagnostics
         rows.append((
             r.label,
             str(r.context.get("method") or "?"),
             fmt(r.headline_acc, ".4f"),
             fmt(r.frozen_acc, ".4f"),
-            _flag(d["a"], fmt(d["a"].value) + "×"),
-            _flag(d["b"], fmt(d["b"].value)),
-            fmt(d["c"].value, "+.2f"),
-            _flag(d["d"], fmt(d["d"].value, "+.1f") + " pp" if d["d"].evaluated else "—"),
+            *(_cell(d, r.diagnostics.get(d.key)) for d in diagnostics),
             fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a",
             r.verdict,
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def fmt_mean_sd(stat: tuple[float | None, float | None, int], spec: str = ".3g") -> str:
@@ -191,15 +206,15 @@ def seed_rows(groups: list[SeedGroup]) -> list[tuple[str, ...]]:
 
 
 def seed_table(groups: list[SeedGroup]) -> str:
-    rows = [SEED_COLUMNS, *seed_rows(groups)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(SEED_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table([SEED_COLUMNS, *seed_rows(groups)])
 
 
-def _flag(result: DiagnosticResult, text: str) -> str:
-    return f"{text} !" if result.fires else text
+def _cell(diagnostic: registry.Diagnostic, result: DiagnosticResult | None) -> str:
+    """A summary-table cell: the statistic with its unit, ``!`` when it walks the run back."""
+    if result is None or not result.evaluated:
+        return "—"
+    text = fmt(result.value, diagnostic.column_format) + diagnostic.unit
+    return f"{text} !" if result.fires and diagnostic.walk_back else text
 
 
 def pitfall_table(outcomes: dict[str, dict[str, list[str]]]) -> str:
@@ -212,10 +227,7 @@ def pitfall_table(outcomes: dict[str, dict[str, list[str]]]) -> str:
         if entry is None:
             continue
         rows.append((p.id, p.title.replace("`", ""), _suite_state(entry["suite"]), _checkpoint_state(entry["checkpoint"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def _suite_state(outcomes: list[str]) -> str:
@@ -228,5 +240,5 @@ def _suite_state(outcomes: list[str]) -> str:
 def _checkpoint_state(outcomes: list[str]) -> str:
     ran = [o for o in outcomes if o != "skipped"]
     if not ran:
-        return "not checked (no --fa-checkpoint)" if outcomes else "—"
+        return f"not checked (no {setting('checkpoint')})" if outcomes else "—"
     return "EXPOSED" if "failed" in ran else "not exposed"

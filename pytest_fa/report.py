@@ -12,19 +12,13 @@ import torch
 from torch import nn
 
 from . import diagnostics as D
+from . import registry
 from .calibration import NullCalibration, null_gamma
 from .credit import CreditSignal, DFACredit
-from .errors import DataError
+from .errors import DataError, setting
 from .probe import Probe, run_probe
 from .thresholds import DiagnosticThresholds
 
-DIAGNOSTIC_NAMES = {
-    "a": "residual growth",
-    "b": "gradient floor",
-    "c": "direction stability",
-    "d": "frozen-blocks margin",
-}
-WALK_BACK_KEYS = ("a", "b", "d")
 MIN_EVAL_BATCHES = 8
 
 
@@ -48,7 +42,7 @@ class DiagnosticResult:
 
     @property
     def name(self) -> str:
-        return DIAGNOSTIC_NAMES[self.key]
+        return registry.get(self.key).name
 
     @property
     def evaluated(self) -> bool:
@@ -98,12 +92,14 @@ class DiagnosticReport:
     @property
     def fired(self) -> list[str]:
         """Walk-back diagnostics that fired, among (a), (b), (d)."""
-        return [k for k in WALK_BACK_KEYS if k in self.diagnostics and self.diagnostics[k].fires]
+        return [k for k in registry.walk_back_keys() if k in self.diagnostics and self.diagnostics[k].fires]
 
     @property
     def missing(self) -> list[str]:
         """Walk-back diagnostics that could not be evaluated (or are absent from the report)."""
-        return [k for k in WALK_BACK_KEYS if k not in self.diagnostics or not self.diagnostics[k].evaluated]
+        return [
+            k for k in registry.walk_back_keys() if k not in self.diagnostics or not self.diagnostics[k].evaluated
+        ]
 
     @property
     def trustworthy(self) -> bool:
@@ -118,7 +114,7 @@ class DiagnosticReport:
         return "trustworthy"
 
     def _walk_back_item(self, key: str) -> str:
-        submode = self.diagnostics[key].submode if key == "b" else ""
+        submode = self.diagnostics[key].submode if registry.get(key).submode_in_verdict else ""
         return f"({key}: {submode})" if submode else f"({key})"
 
     # -- alignment summaries ----------------------------------------------------------------
@@ -264,7 +260,7 @@ def _null_calibration(model, eval_batches, credit: DFACredit, n: int, device) ->
     if device is not None:
         model = copy.deepcopy(model).to(device) if param.device != torch.device(device) else model
     num_classes = credit.feedback[-1].shape[0]
-    return null_gamma(model, eval_batches, num_classes, n=n)
+    return null_gamma(model, eval_batches, num_classes, n=n, exclude=credit.feedback)
 
 
 def attach_null(report: DiagnosticReport, null: NullCalibration) -> DiagnosticReport:
@@ -320,12 +316,8 @@ def report_from_probe(
                 gain=gains[index],
             )
         )
-    results = {
-        "a": growth_result(h_med, thresholds),
-        "b": floor_result(probe, g_med, gains, sound, thresholds),
-        "c": stability_result(probe, thresholds),
-        "d": _frozen_result(headline_acc, frozen_acc, thresholds, frozen_unavailable),
-    }
+    measurement = Measurement(probe, h_med, g_med, gains, sound, headline_acc, frozen_acc, frozen_unavailable)
+    results = {d.key: d.run(measurement, thresholds) for d in registry.DIAGNOSTICS}
     return DiagnosticReport(
         label=label,
         layers=layers,
@@ -343,6 +335,37 @@ def report_from_probe(
         credit_status="computed" if probe.cosines is not None else f"unavailable: {credit_unavailable}",
         context=dict(context or {}),
     )
+
+
+@dataclass
+class Measurement:
+    """What a diagnostic is evaluated on: the probe, the per-layer medians of ``‖h_l‖`` and
+    ``‖g_l‖``, the backward gains, the numerically sound samples, and the accuracies."""
+
+    probe: Probe
+    h_med: torch.Tensor
+    g_med: torch.Tensor
+    gains: list[float | None]
+    sound: torch.Tensor | None
+    headline_acc: float | None = None
+    frozen_acc: float | None = None
+    frozen_unavailable: str | None = None
+
+
+def evaluate_growth(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    return growth_result(m.h_med, thresholds)
+
+
+def evaluate_floor(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    return floor_result(m.probe, m.g_med, m.gains, m.sound, thresholds)
+
+
+def evaluate_stability(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    return stability_result(m.probe, thresholds)
+
+
+def evaluate_frozen_margin(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    return frozen_result(m.headline_acc, m.frozen_acc, thresholds, m.frozen_unavailable)
 
 
 def layer_gains(probe: Probe) -> list[float | None]:
@@ -429,7 +452,7 @@ def _check_batch_count(num_batches: int) -> None:
     if num_batches < MIN_EVAL_BATCHES:
         raise DataError(
             f"diagnostic (c) needs K ≥ {MIN_EVAL_BATCHES} disjoint eval batches, got "
-            f"{num_batches}; give more batches (--fa-eval-batches) or a larger test split"
+            f"{num_batches}; give more batches ({setting('eval_batches')}) or a larger test split"
         )
 
 
@@ -465,7 +488,8 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
     return mean, status, count
 
 
-def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
+def frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
+    """(d): trained − frozen accuracy in points (not evaluated without both)."""
     if headline_acc is None or frozen_acc is None:
         missing = "headline accuracy" if headline_acc is None else "frozen-blocks accuracy"
         return DiagnosticResult(

@@ -7,82 +7,41 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .thresholds import DiagnosticThresholds, threshold_fields
+from .errors import as_flags
+from .settings import SessionSettings
+from .thresholds import DiagnosticThresholds
 
 if TYPE_CHECKING:
     from .protocol import ProtocolRunner
     from .report import DiagnosticReport
 
 STATE_KEY: pytest.StashKey[FAState] = pytest.StashKey()
-MIN_EVAL_BATCHES = 8
 
 
 class FAState:
-    """What the options asked for; builds the (torch-importing) runner on first use."""
+    """What the options asked for (one :class:`SessionSettings`); builds the
+    (torch-importing) runner on first use. Reports are cached by the runner only."""
 
-    def __init__(self, config: pytest.Config, values: dict[str, Any], thresholds: DiagnosticThresholds) -> None:
+    def __init__(self, config: pytest.Config, settings: SessionSettings) -> None:
         self.config = config
-        self.values = values
-        self.thresholds = thresholds
-        self.checkpoints: list[str] = [str(p) for p in values["checkpoint"]]
-        self.report_json: str | None = values["report_json"]
+        self.settings = settings
+        self.thresholds: DiagnosticThresholds = settings.thresholds
+        self.checkpoints: list[str] = [str(p) for p in settings.checkpoint]
+        self.report_json: str | None = settings.report_json
         self._runner: ProtocolRunner | None = None
-        self._reports: dict[tuple[str, DiagnosticThresholds], DiagnosticReport] = {}
         self._errors: dict[tuple[str, DiagnosticThresholds], Exception] = {}
         self.pitfall_outcomes: dict[str, dict[str, list[str]]] = {}
         self.saved: dict[str, Any] | None = None
         self.tolerances: tuple = ()
         self._worker_reports: dict[str, DiagnosticReport] = {}
 
-    @classmethod
-    def from_options(cls, config: pytest.Config, values: dict[str, Any]) -> FAState:
-        names = [f.name for f in threshold_fields()]
-        try:
-            thresholds = DiagnosticThresholds().updated(**{n: values[n] for n in names})
-        except (TypeError, ValueError) as exc:
-            raise pytest.UsageError(f"pytest-fa: {exc}") from None
-        if values["eval_batches"] < MIN_EVAL_BATCHES:
-            raise pytest.UsageError(
-                f"--fa-eval-batches={values['eval_batches']}: diagnostic (c) needs at least "
-                f"{MIN_EVAL_BATCHES} disjoint batches"
-            )
-        if values["batch_size"] < 2:
-            raise pytest.UsageError("--fa-batch-size must be at least 2")
-        frozen_acc = values["frozen_acc"]
-        if frozen_acc is not None and not 0.0 <= frozen_acc <= 1.0:
-            raise pytest.UsageError(
-                f"--fa-frozen-acc={frozen_acc}: give the accuracy as a fraction in [0, 1], e.g. 0.65"
-            )
-        if values["frozen_epochs"] is not None and values["frozen_epochs"] < 1:
-            raise pytest.UsageError("--fa-frozen-epochs must be at least 1")
-        _check_device(values["device"])
-        _check_adapter(values)
-        return cls(config, values, thresholds)
-
     # -- runner ------------------------------------------------------------------------------
     @property
     def runner(self) -> ProtocolRunner:
         if self._runner is None:
-            from .protocol import ProtocolRunner, ProtocolSettings
+            from .protocol import ProtocolRunner
 
-            v = self.values
-            self._runner = ProtocolRunner(
-                ProtocolSettings(
-                    model_factory=v["model"],
-                    data=v["data"],
-                    data_root=v["data_root"],
-                    device=v["device"],
-                    eval_batches=v["eval_batches"],
-                    batch_size=v["batch_size"],
-                    thresholds=self.thresholds,
-                    frozen_acc=v["frozen_acc"],
-                    frozen_epochs=v["frozen_epochs"],
-                    credit=v["credit"],
-                    hidden=v["hidden"],
-                    block_output=v["block_output"],
-                    pooling=v["pooling"],
-                )
-            )
+            self._runner = ProtocolRunner(self.settings)
         return self._runner
 
     def cache_dir(self) -> Path | None:
@@ -110,9 +69,7 @@ class FAState:
         """Read ``--fa-compare`` and parse ``--fa-compare-fail`` at start-up (usage errors)."""
         from .compare import CompareError, load_saved_report, parse_fail_specs
 
-        path, specs = self.values["compare"], self.values["compare_fail"]
-        if specs and path is None:
-            raise pytest.UsageError("--fa-compare-fail sets tolerances for --fa-compare=PATH; give the saved report too")
+        path, specs = self.settings.compare, self.settings.compare_fail
         if path is None:
             return
         try:
@@ -120,7 +77,7 @@ class FAState:
             self.tolerances = parse_fail_specs(specs)
         except CompareError as exc:
             flag = "--fa-compare-fail" if self.saved is not None else f"--fa-compare={path}"
-            raise pytest.UsageError(f"{flag}: {exc}") from None
+            raise pytest.UsageError(f"{flag}: {as_flags(str(exc))}") from None
 
     def saved_report(self, path: str) -> dict[str, Any] | None:
         """The saved report of this checkpoint (None: not in the ``--fa-compare`` file)."""
@@ -154,17 +111,15 @@ class FAState:
 
     # -- reports -----------------------------------------------------------------------------
     def report(self, path: str, thresholds: DiagnosticThresholds | None = None) -> DiagnosticReport:
-        """The protocol report of ``path``; computed once, errors included."""
+        """The protocol report of ``path`` (cached by the runner); an error is kept and raised again."""
         key = (str(path), thresholds or self.thresholds)
         if key in self._errors:
             raise self._errors[key]
-        if key not in self._reports:
-            try:
-                self._reports[key] = self.runner.report(key[0], key[1], cache_dir=self.cache_dir())
-            except Exception as exc:
-                self._errors[key] = exc
-                raise
-        return self._reports[key]
+        try:
+            return self.runner.report(key[0], key[1], cache_dir=self.cache_dir())
+        except Exception as exc:
+            self._errors[key] = exc
+            raise
 
     def unreadable_checkpoints(self) -> list[str]:
         """Read every checkpoint file once, before any data is loaded or baseline trained;
@@ -186,20 +141,21 @@ class FAState:
         (on the pytest-xdist controller) by the workers."""
         out = {}
         for path in self.checkpoints:
-            report = self._reports.get((path, self.thresholds)) or self._worker_reports.get(path)
+            report = self._local_report(path) or self._worker_reports.get(path)
             if report is not None:
                 out[path] = report
         return out
+
+    def _local_report(self, path: str) -> DiagnosticReport | None:
+        return None if self._runner is None else self._runner.cached_report(path, self.thresholds)
 
     def reports(self) -> list[DiagnosticReport]:
         return list(self.reports_by_path().values())
 
     def local_report_dicts(self) -> list[dict[str, Any]]:
         """What a pytest-xdist worker sends its controller: ``{"path", "report"}`` pairs."""
-        return [
-            {"path": path, "report": self._reports[(path, self.thresholds)].to_dict()}
-            for path in self.checkpoints if (path, self.thresholds) in self._reports
-        ]
+        local = {path: self._local_report(path) for path in self.checkpoints}
+        return [{"path": path, "report": report.to_dict()} for path, report in local.items() if report is not None]
 
     def add_worker_reports(self, entries: list[dict[str, Any]]) -> None:
         """Reports from a pytest-xdist worker; a checkpoint diagnosed by two workers is kept once."""
@@ -207,26 +163,3 @@ class FAState:
 
         for entry in entries:
             self._worker_reports.setdefault(entry["path"], DiagnosticReport.from_dict(entry["report"]))
-
-
-def _check_adapter(values: dict[str, Any]) -> None:
-    from .interface import BLOCK_OUTPUTS, POOLINGS
-
-    for name, choices in (("block_output", BLOCK_OUTPUTS), ("pooling", POOLINGS)):
-        if values[name] not in choices:
-            raise pytest.UsageError(f"--fa-{name.replace('_', '-')}={values[name]!r}: use one of {', '.join(choices)}")
-    if values["hidden"] is not None and not values["hidden"].replace(",", "").strip():
-        raise pytest.UsageError("--fa-hidden is empty: name the modules of h_0..h_L, e.g. --fa-hidden='embed,blocks.*'")
-
-
-def _check_device(device: str) -> None:
-    if device in ("auto", "cpu"):
-        return
-    if not device.startswith("cuda"):
-        raise pytest.UsageError(f"--fa-device={device!r}: use auto, cpu or cuda[:N]")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise pytest.UsageError(
-            f"--fa-device={device}: torch sees no CUDA GPU on this machine; use --fa-device=cpu or auto"
-        )

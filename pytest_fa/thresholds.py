@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 REFERENCE_BATCH_SIZE = 128
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 B_RULES = ("decomposed", "paper")
 
 
@@ -30,13 +34,22 @@ class DiagnosticThresholds:
     ``frozen_margin_pp``: (d) fires when trained − frozen accuracy is below it (points).
     """
 
-    max_growth: float = 50.0
-    grad_floor: float = 1e-7
-    floor_batch_size: int = REFERENCE_BATCH_SIZE
-    gain_floor: float = 1e-3
-    b_rule: str = "decomposed"
-    drift_ceiling: float = 0.30
-    frozen_margin_pp: float = 2.0
+    max_growth: float = field(default=50.0, metadata=_help(
+        "(a) fires when the largest block growth max_l ‖h_{l+1}‖ / ‖h_l‖ exceeds this"))
+    grad_floor: float = field(default=1e-7, metadata=_help(
+        "(b): the reference ‖g_L‖, restated at floor_batch_size, is at the floor below this"))
+    floor_batch_size: int = field(default=REFERENCE_BATCH_SIZE, metadata=_help(
+        "batch size the floor is stated at (‖g‖ under a batch-mean loss scales with 1/B)"))
+    gain_floor: float = field(default=1e-3, metadata=_help(
+        "(b) under the decomposed rule: Mode 1 when the median backward gain ‖g_L‖ / ‖dCE/dlogits‖ is below this"))
+    b_rule: str = field(default="decomposed", metadata=_help(
+        "rule for (b): decomposed (default: fires when ‖g_L‖ is at the floor because the backward gain "
+        "collapsed, reports error-saturated when the error vanished instead) or paper (the reference "
+        "implementation: the floor alone)"))
+    drift_ceiling: float = field(default=0.30, metadata=_help(
+        "(c) is drift-dominated above this mean pairwise cosine of the batch-mean gradients"))
+    frozen_margin_pp: float = field(default=2.0, metadata=_help(
+        "(d) fires when trained − frozen accuracy is below this, in percentage points"))
 
     def __post_init__(self) -> None:
         if self.b_rule not in B_RULES:

@@ -63,7 +63,7 @@ def resolve_device(name: str | None) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            f"device {name!r} was asked for but torch sees no CUDA GPU; use --fa-device=cpu or auto"
+            f"device {name!r} was asked for but torch sees no CUDA GPU; use device 'cpu' or 'auto'"
         )
     return device
 

@@ -2,7 +2,8 @@
 MNIST-1D, then the plugin on both checkpoints. BP must be trustworthy, DFA walked back
 with (a) and (d), and the frozen baseline must sit between them.
 
-This is the slowest module of the suite (about three minutes on two CPU cores).
+This is the slowest module of the suite (about three minutes on two CPU cores): it runs in
+the slow tier, `pytest -m slow`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from pytest_fa.checkpoint import load_checkpoint, save_bundle
 from pytest_fa.data import dataset_from_spec, eval_batches, load_dataset
 from pytest_fa.train import train
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +85,5 @@ def test_report_numbers_agree_with_an_independent_computation(protocol_json, def
     assert report["layers"][-1]["g_norm"] == pytest.approx(g_med[-1].item(), rel=1e-5)
     assert report["measurement"] == {
         "batch_size": 128, "num_batches": 8, "samples": 1024, "dtype": "float32",
-        "device": "cpu", "mode": "eval", "loss": "batch-mean cross-entropy",
+        "device": "cpu", "mode": "eval", "layout": "vector", "loss": "batch-mean cross-entropy",
     }

@@ -38,7 +38,7 @@ INPUT_SHAPE = [40]
 CLASSES = 10
 WIDTH = 32
 DEPTH = 4
-REMEDY = re.compile(r"re-?save|save_bundle|pass --fa-model|check", re.IGNORECASE)
+REMEDY = re.compile(r"re-?save|save_bundle|pass setting `model|check", re.IGNORECASE)
 
 FACTORY_SOURCE = f"""
 from pytest_fa.models import build_model
@@ -191,7 +191,7 @@ def test_bundle_of_a_method_without_feedback_loads_without_it(dfa_bundle, tmp_pa
 
 def test_missing_file(tmp_path):
     message = error_of(CheckpointError, load_checkpoint, tmp_path / "nope.pt")
-    assert "does not exist" in message and "--fa-checkpoint" in message
+    assert "does not exist" in message and "check the path" in message
 
 
 def test_directory(tmp_path):
@@ -315,14 +315,14 @@ def test_bundle_missing_a_required_key(dfa_bundle, tmp_path, key):
 def test_unknown_architecture(dfa_bundle, tmp_path):
     path = edited(dfa_bundle, tmp_path, lambda b: setattr(b, "arch", "resnet9000"))
     message = error_of(CheckpointError, load_checkpoint, path)
-    assert "resnet9000" in message and "--fa-model" in message
+    assert "resnet9000" in message and "setting `model=package.module:build`" in message
     for name in ARCHITECTURES:
         assert name in message
 
 
 def test_custom_architecture_without_factory(dfa_bundle, tmp_path):
     path = edited(dfa_bundle, tmp_path, lambda b: setattr(b, "arch", "custom"))
-    assert "--fa-model" in error_of(CheckpointError, load_checkpoint, path)
+    assert "setting `model=package.module:build`" in error_of(CheckpointError, load_checkpoint, path)
 
 
 def test_unknown_method(dfa_bundle, tmp_path):
@@ -471,9 +471,9 @@ def test_non_finite_weights_are_named_when_diagnosing(dfa_bundle, small_data, tm
 def test_plain_state_dict_without_factory(plain_state_dict):
     path, _ = plain_state_dict
     message = error_of(CheckpointError, load_checkpoint, path)
-    assert "plain state dict" in message and "--fa-model=package.module:build" in message
+    assert "plain state dict" in message and "setting `model=package.module:build`" in message
     message = error_of(CheckpointError, load_bundle, path)
-    assert "not a pytest-fa bundle" in message and "--fa-model" in message
+    assert "not a pytest-fa bundle" in message and "setting `model=package.module:build`" in message
 
 
 def test_plain_state_dict_with_factory_callable(plain_state_dict):
@@ -550,7 +550,7 @@ def test_factory_building_another_architecture(plain_state_dict):
     path, _ = plain_state_dict
     other = lambda: build_model("resmlp", input_shape=INPUT_SHAPE, num_classes=CLASSES, d=WIDTH * 2, depth=DEPTH)  # noqa: E731
     message = error_of(CheckpointError, load_checkpoint, path, factory=other)
-    assert "shape mismatch" in message and "embed.weight" in message and "--fa-model" in message
+    assert "shape mismatch" in message and "embed.weight" in message and "setting `model`" in message
 
 
 # -- the protocol runner on a plain state dict and on a bundle ---------------------------------
@@ -606,7 +606,7 @@ def test_runner_on_plain_state_dict_reports_gamma_unavailable_and_is_incomplete(
     # (d): no frozen info for a plain state dict → not evaluated, verdict incomplete
     d = report.diagnostics["d"]
     assert not d.evaluated and d.value is None
-    assert "--fa-frozen-acc" in d.detail
+    assert "setting `frozen_acc=ACC`" in d.detail
     assert report.missing == ["d"]
     assert report.verdict.startswith("incomplete") and "(d)" in report.verdict
     assert not report.trustworthy and "trustworthy" not in report.verdict

@@ -632,7 +632,7 @@ def write(tmp_path, content, name="old.json"):
 
 
 def test_load_missing_file(tmp_path):
-    with pytest.raises(CompareError, match="no such file; give a JSON file written by a previous run with --fa-report-json"):
+    with pytest.raises(CompareError, match="no such file; give a JSON file written by a previous run with setting `report_json=PATH`"):
         load_saved_report(tmp_path / "absent.json")
 
 
@@ -645,7 +645,7 @@ def test_load_folder(tmp_path):
 def test_load_not_json(tmp_path, content):
     with pytest.raises(CompareError, match="is not JSON") as info:
         load_saved_report(write(tmp_path, content))
-    assert "--fa-report-json" in str(info.value)
+    assert "setting `report_json=PATH`" in str(info.value)
 
 
 @pytest.mark.parametrize(("content", "message"), [

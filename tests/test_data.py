@@ -391,7 +391,7 @@ def test_fashion_mnist_missing_files(tmp_path, contents):
     with pytest.raises(DataError) as info:
         load_dataset("fashion-mnist", root=root)
     assert "apt-get install dataset-fashion-mnist" in str(info.value)
-    assert "--fa-data-root" in str(info.value)
+    assert "setting `data_root=<folder with the idx files>`" in str(info.value)
 
 
 def test_fashion_mnist_corrupt_files(tmp_path):
@@ -497,7 +497,7 @@ def test_cifar_limits_and_folder_as_root(tmp_path):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_needs_a_root(tmp_path, name):
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-    with pytest.raises(DataError, match=f"--fa-data-root=<folder containing {folder}>"):
+    with pytest.raises(DataError, match=f"setting `data_root=<folder containing {folder}>`"):
         load_dataset(name)
     with pytest.raises(DataError, match=folder):
         load_dataset(name, root=tmp_path / "does-not-exist")

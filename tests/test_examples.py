@@ -10,6 +10,14 @@ import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
+pytestmark = pytest.mark.slow  # smoke runs of the example studies: the slow tier
+
+
+@pytest.fixture(autouse=True)
+def examples_importable(monkeypatch):
+    """The example scripts import their shared ``studies`` module from their own folder."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
 
 def example(name: str):
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")

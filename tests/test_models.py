@@ -280,7 +280,7 @@ def test_build_model_unknown_name_lists_known_architectures():
     assert "resnet50" in message
     for name in ARCHITECTURES:
         assert name in message
-    assert "--fa-model" in message
+    assert "setting `model=package.module:build`" in message
 
 
 @pytest.mark.parametrize(

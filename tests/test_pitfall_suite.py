@@ -71,6 +71,7 @@ def test_the_suite_passes_and_prints_the_pitfall_table(capsys, monkeypatch, tmp_
         assert any(line.startswith(f"{pitfall.id} ") and "pinned" in line for line in text.splitlines()), pitfall.id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pitfall", PITFALLS, ids=lambda p: p.id)
 def test_removing_the_guard_makes_the_pitfall_test_fail(pitfall):
     result = guards.run_without_guard(pitfall)

@@ -113,7 +113,7 @@ def test_a_checkpoint_missing_from_the_saved_report_is_skipped(pytester, bp_bund
         (None, ["--fa-compare=absent.json"], "*--fa-compare=absent.json:*"),
         ("not json", ["--fa-compare=bad.json"], "*--fa-compare=bad.json:*JSON*"),
         ('{"reports": [{"label": "x.pt", "diagnostics": {}}]}', ["--fa-compare=bad.json", "--fa-compare-fail=speed:5%"], "*--fa-compare-fail:*speed*"),
-        (None, ["--fa-compare-fail=headline_acc:1pp"], "*--fa-compare-fail sets tolerances for --fa-compare=PATH*"),
+        (None, ["--fa-compare-fail=headline_acc:1pp"], "*--fa-compare-fail=*tolerances apply to a comparison: give the saved report with --fa-compare=PATH too*"),
     ],
     ids=["missing", "not-json", "unknown-figure", "fail-without-compare"],
 )

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pytest_fa.checkpoint import load_bundle
 from pytest_fa.interface import block_weights
-from pytest_fa.methods import DFA, FrozenBlocks, get_method, local_forward
+from pytest_fa.methods import DFA, FrozenBlocks, get_method
 from pytest_fa.models import build_model
 from pytest_fa.train import Recipe, main, resolve_device, train
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, setting
 from .base import (
     LocalCreditMethod,
     Method,
@@ -46,7 +46,7 @@ def get_method(name: str, **config: Any) -> Method:
     except KeyError:
         raise CheckpointError(
             f"unknown method {name!r}; pytest-fa knows {', '.join(sorted(METHODS))}. Register "
-            "your own with pytest_fa.methods.register, or pass --fa-credit for its credit signal"
+            f"your own with pytest_fa.methods.register, or pass {setting('credit')} for its credit signal"
         ) from None
     try:
         return cls(**config)

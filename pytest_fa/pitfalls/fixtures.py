@@ -20,7 +20,7 @@ def degenerate_dfa(request):
     """DFA on the ResMLP with MNIST-1D, trained until ‖g_L‖ is at the numerical floor."""
     from .regimes import degenerate_dfa as run
 
-    return run(request.config.stash[STATE_KEY].values["device"])
+    return run(request.config.stash[STATE_KEY].settings.device)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def healthy_bp(request):
     """BP on the same architecture and data with the paper's recipe."""
     from .regimes import healthy_bp as run
 
-    return run(request.config.stash[STATE_KEY].values["device"])
+    return run(request.config.stash[STATE_KEY].settings.device)
 
 
 @pytest.fixture

@@ -103,6 +103,16 @@ def guarded_outcome(witness: Witness, path: str) -> dict:
     return _GUARDED[key]
 
 
+def _no_shrinking() -> str:
+    """A hypothesis profile that reports the first failing example as it is: with the guard
+    removed, a run only needs to know that a test fails, not its smallest example."""
+    from hypothesis import Phase, settings
+
+    name = "fa-guard-removed"
+    settings.register_profile(name, phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
+    return name
+
+
 def run_without_guard(pitfall: Pitfall, extra_args: list[str] | None = None) -> GuardResult:
     """Run ``pitfall``'s module and its witness's shipped paths with its guard removed."""
     guard = module_of(pitfall).GUARD
@@ -111,7 +121,7 @@ def run_without_guard(pitfall: Pitfall, extra_args: list[str] | None = None) -> 
     recorder = _Failures()
     args = [
         "-q", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-        "--fa-pitfalls", str(pitfall.path), *(extra_args or []),
+        f"--hypothesis-profile={_no_shrinking()}", "--fa-pitfalls", str(pitfall.path), *(extra_args or []),
     ]
     with removed(guard) as swapped:
         code = pytest.main(args, plugins=[recorder])

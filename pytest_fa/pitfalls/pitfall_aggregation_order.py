@@ -32,10 +32,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_fa import diagnostics as D
-from pytest_fa import interface
 from pytest_fa import probe as P
 from pytest_fa import report as R
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import DFACredit
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
@@ -70,13 +70,9 @@ def credit_and_reference(model, batches, credit):
     """Per batch: ``([a_l], [g_l])`` as per-sample rows, both from one forward pass."""
     out = []
     for x, y in batches:
-        if x.is_floating_point():
-            x = x.clone().requires_grad_(True)
-        logits, hiddens = interface.forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens, retain_graph=True)
-        layout = interface.hidden_layout(model, hiddens[0])
-        pairs = [(a, g) for a, g in zip(credit(x, y, logits, hiddens), grads) if a is not None]
-        out.append(([a.detach() for a, _ in pairs], [interface.per_sample(g.detach(), layout) for _, g in pairs]))
+        ref = reference_pass(model, x, y, credit)
+        pairs = [(a, g) for a, g in zip(ref.credits, ref.rows) if a is not None]
+        out.append(([a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]))
     return out
 
 
@@ -202,7 +198,7 @@ def test_gamma_does_not_depend_on_how_samples_are_batched(degenerate_dfa, data):
 def test_user_checkpoint_gamma_does_not_hinge_on_aggregation_order(user_checkpoint, fa_eval_batches, fa_runner):
     """Pitfall 5: does your checkpoint's aggregate Γ change ≥ 2x or sign with the aggregation order?"""
     model = copy.deepcopy(user_checkpoint.model).eval()
-    credit, reason = fa_runner._credit(user_checkpoint.loaded, model)
+    credit, reason = fa_runner.credit_for(user_checkpoint.loaded, model)
     if credit is None:
         pytest.skip(f"no credit signal to align: {reason}")
     per_batch = credit_and_reference(model, fa_eval_batches, credit)

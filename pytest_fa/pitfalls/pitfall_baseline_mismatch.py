@@ -149,7 +149,7 @@ def test_user_checkpoint_records_the_budget_its_baseline_must_match(user_checkpo
     complete recipe, data), so its frozen-blocks baseline can be matched to it."""
     path = user_checkpoint_path
     name = Path(path).name
-    values = request.config.stash[STATE_KEY].values
+    settings = request.config.stash[STATE_KEY].settings
     try:
         payload = checkpoint.read_checkpoint(path)
         bundle = Bundle.from_payload(payload, name) if checkpoint.is_bundle(payload) else None
@@ -158,14 +158,14 @@ def test_user_checkpoint_records_the_budget_its_baseline_must_match(user_checkpo
     if isinstance(bundle, CheckpointError):
         pytest.skip(f"cannot read {path} (the protocol items report why): {bundle}")
     if bundle is None:
-        if values["frozen_acc"] is not None:
+        if settings.frozen_acc is not None:
             how = (
-                f"--fa-frozen-acc={values['frozen_acc']} is used for (d), but nothing records the "
+                f"--fa-frozen-acc={settings.frozen_acc} is used for (d), but nothing records the "
                 "budget it was trained with, so nothing shows that it matches"
             )
-        elif values["frozen_epochs"] is not None:
+        elif settings.frozen_epochs is not None:
             how = (
-                f"--fa-frozen-epochs={values['frozen_epochs']} trains one with pytest-fa's default "
+                f"--fa-frozen-epochs={settings.frozen_epochs} trains one with pytest-fa's default "
                 f"recipe {asdict(Recipe())}, which may not be the recipe the model was trained with"
             )
         else:

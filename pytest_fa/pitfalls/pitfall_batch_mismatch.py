@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_fa import diagnostics as D
 from pytest_fa import probe
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import BPCredit, DFACredit
 from pytest_fa.data import eval_batches
 from pytest_fa.interface import forward_hidden
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.fa_pitfall("B3")
 def _naive_run_probe(model, eval_batches, credit=None, device=None):
     """The probe of a two-loader script: the credit comes from the *next* batch's forward pass."""
     batches = list(eval_batches)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     if credit is not None:
         upcoming = iter(batches[1:] + batches[:1])
 
@@ -37,7 +36,7 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
 
         credit = next_batch_credit
     model.eval()
-    return probe._probe(model, batches, credit, device, len(batches[0][0]))
+    return probe.probe_batches(model, batches, credit, len(batches[0][0]))
 
 
 GUARD = Guard(
@@ -54,10 +53,8 @@ def naive_gamma(model, batches, credit_of, shift: int = 1) -> list[float]:
     per_batch = []
     for k, (x, y) in enumerate(batches):
         x_ref, y_ref = batches[(k + shift) % len(batches)]
-        logits, hiddens = forward_hidden(model, x)
-        credits = credit_of(x, y, logits, hiddens)
-        logits_ref, hiddens_ref = forward_hidden(model, x_ref)
-        grads = torch.autograd.grad(F.cross_entropy(logits_ref, y_ref), hiddens_ref)
+        credits = reference_pass(model, x, y, credit_of).credits
+        grads = reference_pass(model, x_ref, y_ref).rows
         per_batch.append([D.cosine_per_sample(a, g) for a, g in zip(credits, grads)])
     return [float(torch.cat(layer).mean()) for layer in zip(*per_batch)]
 

@@ -26,8 +26,8 @@ from pytest_fa import diagnostics as D
 from pytest_fa import probe as P
 from pytest_fa import report as R
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import DFACredit, init_dfa_feedback
-from pytest_fa.interface import forward_hidden
 from pytest_fa.methods import feature_dims
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
@@ -64,9 +64,8 @@ def credit_and_reference(model, batches, feedback):
     credit = DFACredit(feedback)
     per_batch = []
     for x, y in batches:
-        logits, hiddens = forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-        per_batch.append(([a.detach() for a in credit(x, y, logits, hiddens)], [g.detach() for g in grads]))
+        ref = reference_pass(model, x, y, credit)
+        per_batch.append(([a.detach() for a in ref.credits], [g.detach() for g in ref.rows]))
     layers = len(per_batch[0][0])
     a = [torch.cat([b[0][l] for b in per_batch]) for l in range(layers)]
     g = [torch.cat([b[1][l] for b in per_batch]) for l in range(layers)]

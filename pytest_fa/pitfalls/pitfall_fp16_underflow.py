@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from pytest_fa import diagnostics as D
 from pytest_fa import probe as P
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import DFACredit
 from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
@@ -43,11 +44,10 @@ FP16_TINY = 2.0**-24  # float16's smallest subnormal; anything below half of it 
 
 def _naive_run_probe(model, eval_batches, credit=None, device=None):
     """Measure the model in the dtype it is stored in (float16 stays float16)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        return P._probe(model, eval_batches, credit, device, len(eval_batches[0][0]))
+        return P.probe_batches(model, eval_batches, credit, len(eval_batches[0][0]))
     finally:
         model.train(was_training)
 
@@ -65,8 +65,7 @@ GUARD = Guard(
 
 def reference_grads(model, x, y):
     """The float32 BP reference ``g_l = dCE/dh_l`` for one batch."""
-    logits, hiddens = forward_hidden(model, x)
-    return [g.detach() for g in torch.autograd.grad(F.cross_entropy(logits, y), hiddens)]
+    return [g.detach() for g in reference_pass(model, x, y).grads]
 
 
 def autocast_grads(model, x, y, device_type: str, dtype: torch.dtype):

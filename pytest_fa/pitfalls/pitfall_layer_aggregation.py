@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 
 from pytest_fa import calibration as CAL
 from pytest_fa import diagnostics as D
-from pytest_fa import interface
 from pytest_fa import probe as P
 from pytest_fa import report as R
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import DFACredit
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
@@ -75,11 +75,9 @@ def credit_and_reference(model, batches, credit):
     """Per layer with credit, over all batches: ``(a_l, g_l)`` as per-sample rows from one forward pass each."""
     per_batch = []
     for x, y in batches:
-        logits, hiddens = interface.forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens, retain_graph=True)
-        layout = interface.hidden_layout(model, hiddens[0])
-        pairs = [(a, g) for a, g in zip(credit(x, y, logits, hiddens), grads) if a is not None]
-        per_batch.append(([a.detach() for a, _ in pairs], [interface.per_sample(g.detach(), layout) for _, g in pairs]))
+        ref = reference_pass(model, x, y, credit)
+        pairs = [(a, g) for a, g in zip(ref.credits, ref.rows) if a is not None]
+        per_batch.append(([a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]))
     layers = len(per_batch[0][0])
     return (
         [torch.cat([b[0][l] for b in per_batch]).double() for l in range(layers)],
@@ -195,7 +193,7 @@ def test_report_keeps_every_layer_separate(stacks, exponent):
 def test_user_checkpoint_needs_per_layer_reporting(user_checkpoint, fa_eval_batches, fa_runner, fa_thresholds):
     """Pitfall 6: does one aggregate Γ hide per-layer structure on your checkpoint (vs a fresh-B null)?"""
     model = copy.deepcopy(user_checkpoint.model).eval()
-    credit, reason = fa_runner._credit(user_checkpoint.loaded, model)
+    credit, reason = fa_runner.credit_for(user_checkpoint.loaded, model)
     if credit is None:
         pytest.skip(f"no credit signal to align: {reason}")
     report = R.report_from_probe(P.run_probe(model, fa_eval_batches, credit=credit), thresholds=fa_thresholds)

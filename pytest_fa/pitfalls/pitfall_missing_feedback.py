@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_fa import checkpoint, probe, report
+from pytest_fa.reference import reference_pass
 from pytest_fa.checkpoint import Bundle, LoadedCheckpoint, save_bundle
 from pytest_fa.errors import CheckpointError, FAError, FeedbackError
 from pytest_fa.methods import MethodState, get_method
@@ -57,8 +58,8 @@ def naive_posthoc_gamma(path, batches) -> list[float]:
     per_batch = []
     for x, y in batches:
         x, y = x.cpu(), y.cpu()
-        logits, hiddens = model(x, return_hidden=True)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
+        ref = reference_pass(model, x, y)
+        logits, grads = ref.logits, ref.grads
         if feedback:
             e = torch.softmax(logits.detach(), -1) - F.one_hot(y, logits.shape[-1])
             credits = [e @ b for b in feedback]
@@ -170,7 +171,7 @@ def test_user_checkpoint_carries_what_its_credit_needs(user_checkpoint_path, req
         )
     missing = unloadable = None
     try:
-        loaded = checkpoint.load_checkpoint(path, factory=state.values["model"])
+        loaded = checkpoint.load_checkpoint(path, factory=state.settings.model_factory)
     except FeedbackError as exc:
         missing = str(exc)
     except CheckpointError as exc:

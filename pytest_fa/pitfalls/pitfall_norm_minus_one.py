@@ -9,6 +9,7 @@ from hypothesis import given, settings
 
 from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
 
@@ -34,8 +35,7 @@ def naive_layer_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 def test_naive_norm_reports_a_healthy_bp_reference_at_the_floor(healthy_bp):
     """Pitfall 1: on a healthy BP network the naive ‖g_L‖ fires diagnostic (b) falsely."""
     x, y = healthy_bp.batches[0]
-    logits, hiddens = forward_hidden(healthy_bp.model, x)
-    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), hiddens)
+    grads = reference_pass(healthy_bp.model, x, y).grads
     honest = float(D.per_sample_norms(grads[-1]).median())
     naive = float(naive_layer_norms(grads)[-1])
     assert not D.grad_floor(honest, len(x)), f"BP's reference should be healthy, got {honest:.3g}"

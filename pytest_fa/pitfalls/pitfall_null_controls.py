@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_fa import calibration, probe
 from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.calibration import NullCalibration
 from pytest_fa.credit import DFACredit, init_dfa_feedback, output_error
-from pytest_fa.interface import forward_hidden
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
@@ -63,9 +62,9 @@ def _fresh_draw_cosines(model, batches, num_classes, draws: int, seed: int) -> l
     """Per-sample cosines for ``draws`` fresh B (the draws null_gamma makes), per layer."""
     per_draw: list[list[list[torch.Tensor]]] = [[] for _ in range(draws)]
     for x, y in batches:
-        logits, hiddens = forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-        e = output_error(logits, y)
+        ref = reference_pass(model, x, y)
+        grads = ref.rows
+        e = output_error(ref.logits, y)
         dims = [g.shape[1] for g in grads]
         for index in range(draws):
             fresh = init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed * 100_003 + index))

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_fa import diagnostics as D
 from pytest_fa import probe
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import DFACredit
 from pytest_fa.data import eval_batches, load_dataset
 from pytest_fa.methods import get_method
@@ -38,8 +38,7 @@ MATERIAL_GAMMA = 0.05  # or a Γ_l that moves by more than 0.05
 def _naive_run_probe(model, eval_batches, credit=None, device=None):
     """The probe without its mode handling: it measures in whatever mode the model is in."""
     batches = list(eval_batches)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    measured = probe._probe(model, batches, credit, device, len(batches[0][0]))
+    measured = probe.probe_batches(model, batches, credit, len(batches[0][0]))
     measured.mode = "train" if model.training else "eval"
     return measured
 
@@ -59,11 +58,10 @@ def naive_diagnostics(model, batches):
     """The measurement loop as it is written right after training: no ``model.eval()``."""
     h_norms, g_norms, correct = [], [], 0
     for x, y in batches:
-        logits, hiddens = model(x, return_hidden=True)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-        h_norms.append([D.per_sample_norms(h.detach().flatten(1)) for h in hiddens])
-        g_norms.append([D.per_sample_norms(g.flatten(1)) for g in grads])
-        correct += int((logits.argmax(-1) == y).sum())
+        ref = reference_pass(model, x, y)  # in whatever mode the model was left in
+        h_norms.append([D.per_sample_norms(h.detach().flatten(1)) for h in ref.hiddens])
+        g_norms.append([D.per_sample_norms(g.flatten(1)) for g in ref.grads])
+        correct += int((ref.logits.argmax(-1) == y).sum())
     h = D.layer_medians([torch.cat(layer) for layer in zip(*h_norms)])
     g = D.layer_medians([torch.cat(layer) for layer in zip(*g_norms)])
     return h, g, correct / sum(len(y) for _, y in batches)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +28,8 @@ from pytest_fa import calibration as CAL
 from pytest_fa import checkpoint as C
 from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
+from pytest_fa.reference import reference_pass
 from pytest_fa.credit import DFACredit, init_dfa_feedback
-from pytest_fa.interface import forward_hidden
 from pytest_fa.methods import MethodState, feature_dims, get_method
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
@@ -68,10 +67,8 @@ def per_sample_cosines(model, batches, feedback) -> list[torch.Tensor]:
     credit = DFACredit(feedback)
     per_batch = []
     for x, y in batches:
-        logits, hiddens = forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-        a = credit(x, y, logits, hiddens)
-        per_batch.append([D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(a, grads)])
+        ref = reference_pass(model, x, y, credit)
+        per_batch.append([D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(ref.credits, ref.rows)])
     return [torch.cat(column) for column in zip(*per_batch)]
 
 

@@ -20,17 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import interface
-from .calibration import null_gamma
-from .checkpoint import load_bundle, load_checkpoint, save_bundle
-from .data import Dataset, eval_batches, load_dataset
-from .methods import get_method
-from .monitor import temporal_replay
-from .perturbation import perturbation_correlation
-from .protocol import ProtocolRunner, ProtocolSettings
-from .report import DiagnosticReport
-from .thresholds import DiagnosticThresholds
-from .train import DEFAULT_EPOCHS, Recipe, resolve_device, train
+from pytest_fa.reference import reference_pass
+from pytest_fa.calibration import null_gamma
+from pytest_fa.checkpoint import load_bundle, load_checkpoint, save_bundle
+from pytest_fa.data import Dataset, eval_batches, load_dataset
+from pytest_fa.methods import get_method
+from pytest_fa.monitor import temporal_replay
+from pytest_fa.perturbation import perturbation_correlation
+from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
+from pytest_fa.thresholds import DiagnosticThresholds
+from pytest_fa.train import DEFAULT_EPOCHS, Recipe, resolve_device, train
 
 Log = Callable[[str], None]
 AUDIT_METHODS = ("bp", "ep", "dfa", "state_bridge", "credit_bridge")
@@ -114,15 +113,11 @@ def field_gamma(model, batches, credit) -> float:
     per_layer: list[list[torch.Tensor]] = []
     model.eval()
     for x, y in batches:
-        x = x.to(next(model.parameters()).device).requires_grad_(True)
-        logits, hiddens = interface.forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens, retain_graph=True)
-        layout = interface.hidden_layout(model, hiddens[0])
-        credits = credit(x, y, logits, hiddens)
-        for index, (a, g) in enumerate(zip(credits, grads)):
+        ref = reference_pass(model, x, y, credit)
+        for index, (a, g) in enumerate(zip(ref.credits, ref.rows)):
             if len(per_layer) <= index:
                 per_layer.append([])
-            field = F.cosine_similarity(a.detach().float(), interface.per_sample(g, layout).float(), dim=1, eps=1e-8)
+            field = F.cosine_similarity(a.detach().float(), g.float(), dim=1, eps=1e-8)
             per_layer[index].append(field)
     return statistics.fmean(float(torch.cat(c).mean()) for c in per_layer)
 
@@ -387,7 +382,7 @@ def null_table(calib: dict[str, Any]) -> str:
         (f"h_{i}", f"{t:+.3f}", f"{m:+.3f} ± {s:.3f}", f"{z:+.1f}")
         for i, (t, m, s, z) in enumerate(zip(calib["trained"], calib["null_mean"], calib["null_std"], calib["z"]))
     ]
-    return markdown_table(("layer", "Γ (training B)", f"Γ (fresh B, n draws)", "z"), rows)
+    return markdown_table(("layer", "Γ (training B)", "Γ (fresh B, n draws)", "z"), rows)
 
 
 # -- cross-architecture -------------------------------------------------------------------------------

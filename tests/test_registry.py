@@ -1,0 +1,65 @@
+"""One registry entry per diagnostic: a fifth one reaches the report, the verdict, the text,
+Markdown and JSON reports, the summary table and the plugin's items without another edit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pytest_fa
+from pytest_fa import registry
+from pytest_fa.markdown import markdown_report
+from pytest_fa.render import MEANING, summary_table
+from pytest_fa.report import DiagnosticResult
+from pytest_fa.thresholds import DiagnosticThresholds, threshold_fields
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _eval_accuracy(measurement, thresholds) -> DiagnosticResult:
+    """(e): accuracy on the eval batches, in points; fires below the threshold."""
+    diagnostic = registry.get("e")
+    value = 100.0 * measurement.probe.eval_accuracy
+    threshold = diagnostic.threshold_value(thresholds)
+    return DiagnosticResult("e", value, threshold, diagnostic.crosses(value, threshold),
+                            detail=f"{measurement.probe.eval_correct} correct eval samples")
+
+
+EVAL_ACCURACY = registry.Diagnostic(
+    "e", "eval accuracy", "eval_accuracy", "min_eval_acc_pp", False,
+    "the model is at chance on the eval batches", _eval_accuracy,
+    unit=" pp", what_to_do="train longer", column="(e) eval acc", column_format=".1f", default=101.0,
+)
+
+
+def test_the_four_diagnostics_are_the_registry():
+    assert [d.key for d in registry.DIAGNOSTICS] == ["a", "b", "c", "d"]
+    assert registry.walk_back_keys() == ("a", "b", "d")
+    fields = {f.name for f in threshold_fields()}
+    assert all(d.threshold in fields for d in registry.DIAGNOSTICS)
+    assert dict(MEANING) == {d.key: d.meaning for d in registry.DIAGNOSTICS}
+    with pytest.raises(KeyError, match="no diagnostic 'z'"):
+        registry.get("z")
+    with pytest.raises(ValueError, match="exists"):
+        registry.register(registry.DIAGNOSTICS[0])
+
+
+def test_a_fifth_diagnostic_is_one_registry_entry(pytester, bp_bundle):
+    x, y = torch.randn(1024, 40), torch.randint(0, 10, (1024,))
+    model = pytest_fa.build_model("resmlp", input_shape=[40], num_classes=10, d=16, depth=2)
+    with registry.registered(EVAL_ACCURACY):
+        report = pytest_fa.check(model, (x, y), frozen_acc=0.0, headline_acc=0.5)
+        result = report.diagnostics["e"]
+        assert result.value == pytest.approx(100.0 * report.eval_acc) and result.threshold == 101.0
+        assert result.fires and "(e)" in report.verdict and not report.trustworthy
+        assert "(e) eval accuracy" in str(report) and "the model is at chance" in str(report)
+        assert report.to_dict()["diagnostics"]["e"]["name"] == "eval accuracy"
+        assert "(e) eval acc" in summary_table([report]).splitlines()[0]
+        assert "| (e) | eval accuracy |" in markdown_report([report])
+        assert "What to do: train longer." in markdown_report([report])
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0")
+        names = [r.nodeid.split("::")[-1] for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call"]
+        assert names == ["residual_growth", "grad_floor", "direction_stability", "frozen_margin", "eval_accuracy"]
+        result.stdout.fnmatch_lines(["*(e) eval accuracy fires*(fires < 101 pp)*"])
+    assert "e" not in pytest_fa.check(model, (x, y), frozen_acc=0.0).diagnostics
+    assert DiagnosticThresholds().updated(max_growth=10).max_growth == 10
