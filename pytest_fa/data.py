@@ -247,15 +247,13 @@ def _as_dataset(
 def _load_mnist1d(config: dict[str, Any]) -> Dataset:
     _check_int("num_samples", config["num_samples"], 10)
     _check_int("seed", config["seed"], 0)
-    import mnist1d.data
     from importlib.metadata import PackageNotFoundError, version
 
-    args = mnist1d.data.get_dataset_args(as_dict=True)
-    args.update(num_samples=config["num_samples"], seed=config["seed"])
     try:
         generator_version = version("mnist1d")
     except PackageNotFoundError:
         generator_version = "unknown"
+    args = _mnist1d_args(config, generator_version)
     key_source = json.dumps({"args": args, "mnist1d": generator_version}, sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:20]
     path = cache_dir() / "mnist1d" / f"mnist1d-{key}.pt"
@@ -270,6 +268,31 @@ def _load_mnist1d(config: dict[str, Any]) -> Dataset:
     preprocessing = {"standardised_by": "mnist1d.make_dataset", "generator_args": generator_args}
     spec = _make_spec("mnist1d", config, preprocessing, None)
     return _as_dataset("mnist1d", tensors, 10, (args["final_seq_length"],), spec)
+
+
+def _mnist1d_args(config: dict[str, Any], generator_version: str) -> dict[str, Any]:
+    """The generator's arguments for ``config``: read from the cache's index when this
+    version of mnist1d was asked for them before (``import mnist1d`` pulls in scipy and
+    matplotlib, most of a cached run's start-up), else from mnist1d, and indexed."""
+    chosen = {"num_samples": config["num_samples"], "seed": config["seed"]}
+    name = hashlib.sha256(json.dumps({"mnist1d": generator_version, **chosen}, sort_keys=True).encode()).hexdigest()
+    index = cache_dir() / "mnist1d" / f"args-{name[:20]}.json"
+    try:
+        args = json.loads(index.read_text())
+        if isinstance(args, dict) and all(args.get(k) == v for k, v in chosen.items()) and "final_seq_length" in args:
+            return args
+    except (OSError, ValueError):
+        pass
+    import mnist1d.data
+
+    args = mnist1d.data.get_dataset_args(as_dict=True)
+    args.update(chosen)
+    if json.loads(json.dumps(args)) == args:  # index only what reads back as it was
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(args, sort_keys=True))
+        os.replace(tmp, index)
+    return args
 
 
 def _read_mnist1d_cache(path: pathlib.Path) -> dict[str, torch.Tensor] | None:

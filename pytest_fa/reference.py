@@ -45,6 +45,11 @@ class ReferencePass:
         """Per-sample rows of ``g_l``."""
         return [self.read(g) for g in self.grads]
 
+    def credited_rows(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``([a_l], [g_l])``, detached per-sample rows, at the layers the credit assigns."""
+        pairs = [(a, g) for a, g in zip(self.credits or [], self.rows) if a is not None]
+        return [a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]
+
     @property
     def hidden_rows(self) -> list[torch.Tensor]:
         """Per-sample rows of ``h_l`` (detached)."""

@@ -523,3 +523,20 @@ def test_cifar_wrong_or_broken_files(tmp_path):
     path.write_bytes(pickle.dumps(entry))
     with pytest.raises(DataError, match="labels"):
         load_dataset("cifar10", root=tmp_path / "labels")
+
+
+def test_a_cached_mnist1d_loads_without_importing_the_generator(small_data, isolated_cache):
+    """The cache's index of generator arguments spares a cached run ``import mnist1d``
+    (scipy and matplotlib), and the data and spec read back are the generated ones."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from pytest_fa.data import load_dataset; "
+        f"d = load_dataset('mnist1d', num_samples={len(small_data.y_train) + len(small_data.y_test)}); "
+        "print('mnist1d' in sys.modules, float(d.x_test.sum()), d.spec['preprocessing']['generator_args']['final_seq_length'])"
+    )
+    env = {**os.environ, "PYTEST_FA_CACHE": str(isolated_cache)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", repr(float(small_data.x_test.sum())), "40"]

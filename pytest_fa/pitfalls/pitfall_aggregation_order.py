@@ -68,12 +68,7 @@ def _cos(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def credit_and_reference(model, batches, credit):
     """Per batch: ``([a_l], [g_l])`` as per-sample rows, both from one forward pass."""
-    out = []
-    for x, y in batches:
-        ref = reference_pass(model, x, y, credit)
-        pairs = [(a, g) for a, g in zip(ref.credits, ref.rows) if a is not None]
-        out.append(([a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]))
-    return out
+    return [reference_pass(model, x, y, credit).credited_rows() for x, y in batches]
 
 
 def order_pytest_fa(per_batch) -> list[float]:

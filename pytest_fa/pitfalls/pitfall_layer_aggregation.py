@@ -73,11 +73,7 @@ GUARD = Guard(
 
 def credit_and_reference(model, batches, credit):
     """Per layer with credit, over all batches: ``(a_l, g_l)`` as per-sample rows from one forward pass each."""
-    per_batch = []
-    for x, y in batches:
-        ref = reference_pass(model, x, y, credit)
-        pairs = [(a, g) for a, g in zip(ref.credits, ref.rows) if a is not None]
-        per_batch.append(([a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]))
+    per_batch = [reference_pass(model, x, y, credit).credited_rows() for x, y in batches]
     layers = len(per_batch[0][0])
     return (
         [torch.cat([b[0][l] for b in per_batch]).double() for l in range(layers)],
