@@ -7,6 +7,7 @@ the reference study). A training-B Γ inside that null band is not evidence of a
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from torch import nn
 
 from . import interface
 from .credit import check_dfa_feedback, init_dfa_feedback, output_error
-from .diagnostics import cosine_per_sample, mean_defined
+from .diagnostics import mean_defined, unit_rows
 from .errors import DataError
 from .reference import reference_pass
 
@@ -86,45 +87,65 @@ def null_gamma(
     n: int = 20,
     seed: int = 0,
     exclude: Sequence[torch.Tensor] | None = None,
+    reference: tuple[Sequence[torch.Tensor], torch.Tensor] | None = None,
 ) -> NullCalibration:
     """Γ_l with ``n`` fresh DFA feedback draws (and with ``feedback``, the training B, if given).
 
     Γ_l is the mean over samples of ``cos(e_T B_l, g_l)``, the same statistic the report
-    uses; the forward and backward pass runs once per batch for all draws, in eval mode.
+    uses. The reference comes from one :func:`reference_pass` per batch in eval mode, or,
+    when the caller measured it already, from ``reference = (rows, errors)``: the per-layer
+    ``(N, F_l)`` rows of ``g_l`` and the ``(N, classes)`` output errors of the same samples.
     A draw identical to the training feedback (``exclude``, by default ``feedback``) is
     skipped for the next one.
     """
     if n < 2:
         raise ValueError("null calibration needs n ≥ 2 fresh draws for a spread")
-    if len(eval_batches) < 1:
-        raise DataError("null calibration needs at least one eval batch")
-    exclude = feedback if exclude is None else exclude
-    with interface.eval_mode(model):
-        per_batch = [_batch_cosines(model, x, y, num_classes, feedback, n, seed, exclude) for x, y in eval_batches]
-    fresh = torch.cat([b[0] for b in per_batch], dim=2)  # (n, L+1, N)
-    draws = torch.tensor([[mean_defined(layer)[0] for layer in draw] for draw in fresh], dtype=torch.float64)
-    trained = None
-    if feedback is not None:
-        own = torch.cat([b[1] for b in per_batch], dim=1)  # (L+1, N)
-        trained = [mean_defined(layer)[0] for layer in own]
-    return NullCalibration(draws, trained)
-
-
-def _batch_cosines(model, x, y, num_classes, feedback, n, seed, exclude):
-    ref = reference_pass(model, x, y)
-    rows = ref.rows
-    if ref.logits.shape[-1] != num_classes:
-        raise DataError(f"num_classes={num_classes}, but the model has {ref.logits.shape[-1]} outputs")
-    e = output_error(ref.logits, y.to(ref.logits.device))
+    if reference is None:
+        reference = reference_rows(model, eval_batches)
+    rows, errors = reference
+    if errors.shape[-1] != num_classes:
+        raise DataError(f"num_classes={num_classes}, but the model has {errors.shape[-1]} outputs")
     dims = [r.shape[1] for r in rows]
     if feedback is not None:
         check_dfa_feedback(feedback, num_classes, dims)
-    # the same seed gives the same draws for every batch: each draw is one fixed set of B
-    draws = [
-        torch.stack([cosine_per_sample(e @ b.to(e), g) for b, g in zip(fresh, rows)])
-        for fresh in fresh_feedback_draws(num_classes, dims, n, seed, exclude)
-    ]
-    own = None
+    e = errors.to(torch.float64)
+    units = [unit_rows(g) for g in rows]
+    draws = torch.tensor(
+        [[mean_defined(gram_cosines(e, g, b))[0] for b, g in zip(fresh, units)]
+         for fresh in fresh_feedback_draws(num_classes, dims, n, seed, feedback if exclude is None else exclude)],
+        dtype=torch.float64,
+    )
+    trained = None
     if feedback is not None:
-        own = torch.stack([cosine_per_sample(e @ b.to(e), g) for b, g in zip(feedback, rows)])
-    return torch.stack(draws), own
+        trained = [mean_defined(gram_cosines(e, g, b))[0] for b, g in zip(feedback, units)]
+    return NullCalibration(draws, trained)
+
+
+def reference_rows(
+    model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-layer rows of ``g_l`` and the output errors ``e`` over ``eval_batches``, in eval
+    mode and never below float32 (as the probe measures)."""
+    if len(eval_batches) < 1:
+        raise DataError("null calibration needs at least one eval batch")
+    if next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+        model = copy.deepcopy(model).float()
+    per_batch = []
+    with interface.eval_mode(model):
+        for x, y in eval_batches:
+            ref = reference_pass(model, x, y)
+            e = output_error(ref.logits, y.to(ref.logits.device))
+            per_batch.append(([g.detach() for g in ref.rows], e))
+    rows = [torch.cat(layer) for layer in zip(*(b[0] for b in per_batch))]
+    return rows, torch.cat([b[1] for b in per_batch])
+
+
+def gram_cosines(e: torch.Tensor, g_unit: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
+    """``cos(e_i B, g_i)`` per sample without forming ``e_i B``: with ``ĝ_i = g_i / ‖g_i‖``,
+    ``⟨e_i B, ĝ_i⟩ = e_i · (B ĝ_i)`` and ``‖e_i B‖² = e_i (B Bᵀ) e_iᵀ``, products of as many
+    numbers as classes; float64, NaN where ``g_i`` or ``e_i B`` is zero."""
+    b = feedback.to(device=g_unit.device, dtype=torch.float64)
+    e = e.to(g_unit.device)
+    inner = (e * (g_unit @ b.T)).sum(dim=1)
+    norm = ((e @ (b @ b.T)) * e).sum(dim=1).clamp_min(0).sqrt()
+    return inner / norm

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import interface
-from .credit import CreditSignal
+from .credit import CreditSignal, output_error
 from .diagnostics import cosine_per_sample, output_error_rel_error, per_sample_norms
 from .errors import DataError, ModelInterfaceError, NonFiniteError
 from .reference import reference_pass
@@ -48,6 +48,8 @@ class Probe:
     eval_correct: int = 0
     logit_grad_norms: torch.Tensor | None = None
     error_rel_errors: torch.Tensor | None = None
+    grad_rows: list[torch.Tensor] | None = None
+    output_errors: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     @property
@@ -86,8 +88,13 @@ def run_probe(
     eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     credit: CreditSignal | None = None,
     device: torch.device | str | None = None,
+    keep_rows: bool = False,
 ) -> Probe:
     """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``.
+
+    ``keep_rows`` keeps the per-sample rows of ``g_l`` and the output errors
+    ``e = softmax − onehot`` (``probe.grad_rows``, ``probe.output_errors``), for measurements
+    that reuse the reference, such as the null band.
 
     Runs in eval mode (restored afterwards) and never below float32: a model stored in
     float16 or bfloat16 is measured through a float32 copy (and a model that lives off
@@ -104,13 +111,15 @@ def run_probe(
     if device is not None and torch.device(device) != param.device:
         model = copy.deepcopy(model).to(device)
     with interface.eval_mode(model):
-        probe = probe_batches(model, eval_batches, credit, batch_size)
+        probe = probe_batches(model, eval_batches, credit, batch_size, keep_rows)
     if stored in HALF_DTYPES:
         probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
     return probe
 
 
-def probe_batches(model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int) -> Probe:
+def probe_batches(
+    model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int, keep_rows: bool = False
+) -> Probe:
     """The measurement loop of :func:`run_probe`: one :func:`reference_pass` per batch, in
     the model's current mode and dtype (``run_probe`` sets eval mode and float32 first)."""
     hidden_norms: list[list[torch.Tensor]] = []
@@ -120,6 +129,8 @@ def probe_batches(model: nn.Module, eval_batches, credit: CreditSignal | None, b
     mid_means = []
     logit_grads: list[torch.Tensor] = []
     rel_errors: list[torch.Tensor] = []
+    kept_rows: list[list[torch.Tensor]] = []
+    kept_errors: list[torch.Tensor] = []
     correct = 0
     layout = "vector"
     mid = 0
@@ -135,6 +146,9 @@ def probe_batches(model: nn.Module, eval_batches, credit: CreditSignal | None, b
         y = y.to(logits.device)
         rel_errors.append(output_error_rel_error(logit_rows * len(y), logits.reshape(len(y), -1), y))
         correct += int((logits.argmax(dim=-1) == y).sum())
+        if keep_rows:
+            kept_rows.append([g.detach() for g in rows_g])
+            kept_errors.append(output_error(logits, y))
         if ref.credits is not None:
             cosines.append(_layer_cosines(ref.credits, rows_g))
             credit_norms.append([None if a is None else per_sample_norms(a) for a in ref.credits])
@@ -154,6 +168,8 @@ def probe_batches(model: nn.Module, eval_batches, credit: CreditSignal | None, b
         eval_correct=correct,
         logit_grad_norms=torch.cat(logit_grads),
         error_rel_errors=torch.cat(rel_errors),
+        grad_rows=[torch.cat(layer) for layer in zip(*kept_rows)] if keep_rows else None,
+        output_errors=torch.cat(kept_errors) if keep_rows else None,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -235,7 +234,8 @@ def diagnose(
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
-    probe = run_probe(model, eval_batches, credit=credit, device=device)
+    with_null = bool(null_draws) and isinstance(credit, DFACredit)
+    probe = run_probe(model, eval_batches, credit=credit, device=device, keep_rows=with_null)
     if getattr(model, "state_names", None):
         context = {**(context or {}), "states": list(model.state_names)}
     report = report_from_probe(
@@ -248,19 +248,12 @@ def diagnose(
         label=label,
         context=context,
     )
-    if null_draws and isinstance(credit, DFACredit):
-        attach_null(report, _null_calibration(model, eval_batches, credit, null_draws, device))
+    if with_null:
+        # the null band reuses the probe's reference: no second forward/backward pass
+        null = null_gamma(model, eval_batches, credit.feedback[-1].shape[0], n=null_draws,
+                          exclude=credit.feedback, reference=(probe.grad_rows, probe.output_errors))
+        attach_null(report, null)
     return report
-
-
-def _null_calibration(model, eval_batches, credit: DFACredit, n: int, device) -> NullCalibration:
-    param = next(model.parameters())
-    if param.dtype in (torch.float16, torch.bfloat16):
-        model = copy.deepcopy(model).float()  # as the probe does: never below float32
-    if device is not None:
-        model = copy.deepcopy(model).to(device) if param.device != torch.device(device) else model
-    num_classes = credit.feedback[-1].shape[0]
-    return null_gamma(model, eval_batches, num_classes, n=n, exclude=credit.feedback)
 
 
 def attach_null(report: DiagnosticReport, null: NullCalibration) -> DiagnosticReport:

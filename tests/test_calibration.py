@@ -51,7 +51,7 @@ def _per_sample_cosines(model, batches, feedback) -> torch.Tensor:
         e = torch.softmax(logits.detach(), dim=-1) - F.one_hot(y, CLASSES).float()
         rows = []
         for b, g in zip(feedback, grads):
-            a, g = (e @ b).double(), g.reshape(len(y), -1).double()
+            a, g = e.double() @ b.double(), g.reshape(len(y), -1).double()  # the null works in float64
             rows.append((a * g).sum(dim=1) / (a.norm(dim=1) * g.norm(dim=1)))
         columns.append(torch.stack(rows))
     return torch.cat(columns, dim=1)

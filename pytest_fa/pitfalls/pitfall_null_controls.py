@@ -30,9 +30,9 @@ NULL_DRAWS = 20
 BAND = 2.0  # the null band: mean ± 2 std over the fresh draws
 
 
-def _naive_null_gamma(model, eval_batches, num_classes, *, feedback=None, n=20, seed=0):
+def _naive_null_gamma(model, eval_batches, num_classes, *, feedback=None, n=20, seed=0, exclude=None, reference=None):
     """A "null" that reuses the training B for every draw: it has no spread and sits on Γ itself."""
-    trained = _gamma_per_sample(model, eval_batches, feedback)
+    trained = _gamma_per_sample(model, eval_batches, feedback if feedback is not None else exclude)
     per_layer = [D.mean_defined(c)[0] for c in trained]
     draws = torch.tensor([per_layer] * n, dtype=torch.float64)
     return NullCalibration(draws, per_layer if feedback is not None else None)
