@@ -21,8 +21,11 @@ import torch
 from torch import nn
 
 from . import diagnostics as D
+from . import registry
 from .probe import run_probe
 from .thresholds import DiagnosticThresholds
+
+MONITORED = ("a", "b")  # the diagnostics a training loop can afford every N steps
 
 
 def growth_and_floor(model: nn.Module, batches, thresholds: DiagnosticThresholds) -> dict[str, Any]:
@@ -58,7 +61,7 @@ class EarlyStopMonitor:
     eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
     every: int = 100
     thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
-    stop_on: tuple[str, ...] = ("a", "b")
+    stop_on: tuple[str, ...] = MONITORED
     total_steps: int | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     first_fired: dict[str, int] = field(default_factory=dict)
@@ -68,7 +71,7 @@ class EarlyStopMonitor:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("every must be at least 1")
-        unknown = set(self.stop_on) - {"a", "b"}
+        unknown = set(self.stop_on) - set(MONITORED)
         if unknown:
             raise ValueError(f"stop_on takes 'a' and/or 'b', not {sorted(unknown)}")
 
@@ -79,7 +82,7 @@ class EarlyStopMonitor:
             return False
         record = {"step": self._count, **growth_and_floor(self.model, self.eval_batches, self.thresholds)}
         self.records.append(record)
-        for key in ("a", "b"):
+        for key in MONITORED:
             if record[key] and key not in self.first_fired:
                 self.first_fired[key] = self._count
         if self.stopped_at is None and any(record[key] for key in self.stop_on):
@@ -96,9 +99,9 @@ class EarlyStopMonitor:
 
     def summary(self) -> str:
         lines = []
-        for key, name in (("a", "residual growth"), ("b", "gradient floor")):
+        for key in MONITORED:
             at = self.first_fired.get(key)
-            lines.append(f"({key}) {name}: " + (f"first fired at step {at}" if at else "never fired"))
+            lines.append(f"({key}) {registry.get(key).name}: " + (f"first fired at step {at}" if at else "never fired"))
         if self.stopped_at is not None:
             saved = self.compute_saved
             lines.append(f"stopped at step {self.stopped_at}" + (f", {100 * saved:.0f}% of the planned compute saved" if saved is not None else ""))
