@@ -44,17 +44,15 @@ def load(bundle_path: str):
 def null_vectorised(model, batches, num_classes: int, n: int = 20, seed: int = 0) -> torch.Tensor:
     """(n, L+1) null Γ_l, as pytest_fa.calibration.null_gamma computes it, with the redundant
     work hoisted: one feedback draw set for all batches, one normalisation of g per layer."""
-    from pytest_fa import interface
     from pytest_fa.credit import init_dfa_feedback, output_error
+    from pytest_fa.reference import reference_pass
     from pytest_fa.diagnostics import unit_rows
 
     stacks = None
     per_batch = []
     for x, y in batches:
-        x = x.clone().requires_grad_(True)
-        logits, hiddens = interface.forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-        rows = [g.reshape(len(g), -1) for g in grads]
+        ref = reference_pass(model, x, y)
+        logits, rows = ref.logits, ref.rows
         if stacks is None:
             dims = [r.shape[1] for r in rows]
             draws = [init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed * 100_003 + i)) for i in range(n)]
@@ -71,17 +69,15 @@ def null_vectorised(model, batches, num_classes: int, n: int = 20, seed: int = 0
 
 def null_gram(model, batches, num_classes: int, n: int = 20, seed: int = 0) -> torch.Tensor:
     """(n, L+1) null Γ_l from C-dimensional products only (float64, exact up to rounding)."""
-    from pytest_fa import interface
     from pytest_fa.credit import init_dfa_feedback, output_error
+    from pytest_fa.reference import reference_pass
     from pytest_fa.diagnostics import unit_rows
 
     stacks = grams = None
     per_batch = []
     for x, y in batches:
-        x = x.clone().requires_grad_(True)
-        logits, hiddens = interface.forward_hidden(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), hiddens)
-        rows = [g.reshape(len(g), -1) for g in grads]
+        ref = reference_pass(model, x, y)
+        logits, rows = ref.logits, ref.rows
         if stacks is None:
             dims = [r.shape[1] for r in rows]
             draws = [init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed * 100_003 + i)) for i in range(n)]

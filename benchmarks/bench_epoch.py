@@ -182,14 +182,7 @@ def step_contenders(data, method: str, steps: int = 100):
         if method == "bp":
             logits = model(x)
             return [F.cross_entropy(logits, y)], [None]
-        h = model.embed(x)
-        outputs = [h]
-        h = h.detach()
-        for block in model.blocks:
-            branch = block(h)
-            outputs.append(branch)
-            h = (h + branch).detach()
-        logits = model.out_head(model.out_ln(h))
+        logits, outputs = local_forward(model, x)
         e = torch.softmax(logits.detach(), -1) - F.one_hot(y, data.num_classes).to(logits.dtype)
         return [F.cross_entropy(logits, y), *outputs], [None, *(e @ b / len(y) for b in state.feedback)]
 

@@ -126,6 +126,7 @@ class HookedModel(nn.Module):
         self._logits = logits
         self._record: list[dict[str, Any]] | None = None
         self._mode: str | None = None if block_output == "auto" else block_output
+        self._chain_checked = False
 
     # -- the duck-typed contract -------------------------------------------------------------
     @property
@@ -172,7 +173,10 @@ class HookedModel(nn.Module):
             with torch.no_grad():
                 self._mode = _block_output_of(self._capture(x, "sum")[1], self.state_names)
         logits, record = self._capture(x, self._mode)
-        _check_record(record, self.state_names, len(x), self._mode)
+        _check_record(record, self.state_names, len(x))
+        if not self._chain_checked:  # the chain is the model's structure: read it once
+            _check_chain(record, self.state_names, self._mode)
+            self._chain_checked = True
         return logits, [entry["state"] for entry in record]
 
     def _capture(self, x: torch.Tensor, mode: str):
@@ -302,7 +306,8 @@ def _check_count(record: list[dict[str, Any]], names: list[str]) -> None:
         )
 
 
-def _check_record(record: list[dict[str, Any]], names: list[str], batch: int, mode: str) -> None:
+def _check_record(record: list[dict[str, Any]], names: list[str], batch: int) -> None:
+    """Every call: each state ran once, in order, batch first, and was not overwritten."""
     _check_count(record, names)
     for entry in record:
         name, state = names[entry["index"]], entry["state"]
@@ -316,6 +321,10 @@ def _check_record(record: list[dict[str, Any]], names: list[str], batch: int, mo
                 f"the output of {name!r} was overwritten in place later in the forward pass (an "
                 "inplace=True activation?); name a module whose output is kept, or make it out of place"
             )
+
+
+def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> None:
+    """Once: the first block reads h_0, and the blocks return what ``mode`` says."""
     if len(record) < 3:
         _check_first_block(record, names)
         return

@@ -7,7 +7,6 @@ the reference study). A training-B Γ inside that null band is not evidence of a
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from . import interface
 from .credit import check_dfa_feedback, init_dfa_feedback, output_error
 from .diagnostics import mean_defined, unit_rows
 from .errors import DataError
+from .probe import at_least_float32
 from .reference import reference_pass
 
 
@@ -128,8 +128,7 @@ def reference_rows(
     mode and never below float32 (as the probe measures)."""
     if len(eval_batches) < 1:
         raise DataError("null calibration needs at least one eval batch")
-    if next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
-        model = copy.deepcopy(model).float()
+    model = at_least_float32(model)
     per_batch = []
     with interface.eval_mode(model):
         for x, y in eval_batches:

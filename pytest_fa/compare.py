@@ -110,8 +110,11 @@ class Figure:
     diagnostic: str | None = None
 
 
-def _diagnostic_value(key: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda report: _number(_get(report, "diagnostics", key, "value"))
+def _diagnostic(name: str, description: str, key: str, **options: Any) -> Figure:
+    """The figure of diagnostic ``key``'s statistic: worse towards its firing side."""
+    worse = "up" if registry.get(key).fires_above else "down"
+    return Figure(name, description, worse, lambda report: _number(_get(report, "diagnostics", key, "value")),
+                  diagnostic=key, **options)
 
 
 def _read(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
@@ -121,14 +124,10 @@ def _read(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
 _FIGURE_LIST = (
     Figure("headline_acc", "headline accuracy (fraction)", "down", _read("accuracy", "headline"),
            spec=".4f", units=("pp",), pp=0.01),
-    Figure("margin_pp", "(d) frozen-blocks margin, points", "down", _diagnostic_value("d"),
-           units=("pp",), diagnostic="d"),
-    Figure("growth", "(a) residual growth, max ‖h_{l+1}‖/‖h_l‖", "up", _diagnostic_value("a"),
-           units=("x",), diagnostic="a"),
-    Figure("grad_ref", "(b) reference ‖g_L‖ at the floor's batch size", "down", _diagnostic_value("b"),
-           spec=".2e", units=("x",), diagnostic="b"),
-    Figure("stability", "(c) direction stability, mean cosine", "up", _diagnostic_value("c"),
-           diagnostic="c"),
+    _diagnostic("margin_pp", "(d) frozen-blocks margin, points", "d", units=("pp",)),
+    _diagnostic("growth", "(a) residual growth, max ‖h_{l+1}‖/‖h_l‖", "a", units=("x",)),
+    _diagnostic("grad_ref", "(b) reference ‖g_L‖ at the floor's batch size", "b", spec=".2e", units=("x",)),
+    _diagnostic("stability", "(c) direction stability, mean cosine", "c"),
     Figure("deep_gamma", "mean Γ_l over layers ≥ 1", "down", _read("gamma", "mean_deep_layers")),
     Figure("all_gamma", "mean Γ_l over all layers", "down", _read("gamma", "mean_all_layers")),
     Figure("layer_gamma", "every layer's Γ_l, one by one", "down", lambda report: None),
@@ -141,8 +140,6 @@ TABLE_FIGURES = tuple(name for name in FIGURES if name != "layer_gamma")
 
 DIAGNOSTIC_FIGURES = {f.diagnostic: f.name for f in _FIGURE_LIST if f.diagnostic}
 """Diagnostic key → the figure its threshold crossing is reported under."""
-
-FIRES_WHEN = {"a": ">", "b": "<", "c": ">", "d": "<"}
 
 
 def _figure(name: str) -> Figure:
@@ -462,7 +459,7 @@ class Change:
                 NOT_EVALUATED: "was evaluated, now is not",
                 NOW_EVALUATED: "now evaluated",
             }[self.kind]
-            rule = f"fires {FIRES_WHEN[key]} {self.threshold:g}" if self.threshold is not None else ""
+            rule = f"fires {registry.get(key).op} {self.threshold:g}" if self.threshold is not None else ""
             text = f"{figure} ({key}: {registry.get(key).name}) {what}: {values}"
             text += f"; {rule}" if rule else ""
         elif self.kind == BEYOND and self.tolerance is not None:

@@ -105,9 +105,7 @@ def run_probe(
     check_finite_parameters(model)
     param = next(model.parameters())
     stored = param.dtype
-    if stored in HALF_DTYPES:
-        # fp16 flushes hidden-layer BP gradients (~1e-9) to zero; measure a float32 copy
-        model = copy.deepcopy(model).float()
+    model = at_least_float32(model)
     if device is not None and torch.device(device) != param.device:
         model = copy.deepcopy(model).to(device)
     with interface.eval_mode(model):
@@ -115,6 +113,14 @@ def run_probe(
     if stored in HALF_DTYPES:
         probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
     return probe
+
+
+def at_least_float32(model: nn.Module) -> nn.Module:
+    """``model``, or a float32 copy when it is stored in float16 or bfloat16: half precision
+    flushes hidden-layer BP gradients (~1e-9) to zero."""
+    if next(model.parameters()).dtype in HALF_DTYPES:
+        return copy.deepcopy(model).float()
+    return model
 
 
 def probe_batches(

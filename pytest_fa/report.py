@@ -16,9 +16,9 @@ from .calibration import NullCalibration, null_gamma
 from .credit import CreditSignal, DFACredit
 from .errors import DataError, setting
 from .probe import Probe, run_probe
+from .settings import MIN_EVAL_BATCHES
 from .thresholds import DiagnosticThresholds
 
-MIN_EVAL_BATCHES = 8
 
 
 @dataclass
