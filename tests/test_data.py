@@ -540,3 +540,13 @@ def test_a_cached_mnist1d_loads_without_importing_the_generator(small_data, isol
     env = {**os.environ, "PYTEST_FA_CACHE": str(isolated_cache)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", repr(float(small_data.x_test.sum())), "40"]
+
+
+def test_a_damaged_mnist1d_index_is_rebuilt_from_the_generator(fa_cache):
+    first = load_dataset("mnist1d", num_samples=500)
+    (index,) = (fa_cache / "mnist1d").glob("args-*.json")
+    index.write_text("{not json")
+    again = load_dataset("mnist1d", num_samples=500)
+    assert_same_tensors(again, first)
+    assert again.spec == first.spec
+    assert json.loads(index.read_text())["num_samples"] == 500
