@@ -43,11 +43,11 @@ t = [time.perf_counter()]
 import torch
 t.append(time.perf_counter())
 import pytest_fa
-from pytest_fa.checkpoint import load_checkpoint
-from pytest_fa.data import dataset_from_spec, eval_batches
-from pytest_fa.methods import get_method
-from pytest_fa.report import diagnose
-from pytest_fa.train import accuracy
+from pytest_fa.training.checkpoint import load_checkpoint
+from pytest_fa.training.data import dataset_from_spec, eval_batches
+from pytest_fa.training.methods import get_method
+from pytest_fa.core.report import diagnose
+from pytest_fa.training.trainer import accuracy
 t.append(time.perf_counter())
 import mnist1d.data  # what load_dataset('mnist1d') imports first, even on a cache hit
 t.append(time.perf_counter())

@@ -6,8 +6,8 @@ Contenders, interleaved round by round (order rotated each round):
   fwd_bwd    model(x) -> CE -> loss.backward() on each of the 8 eval batches of 128
   null20     diagnose(..., credit=DFACredit(bundle.feedback))   (null_draws=20, the default)
   null0      the same with null_draws=0
-  probe      pytest_fa.probe.run_probe alone (the forward/backward pass diagnose runs)
-  nullband   pytest_fa.calibration.null_gamma alone (what null_draws=20 adds)
+  probe      pytest_fa.core.probe.run_probe alone (the forward/backward pass diagnose runs)
+  nullband   pytest_fa.core.calibration.null_gamma alone (what null_draws=20 adds)
   nullvec    a benchmark-only prototype of the same null band: the 20 fresh B drawn once (not
              per batch), g_l normalised once per layer (not per draw), the 20 draws in one
              batched matmul; its Γ_l means are checked against null_gamma's
@@ -27,13 +27,12 @@ import pstats
 
 import torch
 import torch.nn.functional as F
-
-from _common import fmt_ms, fmt_ratio, provenance, interleaved, ratio_stats
+from _common import fmt_ms, fmt_ratio, interleaved, provenance, ratio_stats
 
 
 def load(bundle_path: str):
-    from pytest_fa.checkpoint import load_checkpoint
-    from pytest_fa.data import dataset_from_spec, eval_batches
+    from pytest_fa.training.checkpoint import load_checkpoint
+    from pytest_fa.training.data import dataset_from_spec, eval_batches
 
     loaded = load_checkpoint(bundle_path)
     data = dataset_from_spec(loaded.bundle.data)
@@ -42,11 +41,11 @@ def load(bundle_path: str):
 
 
 def null_vectorised(model, batches, num_classes: int, n: int = 20, seed: int = 0) -> torch.Tensor:
-    """(n, L+1) null Γ_l, as pytest_fa.calibration.null_gamma computes it, with the redundant
+    """(n, L+1) null Γ_l, as pytest_fa.core.calibration.null_gamma computes it, with the redundant
     work hoisted: one feedback draw set for all batches, one normalisation of g per layer."""
-    from pytest_fa.credit import init_dfa_feedback, output_error
-    from pytest_fa.reference import reference_pass
-    from pytest_fa.diagnostics import unit_rows
+    from pytest_fa.core.credit import init_dfa_feedback, output_error
+    from pytest_fa.core.diagnostics import unit_rows
+    from pytest_fa.core.reference import reference_pass
 
     stacks = None
     per_batch = []
@@ -69,9 +68,9 @@ def null_vectorised(model, batches, num_classes: int, n: int = 20, seed: int = 0
 
 def null_gram(model, batches, num_classes: int, n: int = 20, seed: int = 0) -> torch.Tensor:
     """(n, L+1) null Γ_l from C-dimensional products only (float64, exact up to rounding)."""
-    from pytest_fa.credit import init_dfa_feedback, output_error
-    from pytest_fa.reference import reference_pass
-    from pytest_fa.diagnostics import unit_rows
+    from pytest_fa.core.credit import init_dfa_feedback, output_error
+    from pytest_fa.core.diagnostics import unit_rows
+    from pytest_fa.core.reference import reference_pass
 
     stacks = grams = None
     per_batch = []
@@ -103,10 +102,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from pytest_fa.calibration import null_gamma
-    from pytest_fa.credit import DFACredit
-    from pytest_fa.probe import run_probe
-    from pytest_fa.report import diagnose
+    from pytest_fa.core.calibration import null_gamma
+    from pytest_fa.core.credit import DFACredit
+    from pytest_fa.core.probe import run_probe
+    from pytest_fa.core.report import diagnose
 
     loaded, batches = load(args.bundle)
     model = loaded.model.eval()

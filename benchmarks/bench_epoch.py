@@ -1,4 +1,4 @@
-"""One training epoch of pytest_fa.train.train ÷ a minimal hand-written torch loop.
+"""One training epoch of pytest_fa.training.trainer.train ÷ a minimal hand-written torch loop.
 
     python benchmarks/bench_epoch.py --mode base --method bp  --threads 1 --repeats 5
     python benchmarks/bench_epoch.py --mode base --method dfa --threads 1 --repeats 5
@@ -35,8 +35,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from _common import fmt_ms, fmt_ratio, provenance, interleaved, ratio_stats
+from _common import fmt_ms, fmt_ratio, interleaved, provenance, ratio_stats
 
 SEEDS = (42, 123, 456)
 
@@ -94,7 +93,7 @@ COMPILED_LOCAL_FORWARD = None
 
 
 def hand_dfa(data, seed: int = 42, model=None, batch: int = 128, compiled: bool = False):
-    """Minimal DFA, the update pytest_fa.methods.DFA computes: every module's input is
+    """Minimal DFA, the update pytest_fa.training.methods.DFA computes: every module's input is
     detached, module l's output receives the gradient a_l / B with a_l = e B_l,
     e = softmax(z) - onehot(y); the terminal LN and head get their true CE gradient.
     ``compiled``: the local forward pass as one torch.compile'd function."""
@@ -127,7 +126,7 @@ HAND = {"bp": hand_bp, "dfa": hand_dfa}
 
 
 def package(data, method: str, monitor: bool, factory=None):
-    from pytest_fa.train import train
+    from pytest_fa.training.trainer import train
 
     return train(data, method, epochs=1, seed=42, monitor=monitor, model_factory=factory, device="cpu").model
 
@@ -171,7 +170,7 @@ def vmap3(data, batch: int = 128):
 
 def step_contenders(data, method: str, steps: int = 100):
     """Forward+backward of one batch, repeated: the package's Method.loss vs the hand code."""
-    from pytest_fa.methods import get_method
+    from pytest_fa.training.methods import get_method
 
     model = build(42, data)
     m = get_method(method)
@@ -228,7 +227,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from pytest_fa.data import load_dataset
+    from pytest_fa.training.data import load_dataset
 
     data = load_dataset("mnist1d")
     print(provenance())

@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+from pytest_fa.core.report import diagnose
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
-from pytest_fa.report import diagnose
-from pytest_fa.thresholds import DiagnosticThresholds
 
 COLUMNS = (
     "bundle", "epochs", "acc", "frozen", "frozen gain_L", "(a) growth", "‖g_L‖ @128", "gain_L", "‖e‖", "(b) sub-mode",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 
 import studies
-from pytest_fa.data import load_dataset
+
+from pytest_fa.training.data import load_dataset
 
 SMOKE_ARCHS = {
     "resmlp": {"d": 32, "depth": 4},

@@ -15,10 +15,10 @@ import argparse
 import itertools
 import sys
 
-from pytest_fa.data import load_dataset
-from pytest_fa.methods import get_method
-from pytest_fa.methods.equilibrium import CREDIT_RULES
-from pytest_fa.train import train
+from pytest_fa.training.data import load_dataset
+from pytest_fa.training.methods import get_method
+from pytest_fa.training.methods.equilibrium import CREDIT_RULES
+from pytest_fa.training.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:

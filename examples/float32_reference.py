@@ -18,10 +18,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from pytest_fa import diagnostics as D
-from pytest_fa.checkpoint import load_checkpoint
-from pytest_fa.data import dataset_from_spec, eval_batches
-from pytest_fa.interface import forward_hidden
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.interface import forward_hidden
+from pytest_fa.training.checkpoint import load_checkpoint
+from pytest_fa.training.data import dataset_from_spec, eval_batches
 
 EDGES = (0.0, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, float("inf"))
 

@@ -8,25 +8,29 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pytest_fa import _moved
+
 __version__ = "0.1.0"
 
+_moved.install()
+
 _EXPORTS = {
-    "adapt": "pytest_fa.adapter",
-    "reference_pass": "pytest_fa.reference",
-    "ReferencePass": "pytest_fa.reference",
-    "ProtocolSettings": "pytest_fa.settings",
-    "Diagnostic": "pytest_fa.registry",
-    "register_diagnostic": "pytest_fa.registry",
+    "adapt": "pytest_fa.core.adapter",
+    "reference_pass": "pytest_fa.core.reference",
+    "ReferencePass": "pytest_fa.core.reference",
+    "ProtocolSettings": "pytest_fa.core.settings",
+    "Diagnostic": "pytest_fa.core.registry",
+    "register_diagnostic": "pytest_fa.core.registry",
     "check": "pytest_fa.api",
-    "diagnose": "pytest_fa.report",
-    "DiagnosticReport": "pytest_fa.report",
-    "DiagnosticThresholds": "pytest_fa.thresholds",
-    "Bundle": "pytest_fa.checkpoint",
-    "load_bundle": "pytest_fa.checkpoint",
-    "load_checkpoint": "pytest_fa.checkpoint",
-    "save_bundle": "pytest_fa.checkpoint",
-    "load_dataset": "pytest_fa.data",
-    "eval_batches": "pytest_fa.data",
+    "diagnose": "pytest_fa.core.report",
+    "DiagnosticReport": "pytest_fa.core.report",
+    "DiagnosticThresholds": "pytest_fa.core.thresholds",
+    "Bundle": "pytest_fa.training.checkpoint",
+    "load_bundle": "pytest_fa.training.checkpoint",
+    "load_checkpoint": "pytest_fa.training.checkpoint",
+    "save_bundle": "pytest_fa.training.checkpoint",
+    "load_dataset": "pytest_fa.training.data",
+    "eval_batches": "pytest_fa.training.data",
     "build_model": "pytest_fa.models",
 }
 

@@ -4,7 +4,7 @@
     assert report.trustworthy, report
 
 ``data`` is what a training loop already has: a ``DataLoader`` (or any iterable of
-``(x, y)`` batches), a pair of tensors ``(x, y)``, or a :class:`pytest_fa.data.Dataset`
+``(x, y)`` batches), a pair of tensors ``(x, y)``, or a :class:`pytest_fa.training.data.Dataset`
 (its test split). The eval batches are ``num_batches`` disjoint batches of ``batch_size``
 samples drawn with a seeded permutation, whatever batch size the loader yields.
 """
@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .credit import CreditSignal
-from .data import Dataset
-from .data import eval_batches as dataset_eval_batches
-from .errors import DataError
-from .report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
-from .thresholds import DiagnosticThresholds
-from .train import accuracy
+from pytest_fa.core.credit import CreditSignal
+from pytest_fa.core.report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.errors import DataError
+from pytest_fa.training.data import Dataset
+from pytest_fa.training.data import eval_batches as dataset_eval_batches
+from pytest_fa.training.trainer import accuracy
 
 
 def eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from . import diagnostics as D
-from .interface import per_sample
-from .render import MEANING
-from .report import DiagnosticReport
-from .thresholds import DiagnosticThresholds
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.interface import per_sample
+from pytest_fa.core.render import MEANING
+from pytest_fa.core.report import DiagnosticReport
+from pytest_fa.core.thresholds import DiagnosticThresholds
 
 _DEFAULTS = DiagnosticThresholds()
 

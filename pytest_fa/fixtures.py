@@ -10,20 +10,21 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .state import STATE_KEY, FAState
+from pytest_fa.plugin._state import STATE_KEY, FAState
 
 if TYPE_CHECKING:
     import torch
 
-    from .protocol import CheckpointRun, FrozenBaseline, ProtocolRunner
-    from .report import DiagnosticReport
-    from .thresholds import DiagnosticThresholds
+    from pytest_fa.core.report import DiagnosticReport
+    from pytest_fa.core.settings import SessionSettings
+    from pytest_fa.core.thresholds import DiagnosticThresholds
+    from pytest_fa.protocol import CheckpointRun, FrozenBaseline, ProtocolRunner
 
 
 @contextmanager
 def clean_errors() -> Iterator[None]:
     """Turn pytest-fa input errors into a one-paragraph failure without a traceback."""
-    from .errors import FAError
+    from pytest_fa.errors import FAError
 
     try:
         yield
@@ -39,6 +40,13 @@ def _state(request: pytest.FixtureRequest) -> FAState:
 def fa_runner(request: pytest.FixtureRequest) -> ProtocolRunner:
     """The session's :class:`~pytest_fa.protocol.ProtocolRunner`."""
     return _state(request).runner
+
+
+@pytest.fixture(scope="session")
+def fa_settings(request: pytest.FixtureRequest) -> SessionSettings:
+    """The session's :class:`~pytest_fa.core.settings.SessionSettings`: every ``--fa-*``
+    option, resolved from the command line, then the ini file, then the defaults."""
+    return _state(request).settings
 
 
 @pytest.fixture(scope="session")

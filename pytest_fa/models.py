@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, setting
+from pytest_fa.errors import CheckpointError, setting
 
 Shape = tuple[int, ...]
 

@@ -15,7 +15,10 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from .checkpoint import (
+from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
+from pytest_fa.core.settings import ProtocolSettings
+from pytest_fa.errors import CheckpointError, DataError, FAError, setting
+from pytest_fa.training.checkpoint import (
     Bundle,
     LoadedCheckpoint,
     import_factory,
@@ -25,12 +28,14 @@ from .checkpoint import (
     read_checkpoint,
     save_bundle,
 )
-from .data import Dataset, dataset_from_spec, eval_batches, load_dataset
-from .errors import CheckpointError, DataError, FAError, setting
-from .methods import get_method
-from .report import DiagnosticReport, DiagnosticThresholds, diagnose
-from .settings import ProtocolSettings
-from .train import Recipe, accuracy, resolve_device, train
+from pytest_fa.training.data import (
+    Dataset,
+    dataset_from_spec,
+    eval_batches,
+    load_dataset,
+)
+from pytest_fa.training.methods import get_method
+from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
 
 FROZEN_BASELINE_VERSION = 1
 
@@ -234,7 +239,7 @@ class ProtocolRunner:
         if arch == "custom":
             make = import_factory(self.settings.model_factory)
             return self._adapted(make(**config) if config else make())
-        from .models import build_model
+        from pytest_fa.models import build_model
 
         return build_model(arch, **config)
 
@@ -242,7 +247,7 @@ class ProtocolRunner:
         """``model`` read through forward hooks at the ``hidden`` states, when they are named."""
         if not self.settings.hidden:
             return model
-        from .adapter import adapt
+        from pytest_fa.core.adapter import adapt
 
         return adapt(model, self.settings.hidden, block_output=self.settings.block_output, pooling=self.settings.pooling)
 
@@ -311,7 +316,7 @@ def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | No
 
 
 def _terminal_norm(model: nn.Module) -> bool | None:
-    from .interface import has_terminal_norm
+    from pytest_fa.core.interface import has_terminal_norm
 
     try:
         return has_terminal_norm(model)
@@ -339,7 +344,7 @@ def _check_model_accepts(model: nn.Module, data: Dataset, path: str) -> None:
 
 
 def _default_cache() -> Path:
-    from .data import cache_dir
+    from pytest_fa.training.data import cache_dir
 
     return cache_dir() / "frozen"
 

@@ -38,14 +38,14 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def small_data(isolated_cache):
-    from pytest_fa.data import load_dataset
+    from pytest_fa.training.data import load_dataset
 
     return load_dataset("mnist1d", num_samples=SMALL_SAMPLES)
 
 
 def _train(small_data, method, tmp_path_factory):
-    from pytest_fa.checkpoint import save_bundle
-    from pytest_fa.train import train
+    from pytest_fa.training.checkpoint import save_bundle
+    from pytest_fa.training.trainer import train
 
     result = train(small_data, method, arch_config=SMALL_ARCH, epochs=SMALL_EPOCHS, seed=42, device="cpu")
     path = tmp_path_factory.mktemp("bundles") / f"{method}_s42.pt"

@@ -13,9 +13,9 @@ import json
 import pytest
 import torch
 
-from pytest_fa.checkpoint import load_checkpoint, save_bundle
-from pytest_fa.data import dataset_from_spec, eval_batches, load_dataset
-from pytest_fa.train import train
+from pytest_fa.training.checkpoint import load_checkpoint, save_bundle
+from pytest_fa.training.data import dataset_from_spec, eval_batches, load_dataset
+from pytest_fa.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import torchvision
 from torch import nn
 
 import pytest_fa
-from pytest_fa.adapter import HookedModel, adapt, match_path, resolve_states
-from pytest_fa.credit import DFACredit, init_dfa_feedback
+from pytest_fa.core.adapter import HookedModel, adapt, match_path, resolve_states
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback
+from pytest_fa.core.interface import block_weights
+from pytest_fa.core.probe import run_probe
 from pytest_fa.errors import ModelInterfaceError
-from pytest_fa.interface import block_weights
 from pytest_fa.models import build_model
-from pytest_fa.probe import run_probe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

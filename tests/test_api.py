@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pytest_fa
 from pytest_fa.api import batches_from
-from pytest_fa.credit import DFACredit
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.report import diagnose
 from pytest_fa.errors import DataError
-from pytest_fa.report import diagnose
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

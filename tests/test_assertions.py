@@ -9,7 +9,6 @@ copied from a run.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import pytest
@@ -25,11 +24,11 @@ from pytest_fa.assertions import (
     assert_reference_not_drift,
     assert_trustworthy,
 )
-from pytest_fa.credit import DFACredit
-from pytest_fa.data import eval_batches
-from pytest_fa.render import MEANING
-from pytest_fa.report import DiagnosticReport, diagnose
-from pytest_fa.thresholds import DiagnosticThresholds
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.render import MEANING
+from pytest_fa.core.report import DiagnosticReport, diagnose
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.training.data import eval_batches
 
 DEFAULTS = DiagnosticThresholds()
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

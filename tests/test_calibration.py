@@ -1,4 +1,4 @@
-"""Unit tests of ``pytest_fa.calibration``: the fresh-feedback null Γ against a hand
+"""Unit tests of ``pytest_fa.core.calibration``: the fresh-feedback null Γ against a hand
 computation in plain torch, its independence from the training feedback, its seeding,
 the ``NullCalibration`` statistics and the argument checks."""
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_fa.calibration import NullCalibration, null_gamma
-from pytest_fa.credit import init_dfa_feedback
+from pytest_fa.core.calibration import NullCalibration, null_gamma
+from pytest_fa.core.credit import init_dfa_feedback
 from pytest_fa.models import ResMLP, build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Tests for pytest_fa.checkpoint: bundles, plain state dicts with a model factory, and every
+"""Tests for pytest_fa.training.checkpoint: bundles, plain state dicts with a model factory, and every
 bad input, each of which must raise a specific error whose message says what to do."""
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from pytest_fa import protocol
-from pytest_fa.checkpoint import (
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback
+from pytest_fa.core.report import diagnose
+from pytest_fa.errors import CheckpointError, FeedbackError, NonFiniteError
+from pytest_fa.models import ARCHITECTURES, ResMLP, build_model
+from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
+from pytest_fa.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     Bundle,
@@ -26,12 +31,7 @@ from pytest_fa.checkpoint import (
     load_checkpoint,
     save_bundle,
 )
-from pytest_fa.credit import DFACredit, init_dfa_feedback
-from pytest_fa.data import eval_batches
-from pytest_fa.errors import CheckpointError, FeedbackError, NonFiniteError
-from pytest_fa.models import ARCHITECTURES, ResMLP, build_model
-from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
-from pytest_fa.report import diagnose
+from pytest_fa.training.data import eval_batches
 
 # The conftest bundles: ResMLP d=32, L=4 on MNIST-1D (40 inputs, 10 classes).
 INPUT_SHAPE = [40]

@@ -1,4 +1,4 @@
-"""Tests of ``pytest_fa.compare``: a run against a saved JSON report (``--fa-compare``).
+"""Tests of ``pytest_fa.core.compare``: a run against a saved JSON report (``--fa-compare``).
 
 Payloads are built here, modelled on a real ``--fa-report-json`` file of three checkpoints
 (bp_s42.pt, dfa_s42.pt, dfa_s43.pt): tolerance parsing and its error paths, the units,
@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from pytest_fa.compare import (
+from pytest_fa.core.compare import (
     BEYOND,
     CLEARED,
     CROSSED,
@@ -758,6 +758,6 @@ def test_compare_reports_directly():
 
 
 def test_import_needs_neither_torch_nor_pytest():
-    code = ("import sys, pytest_fa.compare; "
+    code = ("import sys, pytest_fa.core.compare; "
             "assert 'torch' not in sys.modules and 'pytest' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

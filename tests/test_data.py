@@ -1,4 +1,4 @@
-"""Tests for pytest_fa.data: every data set, the spec round trip, caching and the errors."""
+"""Tests for pytest_fa.training.data: every data set, the spec round trip, caching and the errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa.data import (
+from pytest_fa.errors import DataError, FAError
+from pytest_fa.training.data import (
     DATASETS,
     Dataset,
     cache_dir,
@@ -24,7 +25,6 @@ from pytest_fa.data import (
     eval_batches,
     load_dataset,
 )
-from pytest_fa.errors import DataError, FAError
 
 DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
@@ -533,7 +533,7 @@ def test_a_cached_mnist1d_loads_without_importing_the_generator(small_data, isol
     import sys
 
     code = (
-        "import sys, torch; from pytest_fa.data import load_dataset; "
+        "import sys, torch; from pytest_fa.training.data import load_dataset; "
         f"d = load_dataset('mnist1d', num_samples={len(small_data.y_train) + len(small_data.y_test)}); "
         "print('mnist1d' in sys.modules, float(d.x_test.sum()), d.spec['preprocessing']['generator_args']['final_seq_length'])"
     )

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
+from pytest_fa.core import diagnostics as D
 
 scales = st.floats(min_value=1e-30, max_value=1e8)
 dtypes = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
 from pytest_fa.assertions import assert_grad_above_floor
-from pytest_fa.credit import DFACredit
-from pytest_fa.data import eval_batches, load_dataset
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.probe import run_probe
+from pytest_fa.core.report import diagnose
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.models import build_model
-from pytest_fa.probe import run_probe
-from pytest_fa.report import diagnose
-from pytest_fa.thresholds import DiagnosticThresholds
-from pytest_fa.train import Recipe, train
+from pytest_fa.training.data import eval_batches, load_dataset
+from pytest_fa.training.trainer import Recipe, train
 
 ARCH = {"d": 32, "depth": 4}
 PAPER = DiagnosticThresholds(b_rule="paper")

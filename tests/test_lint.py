@@ -209,7 +209,7 @@ FA002_NEGATIVE = {
     "requires-grad-is-not-a-gradient": "def f(h, a):\n    return F.cosine_similarity(h.requires_grad_(), a)",
     "no-grad-block": "def f(a, b):\n    with torch.no_grad():\n        return F.cosine_similarity(a, b)",
     "honest-cosine": (
-        "from pytest_fa.diagnostics import cosine_per_sample\n"
+        "from pytest_fa.core.diagnostics import cosine_per_sample\n"
         "def f(a, p):\n    return cosine_per_sample(a, p.grad)"
     ),
     "taint-does-not-cross-functions": (
@@ -237,7 +237,7 @@ def test_fa002_leaves_explicit_eps_and_non_gradients_alone(snippet):
 def test_fa002_message_names_the_fix():
     (finding,) = lint_source("import torch.nn.functional as F\nF.cosine_similarity(a, p.grad)\n")
     assert finding.code == "FA002" and finding.pitfall == "2"
-    assert "eps" in finding.message and "pytest_fa.diagnostics.cosine_per_sample" in finding.message
+    assert "eps" in finding.message and "pytest_fa.core.diagnostics.cosine_per_sample" in finding.message
     assert "float64" in finding.message and "undefined below the floor" in finding.message
 
 
@@ -359,7 +359,7 @@ def test_fa003_autocast_message_points_at_the_gradient_call():
 # FA004: cosines across batches
 # --------------------------------------------------------------------------------------------
 
-DP = "from pytest_fa.diagnostics import cosine_per_sample\n"
+DP = "from pytest_fa.core.diagnostics import cosine_per_sample\n"
 
 FA004_POSITIVE = {
     "two-next-calls": (

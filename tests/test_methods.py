@@ -6,15 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pytest_fa.checkpoint import load_bundle, load_checkpoint, save_bundle
-from pytest_fa.credit import FACredit, init_fa_feedback
-from pytest_fa.data import eval_batches
+from pytest_fa.core.credit import FACredit, init_fa_feedback
+from pytest_fa.core.report import diagnose
 from pytest_fa.errors import FeedbackError
-from pytest_fa.methods import METHODS, LocalCreditMethod, MethodState, get_method, register
-from pytest_fa.methods.equilibrium import equilibrium_credits
 from pytest_fa.models import build_model
-from pytest_fa.report import diagnose
-from pytest_fa.train import train
+from pytest_fa.training.checkpoint import load_bundle, load_checkpoint, save_bundle
+from pytest_fa.training.data import eval_batches
+from pytest_fa.training.methods import (
+    METHODS,
+    LocalCreditMethod,
+    MethodState,
+    get_method,
+    register,
+)
+from pytest_fa.training.methods.equilibrium import equilibrium_credits
+from pytest_fa.training.trainer import train
 
 ARCH = {"d": 32, "depth": 3}
 ZOO = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge"]
@@ -144,7 +150,7 @@ def test_a_users_own_method_plugs_in_through_register(small_data, batches, tmp_p
 
 
 def test_perturbation_correlation_has_its_controls(dfa_trained, batches):
-    from pytest_fa.perturbation import perturbation_correlation
+    from pytest_fa.core.perturbation import perturbation_correlation
 
     result, _ = dfa_trained
     credit, _ = get_method("dfa").credit(result.model, result.state)

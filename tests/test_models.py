@@ -1,5 +1,5 @@
 """Tests for pytest_fa.models (the reference architectures) and the duck-typed interface
-(pytest_fa.interface) that every model has to satisfy before it can be diagnosed."""
+(pytest_fa.core.interface) that every model has to satisfy before it can be diagnosed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_fa import interface
+from pytest_fa.core import interface
 from pytest_fa.errors import CheckpointError, ModelInterfaceError
 from pytest_fa.models import ARCHITECTURES, build_model
 
@@ -442,13 +442,13 @@ def test_declared_hidden_layout_must_be_known():
 
 @pytest.fixture(scope="module")
 def small_eval_batches(small_data):
-    from pytest_fa.data import eval_batches
+    from pytest_fa.training.data import eval_batches
 
     return eval_batches(small_data, 8, 128)
 
 
 def test_diagnose_accepts_a_correct_custom_model(small_eval_batches):
-    from pytest_fa.report import diagnose
+    from pytest_fa.core.report import diagnose
 
     torch.manual_seed(0)
     report = diagnose(GoodModel(), small_eval_batches)
@@ -457,7 +457,7 @@ def test_diagnose_accepts_a_correct_custom_model(small_eval_batches):
 
 
 def test_diagnose_refuses_detached_hidden_states(small_eval_batches):
-    from pytest_fa.report import diagnose
+    from pytest_fa.core.report import diagnose
 
     torch.manual_seed(0)
     with pytest.raises(ModelInterfaceError) as info:
@@ -466,7 +466,7 @@ def test_diagnose_refuses_detached_hidden_states(small_eval_batches):
 
 
 def test_diagnose_refuses_hidden_states_off_the_forward_path(small_eval_batches):
-    from pytest_fa.report import diagnose
+    from pytest_fa.core.report import diagnose
 
     torch.manual_seed(0)
     with pytest.raises(ModelInterfaceError, match="not on the path"):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fa.data import eval_batches
-from pytest_fa.methods import get_method
-from pytest_fa.monitor import EarlyStopMonitor, temporal_replay
-from pytest_fa.thresholds import DiagnosticThresholds
-from pytest_fa.train import Recipe, train
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.training.data import eval_batches
+from pytest_fa.training.methods import get_method
+from pytest_fa.training.monitor import EarlyStopMonitor, temporal_replay
+from pytest_fa.training.trainer import Recipe, train
 
 
 def test_monitor_in_a_users_loop_stops_at_the_first_firing(small_data):

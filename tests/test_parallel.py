@@ -59,7 +59,7 @@ CONCURRENT = textwrap.dedent(
 
 
 def test_two_concurrent_runs_train_one_baseline_and_leave_a_readable_cache(bp_bundle, tmp_path):
-    from pytest_fa.checkpoint import load_bundle
+    from pytest_fa.training.checkpoint import load_bundle
 
     cache, ready = tmp_path / "shared", tmp_path / "ready"
     ready.mkdir()

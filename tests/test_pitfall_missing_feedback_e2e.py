@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fa.checkpoint import load_bundle, save_bundle
 from pytest_fa.pitfalls import by_id
+from pytest_fa.training.checkpoint import load_bundle, save_bundle
 
 PITFALL = by_id("6.5")
 

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fa.pitfalls import PITFALLS, HERE, Guard
-from pytest_fa.pitfalls import checklist, guards
-from pytest_fa.pitfalls import regimes  # noqa: F401  (kept imported: its runs are cached per process)
+from pytest_fa.pitfalls import (
+    HERE,
+    PITFALLS,
+    Guard,
+    checklist,
+    guards,
+    regimes,  # noqa: F401  (kept imported: its runs are cached per process)
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,10 +88,10 @@ def test_removing_the_guard_makes_the_pitfall_test_fail(pitfall):
 
 
 def test_a_guard_is_swapped_wherever_pytest_fa_bound_it():
-    from pytest_fa import probe, report
+    from pytest_fa.core import probe, report
 
-    guard = Guard("pytest_fa.probe.run_probe", lambda *a, **k: None, "a stand-in")
+    guard = Guard("pytest_fa.core.probe.run_probe", lambda *a, **k: None, "a stand-in")
     with guards.removed(guard) as swapped:
         assert report.run_probe is guard.naive and probe.run_probe is guard.naive
-    assert {"pytest_fa.probe.run_probe", "pytest_fa.report.run_probe"} <= set(swapped)
+    assert {"pytest_fa.core.probe.run_probe", "pytest_fa.core.report.run_probe"} <= set(swapped)
     assert report.run_probe is probe.run_probe and probe.run_probe is not guard.naive

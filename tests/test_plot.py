@@ -1,4 +1,4 @@
-"""pytest_fa.plot: what the report figure draws, and the PNG files it writes."""
+"""pytest_fa.core.plot: what the report figure draws, and the PNG files it writes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.image import imread
 
 import pytest_fa
-from pytest_fa.credit import DFACredit, init_dfa_feedback
-from pytest_fa.models import build_model
-from pytest_fa.plot import (
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback
+from pytest_fa.core.plot import (
     DPI,
     FIGSIZE,
     report_figure,
@@ -25,8 +24,9 @@ from pytest_fa.plot import (
     write_report_plot,
     write_report_plots,
 )
-from pytest_fa.report import DiagnosticReport, DiagnosticResult, LayerRow
-from pytest_fa.thresholds import DiagnosticThresholds
+from pytest_fa.core.report import DiagnosticReport, DiagnosticResult, LayerRow
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.models import build_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 H_NORMS = [1.0, 5.0, 25.0, 100.0, 300.0]
@@ -214,7 +214,7 @@ def test_write_report_plots_deduplicates_names(tmp_path):
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    code = "import sys, pytest_fa.plot; print('matplotlib' in sys.modules)"
+    code = "import sys, pytest_fa.core.plot; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

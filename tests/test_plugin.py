@@ -2,7 +2,7 @@
 items, the terminal section, the JSON report (checked against an independent recomputation in
 plain torch), the ``fa_protocol`` marker and fixtures, and bad input.
 
-The recomputation below deliberately uses none of ``pytest_fa.diagnostics``/``probe``/``report``:
+The recomputation below deliberately uses none of ``pytest_fa.core.diagnostics``/``probe``/``report``:
 only the bundle loader, the data loader and the model's own forward pass.
 """
 
@@ -15,23 +15,22 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-import torch.nn.functional as F
-
 # pytester restores sys.modules after every in-process run, so whatever an inner session imports
 # first is imported (and assertion-rewritten) again in the next one: the package's own modules and
 # what the hypothesis plugin imports in its terminal summary. Import them once up front.
 import hypothesis.internal.observability  # noqa: F401
+import pytest
+import torch
+import torch.nn.functional as F
 
 import pytest_fa
 import pytest_fa.assertions  # noqa: F401
 import pytest_fa.protocol  # noqa: F401
-import pytest_fa.train  # noqa: F401
-from pytest_fa.checkpoint import load_bundle, load_checkpoint
-from pytest_fa.data import dataset_from_spec, eval_batches
-from pytest_fa.render import MEANING
-from pytest_fa.thresholds import DiagnosticThresholds
+import pytest_fa.training.trainer  # noqa: F401
+from pytest_fa.core.render import MEANING
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.training.checkpoint import load_bundle, load_checkpoint
+from pytest_fa.training.data import dataset_from_spec, eval_batches
 
 ITEM_NAMES = ("residual_growth", "grad_floor", "direction_stability", "frozen_margin")
 PACKAGE_DIR = str(Path(pytest_fa.__file__).parent)
@@ -396,7 +395,7 @@ def test_two_checkpoints_json_matches_independent_recomputation(pytester, bp_bun
 def check_frozen_baseline(file: Path, checkpoint) -> float:
     """The cached control: same architecture and budget, blocks still at their random init
     (the checkpoint's own seed), embedding trained. Returns its test accuracy, measured here."""
-    from pytest_fa.interface import block_weights
+    from pytest_fa.core.interface import block_weights
     from pytest_fa.models import build_model
 
     frozen, trained = load_bundle(file), load_bundle(checkpoint)
@@ -865,13 +864,13 @@ def test_model_factory_that_cannot_be_imported(pytester, plain_checkpoint):
 
 def test_a_users_own_method_gets_gamma_through_fa_credit(pytester, dfa_bundle, small_data):
     """A bundle whose method pytest-fa does not know is diagnosed with the user's credit factory."""
-    from pytest_fa.checkpoint import load_bundle, save_bundle
+    from pytest_fa.training.checkpoint import load_bundle, save_bundle
 
     bundle = load_bundle(dfa_bundle)
     bundle.method, bundle.method_config = "my_rule", {"scale": 2.0}
     path = save_bundle(pytester.path / "mine.pt", bundle)
     pytester.makepyfile(my_credit="""
-        from pytest_fa.credit import DFACredit
+        from pytest_fa.core.credit import DFACredit
 
         def make_credit(model, checkpoint):
             assert checkpoint.method == "my_rule" and checkpoint.bundle.method_config == {"scale": 2.0}
@@ -970,8 +969,8 @@ def test_report_md_marks_undefined_and_unavailable_gamma(pytester, dfa_bundle, p
 @pytest.fixture(scope="module")
 def dfa_other_seed(small_data, dfa_bundle, tmp_path_factory):
     """The small DFA bundle's configuration, trained with another seed."""
-    from pytest_fa.checkpoint import save_bundle
-    from pytest_fa.train import train
+    from pytest_fa.training.checkpoint import save_bundle
+    from pytest_fa.training.trainer import train
 
     reference = load_bundle(dfa_bundle)
     arch = {k: v for k, v in reference.arch_config.items() if k not in ("input_shape", "num_classes")}

@@ -1,4 +1,4 @@
-"""Unit tests of ``pytest_fa.probe``: every number ``run_probe`` returns against a hand
+"""Unit tests of ``pytest_fa.core.probe``: every number ``run_probe`` returns against a hand
 computation in plain torch (``model(x, return_hidden=True)``, batch-mean CE, autograd on
 the hidden states, per-sample L2 norms), its mode and dtype handling, and its errors."""
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_fa.credit import BPCredit, DFACredit
+from pytest_fa.core.credit import BPCredit, DFACredit
+from pytest_fa.core.probe import Probe, check_finite_parameters, run_probe
 from pytest_fa.errors import DataError, ModelInterfaceError, NonFiniteError
 from pytest_fa.models import ResMLP, build_model
-from pytest_fa.probe import Probe, check_finite_parameters, run_probe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -32,17 +32,74 @@ def test_importing_the_package_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "pytest_fa.models:build_model", "pytest_fa.fixtures:fa_report", "pytest_fa.assertions:assert_beats_frozen",
-        "pytest_fa.assertions:assert_grad_above_floor", "pytest_fa.credit:DFACredit", "pytest_fa.probe:run_probe",
-        "pytest_fa.calibration:null_gamma", "pytest_fa.protocol:ProtocolSettings", "pytest_fa.protocol:ProtocolRunner",
-        "pytest_fa.lint:lint_file", "pytest_fa.train:train", "pytest_fa.api:check", "pytest_fa.report:diagnose", "pytest_fa.plugin:pytest_addoption",
-    ],
-)
-def test_the_module_paths_users_import_keep_working(path):
+NEW_PATHS = [
+    "pytest_fa.models:build_model", "pytest_fa.fixtures:fa_report", "pytest_fa.fixtures:fa_settings",
+    "pytest_fa.assertions:assert_beats_frozen", "pytest_fa.assertions:assert_grad_above_floor",
+    "pytest_fa.core.credit:DFACredit", "pytest_fa.core.probe:run_probe", "pytest_fa.core.calibration:null_gamma",
+    "pytest_fa.protocol:ProtocolSettings", "pytest_fa.protocol:ProtocolRunner", "pytest_fa.lint:lint_file",
+    "pytest_fa.training.trainer:train", "pytest_fa.training.methods:LocalCreditMethod", "pytest_fa.api:check",
+    "pytest_fa.core.report:diagnose", "pytest_fa.plugin:pytest_addoption",
+]
+#: the module paths of pytest-fa 0.1.0 that the README documented, and where they live now
+OLD_PATHS = {
+    "pytest_fa.report": "pytest_fa.core.report", "pytest_fa.credit": "pytest_fa.core.credit",
+    "pytest_fa.calibration": "pytest_fa.core.calibration", "pytest_fa.perturbation": "pytest_fa.core.perturbation",
+    "pytest_fa.thresholds": "pytest_fa.core.thresholds", "pytest_fa.settings": "pytest_fa.core.settings",
+    "pytest_fa.registry": "pytest_fa.core.registry", "pytest_fa.reference": "pytest_fa.core.reference",
+    "pytest_fa.interface": "pytest_fa.core.interface", "pytest_fa.checkpoint": "pytest_fa.training.checkpoint",
+    "pytest_fa.data": "pytest_fa.training.data", "pytest_fa.monitor": "pytest_fa.training.monitor",
+    "pytest_fa.train": "pytest_fa.training.trainer", "pytest_fa.methods": "pytest_fa.training.methods",
+    "pytest_fa.methods.equilibrium": "pytest_fa.training.methods.equilibrium", "pytest_fa.state": "pytest_fa.plugin._state",
+}
+
+
+@pytest.mark.parametrize("path", NEW_PATHS)
+def test_the_public_module_paths_resolve(path):
     import importlib
 
     module, _, name = path.partition(":")
     assert getattr(importlib.import_module(module), name) is not None
+
+
+IMPORT_BOTH = """
+import importlib, sys
+first = importlib.import_module({first!r})
+second = importlib.import_module({second!r})
+assert first is second, (first, second)
+assert first.__name__ == first.__spec__.name == {new!r}, first.__spec__
+# an old name may only be an alias of the module at the new name, never a second copy
+copies = [name for name, m in sys.modules.items() if name.startswith("pytest_fa.") and m is not None
+          and sys.modules.get(m.__name__) is not m]
+assert not copies, copies
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("old", sorted(OLD_PATHS))
+def test_an_old_module_path_gives_the_same_module_object(old):
+    """In a fresh interpreter, old path then new and new then old give one module, under its
+    new name: one copy of every class, one place to monkeypatch."""
+    new = OLD_PATHS[old]
+    for first, second in ((old, new), (new, old)):
+        code = IMPORT_BOTH.format(first=first, second=second, old=old, new=new)
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert run.stdout.strip() == "ok", run.stderr
+
+
+def test_old_paths_share_state_with_the_new_ones(monkeypatch):
+    import pytest_fa.core.thresholds as new
+    import pytest_fa.thresholds as old
+
+    monkeypatch.setattr(old, "DiagnosticThresholds", "patched")
+    assert new.DiagnosticThresholds == "patched"
+    from pytest_fa.methods import get_method
+    from pytest_fa.training.methods import get_method as current
+
+    assert get_method is current
+
+
+def test_a_name_that_never_existed_is_still_not_found():
+    with pytest.raises(ModuleNotFoundError, match="pytest_fa.nonexistent"):
+        __import__("pytest_fa.nonexistent")
+    with pytest.raises(ModuleNotFoundError, match="pytest_fa.methods.nonexistent"):
+        __import__("pytest_fa.methods.nonexistent")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import pytest_fa
-from pytest_fa import registry
-from pytest_fa.markdown import markdown_report
-from pytest_fa.render import MEANING, summary_table
-from pytest_fa.report import DiagnosticResult
-from pytest_fa.thresholds import DiagnosticThresholds, threshold_fields
+from pytest_fa.core import registry
+from pytest_fa.core.markdown import markdown_report
+from pytest_fa.core.render import MEANING, summary_table
+from pytest_fa.core.report import DiagnosticResult
+from pytest_fa.core.thresholds import DiagnosticThresholds, threshold_fields
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,6 +29,7 @@ EVAL_ACCURACY = registry.Diagnostic(
     "e", "eval accuracy", "eval_accuracy", "min_eval_acc_pp", False,
     "the model is at chance on the eval batches", _eval_accuracy,
     unit=" pp", what_to_do="train longer", column="(e) eval acc", column_format=".1f", default=101.0,
+    statistic="eval_acc_pp",
 )
 
 
@@ -62,4 +63,27 @@ def test_a_fifth_diagnostic_is_one_registry_entry(pytester, bp_bundle):
         assert names == ["residual_growth", "grad_floor", "direction_stability", "frozen_margin", "eval_accuracy"]
         result.stdout.fnmatch_lines(["*(e) eval accuracy fires*(fires < 101 pp)*"])
     assert "e" not in pytest_fa.check(model, (x, y), frozen_acc=0.0).diagnostics
+
+
+def test_a_fifth_diagnostic_reaches_the_seed_table():
+    from pytest_fa.core.render import seed_columns, seed_table
+    from pytest_fa.core.seeds import SeedGroup, statistic_names
+
+    assert statistic_names() == ("headline_acc", "growth", "grad_ref", "margin_pp", "deep_gamma")
+    assert seed_columns()[3:6] == ("(a) growth", "(b) ‖g_L‖", "(d) margin pp")
+    x, y = torch.randn(1024, 40), torch.randint(0, 10, (1024,))
+    model = pytest_fa.build_model("resmlp", input_shape=[40], num_classes=10, d=16, depth=2)
+    with registry.registered(EVAL_ACCURACY):
+        reports = []
+        for seed in (1, 2):
+            report = pytest_fa.check(model, (x, y), frozen_acc=0.0, headline_acc=0.5)
+            report.context.update(seed=seed, configuration='{"method": "bp"}')
+            reports.append(report)
+        group = SeedGroup({"method": "bp"}, reports)
+        assert statistic_names()[-2] == "eval_acc_pp" and seed_columns()[-3] == "(e) eval acc pp"
+        mean, sd, n = group.statistics()["eval_acc_pp"]
+        assert mean == pytest.approx(100.0 * reports[0].eval_acc) and n == 2
+        assert "(e) eval acc pp" in seed_table([group]).splitlines()[0]
+        assert group.to_dict()["statistics"]["eval_acc_pp"]["n"] == 2
+    assert "eval_acc_pp" not in statistic_names()
     assert DiagnosticThresholds().updated(max_growth=10).max_growth == 10

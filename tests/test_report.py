@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from pytest_fa.credit import BPCredit, DFACredit
-from pytest_fa.data import eval_batches
+from pytest_fa.core.credit import BPCredit, DFACredit
+from pytest_fa.core.interface import per_sample
+from pytest_fa.core.report import DiagnosticThresholds, diagnose
 from pytest_fa.errors import DataError
-from pytest_fa.interface import per_sample
-from pytest_fa.report import DiagnosticThresholds, diagnose
+from pytest_fa.training.data import eval_batches
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_half_precision_models_are_measured_in_float32(dfa, batches):
 def test_a_report_rebuilt_from_its_json_is_the_same_report(dfa_report):
     import json
 
-    from pytest_fa.report import DiagnosticReport
+    from pytest_fa.core.report import DiagnosticReport
 
     data = json.loads(json.dumps(dfa_report.to_dict()))
     rebuilt = DiagnosticReport.from_dict(data)

@@ -8,7 +8,7 @@ import statistics
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_fa.seeds import mean_sd, seed_groups
+from pytest_fa.core.seeds import mean_sd, seed_groups
 
 values = st.lists(st.one_of(st.none(), st.just(math.nan), st.floats(-1e6, 1e6)), max_size=12)
 

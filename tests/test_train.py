@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pytest_fa.checkpoint import load_bundle
-from pytest_fa.interface import block_weights
-from pytest_fa.methods import DFA, FrozenBlocks, get_method
-from pytest_fa.models import build_model
-from pytest_fa.train import Recipe, main, resolve_device, train
-
 from conftest import SMALL_ARCH
+
+from pytest_fa.core.interface import block_weights
+from pytest_fa.models import build_model
+from pytest_fa.training.checkpoint import load_bundle
+from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
+from pytest_fa.training.trainer import Recipe, main, resolve_device, train
 
 
 def fresh(small_data, seed=42):
@@ -135,8 +134,8 @@ def test_constant_schedule_keeps_the_learning_rate(small_data):
 
 
 def test_on_epoch_can_stop_training_and_the_baseline_follows(small_data, tmp_path):
-    from pytest_fa.checkpoint import save_bundle
     from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
+    from pytest_fa.training.checkpoint import save_bundle
 
     seen = []
 

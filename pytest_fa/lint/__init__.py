@@ -17,8 +17,8 @@ dataflow, suppression comments, reporting); :mod:`.cli` the file discovery and t
 
 from __future__ import annotations
 
-from . import rules  # noqa: F401  (importing the rules registers them)
-from .cli import main, python_files
-from .engine import RULES, Finding, lint_file, lint_source
+from pytest_fa.lint import rules  # noqa: F401  (importing the rules registers them)
+from pytest_fa.lint.cli import main, python_files
+from pytest_fa.lint.engine import RULES, Finding, lint_file, lint_source
 
 __all__ = ["RULES", "Finding", "lint_file", "lint_source", "main", "python_files"]

@@ -1,6 +1,6 @@
 """``python -m pytest_fa.lint PATH...``."""
 
-from . import main
+from pytest_fa.lint import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from .engine import lint_file, registered
+from pytest_fa.lint.engine import lint_file, registered
 
 __all__ = ["main", "python_files"]
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from ..pitfalls import PITFALLS
+from pytest_fa.pitfalls import PITFALLS
 
 __all__ = [
     "EMPTY", "PARSE_ERROR", "RULES", "Cosine", "Env", "Finding", "Linter", "Origin", "Rule",
@@ -207,7 +207,7 @@ def _params(args: ast.arguments) -> list[str]:
 
 class Cosine(NamedTuple):
     """A cosine call: what to call it in a message, its two vectors, whether eps is given (None:
-    eps does not apply, as for ``pytest_fa.diagnostics.cosine_per_sample``)."""
+    eps does not apply, as for ``pytest_fa.core.diagnostics.cosine_per_sample``)."""
 
     what: str
     args: list[ast.expr]
@@ -533,13 +533,13 @@ class Linter:
         return "eps" in keywords(call) or len(call.args) >= 2 or has_splat(call)
 
     def _is_cosine_per_sample(self, name: str | None) -> bool:
-        return name is not None and (name == "pytest_fa.diagnostics.cosine_per_sample"
+        return name is not None and (name == "pytest_fa.core.diagnostics.cosine_per_sample"
                                      or name.endswith(".diagnostics.cosine_per_sample"))
 
     def cosine(self, call: ast.Call, env: Env) -> Cosine | None:
         """The cosine this call computes, or None: ``F.cosine_similarity``/``torch.cosine_similarity``,
         an ``nn.CosineSimilarity`` (inline, a variable or a ``self.<attr>``), or
-        ``pytest_fa.diagnostics.cosine_per_sample``."""
+        ``pytest_fa.core.diagnostics.cosine_per_sample``."""
         name = self.qualname(call.func)
         kwargs = keywords(call)
         args = [a for a in call.args[:2] if not isinstance(a, ast.Starred)]

@@ -154,7 +154,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         symptom="'The intervention creates alignment' with no fresh-B comparison.",
         cause="Some Γ is expected from structure alone; without a null distribution (fresh random "
         "B) a small positive Γ is uninterpretable.",
-        guard="`pytest_fa.calibration.null_gamma` computes Γ with n fresh B; the suite checks "
+        guard="`pytest_fa.core.calibration.null_gamma` computes Γ with n fresh B; the suite checks "
         "that the training-B Γ is compared against that null.",
         fix="Report Γ with the training B next to the fresh-B null (mean ± std over n draws).",
     ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import sys
 
-from . import PITFALLS, Pitfall
+from pytest_fa.pitfalls import PITFALLS, Pitfall
 
 HEADER = """\
 # Pre-submission checklist for local-credit evaluations

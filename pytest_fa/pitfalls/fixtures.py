@@ -10,25 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from ..errors import FAError
-from ..state import STATE_KEY
-from . import by_id
+from pytest_fa.errors import FAError
+from pytest_fa.pitfalls import by_id
 
 
 @pytest.fixture(scope="session")
-def degenerate_dfa(request):
+def degenerate_dfa(fa_settings):
     """DFA on the ResMLP with MNIST-1D, trained until ‖g_L‖ is at the numerical floor."""
-    from .regimes import degenerate_dfa as run
+    from pytest_fa.pitfalls.regimes import degenerate_dfa as run
 
-    return run(request.config.stash[STATE_KEY].settings.device)
+    return run(fa_settings.device)
 
 
 @pytest.fixture(scope="session")
-def healthy_bp(request):
+def healthy_bp(fa_settings):
     """BP on the same architecture and data with the paper's recipe."""
-    from .regimes import healthy_bp as run
+    from pytest_fa.pitfalls.regimes import healthy_bp as run
 
-    return run(request.config.stash[STATE_KEY].settings.device)
+    return run(fa_settings.device)
 
 
 @pytest.fixture
@@ -43,10 +42,9 @@ def user_checkpoint(fa_checkpoint):
     return fa_checkpoint
 
 
-def loaded_or_skip(request, path):
+def loaded_or_skip(runner, path):
     """The session runner's load of ``path`` and its eval batches; a checkpoint pytest-fa
     cannot load is not "exposed" — the protocol items (and pitfall 6.5) say why — so skip."""
-    runner = request.config.stash[STATE_KEY].runner
     try:
         return runner.run(path), runner.eval_batches(path)
     except FAError as exc:

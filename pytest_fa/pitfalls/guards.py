@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from . import PITFALLS, Guard, Pitfall
-from .witness import Witness, outcome
+from pytest_fa.pitfalls import PITFALLS, Guard, Pitfall
+from pytest_fa.pitfalls.witness import Witness, outcome
 
 
 @dataclass

@@ -31,16 +31,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
-from pytest_fa import probe as P
-from pytest_fa import report as R
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import DFACredit
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe as P
+from pytest_fa.core import report as R
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.witness import Witness
-from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("5")
 
@@ -54,7 +54,7 @@ def _naive_cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 GUARD = Guard(
-    "pytest_fa.diagnostics.cosine_per_sample",
+    "pytest_fa.core.diagnostics.cosine_per_sample",
     _naive_cosine_per_sample,
     "per-sample cosine replaced by the cosine of batch means (order ii)",
     witness=Witness(bundle="meaningful"),

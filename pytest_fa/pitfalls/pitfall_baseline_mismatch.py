@@ -14,20 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import checkpoint, protocol
-from pytest_fa import diagnostics as D
+from pytest_fa import protocol
 from pytest_fa import strategies as fst
-from pytest_fa.checkpoint import Bundle, save_bundle
-from pytest_fa.data import load_dataset
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import CheckpointError
-from pytest_fa.methods import get_method
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.protocol import ProtocolSettings
-from pytest_fa.state import STATE_KEY
-from pytest_fa.thresholds import DiagnosticThresholds
-from pytest_fa.train import Recipe, train
+from pytest_fa.training import checkpoint
+from pytest_fa.training.checkpoint import Bundle, save_bundle
+from pytest_fa.training.data import load_dataset
+from pytest_fa.training.methods import get_method
+from pytest_fa.training.trainer import Recipe, train
 
 pytestmark = pytest.mark.fa_pitfall("B4")
 
@@ -144,12 +144,12 @@ def test_the_baseline_budget_is_whatever_the_checkpoint_records(budget_runs, epo
     assert (arch, config) == (bundle.arch, bundle.arch_config)
 
 
-def test_user_checkpoint_records_the_budget_its_baseline_must_match(user_checkpoint_path, request):
+def test_user_checkpoint_records_the_budget_its_baseline_must_match(user_checkpoint_path, fa_settings):
     """Pitfall B4: the checkpoint under test records the full training budget (epochs, seed,
     complete recipe, data), so its frozen-blocks baseline can be matched to it."""
     path = user_checkpoint_path
     name = Path(path).name
-    settings = request.config.stash[STATE_KEY].settings
+    settings = fa_settings
     try:
         payload = checkpoint.read_checkpoint(path)
         bundle = Bundle.from_payload(payload, name) if checkpoint.is_bundle(payload) else None
@@ -174,7 +174,7 @@ def test_user_checkpoint_records_the_budget_its_baseline_must_match(user_checkpo
             "B4",
             f"{name} is a plain state dict: it records no epochs, seed, recipe or data set, so no "
             f"frozen-blocks baseline can be matched to it; {how}. Save a pytest-fa bundle "
-            "(pytest_fa.checkpoint.save_bundle) with the training budget",
+            "(pytest_fa.training.checkpoint.save_bundle) with the training budget",
         )
 
     gaps = []

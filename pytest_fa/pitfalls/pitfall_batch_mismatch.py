@@ -8,16 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
-from pytest_fa import probe
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import BPCredit, DFACredit
-from pytest_fa.data import eval_batches
-from pytest_fa.interface import forward_hidden
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe
+from pytest_fa.core.credit import BPCredit, DFACredit
+from pytest_fa.core.interface import forward_hidden
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
 from pytest_fa.pitfalls.witness import Witness
+from pytest_fa.training.data import eval_batches
 
 pytestmark = pytest.mark.fa_pitfall("B3")
 
@@ -40,7 +40,7 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
 
 
 GUARD = Guard(
-    "pytest_fa.probe.run_probe",
+    "pytest_fa.core.probe.run_probe",
     _naive_run_probe,
     "credit evaluated on the next batch instead of the reference's forward pass",
     witness=Witness(bundle="meaningful"),

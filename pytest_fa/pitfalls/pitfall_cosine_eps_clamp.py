@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
-from pytest_fa import probe as P
-from pytest_fa import report as R
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import DFACredit, init_dfa_feedback
-from pytest_fa.methods import feature_dims
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe as P
+from pytest_fa.core import report as R
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.witness import Witness
+from pytest_fa.training.methods import feature_dims
 
 pytestmark = pytest.mark.fa_pitfall("2")
 
@@ -48,7 +48,7 @@ def _naive_cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 GUARD = Guard(
-    "pytest_fa.diagnostics.cosine_per_sample",
+    "pytest_fa.core.diagnostics.cosine_per_sample",
     _naive_cosine_per_sample,
     "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
     witness=Witness(

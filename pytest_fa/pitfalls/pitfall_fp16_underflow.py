@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
-from pytest_fa import probe as P
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import DFACredit
-from pytest_fa.interface import forward_hidden
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe as P
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.interface import forward_hidden
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.witness import Witness
@@ -53,7 +53,7 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
 
 
 GUARD = Guard(
-    "pytest_fa.probe.run_probe",
+    "pytest_fa.core.probe.run_probe",
     _naive_run_probe,
     "half-precision models measured in their own dtype instead of a float32 copy",
     witness=Witness(

@@ -30,16 +30,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import calibration as CAL
-from pytest_fa import diagnostics as D
-from pytest_fa import probe as P
-from pytest_fa import report as R
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import DFACredit
+from pytest_fa.core import calibration as CAL
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe as P
+from pytest_fa.core import report as R
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("6")
 
@@ -65,7 +65,7 @@ def _naive_report_from_probe(probe, *, thresholds, label="", **_ignored):
 
 
 GUARD = Guard(
-    "pytest_fa.report.report_from_probe",
+    "pytest_fa.core.report.report_from_probe",
     _naive_report_from_probe,
     "per-layer Γ_l replaced by one headline Γ pooled over all layers",
 )

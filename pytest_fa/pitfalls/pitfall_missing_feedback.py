@@ -13,18 +13,18 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import checkpoint, probe, report
-from pytest_fa.reference import reference_pass
-from pytest_fa.checkpoint import Bundle, LoadedCheckpoint, save_bundle
+from pytest_fa.core import probe, report
+from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import CheckpointError, FAError, FeedbackError
-from pytest_fa.methods import MethodState, get_method
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
 from pytest_fa.pitfalls.witness import Witness
-from pytest_fa.state import STATE_KEY
-from pytest_fa.thresholds import DiagnosticThresholds
+from pytest_fa.training import checkpoint
+from pytest_fa.training.checkpoint import Bundle, LoadedCheckpoint, save_bundle
+from pytest_fa.training.methods import MethodState, get_method
 
 pytestmark = pytest.mark.fa_pitfall("6.5")
 
@@ -40,7 +40,7 @@ def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=Non
 
 
 GUARD = Guard(
-    "pytest_fa.checkpoint.load_checkpoint",
+    "pytest_fa.training.checkpoint.load_checkpoint",
     _naive_load_checkpoint,
     "a bundle loads with its feedback matrices silently missing",
     witness=Witness(bundle="stripped"),
@@ -153,11 +153,10 @@ def test_any_incomplete_or_mangled_feedback_is_refused(degenerate_dfa, kept, tra
                 checkpoint.load_checkpoint(path)
 
 
-def test_user_checkpoint_carries_what_its_credit_needs(user_checkpoint_path, request):
+def test_user_checkpoint_carries_what_its_credit_needs(user_checkpoint_path, fa_settings, fa_runner):
     """Pitfall 6.5: the checkpoint under test carries the B_l / auxiliary nets its method's
     credit needs, and that credit is not the BP gradient in disguise."""
     path = user_checkpoint_path
-    state = request.config.stash[STATE_KEY]
     try:
         payload = checkpoint.read_checkpoint(path)
     except CheckpointError as exc:
@@ -171,7 +170,7 @@ def test_user_checkpoint_carries_what_its_credit_needs(user_checkpoint_path, req
         )
     missing = unloadable = None
     try:
-        loaded = checkpoint.load_checkpoint(path, factory=state.settings.model_factory)
+        loaded = checkpoint.load_checkpoint(path, factory=fa_settings.model_factory)
     except FeedbackError as exc:
         missing = str(exc)
     except CheckpointError as exc:
@@ -186,9 +185,8 @@ def test_user_checkpoint_carries_what_its_credit_needs(user_checkpoint_path, req
     credit, reason = method.credit(loaded.model, loaded.state)
     if credit is None:
         return
-    runner = state.runner
     try:
-        run, batches = runner.run(path), runner.eval_batches(path)
+        run, batches = fa_runner.run(path), fa_runner.eval_batches(path)
     except FAError as exc:
         run, batches = None, str(exc)
     if run is None:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.interface import forward_hidden
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.interface import forward_hidden
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard
 
 pytestmark = pytest.mark.fa_pitfall("1")
@@ -21,7 +21,7 @@ def _naive_per_sample_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 GUARD = Guard(
-    "pytest_fa.diagnostics.per_sample_norms",
+    "pytest_fa.core.diagnostics.per_sample_norms",
     _naive_per_sample_norms,
     "per-sample L2 norms replaced by x.norm(-1)",
 )

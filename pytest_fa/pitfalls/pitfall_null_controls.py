@@ -12,17 +12,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import calibration, probe
-from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.calibration import NullCalibration
-from pytest_fa.credit import DFACredit, init_dfa_feedback, output_error
+from pytest_fa.core import calibration, probe
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.calibration import NullCalibration
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback, output_error
+from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
 from pytest_fa.pitfalls.witness import Witness
-from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("B7")
 
@@ -39,7 +39,7 @@ def _naive_null_gamma(model, eval_batches, num_classes, *, feedback=None, n=20, 
 
 
 GUARD = Guard(
-    "pytest_fa.calibration.null_gamma",
+    "pytest_fa.core.calibration.null_gamma",
     _naive_null_gamma,
     "the null reuses the training B instead of drawing fresh ones",
     witness=Witness(bundle="meaningful"),
@@ -146,10 +146,10 @@ def test_the_null_never_contains_the_training_feedback(degenerate_dfa, n, seed, 
     assert all(s > 0 for s in null.null_std)
 
 
-def test_user_checkpoint_deep_alignment_stands_out_of_the_null(user_checkpoint_path, request):
+def test_user_checkpoint_deep_alignment_stands_out_of_the_null(user_checkpoint_path, fa_runner):
     """Pitfall B7: the DFA checkpoint under test has deep-layer Γ outside the fresh-B null
     band (mean ± 2 std, n = 20); inside it, no alignment claim about the deep layers holds."""
-    run, batches = loaded_or_skip(request, user_checkpoint_path)
+    run, batches = loaded_or_skip(fa_runner, user_checkpoint_path)
     name = Path(run.path).name
     if run.method != "dfa":
         pytest.skip(f"{name} ({run.method or 'plain state dict'}): the fresh-B null is drawn for DFA feedback only")

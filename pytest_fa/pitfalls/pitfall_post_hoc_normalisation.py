@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_fa import diagnostics as D
-from pytest_fa import probe, report
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.interface import forward_hidden
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe, report
+from pytest_fa.core.interface import forward_hidden
+from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.pitfalls import Guard
-from pytest_fa.thresholds import DiagnosticThresholds
 
 pytestmark = pytest.mark.fa_pitfall("B6")
 
@@ -55,7 +55,7 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
 
 
 GUARD = Guard(
-    "pytest_fa.probe.run_probe",
+    "pytest_fa.core.probe.run_probe",
     _naive_run_probe,
     "‖h_l‖ read from LayerNorm-ed copies of the hidden states",
 )

@@ -13,17 +13,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import diagnostics as D
-from pytest_fa import probe
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import DFACredit
-from pytest_fa.data import eval_batches, load_dataset
-from pytest_fa.methods import get_method
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import probe
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.pitfalls.witness import Witness
-from pytest_fa.train import Recipe, accuracy, train
+from pytest_fa.training.data import eval_batches, load_dataset
+from pytest_fa.training.methods import get_method
+from pytest_fa.training.trainer import Recipe, accuracy, train
 
 pytestmark = pytest.mark.fa_pitfall("B5")
 
@@ -44,7 +44,7 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
 
 
 GUARD = Guard(
-    "pytest_fa.probe.run_probe",
+    "pytest_fa.core.probe.run_probe",
     _naive_run_probe,
     "diagnostics measured in the mode the model happens to be in",
     witness=Witness(
@@ -134,11 +134,11 @@ def test_the_probe_measures_in_eval_mode_whatever_mode_it_is_handed(batchnorm_ru
         torch.testing.assert_close(single[0], batch[0], rtol=1e-4, atol=0)
 
 
-def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(user_checkpoint_path, request):
+def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(user_checkpoint_path, fa_runner):
     """Pitfall B5: the checkpoint under test gives materially the same ‖h_l‖, ‖g_l‖ and Γ_l in
     train and eval mode; if not (BatchNorm, dropout), any measurement that does not fix the
     mode reports other numbers than the protocol."""
-    run, batches = loaded_or_skip(request, user_checkpoint_path)
+    run, batches = loaded_or_skip(fa_runner, user_checkpoint_path)
     name = Path(run.path).name
     method = get_method(run.method, **run.bundle.method_config) if run.bundle is not None else None
     credit = method.credit(run.pristine, run.loaded.state)[0] if method is not None else None

@@ -24,16 +24,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_fa import calibration as CAL
-from pytest_fa import checkpoint as C
-from pytest_fa import diagnostics as D
 from pytest_fa import strategies as fst
-from pytest_fa.reference import reference_pass
-from pytest_fa.credit import DFACredit, init_dfa_feedback
-from pytest_fa.methods import MethodState, feature_dims, get_method
+from pytest_fa.core import calibration as CAL
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
+from pytest_fa.training import checkpoint as C
+from pytest_fa.training.methods import MethodState, feature_dims, get_method
 
 pytestmark = pytest.mark.fa_pitfall("4")
 
@@ -56,7 +56,7 @@ def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=Non
 
 
 GUARD = Guard(
-    "pytest_fa.checkpoint.load_checkpoint",
+    "pytest_fa.training.checkpoint.load_checkpoint",
     _naive_load_checkpoint,
     "stored feedback matrices ignored and re-drawn from the bundle's seed",
 )
@@ -143,7 +143,7 @@ def test_saved_feedback_round_trips_exactly(seed, width, depth, batch):
         torch.manual_seed(seed)
         model = build_model("resmlp", input_shape=shape, num_classes=classes, d=width, depth=depth).eval()
     method = get_method("dfa")
-    # the trainer's own recipe for the matrices (pytest_fa.train: a generator seeded seed + 1)
+    # the trainer's own recipe for the matrices (pytest_fa.training.trainer: a generator seeded seed + 1)
     state = method.setup(model, classes, shape, torch.Generator().manual_seed(seed + 1))
     bundle = C.Bundle(
         arch="resmlp", arch_config=model.config, state_dict=model.state_dict(), method="dfa",

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Dataset, eval_batches, load_dataset
-from ..thresholds import DiagnosticThresholds
-from ..train import Recipe, resolve_device, train
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.training.data import Dataset, eval_batches, load_dataset
+from pytest_fa.training.trainer import Recipe, resolve_device, train
 
 PITFALL_DATA = {"num_samples": 20000, "seed": 42}
 PITFALL_ARCH = {"d": 256, "depth": 4}

@@ -70,8 +70,8 @@ def _folder() -> Path:
 @functools.cache
 def bundle_path(name: str) -> str:
     """Write the named witness bundle once per process and return its path."""
-    from ..checkpoint import save_bundle
-    from . import regimes
+    from pytest_fa.pitfalls import regimes
+    from pytest_fa.training.checkpoint import save_bundle
 
     if name in ("mode1", "stripped"):
         bundle = regimes.degenerate_dfa().bundle
@@ -95,9 +95,10 @@ def python_outcome(witness: Witness) -> dict[str, Any]:
     """What ``diagnose()`` reports on the witness bundle (or the error it raises)."""
     import torch
 
-    from .. import checkpoint, data, methods, report
-    from ..errors import FAError
-    from ..thresholds import DiagnosticThresholds
+    from pytest_fa.core import report
+    from pytest_fa.core.thresholds import DiagnosticThresholds
+    from pytest_fa.errors import FAError
+    from pytest_fa.training import checkpoint, data, methods
 
     try:
         loaded = checkpoint.load_checkpoint(bundle_path(witness.bundle))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.cuda.amp import autocast
 from torch.linalg import vector_norm
 
-from pytest_fa.diagnostics import cosine_per_sample
+from pytest_fa.core.diagnostics import cosine_per_sample
 
 NUM_CLASSES = 10
 

@@ -5,6 +5,11 @@ code must be the ``lint_code`` of its pitfall in :data:`pytest_fa.pitfalls.PITFA
 rule is one module here and one line below.
 """
 
-from . import fa001_norm, fa002_cosine_eps, fa003_half_precision, fa004_batches
+from pytest_fa.lint.rules import (
+    fa001_norm,
+    fa002_cosine_eps,
+    fa003_half_precision,
+    fa004_batches,
+)
 
 __all__ = ["fa001_norm", "fa002_cosine_eps", "fa003_half_precision", "fa004_batches"]

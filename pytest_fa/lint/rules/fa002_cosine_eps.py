@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 
-from ..engine import Cosine, Env, Linter, Rule, register, short
+from pytest_fa.lint.engine import Cosine, Env, Linter, Rule, register, short
 
 __all__ = ["RULE"]
 
@@ -28,7 +28,7 @@ def _check(linter: Linter, call: ast.Call, cosine: Cosine, env: Env) -> None:
                 f"`{cosine.what}` on a gradient {why} without an explicit `eps=`: it divides by "
                 f"max(‖x‖, eps=1e-8), so once ‖g‖ < 1e-8 the 'cosine' shrinks by ‖g‖/eps and no "
                 f"longer measures direction. Fix: compute the cosine in float64 without an eps clamp "
-                f"and mark it undefined below the floor: `pytest_fa.diagnostics.cosine_per_sample(a, g)`."
+                f"and mark it undefined below the floor: `pytest_fa.core.diagnostics.cosine_per_sample(a, g)`."
             ))
             return
 

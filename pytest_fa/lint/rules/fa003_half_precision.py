@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import ast
 
-from ..engine import Env, Linter, Rule, has_splat, keywords, register, short
+from pytest_fa.lint.engine import (
+    Env,
+    Linter,
+    Rule,
+    has_splat,
+    keywords,
+    register,
+    short,
+)
 
 __all__ = ["RULE"]
 

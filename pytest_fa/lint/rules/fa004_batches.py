@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 
-from ..engine import Cosine, Env, Linter, Origin, Rule, register, short
+from pytest_fa.lint.engine import Cosine, Env, Linter, Origin, Rule, register, short
 
 __all__ = ["RULE"]
 

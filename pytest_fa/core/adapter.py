@@ -1,0 +1,337 @@
+"""Any residual model, no rewrite: name the states of the stream, pytest-fa hooks them.
+
+    model = pytest_fa.adapt(vit, ["encoder.dropout", "encoder.layers.*"])
+    report = pytest_fa.check(model, test_loader, frozen_acc=0.61)
+
+``states`` are module paths or glob patterns, matched against ``model.named_modules()``
+one dotted segment at a time (``*`` and ``[0-3]`` within a segment, ``**`` for any number
+of segments); the patterns are taken in the order given, each one's matches in module
+order. The first named module writes ``h_0``; every later one is a block ``l`` and
+writes ``h_{l+1}``. A block either returns the stream itself, ``h + f(h)`` (``"sum"``), or
+only its branch ``f(h)`` that its parent adds (``"branch"``; then
+``h_{l+1} = input + output``); ``"auto"`` reads which from the first forward pass and
+refuses a chain that is neither.
+
+The states are captured with forward hooks; the reference ``g_l = dCE/dh_l`` then comes
+from ordinary autograd on the captured tensors (in ``"branch"`` mode on an exact copy of
+``h_{l+1}`` spliced into the graph), never from module backward hooks. Hooks are active
+only inside ``model(x, return_hidden=True)``; ``model(x)`` is the wrapped model's output
+(through ``logits=`` when given).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_fa.errors import ModelInterfaceError
+from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS
+
+
+def split_patterns(states: str | Sequence[str]) -> list[str]:
+    """``"embed, blocks.*"`` or ``["embed", "blocks.*"]`` → ``["embed", "blocks.*"]``."""
+    parts = states.split(",") if isinstance(states, str) else [p for s in states for p in str(s).split(",")]
+    patterns = [p.strip() for p in parts if p.strip()]
+    if not patterns:
+        raise ModelInterfaceError("no states named: give module paths or patterns such as 'embed, blocks.*'")
+    return patterns
+
+
+def match_path(pattern: str, path: str) -> bool:
+    """Whether dotted ``path`` matches ``pattern`` segment by segment (``**``: any segments)."""
+
+    def match(pat: list[str], parts: list[str]) -> bool:
+        if not pat:
+            return not parts
+        if pat[0] == "**":
+            return any(match(pat[1:], parts[i:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pat[0]) and match(pat[1:], parts[1:])
+
+    return match(pattern.split("."), path.split(".") if path else [])
+
+
+def resolve_states(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs the patterns name, in order, each module once."""
+    named = [(name, module) for name, module in model.named_modules() if name]
+    chosen: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        hits = [(n, m) for n, m in named if match_path(pattern, n)]
+        if not hits:
+            near = [n for n, _ in named if "." not in n][:12]
+            raise ModelInterfaceError(
+                f"state pattern {pattern!r} matches no module of {type(model).__name__}; "
+                f"its top-level modules are {near} (a pattern is matched one dotted segment at "
+                "a time: 'blocks.*' names blocks.0, blocks.1, …; '**' spans segments)"
+            )
+        for name, module in hits:
+            chosen.setdefault(name, module)
+    if len(chosen) < 2:
+        raise ModelInterfaceError(
+            f"the patterns {list(patterns)} name {len(chosen)} module(s); the protocol needs h_0 "
+            "and at least one block: name the module that writes h_0 and the residual blocks"
+        )
+    return list(chosen.items())
+
+
+class _Splice(torch.autograd.Function):
+    """Forward: the branch output, copied. Backward: its gradient to the branch *and* to
+    ``h_next``, a leaf holding ``h_{l+1}`` (so ``dCE/dh_next = dCE/dh_{l+1}`` exactly)."""
+
+    @staticmethod
+    def forward(ctx, branch: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
+        return branch.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, grad
+
+
+class HookedModel(nn.Module):
+    """A model whose residual stream is read through forward hooks on named modules.
+
+    It speaks the duck-typed contract of :mod:`pytest_fa.core.interface`: ``embed`` is the
+    module of ``h_0``, ``blocks`` the modules of ``h_1 … h_L`` (what the frozen-blocks
+    baseline freezes), ``model(x, return_hidden=True)`` returns ``(logits, [h_0, …, h_L])``.
+    Token states are read per sample at the cls token (``pooling="cls"``) or as the mean
+    over tokens (``"mean"``); feature maps are flattened.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        states: str | Sequence[str],
+        *,
+        block_output: str = "auto",
+        pooling: str = "cls",
+        norm: str | None = None,
+        head: str | None = None,
+        logits: Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if block_output not in BLOCK_OUTPUTS:
+            raise ModelInterfaceError(f"block_output={block_output!r}: use one of {', '.join(BLOCK_OUTPUTS)}")
+        if pooling not in POOLINGS:
+            raise ModelInterfaceError(f"pooling={pooling!r}: use one of {', '.join(POOLINGS)}")
+        self.model = model
+        self.patterns = split_patterns(states)
+        self._states = resolve_states(model, self.patterns)
+        self.block_output = block_output
+        self.pooling = pooling
+        # a tuple, so the readout is not registered a second time beside self.model
+        self._readout = (_named(model, norm, "norm") if norm else None, _named(model, head, "head") if head else None)
+        self._logits = logits
+        self._record: list[dict[str, Any]] | None = None
+        self._mode: str | None = None if block_output == "auto" else block_output
+        self._chain_checked = False
+
+    # -- the duck-typed contract -------------------------------------------------------------
+    @property
+    def state_names(self) -> list[str]:
+        return [name for name, _ in self._states]
+
+    @property
+    def embed(self) -> nn.Module:
+        return self._states[0][1]
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return [module for _, module in self._states[1:]]
+
+    @property
+    def out_ln(self) -> nn.Module | None:
+        return self._readout[0]
+
+    @property
+    def out_head(self) -> nn.Module | None:
+        return self._readout[1]
+
+    def hidden_layout(self, h: torch.Tensor) -> str:
+        """By rank; token states ``(B, T, d)`` at the cls token or as the mean over tokens."""
+        if h.dim() == 3:
+            return "tokens_mean" if self.pooling == "mean" else "tokens"
+        return "vector" if h.dim() == 2 else "spatial"
+
+    def read_logits(self, h_L: torch.Tensor) -> torch.Tensor:
+        norm, head = self._readout
+        if head is None:
+            raise ModelInterfaceError(
+                "this measurement maps h_L to the logits directly; name the classifier with "
+                "adapt(..., head='name') (and the terminal norm with norm='name')"
+            )
+        return head(norm(h_L) if norm is not None else h_L)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        if not return_hidden:
+            out = self.model(x)
+            return out if self._logits is None else self._read_logits(out)
+        if self._mode is None:
+            with torch.no_grad():
+                self._mode = _block_output_of(self._capture(x, "sum")[1], self.state_names)
+        logits, record = self._capture(x, self._mode)
+        _check_record(record, self.state_names, len(x))
+        if not self._chain_checked:  # the chain is the model's structure: read it once
+            _check_chain(record, self.state_names, self._mode)
+            self._chain_checked = True
+        return logits, [entry["state"] for entry in record]
+
+    def _capture(self, x: torch.Tensor, mode: str):
+        # hooks live only for this call: a copy of the wrapper (deepcopy) never shares them
+        self._record, self._capture_mode = [], mode
+        handles = [module.register_forward_hook(self._hook(i)) for i, (_, module) in enumerate(self._states)]
+        try:
+            out = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+            record, self._record = self._record, None
+        return self._read_logits(out), record
+
+    def _read_logits(self, out: Any) -> torch.Tensor:
+        if self._logits is not None:
+            out = self._logits(out)
+        if not isinstance(out, torch.Tensor):
+            raise ModelInterfaceError(
+                f"{type(self.model).__name__} returned {type(out).__name__}, not a logits tensor; "
+                "pass adapt(..., logits=lambda out: out.logits) to say where the logits are"
+            )
+        return out
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, args: tuple, output: Any):
+            name = self._states[index][0]
+            if not isinstance(output, torch.Tensor):
+                raise ModelInterfaceError(
+                    f"state module {name!r} returns {type(output).__name__}, not a tensor; name the "
+                    "module whose output is the residual stream itself"
+                )
+            given = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            entry = {"index": index, "input": given, "output": output, "state": output}
+            if self._capture_mode == "branch" and index > 0:
+                if given is None or given.shape != output.shape:
+                    raise ModelInterfaceError(
+                        f"block {name!r} returns shape {tuple(output.shape)} from input "
+                        f"{None if given is None else tuple(given.shape)}; a block returning its "
+                        "branch f(h) must keep the shape of h (use block_output='sum')"
+                    )
+                state = (given.detach() + output.detach()).requires_grad_(output.requires_grad)
+                entry["state"] = state
+                output = _Splice.apply(output, state) if output.requires_grad else output
+            entry["version"] = entry["state"]._version
+            self._record.append(entry)
+            return output
+
+        return hook
+
+
+def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> HookedModel:
+    """Wrap ``model`` so the protocol reads the residual stream at the named ``states``.
+
+    Options: ``block_output`` (``"auto"``, ``"sum"``: blocks return ``h + f(h)``,
+    ``"branch"``: blocks return ``f(h)``), ``pooling`` of token states (``"cls"`` or
+    ``"mean"``), ``norm`` and ``head`` (paths of the terminal norm and the classifier, for
+    the measurements that map ``h_L`` to the logits), ``logits`` (a function picking the
+    logits out of what the model returns).
+    """
+    if isinstance(model, HookedModel):
+        raise ModelInterfaceError("the model is adapted already; adapt the model it wraps")
+    return HookedModel(model, states, **options)
+
+
+def _named(model: nn.Module, path: str, role: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if path not in modules:
+        raise ModelInterfaceError(f"{role}={path!r} is not a module of {type(model).__name__}")
+    return modules[path]
+
+
+def _block_output_of(record: list[dict[str, Any]], names: list[str]) -> str:
+    """``"sum"`` when each block's input is the previous block's output, ``"branch"`` when it
+    is the previous block's input plus output; a clear error when it is neither."""
+    _check_count(record, names)
+    _check_first_block(record, names)
+    if len(record) < 3:
+        raise ModelInterfaceError(
+            f"with one block ({names[1]!r}) the forward pass cannot tell whether it returns h + f(h) "
+            "or f(h): set block_output='sum' or 'branch'"
+        )
+    modes = {_link(before, after) for before, after in zip(record[1:], record[2:])}
+    if len(modes) == 1 and "neither" not in modes:
+        return modes.pop()
+    raise ModelInterfaceError(
+        f"the named states {names} are not one residual stream: the input of each block should be "
+        "the output of the block before (blocks returning h + f(h)) or that block's input plus its "
+        "output (blocks returning f(h)); name the modules whose outputs are consecutive states"
+    )
+
+
+def _check_first_block(record: list[dict[str, Any]], names: list[str]) -> None:
+    if not _same(record[1]["input"], record[0]["output"]):
+        raise ModelInterfaceError(
+            f"the input of the first block {names[1]!r} is not the output of {names[0]!r}: name the "
+            "module that writes h_0, the state the first block reads"
+        )
+
+
+def _link(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """How block ``after`` reads the state block ``before`` wrote: sum, branch or neither."""
+    given, out, into = after["input"], before["output"], before["input"]
+    if _same(given, out):
+        return "sum"
+    if into is not None and out.shape == into.shape and _same(given, into + out):
+        return "branch"
+    return "neither"
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    return a is not None and (a is b or (a.shape == b.shape and bool(torch.equal(a, b))))
+
+
+def _check_count(record: list[dict[str, Any]], names: list[str]) -> None:
+    ran = [names[entry["index"]] for entry in record]
+    if ran != names:
+        missing = [n for n in names if n not in ran]
+        twice = sorted({n for n in ran if ran.count(n) > 1})
+        problem = (
+            f"{missing} did not run" if missing else f"{twice} ran more than once" if twice
+            else f"they ran in the order {ran}"
+        )
+        raise ModelInterfaceError(
+            f"the forward pass must run each named state module once, in order {names}; {problem}. "
+            "Name modules on the forward path, each used once, in the order the stream passes them"
+        )
+
+
+def _check_record(record: list[dict[str, Any]], names: list[str], batch: int) -> None:
+    """Every call: each state ran once, in order, batch first, and was not overwritten."""
+    _check_count(record, names)
+    for entry in record:
+        name, state = names[entry["index"]], entry["state"]
+        if state.dim() < 2 or state.shape[0] != batch:
+            raise ModelInterfaceError(
+                f"state {name!r} has shape {tuple(state.shape)} for a batch of {batch}; states must "
+                "be (B, d), (B, T, d) or (B, C, H, W) with the batch first"
+            )
+        if state._version != entry["version"]:
+            raise ModelInterfaceError(
+                f"the output of {name!r} was overwritten in place later in the forward pass (an "
+                "inplace=True activation?); name a module whose output is kept, or make it out of place"
+            )
+
+
+def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> None:
+    """Once: the first block reads h_0, and the blocks return what ``mode`` says."""
+    if len(record) < 3:
+        _check_first_block(record, names)
+        return
+    found = _block_output_of(record, names)
+    if found != mode:
+        shown = {"sum": "h + f(h)", "branch": "f(h)"}
+        raise ModelInterfaceError(
+            f"block_output={mode!r}, but the forward pass shows blocks returning {shown[found]}: "
+            f"set block_output={found!r} or 'auto'"
+        )

@@ -1,0 +1,131 @@
+"""Credit signals ``a_l``: what a method uses in place of the true gradient at ``h_l``.
+
+A credit signal is any callable ``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` whose
+entries are per-sample rows ``(B, F)`` in the same layout the protocol reads ``h_l`` in
+(cls token for token models), or ``None`` at a layer where the method assigns no credit.
+It is always evaluated on the very forward pass that produced the reference gradient, so
+credit and reference see the same batch, mode and dropout mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from pytest_fa.errors import FeedbackError
+
+
+class CreditSignal(Protocol):
+    """``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` (entries ``(B, F)`` or None)."""
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, hiddens: list[torch.Tensor]
+    ) -> Sequence[torch.Tensor | None]: ...
+
+
+def output_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``e_T = softmax(logits) − onehot(y)``, detached: the error DFA broadcasts."""
+    logits = logits.detach()
+    return torch.softmax(logits, dim=-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+
+
+class BPCredit:
+    """Backprop's own credit: ``a_l = dCE/dh_l`` by autograd (Γ = 1 up to rounding)."""
+
+    def __init__(self, read) -> None:
+        self._read = read
+
+    def __call__(self, x, y, logits, hiddens):
+        from pytest_fa.core.reference import ce_grads
+
+        return [self._read(g) for g in ce_grads(logits, y, hiddens, retain_graph=True)]
+
+
+class DFACredit:
+    """Direct feedback alignment: ``a_l = e_T B_l`` with fixed random ``B_l`` of shape (classes, F)."""
+
+    def __init__(self, feedback: Sequence[torch.Tensor]) -> None:
+        self.feedback = list(feedback)
+
+    def __call__(self, x, y, logits, hiddens):
+        e = output_error(logits, y)
+        return [e @ b.to(device=e.device, dtype=e.dtype) for b in self.feedback]
+
+
+def init_dfa_feedback(
+    num_classes: int, feature_dims: Sequence[int], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One fixed ``B_l ~ N(0, 1/classes)`` of shape ``(classes, F_l)`` per hidden state."""
+    return [
+        torch.randn(num_classes, f, generator=generator) / math.sqrt(num_classes)
+        for f in feature_dims
+    ]
+
+
+def check_dfa_feedback(
+    feedback: Sequence[torch.Tensor], num_classes: int, feature_dims: Sequence[int]
+) -> list[torch.Tensor]:
+    """Validate DFA feedback matrices against the model; raise :class:`FeedbackError` if off."""
+    expected = [(num_classes, f) for f in feature_dims]
+    return check_feedback(feedback, expected, "(classes, features) so that a_l = e_T @ B_l")
+
+
+class FACredit:
+    """Feedback alignment, sequential from the top: ``a_L = e_T B_L``, ``a_l = a_{l+1} B_l``.
+
+    ``feedback[L]`` has shape (classes, F_L); ``feedback[l]`` for ``l < L`` has shape
+    (F_{l+1}, F_l): the fixed random matrix that stands in for the transposed Jacobian.
+    """
+
+    def __init__(self, feedback: Sequence[torch.Tensor]) -> None:
+        self.feedback = list(feedback)
+
+    def __call__(self, x, y, logits, hiddens):
+        e = output_error(logits, y)
+        credits = [e @ self.feedback[-1].to(e)]
+        for b in reversed(self.feedback[:-1]):
+            credits.append(credits[-1] @ b.to(e))
+        return credits[::-1]
+
+
+def init_fa_feedback(
+    num_classes: int, feature_dims: Sequence[int], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """``B_l ~ N(0, 1/F_{l+1})`` of shape (F_{l+1}, F_l) for l < L, and (classes, F_L) on top."""
+    dims = list(feature_dims)
+    chain = [torch.randn(dims[l + 1], dims[l], generator=generator) / math.sqrt(dims[l + 1]) for l in range(len(dims) - 1)]
+    return [*chain, torch.randn(num_classes, dims[-1], generator=generator) / math.sqrt(num_classes)]
+
+
+def expected_fa_shapes(num_classes: int, feature_dims: Sequence[int]) -> list[tuple[int, int]]:
+    dims = list(feature_dims)
+    return [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)] + [(num_classes, dims[-1])]
+
+
+def check_feedback(
+    feedback: Sequence[torch.Tensor], expected: Sequence[tuple[int, int]], layout_hint: str
+) -> list[torch.Tensor]:
+    """Validate feedback matrices against the shapes the model needs; :class:`FeedbackError` if off."""
+    feedback = list(feedback)
+    if len(feedback) != len(expected):
+        raise FeedbackError(
+            f"expected {len(expected)} feedback matrices (one per hidden state h_0..h_L), "
+            f"found {len(feedback)}"
+        )
+    for index, (b, shape) in enumerate(zip(feedback, expected)):
+        if not isinstance(b, torch.Tensor):
+            raise FeedbackError(f"feedback matrix B_{index} is a {type(b).__name__}, not a tensor")
+        if tuple(b.shape) == shape[::-1] and shape[0] != shape[1]:
+            raise FeedbackError(
+                f"feedback matrix B_{index} has shape {tuple(b.shape)}: it looks transposed; "
+                f"pytest-fa expects {shape} {layout_hint}"
+            )
+        if tuple(b.shape) != shape:
+            raise FeedbackError(f"feedback matrix B_{index} has shape {tuple(b.shape)}, expected {shape} {layout_hint}")
+        if not torch.isfinite(b).all():
+            raise FeedbackError(f"feedback matrix B_{index} contains NaN or Inf")
+    return feedback

@@ -1,0 +1,208 @@
+"""The protocol's measurements as pure functions over tensors.
+
+Every function takes per-sample tensors of shape ``(B, F)`` (or per-layer lists of them)
+and computes in float64. Norms and cosines are scaled by the largest entry first, so
+values anywhere from 1e-300 to 1e300 keep their meaning in any input dtype, and no
+epsilon is ever added: a zero vector has no direction and yields NaN ("undefined"),
+never a clamped number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pytest_fa.core.thresholds import REFERENCE_BATCH_SIZE  # noqa: F401  (re-exported)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 2:
+        raise ValueError(f"expected per-sample rows of shape (B, F), got {tuple(x.shape)}")
+    return x.detach().to(torch.float64)
+
+
+def per_sample_norms(x: torch.Tensor) -> torch.Tensor:
+    """``‖x_i‖₂`` for each row, computed as ``max|x_i| · ‖x_i / max|x_i|‖₂`` in float64."""
+    x = _rows(x)
+    scale = x.abs().amax(dim=1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale * torch.linalg.vector_norm(x / safe[:, None], ord=2, dim=1)
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x_i / ‖x_i‖₂`` per row; rows that are all zero become NaN (no direction)."""
+    x = _rows(x)
+    scale = x.abs().amax(dim=1, keepdim=True)
+    scaled = x / scale
+    return scaled / torch.linalg.vector_norm(scaled, ord=2, dim=1, keepdim=True)
+
+
+def cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``cos(a_i, g_i) = ⟨a_i, g_i⟩ / (‖a_i‖ ‖g_i‖)`` per row, float64, no eps clamp.
+
+    NaN where either row is zero: the cosine is undefined there, not 0 and not 1.
+    """
+    if a.shape != g.shape:
+        raise ValueError(
+            f"credit and reference gradient differ in shape: {tuple(a.shape)} vs {tuple(g.shape)}; "
+            "both must be read on the same samples and layer"
+        )
+    return (unit_rows(a) * unit_rows(g)).sum(dim=1)
+
+
+def layer_medians(per_layer: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Median over samples for each layer: ``(L+1,)`` from a list of ``(N,)`` tensors."""
+    return torch.stack([values.to(torch.float64).median() for values in per_layer])
+
+
+def block_growth(layer_norms: torch.Tensor) -> torch.Tensor:
+    """Per-block growth ``‖h_{l+1}‖ / ‖h_l‖`` of the per-layer median norms: ``(L,)``."""
+    layer_norms = layer_norms.to(torch.float64)
+    if layer_norms.numel() < 2:
+        raise ValueError("residual growth needs at least h_0 and h_1")
+    return layer_norms[1:] / layer_norms[:-1]
+
+
+def residual_growth(layer_norms: torch.Tensor) -> tuple[float, int]:
+    """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖`` and the block ``l`` where it occurs."""
+    growth = block_growth(layer_norms)
+    block = int(torch.argmax(torch.nan_to_num(growth, nan=float("inf"))))
+    return float(growth[block]), block
+
+
+def grad_at_reference_batch(
+    grad_norm: float, batch_size: int, reference_batch_size: int = REFERENCE_BATCH_SIZE
+) -> float:
+    """``‖g‖ · B / B_ref``: a batch-mean-CE gradient norm restated at batch size ``B_ref``.
+
+    With a batch-mean loss each sample's gradient carries a factor ``1/B``; this removes
+    the dependence on the eval batch size so one floor serves every ``B``.
+    """
+    return grad_norm * batch_size / reference_batch_size
+
+
+def grad_floor(
+    grad_norm: float,
+    batch_size: int,
+    floor: float = 1e-7,
+    reference_batch_size: int = REFERENCE_BATCH_SIZE,
+) -> bool:
+    """Diagnostic (b): True when ``‖g_L‖`` restated at ``B_ref`` is below ``floor``."""
+    return grad_at_reference_batch(grad_norm, batch_size, reference_batch_size) < floor
+
+
+OUTPUT_ERROR_TOLERANCE = 1e-2
+"""Largest relative error of a sample's output error ``e_i`` (as the backward pass carried
+it) for which its reference gradient still counts as a direction: beyond it, the
+``p_y − 1`` cancellation dominates (see :func:`output_error_rel_error`)."""
+
+
+def backward_gain(grad_norms: torch.Tensor, logit_grad_norms: torch.Tensor) -> torch.Tensor:
+    """``‖g_{l,i}‖ / ‖∂CE/∂z_i‖`` per sample: the backward gain from the logits ``z`` to ``h_l``.
+
+    With a batch-mean CE, ``∂CE/∂z_i = e_i / B`` (``e = softmax(z) − onehot(y)``), so
+    ``‖g_{l,i}‖ = gain_{l,i} · ‖e_i‖ / B``: the reference is small either because the
+    gain through the terminal norm and head collapsed (∝ 1/‖h_L‖ under a terminal
+    LayerNorm) or because the error ``e_i`` vanished (a confident, correct prediction).
+    The gain does not depend on ``B``. NaN where ``e_i`` is exactly zero.
+    """
+    grad_norms = grad_norms.to(torch.float64)
+    logit_grad_norms = logit_grad_norms.to(torch.float64)
+    defined = logit_grad_norms > 0
+    safe = torch.where(defined, logit_grad_norms, torch.ones_like(logit_grad_norms))
+    return torch.where(defined, grad_norms / safe, torch.full_like(grad_norms, float("nan")))
+
+
+def output_error_rel_error(used: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``‖e_used,i − e_i‖ / ‖e_i‖`` per sample, with ``e_i = softmax(z_i) − onehot(y_i)`` in float64.
+
+    ``used`` is the output error the backward pass actually propagated (``B · ∂CE/∂z``, in
+    the model's dtype). In float32 the true-class entry ``p_y − 1`` cancels when ``p_y → 1``:
+    its absolute error is about the unit roundoff 6e-8, so the relative error of the
+    reference grows like ``6e-8 / ‖e_i‖``. Infinite where ``e_i`` is zero in float64 too.
+    """
+    z = logits.detach().to(torch.float64)
+    exact = torch.softmax(z, dim=-1)
+    exact[torch.arange(len(y)), y] -= 1.0
+    diff = per_sample_norms(used.detach().to(torch.float64) - exact)
+    norm = per_sample_norms(exact)
+    return torch.where(norm > 0, diff / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.full_like(norm, float("inf")))
+
+
+def median_defined(values: torch.Tensor) -> float:
+    """Median over the non-NaN entries; NaN when none is defined."""
+    values = values.to(torch.float64)
+    values = values[~torch.isnan(values)]
+    return float(values.median()) if values.numel() else float("nan")
+
+
+FLOOR_SUBMODES = ("above the floor", "Mode 1: backward gain collapsed", "error-saturated")
+
+
+def floor_submode(g_ref: float, gain: float, floor: float = 1e-7, gain_floor: float = 1e-3) -> str:
+    """Sub-mode of diagnostic (b) from the decomposition ``‖g_L‖·B = gain · ‖e‖``.
+
+    ``above the floor`` when ``g_ref ≥ floor``; below it, ``Mode 1`` when the median gain is
+    below ``gain_floor`` (the terminal norm and head no longer pass the error back) and
+    ``error-saturated`` when the gain is healthy and the error itself vanished (also when no
+    gain is defined because every ``e_i`` is exactly zero).
+    """
+    if not g_ref < floor:
+        return FLOOR_SUBMODES[0]
+    if gain < gain_floor:
+        return FLOOR_SUBMODES[1]
+    # a healthy gain, or none defined because every error is exactly zero
+    return FLOOR_SUBMODES[2]
+
+
+def floor_fires(
+    g_ref: float, gain: float | None, floor: float = 1e-7, gain_floor: float = 1e-3, rule: str = "decomposed"
+) -> bool:
+    """Whether diagnostic (b) fires on a reference ``g_ref`` (restated at the floor's batch).
+
+    ``rule="paper"``, or no gain measured (``gain is None``): the floor alone (a NaN reference
+    is at the floor). ``"decomposed"``: only in Mode 1 (:func:`floor_submode`); a gain that is
+    NaN because every error is exactly zero counts as error-saturated.
+    """
+    if rule == "paper" or gain is None:
+        return not g_ref >= floor
+    return floor_submode(g_ref, gain, floor, gain_floor) == FLOOR_SUBMODES[1]
+
+
+def direction_stability(batch_mean_grads: torch.Tensor) -> float:
+    """Diagnostic (c): mean pairwise cosine of the per-batch mean gradients ``(K, F)``.
+
+    Each batch's mean gradient is normalised, then the cosine is averaged over the
+    ``K (K - 1) / 2`` pairs of distinct batches. Near 1: the reference points the same way
+    for every batch (drift-dominated); near 0: it is noise-dominated.
+    """
+    units = unit_rows(batch_mean_grads)
+    k = units.shape[0]
+    if k < 2:
+        raise ValueError("direction stability needs at least two disjoint batches")
+    gram = units @ units.T
+    i, j = torch.triu_indices(k, k, offset=1)
+    return float(gram[i, j].mean())
+
+
+def stability_submode(stability: float, drift_ceiling: float = 0.30) -> str:
+    """Sub-mode of diagnostic (c): ``drift-dominated`` above the ceiling, else ``noise-dominated``."""
+    return "drift-dominated" if stability > drift_ceiling else "noise-dominated"
+
+
+def frozen_margin_pp(trained_acc: float, frozen_acc: float) -> float:
+    """Diagnostic (d): ``100 · (trained accuracy − frozen-blocks accuracy)`` in points."""
+    for name, acc in (("trained", trained_acc), ("frozen", frozen_acc)):
+        if not 0.0 <= acc <= 1.0:
+            raise ValueError(f"{name} accuracy {acc} is not a fraction in [0, 1]")
+    return 100.0 * (trained_acc - frozen_acc)
+
+
+def mean_defined(values: torch.Tensor) -> tuple[float, int]:
+    """Mean over the non-NaN entries and how many there were; NaN when none is defined."""
+    defined = ~torch.isnan(values)
+    count = int(defined.sum())
+    if count == 0:
+        return float("nan"), 0
+    return float(values[defined].mean()), count

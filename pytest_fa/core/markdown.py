@@ -1,0 +1,110 @@
+"""The reporting template, filled in: one Markdown section per checkpoint (``--fa-report-md``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytest_fa.core import registry
+
+from pytest_fa.core.render import (
+    comparison,
+    fmt,
+    fmt_gamma,
+    fmt_null,
+    layout_note,
+    saturation_note,
+    seed_columns,
+    seed_rows,
+)
+from pytest_fa.core.seeds import seed_groups
+
+if TYPE_CHECKING:
+    from pytest_fa.core.report import DiagnosticReport
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows
+    ]
+
+
+def _conditions(report: DiagnosticReport) -> list[list[str]]:
+    context = report.context
+    rows = [
+        ["method", str(context.get("method") or "—")],
+        ["architecture", str(context.get("arch") or "—")],
+        ["data", str(context.get("data") or "—")],
+        ["seed / epochs", f"{context.get('seed', '—')} / {context.get('epochs', '—')}"],
+        ["headline accuracy", fmt(report.headline_acc, ".4f")],
+        ["frozen-blocks baseline", str(context.get("frozen_baseline") or fmt(report.frozen_acc, ".4f"))],
+        ["measured on", f"{report.num_batches} × {report.batch_size} eval samples, {report.dtype}, "
+                        f"{report.mode} mode, {report.device}; batch-mean CE{layout_note(report)}"],
+        ["thresholds", ", ".join(f"{k} {v}" for k, v in vars(report.thresholds).items())],
+    ]
+    return rows
+
+
+def _diagnostics(report: DiagnosticReport) -> list[list[str]]:
+    rows = []
+    for key, result in report.diagnostics.items():
+        statistic = comparison(result)
+        if key == "b" and result.components.get("gain") is not None:
+            statistic += f"; gain {fmt(result.components['gain'])} × median ‖e‖ {fmt(result.components.get('error_norm'))} / B"
+        outcome = "not evaluated" if not result.evaluated else ("FIRES" if result.fires else "ok")
+        rows.append([f"({key})", registry.get(key).name, statistic, outcome, result.submode or "—"])
+    return rows
+
+
+def _layers(report: DiagnosticReport) -> list[list[str]]:
+    rows = []
+    for row in report.layers:
+        gamma = fmt_gamma(row.gamma, row.gamma_status)
+        if row.gamma is None:
+            kind, _, reason = row.gamma_status.partition(": ")
+            gamma = f"*{kind}* ({reason})" if reason else f"*{row.gamma_status}*"
+        rows.append([
+            f"h_{row.index}", fmt(row.h_norm), fmt(row.growth), fmt(row.g_norm), fmt(row.g_norm_at_reference),
+            fmt(row.gain), gamma, fmt_null(row.null_mean, row.null_std),
+        ])
+    return rows
+
+
+def checkpoint_section(report: DiagnosticReport) -> str:
+    """The filled template of one checkpoint."""
+    lines = [f"## {report.label or 'checkpoint'} — {report.verdict}", "", "### Conditions", ""]
+    lines += _table(["", ""], _conditions(report))
+    lines += ["", "### Diagnostics", ""]
+    lines += _table(["", "diagnostic", "statistic (threshold)", "result", "sub-mode"], _diagnostics(report))
+    lines += ["", "### Per layer", ""]
+    lines += _table(
+        ["state", "‖h_l‖", "growth", "‖g_l‖", f"‖g_l‖@{report.thresholds.floor_batch_size}", "gain", "Γ_l",
+         f"null (n={report.null_draws})" if report.null_draws else "null"],
+        _layers(report),
+    )
+    lines += ["", f"Γ: {report.credit_status}", "", "### Verdict", "", f"**{report.verdict}**", ""]
+    for key in report.fired:
+        diagnostic = registry.get(key)
+        lines.append(f"- ({key}) {diagnostic.meaning}. What to do: {diagnostic.what_to_do}.")
+    for key in report.missing:
+        lines.append(f"- ({key}) not evaluated: {report.diagnostics[key].detail if key in report.diagnostics else 'absent'}")
+    note = saturation_note(report)
+    if note:
+        lines.append(f"- {note}")
+    if report.trustworthy:
+        lines.append("- none of (a), (b), (d) fires: the headline accuracy and the per-layer Γ can be reported as measured.")
+    return "\n".join(lines)
+
+
+def markdown_report(reports: list[DiagnosticReport], version: str = "") -> str:
+    """Every checkpoint's filled template, after a one-line summary per checkpoint."""
+    lines = [f"# pytest-fa protocol report{(' (pytest-fa ' + version + ')') if version else ''}", ""]
+    lines += _table(
+        ["checkpoint", "accuracy", "frozen", "verdict"],
+        [[r.label or "checkpoint", fmt(r.headline_acc, ".4f"), fmt(r.frozen_acc, ".4f"), r.verdict] for r in reports],
+    )
+    groups = seed_groups(reports)
+    if groups:
+        lines += ["", "## Seeds of one configuration (mean ± sd)", ""]
+        lines += _table(list(seed_columns()), [list(row) for row in seed_rows(groups)])
+    for report in reports:
+        lines += ["", checkpoint_section(report)]
+    return "\n".join(lines) + "\n"

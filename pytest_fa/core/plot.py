@@ -1,0 +1,189 @@
+"""One PNG figure per protocol report: where the signal lives, and whether Γ beats chance.
+
+The left panel shows, against the state index ``l`` (``h_0 … h_L``), the median ``‖h_l‖``
+and the median ``‖g_l‖`` restated at the floor's reference batch size, on a log axis, with
+the gradient floor as a dashed line: (a) reads off the growth of the first curve, (b) off
+where the second meets the floor. The right panel shows the per-layer alignment ``Γ_l``
+with, for a DFA credit, the fresh-feedback null band (mean ± 2 sd over the null draws);
+layers whose Γ is undefined or unavailable are marked with a grey ``×`` at 0. Without any
+Γ the panel states why (``report.credit_status``).
+
+matplotlib is imported inside the functions only, and drawn headless through the Agg
+canvas and the ``Figure`` object API (no pyplot, no global state).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from pytest_fa.core.report import DiagnosticReport
+
+FIGSIZE = (10.0, 4.0)
+DPI = 120
+DEFAULT_NAME = "checkpoint"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def report_figure(report: DiagnosticReport) -> Figure:
+    """The report's figure: norms against the floor (left), Γ_l against the null (right)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    norms_ax, gamma_ax = fig.subplots(1, 2)
+    _draw_norms(norms_ax, report)
+    _draw_gamma(gamma_ax, report)
+    fig.suptitle(f"{report.label or DEFAULT_NAME} — {report.verdict}", fontsize="large")
+    return fig
+
+
+def write_report_plot(report: DiagnosticReport, folder: str | Path) -> Path:
+    """Save the report's figure as ``<safe label>.png`` in ``folder`` (created); its path."""
+    folder = Path(folder)
+    return _save(report, folder / f"{safe_name(report.label)}.png")
+
+
+def write_report_plots(reports: Iterable[DiagnosticReport], folder: str | Path) -> list[Path]:
+    """One PNG per report in ``folder``; a repeated name gets ``-2``, ``-3``, … appended."""
+    folder = Path(folder)
+    taken: set[str] = set()
+    paths = []
+    for report in reports:
+        stem = base = safe_name(report.label)
+        count = 1
+        while stem in taken:
+            count += 1
+            stem = f"{base}-{count}"
+        taken.add(stem)
+        paths.append(_save(report, folder / f"{stem}.png"))
+    return paths
+
+
+def safe_name(label: str) -> str:
+    """The file stem for ``label``: ``[A-Za-z0-9._-]`` kept, the rest ``_``, no trailing ``.pt``."""
+    return _UNSAFE.sub("_", label).removesuffix(".pt") or DEFAULT_NAME
+
+
+# -- panels ------------------------------------------------------------------------------
+
+
+def _draw_norms(ax: Axes, report: DiagnosticReport) -> None:
+    rows = report.layers
+    ax.set_yscale("log")
+    for attr, label, marker in (
+        ("h_norm", "median ‖$h_l$‖", "o"),
+        ("g_norm_at_reference", f"median ‖$g_l$‖ at batch {report.thresholds.floor_batch_size}", "s"),
+    ):
+        points = [(row.index, getattr(row, attr)) for row in rows if _positive(getattr(row, attr))]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker=marker, markersize=_marker_size(rows), linewidth=1.5, label=label)
+    floor = report.thresholds.grad_floor
+    ax.axhline(floor, color="tab:red", linestyle="--", linewidth=1.2, label=f"floor {floor:.0e}")
+    _layer_axis(ax, rows)
+    ax.set_ylabel("norm (log)")
+    ax.set_title("signal per layer", fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
+def _draw_gamma(ax: Axes, report: DiagnosticReport) -> None:
+    rows = report.layers
+    ax.set_ylim(-1.05, 1.05)
+    _layer_axis(ax, rows)
+    ax.set_ylabel(r"$\Gamma_l$ (mean cosine with BP)")
+    ax.set_title("alignment per layer", fontsize="medium")
+    ax.grid(True, axis="y", alpha=0.3)
+    if all(row.gamma is None for row in rows):
+        ax.text(
+            0.5, 0.5, _no_gamma_note(report), transform=ax.transAxes, ha="center", va="center",
+            wrap=True, fontsize="medium", color="dimgrey",
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "lightgrey"},
+        )
+        return
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    _draw_null_band(ax, report)
+    defined = [(row.index, row.gamma) for row in rows if row.gamma is not None]
+    xs, ys = zip(*defined)
+    ax.plot(
+        xs, ys, marker="o", markersize=_marker_size(rows), linewidth=1.5, color="tab:green", label=r"$\Gamma_l$"
+    )
+    undefined = [row.index for row in rows if row.gamma is None]
+    if undefined:
+        size = _marker_size(rows)
+        ax.plot(
+            undefined, [0.0] * len(undefined), linestyle="none", marker="x", markersize=size + 3,
+            markeredgewidth=size / 2.5, color="grey", label=r"$\Gamma_l$ undefined",
+        )
+    ax.legend(fontsize="small", loc="best")
+
+
+def _draw_null_band(ax: Axes, report: DiagnosticReport) -> None:
+    """null_mean ± 2 null_std as one fill, each layer a block of width 0.8 around its index."""
+    xs: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    present: list[bool] = []
+    for row in report.layers:
+        has = row.null_mean is not None and row.null_std is not None
+        low = row.null_mean - 2 * row.null_std if has else math.nan
+        high = row.null_mean + 2 * row.null_std if has else math.nan
+        for x in (row.index - 0.4, row.index + 0.4):
+            xs.append(x)
+            lows.append(low)
+            highs.append(high)
+            present.append(has)
+    if not any(present):
+        return
+    lows = [v if ok else 0.0 for v, ok in zip(lows, present)]
+    highs = [v if ok else 0.0 for v, ok in zip(highs, present)]
+    ax.fill_between(
+        xs, lows, highs, where=present, color="grey", alpha=0.25, linewidth=0,
+        label=f"null ±2 sd (n={report.null_draws})",
+    )
+
+
+def _layer_axis(ax: Axes, rows) -> None:
+    indices = [row.index for row in rows]
+    if not indices:
+        return
+    step = max(1, math.ceil(len(indices) / 12))
+    ticks = indices[::step]
+    ax.set_xticks(ticks, [f"$h_{{{i}}}$" for i in ticks])
+    ax.set_xlim(min(indices) - 0.5, max(indices) + 0.5)
+    ax.set_xlabel("state $l$")
+
+
+def _no_gamma_note(report: DiagnosticReport) -> str:
+    status = report.credit_status or "Γ not measured"
+    if status == "computed":
+        reasons = sorted({row.gamma_status for row in report.layers if row.gamma_status})
+        return "Γ undefined at every layer" + (f"\n{reasons[0]}" if len(reasons) == 1 else "")
+    return f"Γ {status}" if not status.startswith("Γ") else status
+
+
+def _marker_size(rows) -> float:
+    return 5.0 if len(rows) <= 16 else 3.0
+
+
+def _positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _save(report: DiagnosticReport, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = report_figure(report)
+    try:
+        fig.savefig(path, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    return path

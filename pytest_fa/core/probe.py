@@ -1,0 +1,208 @@
+"""One pass over the eval batches that collects every raw number the protocol needs.
+
+For each batch the model runs once in eval mode; the reference ``g_l = dCE/dh_l`` (CE the
+batch-mean cross-entropy) comes from autograd on the hidden states the model returned,
+and the method's credit is evaluated on that same forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pytest_fa.core import interface
+from pytest_fa.core.credit import CreditSignal, output_error
+from pytest_fa.core.diagnostics import cosine_per_sample, output_error_rel_error, per_sample_norms
+from pytest_fa.errors import DataError, ModelInterfaceError, NonFiniteError
+from pytest_fa.core.reference import reference_pass
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Probe:
+    """Per-sample measurements gathered over ``num_batches`` eval batches of ``batch_size``.
+
+    ``logit_grad_norms`` is ``‖∂CE/∂z_i‖ = ‖e_i‖ / B`` at the logits, from the same backward
+    pass as the ``‖g_l‖``; ``error_rel_errors`` the relative error of that ``e_i`` in the
+    model's dtype against float64 (see :func:`diagnostics.output_error_rel_error`).
+    """
+
+    hidden_norms: list[torch.Tensor]
+    grad_norms: list[torch.Tensor]
+    mid_layer: int
+    mid_batch_means: torch.Tensor
+    cosines: list[torch.Tensor | None] | None
+    credit_norms: list[torch.Tensor | None] | None
+    batch_size: int
+    num_batches: int
+    dtype: str
+    device: str
+    mode: str = "eval"
+    layout: str = "vector"
+    eval_correct: int = 0
+    logit_grad_norms: torch.Tensor | None = None
+    error_rel_errors: torch.Tensor | None = None
+    grad_rows: list[torch.Tensor] | None = None
+    output_errors: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_norms)
+
+    @property
+    def eval_accuracy(self) -> float:
+        return self.eval_correct / (self.batch_size * self.num_batches)
+
+
+def check_finite_parameters(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteError` naming the first parameter or buffer with NaN/Inf."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteError(
+                f"weight `{name}` contains NaN or Inf: training diverged or the file is corrupt; "
+                "diagnose the last finite checkpoint instead"
+            )
+
+
+def _check_batches(eval_batches: Sequence) -> int:
+    if len(eval_batches) < 1:
+        raise DataError("no eval batches given")
+    sizes = {len(batch[0]) for batch in eval_batches}
+    if len(sizes) != 1:
+        raise DataError(
+            f"eval batches differ in size {sorted(sizes)}; ‖g‖ under a batch-mean loss scales "
+            "with 1/B, so every batch must have the same size"
+        )
+    return sizes.pop()
+
+
+def run_probe(
+    model: nn.Module,
+    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    credit: CreditSignal | None = None,
+    device: torch.device | str | None = None,
+    keep_rows: bool = False,
+) -> Probe:
+    """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``.
+
+    ``keep_rows`` keeps the per-sample rows of ``g_l`` and the output errors
+    ``e = softmax − onehot`` (``probe.grad_rows``, ``probe.output_errors``), for measurements
+    that reuse the reference, such as the null band.
+
+    Runs in eval mode (restored afterwards) and never below float32: a model stored in
+    float16 or bfloat16 is measured through a float32 copy (and a model that lives off
+    ``device`` through a copy on it).
+    """
+    batch_size = _check_batches(eval_batches)
+    interface.check_interface(model)
+    check_finite_parameters(model)
+    param = next(model.parameters())
+    stored = param.dtype
+    model = at_least_float32(model)
+    if device is not None and torch.device(device) != param.device:
+        model = copy.deepcopy(model).to(device)
+    with interface.eval_mode(model):
+        probe = probe_batches(model, eval_batches, credit, batch_size, keep_rows)
+    if stored in HALF_DTYPES:
+        probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
+    return probe
+
+
+def at_least_float32(model: nn.Module) -> nn.Module:
+    """``model``, or a float32 copy when it is stored in float16 or bfloat16: half precision
+    flushes hidden-layer BP gradients (~1e-9) to zero."""
+    if next(model.parameters()).dtype in HALF_DTYPES:
+        return copy.deepcopy(model).float()
+    return model
+
+
+def probe_batches(
+    model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int, keep_rows: bool = False
+) -> Probe:
+    """The measurement loop of :func:`run_probe`: one :func:`reference_pass` per batch, in
+    the model's current mode and dtype (``run_probe`` sets eval mode and float32 first)."""
+    hidden_norms: list[list[torch.Tensor]] = []
+    grad_norms: list[list[torch.Tensor]] = []
+    cosines: list[list[torch.Tensor | None]] = []
+    credit_norms: list[list[torch.Tensor | None]] = []
+    mid_means = []
+    logit_grads: list[torch.Tensor] = []
+    rel_errors: list[torch.Tensor] = []
+    kept_rows: list[list[torch.Tensor]] = []
+    kept_errors: list[torch.Tensor] = []
+    correct = 0
+    layout = "vector"
+    mid = 0
+    for x, y in eval_batches:
+        ref = reference_pass(model, x, y, credit)
+        layout, rows_g, logits = ref.layout, ref.rows, ref.logits.detach()
+        mid = (len(rows_g) - 1) // 2  # h_{L/2} of h_0..h_L
+        hidden_norms.append([per_sample_norms(h) for h in ref.hidden_rows])
+        grad_norms.append([per_sample_norms(g) for g in rows_g])
+        mid_means.append(rows_g[mid].to(torch.float64).mean(dim=0))
+        logit_rows = ref.logit_grad.reshape(len(y), -1)
+        logit_grads.append(per_sample_norms(logit_rows))
+        y = y.to(logits.device)
+        rel_errors.append(output_error_rel_error(logit_rows * len(y), logits.reshape(len(y), -1), y))
+        correct += int((logits.argmax(dim=-1) == y).sum())
+        if keep_rows:
+            kept_rows.append([g.detach() for g in rows_g])
+            kept_errors.append(output_error(logits, y))
+        if ref.credits is not None:
+            cosines.append(_layer_cosines(ref.credits, rows_g))
+            credit_norms.append([None if a is None else per_sample_norms(a) for a in ref.credits])
+    param = next(model.parameters())
+    return Probe(
+        hidden_norms=_concat_layers(hidden_norms),
+        grad_norms=_concat_layers(grad_norms),
+        mid_layer=mid,
+        mid_batch_means=torch.stack(mid_means),
+        cosines=_concat_layers(cosines) if credit is not None else None,
+        credit_norms=_concat_layers(credit_norms) if credit is not None else None,
+        batch_size=batch_size,
+        num_batches=len(eval_batches),
+        dtype=str(param.dtype).removeprefix("torch."),
+        device=str(param.device),
+        layout=layout,
+        eval_correct=correct,
+        logit_grad_norms=torch.cat(logit_grads),
+        error_rel_errors=torch.cat(rel_errors),
+        grad_rows=[torch.cat(layer) for layer in zip(*kept_rows)] if keep_rows else None,
+        output_errors=torch.cat(kept_errors) if keep_rows else None,
+    )
+
+
+def _layer_cosines(credits, rows_g) -> list[torch.Tensor | None]:
+    if len(credits) != len(rows_g):
+        raise ModelInterfaceError(
+            f"the credit signal returned {len(credits)} layers for {len(rows_g)} hidden states; "
+            "return one entry (or None) per h_0..h_L"
+        )
+    out = []
+    for index, (a, g) in enumerate(zip(credits, rows_g)):
+        if a is None:
+            out.append(None)
+            continue
+        if tuple(a.shape) != tuple(g.shape):
+            raise ModelInterfaceError(
+                f"credit a_{index} has shape {tuple(a.shape)} but the reference gradient at "
+                f"h_{index} is read as {tuple(g.shape)}; return per-sample rows (B, F)"
+            )
+        if not torch.isfinite(a).all():
+            raise NonFiniteError(f"the credit signal a_{index} contains NaN or Inf")
+        out.append(cosine_per_sample(a, g))
+    return out
+
+
+def _concat_layers(per_batch: list[list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
+    layers = []
+    for column in zip(*per_batch):
+        layers.append(None if column[0] is None else torch.cat(column))
+    return layers

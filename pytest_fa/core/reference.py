@@ -1,0 +1,123 @@
+"""The BP reference pass: one forward pass, ``CE``, and ``g_l = dCE/dh_l`` by autograd.
+
+Every measurement of pytest-fa (the probe, the null band, the perturbation correlation,
+the studies and the pitfall suite) takes its reference gradient from :func:`reference_pass`,
+so the loss, its reduction, the layout a sample is read in and the checks on the graph are
+defined once. A credit signal passed in is evaluated on that same forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_fa.core import interface
+from pytest_fa.errors import ModelInterfaceError, NonFiniteError
+
+if TYPE_CHECKING:
+    from pytest_fa.core.credit import CreditSignal
+
+
+@dataclass
+class ReferencePass:
+    """One batch: the logits, the states ``h_0 … h_L`` (graph tensors), the reference
+    ``g_l = dCE/dh_l`` and ``dCE/dz`` at the logits, the per-sample layout, and the credit
+    ``a_l`` (``None`` without a credit signal)."""
+
+    logits: torch.Tensor
+    hiddens: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    logit_grad: torch.Tensor
+    layout: str
+    credits: list[torch.Tensor | None] | None = None
+
+    def read(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, features)`` rows of a state or gradient in this pass's layout."""
+        return interface.per_sample(t, self.layout)
+
+    @property
+    def rows(self) -> list[torch.Tensor]:
+        """Per-sample rows of ``g_l``."""
+        return [self.read(g) for g in self.grads]
+
+    def credited_rows(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``([a_l], [g_l])``, detached per-sample rows, at the layers the credit assigns."""
+        pairs = [(a, g) for a, g in zip(self.credits or [], self.rows) if a is not None]
+        return [a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]
+
+    @property
+    def hidden_rows(self) -> list[torch.Tensor]:
+        """Per-sample rows of ``h_l`` (detached)."""
+        return [self.read(h.detach()) for h in self.hiddens]
+
+
+def ce_grads(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    states: Sequence[torch.Tensor],
+    *,
+    reduction: str = "mean",
+    retain_graph: bool = False,
+    allow_unused: bool = False,
+) -> list[torch.Tensor | None]:
+    """``dCE/ds`` for each of ``states`` (``CE`` the batch-``reduction`` cross-entropy)."""
+    loss = F.cross_entropy(logits, y, reduction=reduction)
+    return list(torch.autograd.grad(loss, list(states), retain_graph=retain_graph, allow_unused=allow_unused))
+
+
+def reference_pass(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    credit: CreditSignal | None = None,
+    *,
+    reduction: str = "mean",
+    keep_graph: bool = False,
+) -> ReferencePass:
+    """Run ``model`` on one batch in its current mode and dtype and take the reference.
+
+    ``x`` moves to the model's device (and, when floating point, its dtype). Raises
+    :class:`~pytest_fa.errors.ModelInterfaceError` for states that are detached or not on
+    the path to the logits, and :class:`~pytest_fa.errors.NonFiniteError` for NaN/Inf logits
+    or gradients. ``keep_graph`` keeps the graph for further autograd on ``hiddens``.
+    """
+    param = next(model.parameters())
+    x = x.to(device=param.device, dtype=param.dtype if x.is_floating_point() else x.dtype)
+    y = y.to(param.device)
+    if x.is_floating_point():
+        x.requires_grad_(True)
+    with torch.enable_grad():
+        logits, hiddens = interface.forward_hidden(model, x)
+        if not torch.isfinite(logits).all():
+            raise NonFiniteError("the logits contain NaN or Inf on an eval batch")
+        detached = [i for i, h in enumerate(hiddens) if not h.requires_grad]
+        if detached:
+            raise ModelInterfaceError(
+                f"{interface.state_name(model, detached[0])} is detached from the graph; the "
+                "states must be the tensors the forward pass uses, not .detach()ed copies"
+            )
+        *grads, logit_grad = ce_grads(
+            logits, y, [*hiddens, logits], reduction=reduction,
+            retain_graph=credit is not None or keep_graph, allow_unused=True,
+        )
+        for index, g in enumerate(grads):
+            if g is None:
+                raise ModelInterfaceError(
+                    f"{interface.state_name(model, index)} is not on the path from the input to "
+                    "the logits; the model must return the hidden states its forward pass uses"
+                )
+            if not torch.isfinite(g).all():
+                raise NonFiniteError(
+                    f"the BP gradient at h_{index} contains NaN or Inf; the model is outside "
+                    "the range its dtype can represent (try a float64 probe)"
+                )
+        layout = interface.hidden_layout(model, hiddens[0])
+        result = ReferencePass(logits, hiddens, grads, logit_grad, layout)
+        if credit is not None:
+            result.credits = list(credit(x, y, logits, hiddens))
+    return result

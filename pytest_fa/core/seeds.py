@@ -1,0 +1,92 @@
+"""Several seeds of one configuration: mean ± sd of the protocol's numbers and a verdict count.
+
+Checkpoints belong to one group when everything they were trained as but the seed is the
+same (architecture and its config, method and its config, data, epochs, recipe), as
+recorded in ``report.context["configuration"]``; a group needs at least two seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_fa.core import registry
+
+if TYPE_CHECKING:
+    from pytest_fa.core.report import DiagnosticReport
+
+
+def statistic_names() -> tuple[str, ...]:
+    """Accuracy, each seed-table diagnostic's statistic (registry order), the deep-layer Γ."""
+    return ("headline_acc", *(d.statistic for d in registry.seed_table_diagnostics()), "deep_gamma")
+
+
+def report_statistics(report: DiagnosticReport) -> dict[str, float | None]:
+    """The numbers a seed table averages; a diagnostic that was not evaluated gives None."""
+    numbers: dict[str, float | None] = {"headline_acc": report.headline_acc}
+    for diagnostic in registry.seed_table_diagnostics():
+        result = report.diagnostics.get(diagnostic.key)
+        numbers[diagnostic.statistic] = result.value if result is not None and result.evaluated else None
+    numbers["deep_gamma"] = report.gamma_mean(1)
+    return numbers
+
+
+def mean_sd(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """``(mean, sample sd, n)`` over the defined, finite values (sd None below two)."""
+    defined = [v for v in values if v is not None and math.isfinite(v)]
+    if not defined:
+        return None, None, 0
+    sd = statistics.stdev(defined) if len(defined) > 1 else None
+    return statistics.fmean(defined), sd, len(defined)
+
+
+@dataclass
+class SeedGroup:
+    """The reports of one configuration trained with different seeds."""
+
+    configuration: dict[str, Any]
+    reports: list[DiagnosticReport]
+
+    @property
+    def name(self) -> str:
+        c = self.configuration
+        return f"{c.get('method')} {c.get('arch')} {c.get('epochs')} ep"
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.context.get("seed") for r in self.reports]
+
+    def statistics(self) -> dict[str, tuple[float | None, float | None, int]]:
+        rows = [report_statistics(r) for r in self.reports]
+        return {key: mean_sd([row[key] for row in rows]) for key in statistic_names()}
+
+    def verdicts(self) -> dict[str, int]:
+        """How many seeds got each verdict."""
+        return dict(Counter(r.verdict for r in self.reports))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "configuration": self.configuration,
+            "seeds": self.seeds,
+            "checkpoints": [r.label for r in self.reports],
+            "statistics": {k: {"mean": m, "sd": s, "n": n} for k, (m, s, n) in self.statistics().items()},
+            "verdicts": self.verdicts(),
+        }
+
+
+def seed_groups(reports: list[DiagnosticReport]) -> list[SeedGroup]:
+    """Groups of at least two reports that share a configuration and differ in seed."""
+    grouped: dict[str, list[DiagnosticReport]] = {}
+    for report in reports:
+        key = report.context.get("configuration")
+        if key is not None:
+            grouped.setdefault(key, []).append(report)
+    groups = []
+    for key, members in grouped.items():
+        if len({r.context.get("seed") for r in members}) >= 2:
+            groups.append(SeedGroup(json.loads(key), members))
+    return groups

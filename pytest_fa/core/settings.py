@@ -1,0 +1,141 @@
+"""How to run the protocol: one typed definition of every setting (no torch import).
+
+:class:`ProtocolSettings` holds what the protocol runner needs, :class:`SessionSettings`
+adds what a pytest session writes and collects. Each field that is an option carries its
+help text in its metadata; the plugin generates its ``--fa-*`` options and ini keys from
+these fields (and from :class:`~pytest_fa.core.thresholds.DiagnosticThresholds` for the
+thresholds), and validation lives here, in ``__post_init__``, raising
+:class:`SettingError` with the setting's name and no command-line syntax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pytest_fa.errors import setting
+from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS
+from pytest_fa.core.thresholds import DiagnosticThresholds
+
+MIN_EVAL_BATCHES = 8
+
+
+class SettingError(ValueError):
+    """A setting with a value the protocol cannot use; ``name`` is the setting."""
+
+    def __init__(self, name: str, value: Any, message: str) -> None:
+        super().__init__(f"{name}={value!r}: {message}")
+        self.name, self.value, self.message = name, value, message
+
+
+def option(help: str, type: type = str, *, metavar: str | None = None, flag: str | None = None,
+           repeat: bool = False, path: bool = False) -> dict[str, Any]:
+    """Field metadata of a setting that is also a command-line option and ini key.
+
+    ``flag`` is the option's name when it differs from the field's (``model`` for
+    ``model_factory``); ``repeat`` options take several values, ``path`` ones are paths
+    (ini paths are relative to the ini file).
+    """
+    return {"option": {"help": help, "type": type, "metavar": metavar, "flag": flag, "repeat": repeat, "path": path}}
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """How the protocol runner loads, matches and measures a checkpoint."""
+
+    model_factory: str | None = field(default=None, metadata=option(
+        "factory for a custom architecture, package.module:build", metavar="SPEC", flag="model"))
+    hidden: str | None = field(default=None, metadata=option(
+        "adapt a model without return_hidden: module paths or patterns of the states h_0, h_1, ..., h_L, "
+        "comma-separated (e.g. 'embed,blocks.*'), read by forward hooks", metavar="PATTERNS"))
+    block_output: str = field(default="auto", metadata=option(
+        "with --fa-hidden: the named blocks return h + f(h) (sum), only f(h) (branch), or auto (read "
+        "from the forward pass, the default)", metavar="KIND"))
+    pooling: str = field(default="cls", metadata=option(
+        "with --fa-hidden: read token states (B, T, d) at the cls token (cls, the default) or as the "
+        "mean over tokens (mean)", metavar="KIND"))
+    credit: str | None = field(default=None, metadata=option(
+        "your method's credit signal for Γ: package.module:make_credit, called as make_credit(model, "
+        "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]", metavar="SPEC"))
+    data: str | None = field(default=None, metadata=option(
+        "data set when the checkpoint does not record one: mnist1d, fashion-mnist, cifar10, cifar100, "
+        "synthetic", metavar="NAME"))
+    data_root: str | None = field(default=None, metadata=option(
+        "folder holding the data set files (CIFAR, Fashion-MNIST)", metavar="DIR", path=True))
+    device: str = field(default="auto", metadata=option("auto (default), cpu or cuda[:N]", metavar="DEVICE"))
+    eval_batches: int = field(default=MIN_EVAL_BATCHES, metadata=option(
+        "number K of disjoint eval batches (default 8, at least 8)", int, metavar="K"))
+    batch_size: int = field(default=128, metadata=option("eval batch size B (default 128, the paper's)", int, metavar="B"))
+    frozen_acc: float | None = field(default=None, metadata=option(
+        "accuracy of your frozen-blocks control; skips training one", float, metavar="ACC"))
+    frozen_epochs: int | None = field(default=None, metadata=option(
+        "train budget of the frozen baseline for a plain state dict", int, metavar="N"))
+    thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.eval_batches < MIN_EVAL_BATCHES:
+            raise SettingError("eval_batches", self.eval_batches,
+                               f"diagnostic (c) needs at least {MIN_EVAL_BATCHES} disjoint batches")
+        if self.batch_size < 2:
+            raise SettingError("batch_size", self.batch_size, "an eval batch needs at least 2 samples")
+        if self.frozen_acc is not None and not 0.0 <= self.frozen_acc <= 1.0:
+            raise SettingError("frozen_acc", self.frozen_acc, "give the accuracy as a fraction in [0, 1], e.g. 0.65")
+        if self.frozen_epochs is not None and self.frozen_epochs < 1:
+            raise SettingError("frozen_epochs", self.frozen_epochs, "the baseline needs at least 1 epoch")
+        for name, choices in (("block_output", BLOCK_OUTPUTS), ("pooling", POOLINGS)):
+            if getattr(self, name) not in choices:
+                raise SettingError(name, getattr(self, name), f"use one of {', '.join(choices)}")
+        if self.hidden is not None and not self.hidden.replace(",", "").strip():
+            raise SettingError("hidden", self.hidden, "name the modules of h_0..h_L, e.g. 'embed,blocks.*'")
+        _check_device(self.device)
+
+
+@dataclass(frozen=True)
+class SessionSettings(ProtocolSettings):
+    """A pytest session's settings: the protocol's, plus the checkpoints and the reports."""
+
+    checkpoint: tuple[str, ...] = field(default=(), metadata=option(
+        "checkpoint to diagnose: a pytest-fa bundle, or a state dict with --fa-model (repeatable; ini: "
+        "one per line)", metavar="PATH", repeat=True, path=True))
+    report_json: str | None = field(default=None, metadata=option(
+        "write every protocol report to this JSON file", metavar="PATH", path=True))
+    report_md: str | None = field(default=None, metadata=option(
+        "write the filled reporting template (Markdown) of every checkpoint to this file", metavar="PATH", path=True))
+    plot: str | None = field(default=None, metadata=option(
+        "write one PNG per checkpoint into this folder: per-layer ‖h_l‖ and ‖g_l‖ against the floor, Γ_l "
+        "against the null band", metavar="DIR", path=True))
+    compare: str | None = field(default=None, metadata=option(
+        "compare with a saved --fa-report-json file: one `compare` item per checkpoint fails when a "
+        "diagnostic crossed its threshold or a figure regressed beyond --fa-compare-fail", metavar="PATH", path=True))
+    compare_fail: tuple[str, ...] = field(default=(), metadata=option(
+        "tolerance of one figure for --fa-compare (repeatable), e.g. headline_acc:1pp, deep_gamma:0.05, "
+        "growth:20%%, grad_ref:10x", metavar="SPEC", repeat=True))
+    pitfalls: bool = field(default=False, metadata=option(
+        "run the shipped pitfall regression suite (with --fa-checkpoint: also check that checkpoint for "
+        "exposure)", bool))
+    lint: tuple[str, ...] = field(default=(), metadata=option(
+        "scan Python sources under PATH for source-level pitfalls (repeatable)", metavar="PATH", repeat=True, path=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.compare_fail and self.compare is None:
+            raise SettingError("compare_fail", list(self.compare_fail),
+                               f"tolerances apply to a comparison: give the saved report with {setting('compare', 'PATH')} too")
+
+
+def option_fields(cls: type = SessionSettings) -> list:
+    """The fields of ``cls`` that are options, in the order the help lists them (checkpoints first)."""
+    found = [f for f in fields(cls) if "option" in f.metadata]
+    return sorted(found, key=lambda f: f.name != "checkpoint")
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu"):
+        return
+    if not device.startswith("cuda"):
+        raise SettingError("device", device, "use auto, cpu or cuda[:N]")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SettingError("device", device, "torch sees no CUDA GPU on this machine; use cpu or auto")

@@ -1,0 +1,217 @@
+"""pytest entry point: options, the ``fa_protocol`` marker, generated protocol items,
+the terminal table and the JSON report. torch is imported only once a checkpoint is used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("pytest_fa.assertions", "pytest_fa.pitfalls")
+
+from pytest_fa import __version__  # noqa: E402
+from pytest_fa.core.thresholds import threshold_fields  # noqa: E402
+from pytest_fa.errors import as_flags  # noqa: E402
+from pytest_fa.fixtures import (  # noqa: E402,F401
+    fa_checkpoint,
+    fa_checkpoint_path,
+    fa_eval_batches,
+    fa_feedback_matrices,
+    fa_frozen_baseline,
+    fa_model,
+    fa_report,
+    fa_runner,
+    fa_settings,
+    fa_thresholds,
+)
+from pytest_fa.pitfalls import HERE as PITFALLS_DIR  # noqa: E402
+from pytest_fa.plugin._items import LintCollector, ProtocolCollector, collected  # noqa: E402
+from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, add_options, check_report_path, session_settings  # noqa: E402,F401
+from pytest_fa.plugin._state import STATE_KEY, FAState  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without "
+        "--fa-checkpoint; keyword arguments override thresholds "
+        "(" + ", ".join(f.name for f in threshold_fields()) + ")",
+    )
+    config.addinivalue_line(
+        "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
+    )
+    settings = session_settings(config)
+    for root in settings.lint:
+        if not Path(root).exists():
+            raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
+    for name in ("report_json", "report_md", "plot"):
+        check_report_path(getattr(settings, name), "--fa-" + name.replace("_", "-"), folder=name == "plot")
+    state = config.stash[STATE_KEY] = FAState(config, settings)
+    state.load_saved_report()
+    config.pluginmanager.register(SessionHooks(state), "fa-session")
+    if settings.pitfalls:
+        from pytest_fa.pitfalls import fixtures as pitfall_fixtures
+
+        config.pluginmanager.register(pitfall_fixtures, "fa-pitfalls")
+        _add_collection_root(config, PITFALLS_DIR)
+
+
+def _add_collection_root(config: pytest.Config, path: Path) -> None:
+    """Collect ``path`` too: alone when the command line named no paths of its own, not at
+    all when it already named something inside ``path``."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [str(path)]
+        return
+    named = [Path(a.split("::")[0]).resolve() for a in config.args]
+    if not any(p == path or path in p.parents for p in named):
+        config.args.append(str(path))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.parent == PITFALLS_DIR and file_path.name.startswith("pitfall_") and file_path.suffix == ".py":
+        # a path named on the command line is collected by pytest's python plugin already
+        if parent.config.stash[STATE_KEY].settings.pitfalls and not parent.session.isinitpath(file_path):
+            return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    state = metafunc.config.stash[STATE_KEY]
+    if "fa_checkpoint_path" in metafunc.fixturenames and state.checkpoints:
+        names = [Path(p).name for p in state.checkpoints]
+        ids = names if len(set(names)) == len(names) else state.checkpoints
+        metafunc.parametrize("fa_checkpoint_path", state.checkpoints, indirect=True, ids=ids, scope="session")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("fa_protocol")
+    if marker is None:
+        return
+    state = item.config.stash[STATE_KEY]
+    state.check_marker(marker)
+    if not state.checkpoints:
+        pytest.skip("fa_protocol: no checkpoint given; pass --fa-checkpoint=PATH")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE_KEY]
+    for root in dict.fromkeys(Path(r).resolve() for r in state.settings.lint):
+        name = f"fa-lint[{root}]"
+        items.extend(collected(LintCollector.from_parent(session, name=name, nodeid=name, path=root)))
+    unreadable = state.unreadable_checkpoints() if state.checkpoints else []
+    first: list[pytest.Item] = []
+    for path in state.checkpoints:
+        name = f"fa-protocol[{path}]"
+        collector = ProtocolCollector.from_parent(session, name=name, nodeid=name, path=Path(path).resolve())
+        collector.checkpoint = path
+        # a file that cannot be read fails first, before any other checkpoint trains a baseline
+        (first if path in unreadable else items).extend(collected(collector))
+    items[:0] = first
+
+
+PITFALL_PROPERTY = "fa_pitfall"
+WORKER_REPORTS = "fa_reports"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    marker = item.get_closest_marker("fa_pitfall")
+    if marker is not None and (report.when == "call" or not report.passed):
+        checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
+        # carried on the report, so it reaches the pytest-xdist controller too
+        report.user_properties.append((PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
+    return report
+
+
+class SessionHooks:
+    """Hooks that read reports into the session's state: pitfall outcomes from every test
+    report, and the protocol reports that pytest-xdist workers computed."""
+
+    def __init__(self, state: FAState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == PITFALL_PROPERTY:
+                pitfall_id, checks_checkpoint = value
+                self.state.record_pitfall(pitfall_id, checks_checkpoint, report.outcome)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        self.state.add_worker_reports(node.workeroutput.get(WORKER_REPORTS, []))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None and state.pitfall_outcomes:
+        from pytest_fa.core.render import pitfall_table
+
+        terminalreporter.section("pytest-fa pitfalls")
+        terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))
+    if state is None or not state.reports():
+        return
+    from pytest_fa.core.render import summary_table
+
+    from pytest_fa.core.seeds import seed_groups
+
+    terminalreporter.section("pytest-fa protocol")
+    reports = state.reports()
+    terminalreporter.write_line(summary_table(reports))
+    groups = seed_groups(reports)
+    if groups:
+        from pytest_fa.core.render import seed_table
+
+        terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
+        terminalreporter.write_line(seed_table(groups))
+    for report in reports:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(as_flags(str(report)))
+    comparisons = state.comparisons()
+    if comparisons:
+        from pytest_fa.core.compare import comparison_table
+
+        terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
+        terminalreporter.write_line(comparison_table(comparisons))
+    if state.report_json:
+        terminalreporter.write_line(f"\nJSON report: {state.report_json}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None or not state.reports():
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller writes the files
+        workeroutput[WORKER_REPORTS] = state.local_report_dicts()
+        return
+    reports = state.reports()
+    if state.settings.report_md:
+        from pytest_fa.core.markdown import markdown_report
+
+        path = Path(state.settings.report_md)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(as_flags(markdown_report(reports, __version__)), encoding="utf-8")
+    if state.settings.plot:
+        from pytest_fa.core.plot import write_report_plots
+
+        write_report_plots(reports, state.settings.plot)
+    if not state.report_json:
+        return
+    from pytest_fa.core.seeds import seed_groups
+
+    payload = {
+        "pytest_fa": __version__,
+        "reports": [report.to_dict() for report in reports],
+        "seed_groups": [group.to_dict() for group in seed_groups(reports)],
+    }
+    path = Path(state.report_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))

@@ -1,0 +1,339 @@
+"""Checkpoint bundles: one file with everything a diagnosis needs, loaded without pickle code.
+
+A bundle is a plain dict of strings, numbers, lists and tensors, so
+``torch.load(path, weights_only=True)`` reads it and nothing in it can run code::
+
+    format, format_version        "pytest-fa.bundle", 1
+    arch, arch_config             reference architecture (or "custom") and its config
+    state_dict                    the model weights
+    method, method_config         e.g. "dfa", {"penalty": 0.0}
+    feedback                      the training B_l, one per hidden state (DFA/FA)
+    aux                           state dicts of auxiliary nets (bridges), by name
+    data                          data set spec: name, config, preprocessing
+    seed, epochs, recipe          how it was trained
+    metrics                       headline test accuracy and the per-epoch history
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_fa.errors import CheckpointError, FeedbackError, setting
+from pytest_fa.training.methods import METHODS, MethodState, get_method
+
+RESAVE = (
+    "Re-save only tensors and plain values: a pytest-fa bundle "
+    "(pytest_fa.training.checkpoint.save_bundle) or torch.save(model.state_dict(), path)"
+)
+FORMAT = "pytest-fa.bundle"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Bundle:
+    """The contents of a checkpoint bundle."""
+
+    arch: str
+    arch_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    method: str
+    data: dict[str, Any]
+    method_config: dict[str, Any] = field(default_factory=dict)
+    feedback: list[torch.Tensor] = field(default_factory=list)
+    aux: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    seed: int | None = None
+    epochs: int | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headline_acc(self) -> float | None:
+        return self.metrics.get("test_acc")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "arch": self.arch,
+            "arch_config": self.arch_config,
+            "state_dict": self.state_dict,
+            "method": self.method,
+            "method_config": self.method_config,
+            "feedback": list(self.feedback),
+            "aux": self.aux,
+            "data": self.data,
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "recipe": self.recipe,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str = "bundle") -> Bundle:
+        version = payload.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source} has bundle format version {version!r}; this pytest-fa reads version "
+                f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle"
+            )
+        required = ("arch", "state_dict", "method", "data")
+        missing = [k for k in required if k not in payload]
+        if missing:
+            raise CheckpointError(
+                f"{source} is a pytest-fa bundle without {missing}; re-save it with "
+                "pytest_fa.training.checkpoint.save_bundle"
+            )
+        _check_record(payload, source)
+        return cls(
+            arch=payload["arch"],
+            arch_config=dict(payload.get("arch_config") or {}),
+            state_dict=payload["state_dict"],
+            method=payload["method"],
+            data=payload["data"],
+            method_config=dict(payload.get("method_config") or {}),
+            feedback=list(payload.get("feedback") or []),
+            aux=dict(payload.get("aux") or {}),
+            seed=payload.get("seed"),
+            epochs=payload.get("epochs"),
+            recipe=dict(payload.get("recipe") or {}),
+            metrics=dict(payload.get("metrics") or {}),
+        )
+
+
+def _check_record(payload: dict[str, Any], source: str) -> None:
+    """The recorded budget and accuracy feed (d): refuse values that cannot be what they say."""
+    epochs = payload.get("epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise CheckpointError(f"{source} records epochs={epochs!r}; a training budget is a whole number ≥ 1")
+    acc = (payload.get("metrics") or {}).get("test_acc")
+    if acc is not None and (
+        isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 1
+    ):
+        raise CheckpointError(
+            f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
+            "bundle with the measured accuracy"
+        )
+
+
+def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
+    """Write ``bundle`` atomically; refuse contents that ``weights_only`` loading cannot read."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(bundle.to_payload(), buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"the bundle holds an object that weights_only loading refuses ({exc}); store only "
+            "tensors, numbers, strings, lists and dicts"
+        ) from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer, then one atomic rename
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with every failure turned into a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; point at the .pt file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc) or "global" in str(exc):
+            raise CheckpointError(
+                f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. "
+                f"{RESAVE}"
+            ) from exc
+        raise CheckpointError(
+            f"{path} is corrupt or truncated, or a pickle that needs arbitrary code to load "
+            f"(unsafe), which pytest-fa refuses ({exc}). {RESAVE}"
+        ) from exc
+    except Exception as exc:  # torch raises many types on a damaged file
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc}); the "
+            "file is corrupt or truncated"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict"
+        )
+    return payload
+
+
+def is_bundle(payload: dict[str, Any]) -> bool:
+    return payload.get("format") == FORMAT
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read a pytest-fa bundle; a plain state dict is an error here."""
+    payload = read_checkpoint(path)
+    if not is_bundle(payload):
+        raise CheckpointError(
+            f"{path} is not a pytest-fa bundle (no 'format' key); for a plain state dict pass "
+            f"{setting('model', 'package.module:build')} so pytest-fa can construct the model"
+        )
+    return Bundle.from_payload(payload, source=str(path))
+
+
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """Resolve ``package.module:callable`` to the model factory it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CheckpointError(
+            f"{setting('model', repr(spec))} must look like package.module:build (module path, colon, callable)"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CheckpointError(f"{setting('model')}: cannot import {module_name!r}: {exc}") from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise CheckpointError(f"{setting('model')}: module {module_name!r} has no {attr!r}") from None
+    if not callable(factory):
+        raise CheckpointError(f"{setting('model')}: {spec} is not callable")
+    return factory
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> nn.Module:
+    """``model.load_state_dict(state_dict, strict=True)`` with the mismatch spelled out."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{source}: the state dict is a {type(state_dict).__name__}, not a dict of tensors; "
+            "save model.state_dict()"
+        )
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{source}: the state dict holds values that are not tensors")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+        if mismatched:
+            parts.append("shape mismatch " + "; ".join(mismatched[:3]))
+        raise CheckpointError(
+            f"{source}: the state dict does not match {type(model).__name__}: "
+            + ", ".join(parts)
+            + f". Check the architecture config (or {setting('model')}) against the one that was trained"
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready for diagnosis, with what is known about how it was trained."""
+
+    path: str
+    model: nn.Module
+    bundle: Bundle | None
+    state: MethodState
+    method: str | None
+
+    @property
+    def label(self) -> str:
+        return Path(self.path).name
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    factory: str | Callable[..., nn.Module] | None = None,
+    input_shape=None,
+    num_classes: int | None = None,
+    allow_unknown_method: bool = False,
+) -> LoadedCheckpoint:
+    """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
+
+    For a bundle whose method needs feedback matrices or auxiliary nets they must be present
+    and match the model; ``input_shape``/``num_classes`` (from the data) are used when the
+    bundle's arch_config does not record them. ``allow_unknown_method`` accepts a method
+    pytest-fa does not know (its credit then comes from the caller, e.g. the ``credit`` setting).
+    """
+    from pytest_fa.models import build_model
+
+    source = str(path)
+    payload = read_checkpoint(path)
+    make = import_factory(factory) if isinstance(factory, str) else factory
+    if not is_bundle(payload):
+        if make is None:
+            raise CheckpointError(
+                f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
+                f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
+            )
+        model = load_weights(_call_factory(make, {}, source), payload, source)
+        return LoadedCheckpoint(source, model, None, MethodState(), None)
+
+    bundle = Bundle.from_payload(payload, source)
+    if make is not None:
+        model = _call_factory(make, bundle.arch_config, source)
+    else:
+        if bundle.arch == "custom":
+            raise CheckpointError(
+                f"{source} holds a custom architecture; pass {setting('model', 'package.module:build')}"
+            )
+        model = build_model(bundle.arch, **bundle.arch_config)
+    load_weights(model, bundle.state_dict, source)
+    cls = METHODS.get(bundle.method)
+    if cls is not None:
+        # a bundle written before a config key existed was trained with its earlier behaviour
+        bundle.method_config = {**cls.recorded_defaults, **bundle.method_config}
+    state = MethodState(feedback=bundle.feedback, config=bundle.method_config, aux_state=bundle.aux)
+    if bundle.method not in METHODS and allow_unknown_method:
+        return LoadedCheckpoint(source, model, bundle, state, bundle.method)
+    method = get_method(bundle.method, **bundle.method_config)
+    if method.needs_feedback:
+        if not bundle.feedback:
+            raise FeedbackError(
+                f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
+                "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
+                "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l"
+            )
+    shape = bundle.arch_config.get("input_shape") or input_shape
+    classes = bundle.arch_config.get("num_classes") or num_classes
+    if shape is None or classes is None:
+        raise CheckpointError(
+            f"{source}: neither the bundle's arch_config nor the caller gives input_shape and "
+            "num_classes, which the method's feedback matrices are checked against"
+        )
+    state = method.restore(model, state, classes, shape)
+    return LoadedCheckpoint(source, model, bundle, state, bundle.method)
+
+
+def _call_factory(make: Callable[..., nn.Module], config: dict[str, Any], source: str) -> nn.Module:
+    try:
+        model = make(**config) if config else make()
+    except TypeError as exc:
+        raise CheckpointError(f"{source}: the model factory rejected config {config}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+        raise CheckpointError(
+            f"{source}: your model factory raised {type(exc).__name__}: {exc} (called with config {config})"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{source}: the model factory returned {type(model).__name__}, not an nn.Module")
+    return model

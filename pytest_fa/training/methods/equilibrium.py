@@ -1,0 +1,155 @@
+"""Equilibrium propagation on the residual energy.
+
+The states ``s_0 … s_L`` minimise ``E(s) = ½‖r_0‖² + Σ_l ½‖r_{l+1}‖²`` with the prediction
+errors ``r_0 = s_0 − embed(x)`` and ``r_{l+1} = s_{l+1} − s_l − f_l(s_l)``. Its minimum
+(E = 0) is the feedforward pass, so the free phase needs no relaxation. The nudged phase adds
+``β · CE(head(norm(s_L)), y)`` and relaxes the states by ``steps`` of gradient descent with
+``step_size`` from the free equilibrium.
+
+The credit at ``h_l`` is the state shift ``a_l = −(s_l^β − s_l^0) / β`` (the reference
+implementation's rule, ``credit="displacement"``). For this energy the shift accumulates the
+prediction errors of the layers below, ``s_l^β − s_l^0 = Σ_{k≤l} (Π (I + J)) r_k``: its
+direction follows ``∂CE/∂h_l`` near initialisation, at about ``l + 1`` times its norm.
+``credit="prediction-error"`` uses ``a_l = −r_l^β / β`` instead, which is what EP's parameter
+update ``−(1/β)(∂E/∂θ(s^β) − ∂E/∂θ(s^0)) = −(∂f_l/∂θ)ᵀ r_{l+1}^β / β`` pairs with each block
+and equals the per-sample ``∂CE/∂h_l`` at the nudged equilibrium as β → 0; with a few
+relaxation steps it barely reaches the lower layers.
+
+The relaxation backtracks (see :func:`relax`): with a fixed step, the relaxation becomes
+unstable as soon as the block Jacobians grow, the credit grows by orders of magnitude and
+EP drives the residual stream into Mode 1 within an epoch, whichever credit rule is used
+(``backtrack=False`` reproduces it; bundles that record no ``backtrack`` were trained so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pytest_fa.core import interface
+from pytest_fa.training.methods.base import LocalCreditMethod, hidden_states, require_vector_layout
+
+CREDIT_RULES = ("prediction-error", "displacement")
+
+
+def prediction_errors(model, states: Sequence[torch.Tensor], embedded: torch.Tensor) -> list[torch.Tensor]:
+    """``[r_0, …, r_L]``: ``r_0 = s_0 − embed(x)``, ``r_{l+1} = s_{l+1} − s_l − f_l(s_l)``."""
+    errors = [states[0] - embedded]
+    for index, block in enumerate(model.blocks):
+        errors.append(states[index + 1] - states[index] - block(states[index]))
+    return errors
+
+
+def relax(
+    model,
+    hiddens: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    beta: float,
+    steps: int,
+    step_size: float,
+    backtrack: bool = True,
+):
+    """Nudged states after ``steps`` of gradient descent on ``O = E + β·CE`` from the free states.
+
+    Each sample keeps its own step size, starting at ``step_size``: a step that would raise
+    that sample's ``O`` is taken back and retried at half the size. The relaxation is thus
+    a descent from the free equilibrium (where ``E = 0``), so ``E(s^β) ≤ β (CE(s^0) − CE(s^β))``
+    and every prediction error obeys ``‖r_l‖ ≤ √(2 β CE(s^0))``: the credit stays bounded
+    however large the block Jacobians grow. A fixed step is unstable once they do (the
+    energy's curvature exceeds ``2 / step_size``), and the credit then blows up;
+    ``backtrack=False`` takes every step as it comes (the fixed-step dynamics).
+    """
+    free = [h.detach() for h in hiddens]
+    states = [h.clone() for h in free]
+    step = torch.full((len(y),), float(step_size), dtype=free[0].dtype, device=free[0].device)
+    best = grads_best = objective_best = None
+    with torch.enable_grad():
+        for _ in range(steps + 1):
+            states = [s.requires_grad_(True) for s in states]
+            errors = prediction_errors(model, states, free[0])
+            objective = sum(0.5 * r.pow(2).flatten(1).sum(1) for r in errors)
+            objective = objective + beta * F.cross_entropy(
+                interface.readout_logits(model, states[-1]), y, reduction="none"
+            )
+            grads = torch.autograd.grad(objective.sum(), states)
+            objective, states = objective.detach(), [s.detach() for s in states]
+            if best is None:
+                best, grads_best, objective_best = states, list(grads), objective
+            else:
+                accept = objective <= objective_best if backtrack else torch.ones_like(step, dtype=torch.bool)
+                best = [_where(accept, s, b) for s, b in zip(states, best)]
+                grads_best = [_where(accept, g, b) for g, b in zip(grads, grads_best)]
+                objective_best = torch.where(accept, objective, objective_best)
+                step = torch.where(accept, step, step / 2)
+            states = [b - step.view(-1, *[1] * (b.dim() - 1)) * g for b, g in zip(best, grads_best)]
+    return free, best
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)
+
+
+def equilibrium_credits(
+    model,
+    hiddens: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    beta: float,
+    steps: int,
+    step_size: float,
+    rule: str = "prediction-error",
+    backtrack: bool = True,
+) -> list[torch.Tensor]:
+    """EP's credit ``a_l`` at each ``h_l`` (per sample, the scale of ``∂CE_i/∂h_l``)."""
+    if rule not in CREDIT_RULES:
+        raise ValueError(f"unknown EP credit rule {rule!r}; use one of {CREDIT_RULES}")
+    free, states = relax(model, hiddens, y, beta, steps, step_size, backtrack)
+    if rule == "displacement":
+        return [-(s - f) / beta for s, f in zip(states, free)]
+    with torch.no_grad():
+        return [-r / beta for r in prediction_errors(model, states, free[0])]
+
+
+class EquilibriumPropagation(LocalCreditMethod):
+    """EP with the state-shift credit and a backtracking relaxation (see the module)."""
+
+    name = "ep"
+    # bundles written before this key existed were relaxed with fixed steps
+    recorded_defaults = {"backtrack": False}
+
+    def __init__(
+        self,
+        penalty: float = 0.0,
+        beta: float = 0.1,
+        steps: int = 6,
+        step_size: float = 0.5,
+        credit: str = "displacement",
+        backtrack: bool = True,
+    ) -> None:
+        super().__init__(penalty)
+        if credit not in CREDIT_RULES:
+            raise ValueError(f"unknown EP credit rule {credit!r}; use one of {CREDIT_RULES}")
+        self.beta, self.steps, self.step_size = beta, steps, step_size
+        self.rule, self.backtrack = credit, backtrack
+
+    def config(self):
+        return {
+            "penalty": self.penalty, "beta": self.beta, "steps": self.steps,
+            "step_size": self.step_size, "credit": self.rule, "backtrack": self.backtrack,
+        }
+
+    def _credits(self, model, hiddens, y):
+        return equilibrium_credits(
+            model, hiddens, y, self.beta, self.steps, self.step_size, self.rule, self.backtrack
+        )
+
+    def training_credits(self, model, state, x, y, logits, outputs):
+        require_vector_layout(model, "EP", outputs)
+        return self._credits(model, hidden_states(outputs), y)
+
+    def credit(self, model, state):
+        def signal(x, y, logits, hiddens):
+            return self._credits(model, hiddens, y)
+
+        return signal, ""

@@ -1,0 +1,132 @@
+"""Diagnostics (a) and (b) during training: record — or stop at — the first firing.
+
+    monitor = EarlyStopMonitor(model, eval_batches, every=200, total_steps=len(loader) * epochs)
+    for step, (x, y) in enumerate(batches_forever, start=1):
+        ...                                   # your update
+        if monitor.step(step):
+            break                             # (a) or (b) fired: the measurement is degenerate
+    print(monitor.summary())                  # first firing step of each, compute saved
+
+The reference study's temporal replay — the first epoch at which each diagnostic fires —
+is :func:`temporal_replay` over a bundle's per-epoch history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_fa.core import diagnostics as D
+from pytest_fa.core import registry
+from pytest_fa.core.probe import run_probe
+from pytest_fa.core.thresholds import DiagnosticThresholds
+
+MONITORED = ("a", "b")  # the diagnostics a training loop can afford every N steps
+
+
+def growth_and_floor(model: nn.Module, batches, thresholds: DiagnosticThresholds) -> dict[str, Any]:
+    """``‖h_L‖``, ``max_growth`` (a) and ``g_L`` (also restated at the reference batch, (b)),
+    the backward gain and output-error norm (b) is decomposed into, and the verdicts of (a)
+    and (b) under ``thresholds`` (its floor rule included)."""
+    from pytest_fa.core.report import floor_result, growth_result, layer_gains, sound_reference_samples
+
+    probe = run_probe(model, batches)
+    h = D.layer_medians(probe.hidden_norms)
+    g = D.layer_medians(probe.grad_norms)
+    growth = growth_result(h, thresholds)
+    floor = floor_result(probe, g, layer_gains(probe), sound_reference_samples(probe, thresholds), thresholds)
+    return {
+        "h_L": float(h[-1]),
+        "max_growth": growth.value,
+        "g_L": float(g[-1]),
+        "g_L_at_reference": floor.value,
+        "gain_L": floor.components.get("gain"),
+        "error_norm": floor.components.get("error_norm"),
+        "batch_size": probe.batch_size,
+        "a": bool(growth.fires),
+        "b": bool(floor.fires),
+        "b_submode": floor.submode,
+    }
+
+
+@dataclass
+class EarlyStopMonitor:
+    """Measures (a) and (b) every ``every`` steps; stops at the first of ``stop_on`` to fire."""
+
+    model: nn.Module
+    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    every: int = 100
+    thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
+    stop_on: tuple[str, ...] = MONITORED
+    total_steps: int | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    first_fired: dict[str, int] = field(default_factory=dict)
+    stopped_at: int | None = None
+    _count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("every must be at least 1")
+        unknown = set(self.stop_on) - set(MONITORED)
+        if unknown:
+            raise ValueError(f"stop_on takes 'a' and/or 'b', not {sorted(unknown)}")
+
+    def step(self, step: int | None = None) -> bool:
+        """Call once per training step; returns True when training should stop."""
+        self._count = step if step is not None else self._count + 1
+        if self._count % self.every:
+            return False
+        record = {"step": self._count, **growth_and_floor(self.model, self.eval_batches, self.thresholds)}
+        self.records.append(record)
+        for key in MONITORED:
+            if record[key] and key not in self.first_fired:
+                self.first_fired[key] = self._count
+        if self.stopped_at is None and any(record[key] for key in self.stop_on):
+            self.stopped_at = self._count
+            return True
+        return False
+
+    @property
+    def compute_saved(self) -> float | None:
+        """Fraction of ``total_steps`` not spent after stopping (None without both)."""
+        if self.stopped_at is None or not self.total_steps:
+            return None
+        return max(0.0, 1.0 - self.stopped_at / self.total_steps)
+
+    def summary(self) -> str:
+        lines = []
+        for key in MONITORED:
+            at = self.first_fired.get(key)
+            lines.append(f"({key}) {registry.get(key).name}: " + (f"first fired at step {at}" if at else "never fired"))
+        if self.stopped_at is not None:
+            saved = self.compute_saved
+            lines.append(f"stopped at step {self.stopped_at}" + (f", {100 * saved:.0f}% of the planned compute saved" if saved is not None else ""))
+        return "\n".join(lines)
+
+
+def temporal_replay(history: Sequence[dict[str, Any]], thresholds: DiagnosticThresholds | None = None) -> dict[str, int | None]:
+    """First epoch at which (a) and (b) fire in a bundle's per-epoch monitor history.
+
+    (b) follows ``thresholds.b_rule``; a history recorded without the backward gain
+    (older bundles) can only be replayed under the paper's rule, the floor alone.
+    """
+    thresholds = thresholds or DiagnosticThresholds()
+    first: dict[str, int | None] = {"a": None, "b": None}
+    for record in history:
+        if "max_growth" not in record:
+            raise ValueError("the history has no monitor records; train with monitor=True")
+        if first["a"] is None and record["max_growth"] > thresholds.max_growth:
+            first["a"] = record["epoch"]
+        if first["b"] is None and floor_fires(record, thresholds):
+            first["b"] = record["epoch"]
+    return first
+
+
+def floor_fires(record: dict[str, Any], thresholds: DiagnosticThresholds) -> bool:
+    """Whether (b) fires on one monitor record under ``thresholds``."""
+    g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], thresholds.floor_batch_size)
+    return D.floor_fires(g_ref, record.get("gain_L"), thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule)
