@@ -26,7 +26,7 @@ from pytest_fa.training.data import eval_batches as dataset_eval_batches
 from pytest_fa.training.trainer import accuracy
 
 
-def eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """All samples of ``data`` as one ``(x, y)`` pair (a loader is read once, to the end)."""
     if isinstance(data, Dataset):
         return data.x_test, data.y_test
@@ -73,7 +73,7 @@ def batches_from(
     """``num_batches`` disjoint eval batches of ``batch_size`` samples from ``data``."""
     if isinstance(data, Dataset):
         return dataset_eval_batches(data, num_batches, batch_size, seed=seed)
-    x, y = eval_samples(data)
+    x, y = _eval_samples(data)
     needed = num_batches * batch_size
     if len(y) < needed:
         raise DataError(
@@ -108,7 +108,7 @@ def check(
     """
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
-    x_all, y_all = eval_samples(data)
+    x_all, y_all = _eval_samples(data)
     batches = batches_from((x_all, y_all), num_batches, batch_size, seed=seed)
     context: dict[str, Any] = {"eval_source": type(data).__name__, "samples_given": len(y_all)}
     if headline_acc is None:

@@ -37,10 +37,10 @@ from pytest_fa.training.data import (
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
 
-FROZEN_BASELINE_VERSION = 1
+_FROZEN_BASELINE_VERSION = 1
 
 
-class MissingBudget(CheckpointError):
+class _MissingBudget(CheckpointError):
     """The checkpoint records no training budget to match a frozen baseline to."""
 
 
@@ -152,7 +152,7 @@ class ProtocolRunner:
         recipe, epochs, seed, arch, arch_config = self._baseline_budget(run)
         planned = (run.bundle.metrics.get("planned_epochs") if run.bundle else None) or epochs
         spec = {
-            "version": FROZEN_BASELINE_VERSION,
+            "version": _FROZEN_BASELINE_VERSION,
             "arch": arch,
             "arch_config": arch_config,
             "model_factory": self.settings.model_factory if arch == "custom" else None,
@@ -180,7 +180,7 @@ class ProtocolRunner:
         if bundle is not None and bundle.epochs:
             return bundle.recipe or asdict(Recipe()), bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
         if self.settings.frozen_epochs is None:
-            raise MissingBudget(
+            raise _MissingBudget(
                 f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "
                 f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
                 f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
@@ -273,7 +273,7 @@ class ProtocolRunner:
         try:
             baseline = self.frozen_baseline(path, cache_dir)
             frozen_acc, frozen_unavailable = baseline.accuracy, None
-        except MissingBudget as exc:
+        except _MissingBudget as exc:
             baseline, frozen_acc, frozen_unavailable = None, None, str(exc)
         bundle = loaded.bundle
         context = {

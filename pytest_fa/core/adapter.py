@@ -32,7 +32,7 @@ from pytest_fa.errors import ModelInterfaceError
 from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS
 
 
-def split_patterns(states: str | Sequence[str]) -> list[str]:
+def _split_patterns(states: str | Sequence[str]) -> list[str]:
     """``"embed, blocks.*"`` or ``["embed", "blocks.*"]`` → ``["embed", "blocks.*"]``."""
     parts = states.split(",") if isinstance(states, str) else [p for s in states for p in str(s).split(",")]
     patterns = [p.strip() for p in parts if p.strip()]
@@ -117,7 +117,7 @@ class HookedModel(nn.Module):
         if pooling not in POOLINGS:
             raise ModelInterfaceError(f"pooling={pooling!r}: use one of {', '.join(POOLINGS)}")
         self.model = model
-        self.patterns = split_patterns(states)
+        self.patterns = _split_patterns(states)
         self._states = resolve_states(model, self.patterns)
         self.block_output = block_output
         self.pooling = pooling

@@ -56,7 +56,7 @@ def _z(trained: float, mean: float, std: float) -> float:
     return math.nan if trained == mean else math.copysign(math.inf, trained - mean)
 
 
-def fresh_feedback_draws(
+def _fresh_feedback_draws(
     num_classes: int,
     feature_dims: Sequence[int],
     n: int,
@@ -101,7 +101,7 @@ def null_gamma(
     if n < 2:
         raise ValueError("null calibration needs n ≥ 2 fresh draws for a spread")
     if reference is None:
-        reference = reference_rows(model, eval_batches)
+        reference = _reference_rows(model, eval_batches)
     rows, errors = reference
     if errors.shape[-1] != num_classes:
         raise DataError(f"num_classes={num_classes}, but the model has {errors.shape[-1]} outputs")
@@ -112,7 +112,7 @@ def null_gamma(
     units = [unit_rows(g) for g in rows]
     draws = torch.tensor(
         [[mean_defined(gram_cosines(e, g, b))[0] for b, g in zip(fresh, units)]
-         for fresh in fresh_feedback_draws(num_classes, dims, n, seed, feedback if exclude is None else exclude)],
+         for fresh in _fresh_feedback_draws(num_classes, dims, n, seed, feedback if exclude is None else exclude)],
         dtype=torch.float64,
     )
     trained = None
@@ -121,7 +121,7 @@ def null_gamma(
     return NullCalibration(draws, trained)
 
 
-def reference_rows(
+def _reference_rows(
     model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per-layer rows of ``g_l`` and the output errors ``e`` over ``eval_batches``, in eval

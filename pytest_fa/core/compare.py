@@ -45,7 +45,7 @@ class CompareError(FAError):
     """A saved report cannot be read or compared, or a tolerance spec cannot be parsed."""
 
 
-WRITE_HINT = f"give a JSON file written by a previous run with {setting('report_json', 'PATH')}"
+_WRITE_HINT = f"give a JSON file written by a previous run with {setting('report_json', 'PATH')}"
 
 # -- reading report dicts ------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
     return os.path.normpath(path) if isinstance(path, str) and path else None
 
 
-def layer_gammas(report: Mapping[str, Any]) -> list[float | None]:
+def _layer_gammas(report: Mapping[str, Any]) -> list[float | None]:
     """``layers[i].gamma`` of a report dict, None where undefined."""
     layers = report.get("layers")
     if not isinstance(layers, list):
@@ -140,7 +140,7 @@ FIGURES: dict[str, Figure] = {f.name: f for f in _FIGURE_LIST}
 TABLE_FIGURES = tuple(name for name in FIGURES if name != "layer_gamma")
 """Figures every checkpoint gets a table line for (``layer_gamma[i]`` lines only with a tolerance)."""
 
-DIAGNOSTIC_FIGURES = {f.diagnostic: f.name for f in _FIGURE_LIST if f.diagnostic}
+_DIAGNOSTIC_FIGURES = {f.diagnostic: f.name for f in _FIGURE_LIST if f.diagnostic}
 """Diagnostic key → the figure its threshold crossing is reported under."""
 
 
@@ -148,7 +148,7 @@ def _figure(name: str) -> Figure:
     return FIGURES[name.split("[", 1)[0]]
 
 
-def fmt_value(figure: str, value: float | str | None) -> str:
+def _fmt_value(figure: str, value: float | str | None) -> str:
     """A figure's value for a table: accuracies ``0.9584``, grad_ref ``2.20e-04``, else ``.4g``;
     None is ``—``."""
     if value is None:
@@ -159,7 +159,7 @@ def fmt_value(figure: str, value: float | str | None) -> str:
     return format(value, spec)
 
 
-def fmt_change(figure: str, old: float | None, new: float | None) -> str:
+def _fmt_change(figure: str, old: float | None, new: float | None) -> str:
     """``new − old``: accuracies and margins in points, grad_ref as a factor ``×0.31``."""
     if old is None or new is None:
         return "" if old is None and new is None else "—"
@@ -176,10 +176,10 @@ def fmt_change(figure: str, old: float | None, new: float | None) -> str:
 
 # -- tolerances ----------------------------------------------------------------------------
 
-UNITS = ("", "%", "pp", "x")
+_UNITS = ("", "%", "pp", "x")
 _SPEC = re.compile(r"^(?P<amount>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)"
                    r"\s*(?P<unit>%|pp|x)?$")
-SLACK = 1e-9  # relative: a move of exactly the tolerance passes despite float rounding
+_SLACK = 1e-9  # relative: a move of exactly the tolerance passes despite float rounding
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class Tolerance:
             return False
         limit = self.limit(old)
         beyond = new < limit if self.worse == "down" else new > limit
-        return beyond and not math.isclose(new, limit, rel_tol=SLACK, abs_tol=0.0)
+        return beyond and not math.isclose(new, limit, rel_tol=_SLACK, abs_tol=0.0)
 
     def describe(self, old: float | None = None) -> str:
         """``a drop of at most 1pp (to 0.8848)``: the rule, and the limit when ``old`` is given."""
@@ -233,7 +233,7 @@ class Tolerance:
             amount = f"{self.amount:g}{self.unit}" + (" of the old value" if self.unit == "%" else "")
             rule = f"a {'drop' if self.worse == 'down' else 'rise'} of at most {amount}"
         if old is not None:
-            rule += f" (to {fmt_value(self.figure, self.limit(old))})"
+            rule += f" (to {_fmt_value(self.figure, self.limit(old))})"
         return rule
 
 
@@ -241,7 +241,7 @@ def _known_figures() -> str:
     return "; ".join(f"{f.name} ({f.description}, worse {f.worse})" for f in _FIGURE_LIST)
 
 
-SPEC_EXAMPLE = "e.g. headline_acc:1pp, deep_gamma:0.05, growth:20% or grad_ref:10x"
+_SPEC_EXAMPLE = "e.g. headline_acc:1pp, deep_gamma:0.05, growth:20% or grad_ref:10x"
 
 
 def parse_fail_spec(text: str) -> Tolerance:
@@ -254,25 +254,25 @@ def parse_fail_spec(text: str) -> Tolerance:
     than 1 point), ``deep_gamma:0.05``, ``growth:20%``, ``grad_ref:10x``.
     """
     if not isinstance(text, str):
-        raise CompareError(f"tolerance {text!r} is not text; write FIGURE:AMOUNT[UNIT], {SPEC_EXAMPLE}")
+        raise CompareError(f"tolerance {text!r} is not text; write FIGURE:AMOUNT[UNIT], {_SPEC_EXAMPLE}")
     spec = text.strip()
     name, colon, amount_text = spec.partition(":")
     name, amount_text = name.strip().lower(), amount_text.strip().lower()
     if not colon:
         raise CompareError(
-            f"tolerance {text!r}: write FIGURE:AMOUNT[UNIT] with a colon, {SPEC_EXAMPLE}; "
+            f"tolerance {text!r}: write FIGURE:AMOUNT[UNIT] with a colon, {_SPEC_EXAMPLE}; "
             f"figures: {_known_figures()}"
         )
     figure = FIGURES.get(name)
     if figure is None:
         raise CompareError(
-            f"tolerance {text!r}: unknown figure {name!r}; known: {_known_figures()}; {SPEC_EXAMPLE}"
+            f"tolerance {text!r}: unknown figure {name!r}; known: {_known_figures()}; {_SPEC_EXAMPLE}"
         )
     match = _SPEC.match(amount_text)
     if match is None:
         raise CompareError(
             f"tolerance {text!r}: amount {amount_text!r} is not a non-negative number with an "
-            f"optional unit % (relative), pp (points) or x (factor); {SPEC_EXAMPLE}"
+            f"optional unit % (relative), pp (points) or x (factor); {_SPEC_EXAMPLE}"
         )
     amount, unit = float(match["amount"]), match["unit"] or ""
     if unit in ("pp", "x") and unit not in figure.units:
@@ -282,11 +282,11 @@ def parse_fail_spec(text: str) -> Tolerance:
             f"for {name} give a plain amount (absolute) or a % (relative), e.g. {name}:0.05 or {name}:10%"
         )
     if not math.isfinite(amount):
-        raise CompareError(f"tolerance {text!r}: the amount must be finite; {SPEC_EXAMPLE}")
+        raise CompareError(f"tolerance {text!r}: the amount must be finite; {_SPEC_EXAMPLE}")
     if unit == "x" and amount < 1.0:
         raise CompareError(
             f"tolerance {text!r}: a factor is at least 1 ({name}:10x allows a move by 10× "
-            f"in the bad direction); {SPEC_EXAMPLE}"
+            f"in the bad direction); {_SPEC_EXAMPLE}"
         )
     return Tolerance(name, amount, unit)
 
@@ -341,7 +341,7 @@ def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     a saved report without reports is an error too."""
     p = Path(path)
     if not p.exists():
-        raise CompareError(f"saved report {p}: no such file; {WRITE_HINT}")
+        raise CompareError(f"saved report {p}: no such file; {_WRITE_HINT}")
     if p.is_dir():
         raise CompareError(
             f"saved report {p} is a folder; give the JSON file inside it (the PATH of {setting('report_json')})"
@@ -349,18 +349,18 @@ def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise CompareError(f"saved report {p} is not JSON (not UTF-8 text); {WRITE_HINT}") from None
+        raise CompareError(f"saved report {p} is not JSON (not UTF-8 text); {_WRITE_HINT}") from None
     except OSError as exc:
         raise CompareError(f"saved report {p} cannot be read ({exc.strerror or exc}); check its permissions") from None
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CompareError(
-            f"saved report {p} is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {WRITE_HINT}"
+            f"saved report {p} is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {_WRITE_HINT}"
         ) from None
     validate_payload(payload, f"saved report {p}")
     if not payload["reports"]:
-        raise CompareError(f"saved report {p} holds no reports, so nothing to compare against; {WRITE_HINT}")
+        raise CompareError(f"saved report {p} holds no reports, so nothing to compare against; {_WRITE_HINT}")
     return payload
 
 
@@ -372,7 +372,7 @@ def validate_payload(payload: Any, source: str = "payload", *, unique: bool = Tr
     if not isinstance(payload, Mapping):
         raise CompareError(
             f"{source} is JSON but not a pytest-fa report: its top level is a "
-            f"{type(payload).__name__}, not an object with a \"reports\" list; {WRITE_HINT}"
+            f"{type(payload).__name__}, not an object with a \"reports\" list; {_WRITE_HINT}"
         )
     reports = payload.get("reports")
     if not isinstance(reports, list):
@@ -380,7 +380,7 @@ def validate_payload(payload: Any, source: str = "payload", *, unique: bool = Tr
         hint = " (it looks like a pytest-benchmark file)" if "benchmarks" in payload else ""
         raise CompareError(
             f"{source} is JSON but not a pytest-fa report: no \"reports\" list (top-level keys: "
-            f"{keys}){hint}; {WRITE_HINT}"
+            f"{keys}){hint}; {_WRITE_HINT}"
         )
     seen: dict[tuple[str, str], int] = {}
     for index, report in enumerate(reports):
@@ -388,7 +388,7 @@ def validate_payload(payload: Any, source: str = "payload", *, unique: bool = Tr
                 or not isinstance(report.get("diagnostics"), Mapping):
             raise CompareError(
                 f"{source} is not a pytest-fa report: reports[{index}] has no \"label\" text and "
-                f"\"diagnostics\" object; {WRITE_HINT}"
+                f"\"diagnostics\" object; {_WRITE_HINT}"
             )
         path = _checkpoint(report)
         key = ("path", path) if path else ("label", report["label"])
@@ -414,7 +414,7 @@ UNDEFINED = "undefined"
 LAYER_COUNT = "layer count"
 VERDICT = "verdict"
 THRESHOLD = "threshold"
-FAILING_KINDS = frozenset({CROSSED, NOT_EVALUATED, BEYOND, UNDEFINED, LAYER_COUNT})
+_FAILING_KINDS = frozenset({CROSSED, NOT_EVALUATED, BEYOND, UNDEFINED, LAYER_COUNT})
 """Change kinds that fail the comparison; the others are only shown."""
 
 
@@ -422,7 +422,7 @@ FAILING_KINDS = frozenset({CROSSED, NOT_EVALUATED, BEYOND, UNDEFINED, LAYER_COUN
 class Change:
     """One notable difference for a checkpoint, saved (``old``) against this run (``new``).
 
-    ``kind`` is one of the constants above (``fails`` iff it is in :data:`FAILING_KINDS`);
+    ``kind`` is one of the constants above (``fails`` iff it is in :data:`_FAILING_KINDS`);
     ``threshold`` is this run's threshold for crossings, ``tolerance`` the tolerance broken.
     """
 
@@ -436,7 +436,7 @@ class Change:
 
     @property
     def fails(self) -> bool:
-        return self.kind in FAILING_KINDS
+        return self.kind in _FAILING_KINDS
 
     @property
     def delta(self) -> float | None:
@@ -449,8 +449,8 @@ class Change:
     def describe(self) -> str:
         """One line with the numbers, as in an assertion message: old → new (Δ), the rule."""
         figure = self.figure
-        values = f"{fmt_value(figure, self.old)} → {fmt_value(figure, self.new)}"
-        change = fmt_change(figure, _number(self.old), _number(self.new))
+        values = f"{_fmt_value(figure, self.old)} → {_fmt_value(figure, self.new)}"
+        change = _fmt_change(figure, _number(self.old), _number(self.new))
         if change and change != "—":
             values += f" (Δ {change})"
         if self.kind in (CROSSED, CLEARED, NOT_EVALUATED, NOW_EVALUATED):
@@ -531,7 +531,7 @@ def compare_reports(
     tols = _tolerances(tolerances)
     changes: list[Change] = []
     not_evaluated: set[str] = set()
-    for key, figure in DIAGNOSTIC_FIGURES.items():
+    for key, figure in _DIAGNOSTIC_FIGURES.items():
         before, after = _fires(old, key), _fires(new, key)
         if before == after:
             continue
@@ -569,7 +569,7 @@ def compare_reports(
     changes.extend(_threshold_changes(old, new))
     figures = {name: (FIGURES[name].read(old), FIGURES[name].read(new)) for name in TABLE_FIGURES}
     if "layer_gamma" in tols:
-        before, after = layer_gammas(old), layer_gammas(new)
+        before, after = _layer_gammas(old), _layer_gammas(new)
         for index in range(max(len(before), len(after))):
             figures[f"layer_gamma[{index}]"] = (
                 before[index] if index < len(before) else None,
@@ -590,7 +590,7 @@ def _text(value: Any) -> str | None:
 
 
 def _layer_changes(old: Mapping[str, Any], new: Mapping[str, Any], tolerance: Tolerance) -> list[Change]:
-    before, after = layer_gammas(old), layer_gammas(new)
+    before, after = _layer_gammas(old), _layer_gammas(new)
     if len(before) != len(after):
         return [Change("layer_gamma", len(before), len(after), LAYER_COUNT, tolerance=tolerance)]
     changes = []
@@ -690,7 +690,7 @@ def _status(comparison: CheckpointComparison, figure: str) -> str:
     return f"ok ({tolerance.text.split(':', 1)[1]})" if tolerance else "ok"
 
 
-def comparison_rows(comparisons: Iterable[CheckpointComparison]) -> list[tuple[str, ...]]:
+def _comparison_rows(comparisons: Iterable[CheckpointComparison]) -> list[tuple[str, ...]]:
     """The table's rows: one per checkpoint and figure, plus changed verdicts and thresholds."""
     rows = []
     for comparison in comparisons:
@@ -699,12 +699,12 @@ def comparison_rows(comparisons: Iterable[CheckpointComparison]) -> list[tuple[s
             rows.append((label, "—", "—", "—", "", "new, nothing to compare"))
             continue
         for figure, (old, new) in comparison.figures.items():
-            rows.append((label, figure, fmt_value(figure, old), fmt_value(figure, new),
-                         fmt_change(figure, old, new), _status(comparison, figure)))
+            rows.append((label, figure, _fmt_value(figure, old), _fmt_value(figure, new),
+                         _fmt_change(figure, old, new), _status(comparison, figure)))
         for change in comparison.changes:
             if change.kind in (VERDICT, THRESHOLD):
-                rows.append((label, change.figure, fmt_value(change.figure, change.old),
-                             fmt_value(change.figure, change.new), "", "changed"))
+                rows.append((label, change.figure, _fmt_value(change.figure, change.old),
+                             _fmt_value(change.figure, change.new), "", "changed"))
     return rows
 
 
@@ -712,4 +712,4 @@ def comparison_table(comparisons: Iterable[CheckpointComparison]) -> str:
     """A compact terminal table: checkpoint, figure, old, new, change, status."""
     from pytest_fa.core.render import text_table
 
-    return text_table([COLUMNS, *comparison_rows(comparisons)])
+    return text_table([COLUMNS, *_comparison_rows(comparisons)])

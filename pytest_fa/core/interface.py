@@ -122,7 +122,7 @@ def _no_return_hidden(model: nn.Module) -> ModelInterfaceError:
     )
 
 
-def accepts_return_hidden(model: nn.Module) -> bool:
+def _accepts_return_hidden(model: nn.Module) -> bool:
     """Whether ``model.forward`` takes ``return_hidden`` (or ``**kwargs``)."""
     import inspect
 
@@ -165,7 +165,7 @@ def state_name(model: nn.Module, index: int) -> str:
 
 def check_interface(model: nn.Module) -> None:
     """Raise :class:`ModelInterfaceError` naming the first missing piece of the contract."""
-    if not accepts_return_hidden(model):
+    if not _accepts_return_hidden(model):
         raise _no_return_hidden(model)
     embedding(model)
     blocks(model)

@@ -68,7 +68,7 @@ def _layers(report: DiagnosticReport) -> list[list[str]]:
     return rows
 
 
-def checkpoint_section(report: DiagnosticReport) -> str:
+def _checkpoint_section(report: DiagnosticReport) -> str:
     """The filled template of one checkpoint."""
     lines = [f"## {report.label or 'checkpoint'} — {report.verdict}", "", "### Conditions", ""]
     lines += _table(["", ""], _conditions(report))
@@ -106,5 +106,5 @@ def markdown_report(reports: list[DiagnosticReport], version: str = "") -> str:
         lines += ["", "## Seeds of one configuration (mean ± sd)", ""]
         lines += _table(list(seed_columns()), [list(row) for row in seed_rows(groups)])
     for report in reports:
-        lines += ["", checkpoint_section(report)]
+        lines += ["", _checkpoint_section(report)]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 FIGSIZE = (10.0, 4.0)
 DPI = 120
-DEFAULT_NAME = "checkpoint"
+_DEFAULT_NAME = "checkpoint"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -42,7 +42,7 @@ def report_figure(report: DiagnosticReport) -> Figure:
     norms_ax, gamma_ax = fig.subplots(1, 2)
     _draw_norms(norms_ax, report)
     _draw_gamma(gamma_ax, report)
-    fig.suptitle(f"{report.label or DEFAULT_NAME} — {report.verdict}", fontsize="large")
+    fig.suptitle(f"{report.label or _DEFAULT_NAME} — {report.verdict}", fontsize="large")
     return fig
 
 
@@ -70,7 +70,7 @@ def write_report_plots(reports: Iterable[DiagnosticReport], folder: str | Path) 
 
 def safe_name(label: str) -> str:
     """The file stem for ``label``: ``[A-Za-z0-9._-]`` kept, the rest ``_``, no trailing ``.pt``."""
-    return _UNSAFE.sub("_", label).removesuffix(".pt") or DEFAULT_NAME
+    return _UNSAFE.sub("_", label).removesuffix(".pt") or _DEFAULT_NAME
 
 
 # -- panels ------------------------------------------------------------------------------

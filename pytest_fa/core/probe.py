@@ -21,7 +21,7 @@ from pytest_fa.errors import DataError, ModelInterfaceError, NonFiniteError
 from pytest_fa.core.reference import reference_pass
 
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -110,7 +110,7 @@ def run_probe(
         model = copy.deepcopy(model).to(device)
     with interface.eval_mode(model):
         probe = probe_batches(model, eval_batches, credit, batch_size, keep_rows)
-    if stored in HALF_DTYPES:
+    if stored in _HALF_DTYPES:
         probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
     return probe
 
@@ -118,7 +118,7 @@ def run_probe(
 def at_least_float32(model: nn.Module) -> nn.Module:
     """``model``, or a float32 copy when it is stored in float16 or bfloat16: half precision
     flushes hidden-layer BP gradients (~1e-9) to zero."""
-    if next(model.parameters()).dtype in HALF_DTYPES:
+    if next(model.parameters()).dtype in _HALF_DTYPES:
         return copy.deepcopy(model).float()
     return model
 

@@ -28,7 +28,7 @@ class _Meanings(Mapping):
 MEANING: Mapping[str, str] = _Meanings()
 
 
-def error_saturated_note(fires: bool) -> str:
+def _error_saturated_note(fires: bool) -> str:
     """What an error-saturated (b) means and what to do about it."""
     rule = (
         f"it fires only under the paper's rule ({setting('b_rule', 'paper')})" if fires
@@ -155,7 +155,7 @@ def saturation_note(report: DiagnosticReport) -> str | None:
     floor = report.diagnostics.get("b")
     if floor is None or floor.submode != "error-saturated":
         return None
-    return error_saturated_note(bool(floor.fires))
+    return _error_saturated_note(bool(floor.fires))
 
 
 def summary_table(reports: list[DiagnosticReport]) -> str:
@@ -177,7 +177,7 @@ def summary_table(reports: list[DiagnosticReport]) -> str:
     return text_table(rows)
 
 
-def fmt_mean_sd(stat: tuple[float | None, float | None, int], spec: str = ".3g") -> str:
+def _fmt_mean_sd(stat: tuple[float | None, float | None, int], spec: str = ".3g") -> str:
     mean, sd, _ = stat
     if mean is None:
         return "—"
@@ -200,9 +200,9 @@ def seed_rows(groups: list[SeedGroup]) -> list[tuple[str, ...]]:
         rows.append((
             group.name,
             ", ".join(str(s) for s in group.seeds),
-            fmt_mean_sd(stats["headline_acc"], ".4f"),
-            *(fmt_mean_sd(stats[d.statistic], d.column_format.replace("+", "")) for d in registry.seed_table_diagnostics()),
-            fmt_mean_sd(stats["deep_gamma"], "+.3f"),
+            _fmt_mean_sd(stats["headline_acc"], ".4f"),
+            *(_fmt_mean_sd(stats[d.statistic], d.column_format.replace("+", "")) for d in registry.seed_table_diagnostics()),
+            _fmt_mean_sd(stats["deep_gamma"], "+.3f"),
             "; ".join(f"{verdict} ×{count}" for verdict, count in group.verdicts().items()),
         ))
     return rows

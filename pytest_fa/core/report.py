@@ -252,11 +252,11 @@ def diagnose(
         # the null band reuses the probe's reference: no second forward/backward pass
         null = null_gamma(model, eval_batches, credit.feedback[-1].shape[0], n=null_draws,
                           exclude=credit.feedback, reference=(probe.grad_rows, probe.output_errors))
-        attach_null(report, null)
+        _attach_null(report, null)
     return report
 
 
-def attach_null(report: DiagnosticReport, null: NullCalibration) -> DiagnosticReport:
+def _attach_null(report: DiagnosticReport, null: NullCalibration) -> DiagnosticReport:
     """Write the fresh-feedback null band (mean ± sd over draws) into each row whose Γ_l is
     defined; Γ_l inside the band is not evidence of alignment."""
     means, stds = null.null_mean, null.null_std
@@ -354,11 +354,11 @@ def evaluate_floor(m: Measurement, thresholds: DiagnosticThresholds) -> Diagnost
 
 
 def evaluate_stability(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return stability_result(m.probe, thresholds)
+    return _stability_result(m.probe, thresholds)
 
 
 def evaluate_frozen_margin(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return frozen_result(m.headline_acc, m.frozen_acc, thresholds, m.frozen_unavailable)
+    return _frozen_result(m.headline_acc, m.frozen_acc, thresholds, m.frozen_unavailable)
 
 
 def layer_gains(probe: Probe) -> list[float | None]:
@@ -426,7 +426,7 @@ def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresh
     )
 
 
-def stability_result(probe: Probe, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+def _stability_result(probe: Probe, thresholds: DiagnosticThresholds) -> DiagnosticResult:
     """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}``."""
     stability = D.direction_stability(probe.mid_batch_means)
     submode = D.stability_submode(stability, thresholds.drift_ceiling)
@@ -481,7 +481,7 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
     return mean, status, count
 
 
-def frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
+def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
     """(d): trained − frozen accuracy in points (not evaluated without both)."""
     if headline_acc is None or frozen_acc is None:
         missing = "headline accuracy" if headline_acc is None else "frozen-blocks accuracy"

@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
         check_report_path(getattr(settings, name), "--fa-" + name.replace("_", "-"), folder=name == "plot")
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
-    config.pluginmanager.register(SessionHooks(state), "fa-session")
+    config.pluginmanager.register(_SessionHooks(state), "fa-session")
     if settings.pitfalls:
         from pytest_fa.pitfalls import fixtures as pitfall_fixtures
 
@@ -116,8 +116,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:0] = first
 
 
-PITFALL_PROPERTY = "fa_pitfall"
-WORKER_REPORTS = "fa_reports"
+_PITFALL_PROPERTY = "fa_pitfall"
+_WORKER_REPORTS = "fa_reports"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -127,11 +127,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if marker is not None and (report.when == "call" or not report.passed):
         checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
         # carried on the report, so it reaches the pytest-xdist controller too
-        report.user_properties.append((PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
+        report.user_properties.append((_PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
     return report
 
 
-class SessionHooks:
+class _SessionHooks:
     """Hooks that read reports into the session's state: pitfall outcomes from every test
     report, and the protocol reports that pytest-xdist workers computed."""
 
@@ -140,13 +140,13 @@ class SessionHooks:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
-            if name == PITFALL_PROPERTY:
+            if name == _PITFALL_PROPERTY:
                 pitfall_id, checks_checkpoint = value
                 self.state.record_pitfall(pitfall_id, checks_checkpoint, report.outcome)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
-        self.state.add_worker_reports(node.workeroutput.get(WORKER_REPORTS, []))
+        self.state.add_worker_reports(node.workeroutput.get(_WORKER_REPORTS, []))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -190,7 +190,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # a pytest-xdist worker: the controller writes the files
-        workeroutput[WORKER_REPORTS] = state.local_report_dicts()
+        workeroutput[_WORKER_REPORTS] = state.local_report_dicts()
         return
     reports = state.reports()
     if state.settings.report_md:

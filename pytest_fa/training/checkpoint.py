@@ -32,7 +32,7 @@ from torch import nn
 from pytest_fa.errors import CheckpointError, FeedbackError, setting
 from pytest_fa.training.methods import METHODS, MethodState, get_method
 
-RESAVE = (
+_RESAVE = (
     "Re-save only tensors and plain values: a pytest-fa bundle "
     "(pytest_fa.training.checkpoint.save_bundle) or torch.save(model.state_dict(), path)"
 )
@@ -159,11 +159,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if "GLOBAL" in str(exc) or "global" in str(exc):
             raise CheckpointError(
                 f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. "
-                f"{RESAVE}"
+                f"{_RESAVE}"
             ) from exc
         raise CheckpointError(
             f"{path} is corrupt or truncated, or a pickle that needs arbitrary code to load "
-            f"(unsafe), which pytest-fa refuses ({exc}). {RESAVE}"
+            f"(unsafe), which pytest-fa refuses ({exc}). {_RESAVE}"
         ) from exc
     except Exception as exc:  # torch raises many types on a damaged file
         raise CheckpointError(

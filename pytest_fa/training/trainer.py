@@ -80,7 +80,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 40
     return correct / len(x)
 
 
-def epoch_monitor(model: nn.Module, batches) -> dict[str, float]:
+def _epoch_monitor(model: nn.Module, batches) -> dict[str, float]:
     """Diagnostics (a) and (b) on fixed batches: ``‖h_L‖``, max block growth, ``‖g_L‖`` and
     its decomposition into the backward gain and the output-error norm."""
     record = growth_and_floor(model, batches, DiagnosticThresholds())
@@ -153,7 +153,7 @@ def train(
             "seconds": time.perf_counter() - tick,
         }
         if monitor_batches is not None:
-            record.update(epoch_monitor(model, monitor_batches))
+            record.update(_epoch_monitor(model, monitor_batches))
         history.append(record)
         if log:
             log(_progress_line(method.name, seed, epochs, record))
