@@ -10,7 +10,9 @@ OMP_NUM_THREADS=--threads. Contenders:
   floor         python -c "import torch"
   frozen_acc    pytest -p no:randomly <scratch> --fa-checkpoint=B --fa-frozen-acc=0.5 -o cache_dir=<cache>/pytest_cache
   frozen_acc_nohyp   the same with -p no:hypothesispytest (hypothesis's own pytest plugin
-                imports all of hypothesis in its terminal summary)
+                imports all of hypothesis in its terminal summary; pytest-fa unregisters it
+                before the summary when the session never imported hypothesis, so the two
+                should now agree)
   cached        pytest -p no:randomly <scratch> --fa-checkpoint=B -o cache_dir=<cache>/pytest_cache
                 (the frozen-blocks baseline read from the cache the untimed fill run wrote)
 --breakdown adds, to locate start-up time:
@@ -49,8 +51,6 @@ from pytest_fa.training.methods import get_method
 from pytest_fa.core.report import diagnose
 from pytest_fa.training.trainer import accuracy
 t.append(time.perf_counter())
-import mnist1d.data  # what load_dataset('mnist1d') imports first, even on a cache hit
-t.append(time.perf_counter())
 loaded = load_checkpoint({bundle!r})
 t.append(time.perf_counter())
 data = dataset_from_spec(loaded.bundle.data)
@@ -63,7 +63,7 @@ t.append(time.perf_counter())
 for name, a, b in zip(STAGES, t, t[1:]):
     print("STAGE", name, b - a)
 """
-STAGES = ("import torch", "import pytest_fa modules", "import mnist1d.data", "load_checkpoint",
+STAGES = ("import torch", "import pytest_fa modules", "load_checkpoint",
           "dataset_from_spec (cached)", "headline accuracy", "diagnose (null_draws=20)")
 
 def run(cmd: list[str], env: dict[str, str], cwd: str) -> tuple[float, int, str]:

@@ -994,3 +994,33 @@ def test_seeds_of_one_configuration_get_a_mean_sd_row_and_a_verdict_count(pytest
     assert group["verdicts"] == {v: [r["verdict"] for r in dfa_reports].count(v) for v in group["verdicts"]}
     result.stdout.fnmatch_lines(["seeds of one configuration (mean ± sd):", "*dfa resmlp 2 ep*42, 7*±*"])
     assert "| dfa resmlp 2 ep | 42, 7 |" in (pytester.path / "out.md").read_text()
+
+
+HYPOTHESIS_PROBE = """
+import sys
+
+def pytest_unconfigure(config):
+    print("hypothesis imported:", "hypothesis" in sys.modules)
+"""
+
+
+def test_a_session_that_never_used_hypothesis_does_not_import_it_for_the_summary(pytester):
+    pytester.makeconftest(HYPOTHESIS_PROBE)
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["hypothesis imported: False"])
+    # without pytest-fa, hypothesis's own plugin imports it in the terminal summary
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:fa")
+    result.stdout.fnmatch_lines(["hypothesis imported: True"])
+
+
+def test_a_session_that_used_hypothesis_keeps_its_summary(pytester):
+    pytester.makeconftest(HYPOTHESIS_PROBE)
+    pytester.makepyfile(test_given=(
+        "from hypothesis import given, strategies as st\n\n"
+        "@given(st.integers())\ndef test_given(x):\n    assert x == x\n"
+    ))
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "--hypothesis-show-statistics")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Hypothesis Statistics*", "*test_given*", "hypothesis imported: True"])

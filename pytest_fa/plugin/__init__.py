@@ -5,6 +5,7 @@ the terminal table and the JSON report. torch is imported only once a checkpoint
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _drop_idle_hypothesis_summary(session.config)
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or not state.reports():
         return
@@ -215,3 +217,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = Path(state.report_json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:
+    """Unregister hypothesis's pytest plugin before the terminal summary when nothing in the
+    session imported hypothesis.
+
+    pytest-fa depends on hypothesis, so its plugin is in every session; its terminal summary
+    imports all of hypothesis (about 0.45× an ``import torch`` here, measured in
+    ``benchmarks/RESULTS.md``) to report statistics, patches and observation files that only
+    a session which imported hypothesis can have. Sessions that did import it are untouched.
+    """
+    if "hypothesis" in sys.modules:
+        return
+    plugin = config.pluginmanager.get_plugin("hypothesispytest")
+    if plugin is not None:
+        config.pluginmanager.unregister(plugin)
