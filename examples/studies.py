@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pytest_fa.core import registry
 from pytest_fa.core.calibration import null_gamma
 from pytest_fa.core.perturbation import perturbation_correlation
 from pytest_fa.core.reference import reference_pass
@@ -280,20 +281,21 @@ def sensitivity_table(results: Sequence[SeedResult], factors: Sequence[float] = 
     """Verdict flips when each threshold is scaled, relative to the default verdicts."""
     base = DiagnosticThresholds()
     rows = []
-    for key, attr in (("a", "max_growth"), ("b", "grad_floor"), ("d", "frozen_margin_pp")):
+    for diagnostic in registry.DIAGNOSTICS:
+        if not diagnostic.walk_back:
+            continue
         for factor in factors:
-            threshold = getattr(base, attr) * factor
-            fired = [_fires(r, key, threshold) for r in results]
-            flips = [f"{r.method} s{r.seed}" for r, f in zip(results, fired) if f != r.fired(key)]
-            rows.append((f"({key}) {attr}", f"×{factor:g} = {threshold:.3g}", f"{sum(fired)}/{len(results)}", ", ".join(flips) or "none"))
+            threshold = diagnostic.threshold_value(base) * factor
+            fired = [_fires(r, diagnostic, threshold) for r in results]
+            flips = [f"{r.method} s{r.seed}" for r, f in zip(results, fired) if f != r.fired(diagnostic.key)]
+            rows.append((f"({diagnostic.key}) {diagnostic.threshold}", f"×{factor:g} = {threshold:.3g}",
+                         f"{sum(fired)}/{len(results)}", ", ".join(flips) or "none"))
     return markdown_table(("diagnostic", "threshold", "runs firing", "verdicts that flip"), rows)
 
 
-def _fires(result: SeedResult, key: str, threshold: float) -> bool:
-    value = result.value(key)
-    if value is None:
-        return False
-    return value > threshold if key == "a" else value < threshold
+def _fires(result: SeedResult, diagnostic: registry.Diagnostic, threshold: float) -> bool:
+    value = result.value(diagnostic.key)
+    return value is not None and diagnostic.crosses(value, threshold)
 
 
 def separation_table(results: Sequence[SeedResult]) -> str:

@@ -54,6 +54,11 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         spec.loader_state = module.__spec__
         return module
 
+    def get_code(self, fullname: str):
+        """The new module's code, for ``python -m <old path>``."""
+        target = new_name(fullname)
+        return importlib.util.find_spec(target).loader.get_code(target)
+
     def exec_module(self, module: ModuleType) -> None:
         # importlib has set the old name's spec on the shared module; give it back its own.
         module.__spec__ = module.__spec__.loader_state

@@ -103,3 +103,8 @@ def test_a_name_that_never_existed_is_still_not_found():
         __import__("pytest_fa.nonexistent")
     with pytest.raises(ModuleNotFoundError, match="pytest_fa.methods.nonexistent"):
         __import__("pytest_fa.methods.nonexistent")
+
+
+def test_an_old_path_still_runs_as_a_module():
+    run = subprocess.run([sys.executable, "-m", "pytest_fa.train", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("usage: fa-train"), run.stderr
