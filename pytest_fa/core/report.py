@@ -20,7 +20,6 @@ from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.core.thresholds import DiagnosticThresholds
 
 
-
 @dataclass
 class DiagnosticResult:
     """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated).

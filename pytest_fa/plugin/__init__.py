@@ -153,7 +153,7 @@ class _SessionHooks:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
     if state is not None and state.pitfall_outcomes:
-        from pytest_fa.core.render import pitfall_table
+        from pytest_fa.plugin._pitfall_table import pitfall_table
 
         terminalreporter.section("pytest-fa pitfalls")
         terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))

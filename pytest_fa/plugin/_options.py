@@ -72,7 +72,6 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help, type="string")
 
 
-
 def session_settings(config: pytest.Config) -> SessionSettings:
     """The session's settings from the command line and ini; a bad value is a usage error
     that names its option."""
