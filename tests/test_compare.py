@@ -20,11 +20,9 @@ from pytest_fa.core.compare import (
     BEYOND,
     CLEARED,
     CROSSED,
-    FIGURES,
     LAYER_COUNT,
     NOT_EVALUATED,
     NOW_EVALUATED,
-    TABLE_FIGURES,
     THRESHOLD,
     UNDEFINED,
     VERDICT,
@@ -36,10 +34,12 @@ from pytest_fa.core.compare import (
     compare_reports,
     comparison_table,
     failure_message,
+    figures,
     load_saved_report,
     match_reports,
     parse_fail_spec,
     parse_fail_specs,
+    table_figures,
     validate_payload,
 )
 from pytest_fa.errors import FAError
@@ -209,7 +209,7 @@ def test_unknown_figure_lists_every_known_name_and_an_example():
     with pytest.raises(CompareError) as info:
         parse_fail_spec("accuracy:1pp")
     message = str(info.value)
-    for name in FIGURES:
+    for name in figures():
         assert name in message
     assert "headline_acc:1pp" in message
     assert "worse down" in message and "worse up" in message
@@ -713,7 +713,7 @@ def test_round_trip_through_a_saved_file(tmp_path):
     table = comparison_table(same).splitlines()
     assert table[0].split() == ["checkpoint", "figure", "old", "new", "change", "status"]
     assert set(table[1]) <= {"-", " "}
-    assert len(table) == 2 + 3 * len(TABLE_FIGURES)
+    assert len(table) == 2 + 3 * len(table_figures())
 
     run = copy.deepcopy(saved)
     dfa = run["reports"][1]

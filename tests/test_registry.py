@@ -65,7 +65,10 @@ def test_a_fifth_diagnostic_is_one_registry_entry(pytester, bp_bundle):
     assert "e" not in pytest_fa.check(model, (x, y), frozen_acc=0.0).diagnostics
 
 
-def test_a_fifth_diagnostic_reaches_the_seed_table():
+def test_a_fifth_diagnostic_reaches_the_seed_table_and_the_comparison():
+    import copy
+
+    from pytest_fa.core.compare import CROSSED, compare_reports, figures, parse_fail_spec
     from pytest_fa.core.render import seed_columns, seed_table
     from pytest_fa.core.seeds import SeedGroup, statistic_names
 
@@ -85,5 +88,13 @@ def test_a_fifth_diagnostic_reaches_the_seed_table():
         assert mean == pytest.approx(100.0 * reports[0].eval_acc) and n == 2
         assert "(e) eval acc pp" in seed_table([group]).splitlines()[0]
         assert group.to_dict()["statistics"]["eval_acc_pp"]["n"] == 2
-    assert "eval_acc_pp" not in statistic_names()
+        new = reports[0].to_dict()
+        old = copy.deepcopy(new)
+        old["diagnostics"]["e"].update(fires=False, value=new["diagnostics"]["e"]["value"] + 5.0)
+        assert list(figures())[-4:] == ["eval_acc_pp", "deep_gamma", "all_gamma", "layer_gamma"]
+        assert figures()["eval_acc_pp"].description == "(e) eval accuracy" and figures()["eval_acc_pp"].worse == "down"
+        comparison = compare_reports(old, new, [parse_fail_spec("eval_acc_pp:1")])
+        assert [(c.figure, c.kind) for c in comparison.changes][:1] == [("eval_acc_pp", CROSSED)]
+        assert comparison.failed and "eval_acc_pp" in comparison.figures
+    assert "eval_acc_pp" not in statistic_names() and "eval_acc_pp" not in figures()
     assert DiagnosticThresholds().updated(max_growth=10).max_growth == 10

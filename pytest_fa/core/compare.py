@@ -110,10 +110,10 @@ class Figure:
     diagnostic: str | None = None
 
 
-def _diagnostic(description: str, key: str, **options: Any) -> Figure:
-    """The figure of diagnostic ``key``'s statistic, under the registry's name for it: worse
+def _diagnostic(diagnostic: registry.Diagnostic, description: str, **options: Any) -> Figure:
+    """The figure of a diagnostic's statistic, under the registry's name for it: worse
     towards its firing side."""
-    diagnostic = registry.get(key)
+    key = diagnostic.key
     worse = "up" if diagnostic.fires_above else "down"
     return Figure(diagnostic.statistic, description, worse, lambda report: _number(_get(report, "diagnostics", key, "value")),
                   diagnostic=key, **options)
@@ -123,29 +123,53 @@ def _read(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
     return lambda report: _number(_get(report, *keys))
 
 
-_FIGURE_LIST = (
-    Figure("headline_acc", "headline accuracy (fraction)", "down", _read("accuracy", "headline"),
-           spec=".4f", units=("pp",), pp=0.01),
-    _diagnostic("(d) frozen-blocks margin, points", "d", units=("pp",)),
-    _diagnostic("(a) residual growth, max ‖h_{l+1}‖/‖h_l‖", "a", units=("x",)),
-    _diagnostic("(b) reference ‖g_L‖ at the floor's batch size", "b", spec=".2e", units=("x",)),
-    _diagnostic("(c) direction stability, mean cosine", "c"),
+_ACCURACY = Figure("headline_acc", "headline accuracy (fraction)", "down", _read("accuracy", "headline"),
+                   spec=".4f", units=("pp",), pp=0.01)
+_GAMMA = (
     Figure("deep_gamma", "mean Γ_l over layers ≥ 1", "down", _read("gamma", "mean_deep_layers")),
     Figure("all_gamma", "mean Γ_l over all layers", "down", _read("gamma", "mean_all_layers")),
     Figure("layer_gamma", "every layer's Γ_l, one by one", "down", lambda report: None),
 )
-FIGURES: dict[str, Figure] = {f.name: f for f in _FIGURE_LIST}
-"""Comparable figures by name, in table order."""
+#: how the built-in diagnostics' statistics read in a comparison, in table order; a
+#: diagnostic registered later follows them as "(key) name" in the default number format
+_DIAGNOSTIC_STYLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "d": ("(d) frozen-blocks margin, points", {"units": ("pp",)}),
+    "a": ("(a) residual growth, max ‖h_{l+1}‖/‖h_l‖", {"units": ("x",)}),
+    "b": ("(b) reference ‖g_L‖ at the floor's batch size", {"spec": ".2e", "units": ("x",)}),
+    "c": ("(c) direction stability, mean cosine", {}),
+}
 
-TABLE_FIGURES = tuple(name for name in FIGURES if name != "layer_gamma")
-"""Figures every checkpoint gets a table line for (``layer_gamma[i]`` lines only with a tolerance)."""
 
-_DIAGNOSTIC_FIGURES = {f.diagnostic: f.name for f in _FIGURE_LIST if f.diagnostic}
-"""Diagnostic key → the figure its threshold crossing is reported under."""
+def figure_list() -> tuple[Figure, ...]:
+    """Every comparable figure in table order: the headline accuracy, the statistic of each
+    registered diagnostic that names one, then Γ."""
+    with_statistic = {d.key: d for d in registry.DIAGNOSTICS if d.statistic}
+    keys = [k for k in _DIAGNOSTIC_STYLE if k in with_statistic] + [k for k in with_statistic if k not in _DIAGNOSTIC_STYLE]
+    diagnostics = []
+    for key in keys:
+        diagnostic = with_statistic[key]
+        description, options = _DIAGNOSTIC_STYLE.get(key, (f"({key}) {diagnostic.name}", {}))
+        diagnostics.append(_diagnostic(diagnostic, description, **options))
+    return (_ACCURACY, *diagnostics, *_GAMMA)
+
+
+def figures() -> dict[str, Figure]:
+    """Comparable figures by name, in table order."""
+    return {f.name: f for f in figure_list()}
+
+
+def table_figures() -> tuple[str, ...]:
+    """Figures every checkpoint gets a table line for (``layer_gamma[i]`` lines only with a tolerance)."""
+    return tuple(name for name in figures() if name != "layer_gamma")
+
+
+def _diagnostic_figures() -> dict[str, str]:
+    """Diagnostic key → the figure its threshold crossing is reported under."""
+    return {f.diagnostic: f.name for f in figure_list() if f.diagnostic}
 
 
 def _figure(name: str) -> Figure:
-    return FIGURES[name.split("[", 1)[0]]
+    return figures()[name.split("[", 1)[0]]
 
 
 def _fmt_value(figure: str, value: float | str | None) -> str:
@@ -155,7 +179,7 @@ def _fmt_value(figure: str, value: float | str | None) -> str:
         return "—"
     if isinstance(value, str):
         return value
-    spec = _figure(figure).spec if figure.split("[", 1)[0] in FIGURES else "g"
+    spec = _figure(figure).spec if figure.split("[", 1)[0] in figures() else "g"
     return format(value, spec)
 
 
@@ -202,7 +226,7 @@ class Tolerance:
 
     @property
     def worse(self) -> str:
-        return FIGURES[self.figure].worse
+        return figures()[self.figure].worse
 
     def limit(self, old: float) -> float:
         """The furthest the new value may go in the bad direction from ``old``."""
@@ -212,7 +236,7 @@ class Tolerance:
         if self.unit == "%":
             step = abs(old) * self.amount / 100.0
         elif self.unit == "pp":
-            step = self.amount * FIGURES[self.figure].pp
+            step = self.amount * figures()[self.figure].pp
         else:
             step = self.amount
         return old + sign * step
@@ -238,7 +262,7 @@ class Tolerance:
 
 
 def _known_figures() -> str:
-    return "; ".join(f"{f.name} ({f.description}, worse {f.worse})" for f in _FIGURE_LIST)
+    return "; ".join(f"{f.name} ({f.description}, worse {f.worse})" for f in figure_list())
 
 
 _SPEC_EXAMPLE = "e.g. headline_acc:1pp, deep_gamma:0.05, growth:20% or grad_ref:10x"
@@ -247,7 +271,7 @@ _SPEC_EXAMPLE = "e.g. headline_acc:1pp, deep_gamma:0.05, growth:20% or grad_ref:
 def parse_fail_spec(text: str) -> Tolerance:
     """Parse ``FIGURE:AMOUNT[UNIT]`` into a :class:`Tolerance`.
 
-    FIGURE is one of :data:`FIGURES` (case-insensitive). AMOUNT is a non-negative decimal
+    FIGURE is one of :func:`figures` (case-insensitive). AMOUNT is a non-negative decimal
     number; UNIT is none (absolute, in the figure's units), ``%`` (relative to the old
     value's magnitude), ``pp`` (points; headline_acc and margin_pp only) or ``x`` (a factor
     ≥ 1; growth and grad_ref only). Examples: ``headline_acc:1pp`` (fail on a drop of more
@@ -263,7 +287,7 @@ def parse_fail_spec(text: str) -> Tolerance:
             f"tolerance {text!r}: write FIGURE:AMOUNT[UNIT] with a colon, {_SPEC_EXAMPLE}; "
             f"figures: {_known_figures()}"
         )
-    figure = FIGURES.get(name)
+    figure = figures().get(name)
     if figure is None:
         raise CompareError(
             f"tolerance {text!r}: unknown figure {name!r}; known: {_known_figures()}; {_SPEC_EXAMPLE}"
@@ -276,7 +300,7 @@ def parse_fail_spec(text: str) -> Tolerance:
         )
     amount, unit = float(match["amount"]), match["unit"] or ""
     if unit in ("pp", "x") and unit not in figure.units:
-        takes = [f.name for f in _FIGURE_LIST if unit in f.units]
+        takes = [f.name for f in figure_list() if unit in f.units]
         raise CompareError(
             f"tolerance {text!r}: the unit {unit!r} applies to {' and '.join(takes)} only; "
             f"for {name} give a plain amount (absolute) or a % (relative), e.g. {name}:0.05 or {name}:10%"
@@ -327,7 +351,7 @@ def _tolerances(tolerances: Iterable[Tolerance | str] | Mapping[str, Tolerance] 
     for tolerance in [*given, *parse_fail_specs(texts)]:
         if tolerance.figure in out:
             raise CompareError(f"tolerance for {tolerance.figure} given twice; keep one")
-        if tolerance.figure not in FIGURES:
+        if tolerance.figure not in figures():
             raise CompareError(f"tolerance for unknown figure {tolerance.figure!r}; known: {_known_figures()}")
         out[tolerance.figure] = tolerance
     return out
@@ -531,7 +555,7 @@ def compare_reports(
     tols = _tolerances(tolerances)
     changes: list[Change] = []
     not_evaluated: set[str] = set()
-    for key, figure in _DIAGNOSTIC_FIGURES.items():
+    for key, figure in _diagnostic_figures().items():
         before, after = _fires(old, key), _fires(new, key)
         if before == after:
             continue
@@ -549,13 +573,13 @@ def compare_reports(
         submode = _get(new, "diagnostics", key, "submode")
         if kind == CROSSED and isinstance(submode, str) and submode:
             detail = submode
-        changes.append(Change(figure, FIGURES[figure].read(old), FIGURES[figure].read(new), kind,
+        changes.append(Change(figure, figures()[figure].read(old), figures()[figure].read(new), kind,
                               threshold=threshold, detail=detail if isinstance(detail, str) else ""))
     for name, tolerance in tols.items():
         if name == "layer_gamma":
             changes.extend(_layer_changes(old, new, tolerance))
             continue
-        before, after = FIGURES[name].read(old), FIGURES[name].read(new)
+        before, after = figures()[name].read(old), figures()[name].read(new)
         if before is None:
             continue
         if after is None:
@@ -567,11 +591,12 @@ def compare_reports(
     if old_verdict != new_verdict:
         changes.append(Change(VERDICT, _text(old_verdict), _text(new_verdict), VERDICT))
     changes.extend(_threshold_changes(old, new))
-    figures = {name: (FIGURES[name].read(old), FIGURES[name].read(new)) for name in TABLE_FIGURES}
+    known = figures()
+    values = {name: (known[name].read(old), known[name].read(new)) for name in table_figures()}
     if "layer_gamma" in tols:
         before, after = _layer_gammas(old), _layer_gammas(new)
         for index in range(max(len(before), len(after))):
-            figures[f"layer_gamma[{index}]"] = (
+            values[f"layer_gamma[{index}]"] = (
                 before[index] if index < len(before) else None,
                 after[index] if index < len(after) else None,
             )
@@ -580,7 +605,7 @@ def compare_reports(
         checkpoint=_checkpoint(new),
         old_checkpoint=_checkpoint(old),
         changes=changes,
-        figures=figures,
+        figures=values,
         tolerances=tols,
     )
 
@@ -658,7 +683,7 @@ def compare_payloads(
             comparisons.append(CheckpointComparison(
                 label=str(new_report.get("label", "")),
                 checkpoint=_checkpoint(new_report),
-                figures={name: (None, FIGURES[name].read(new_report)) for name in TABLE_FIGURES},
+                figures={name: (None, figure.read(new_report)) for name, figure in figures().items() if name != "layer_gamma"},
                 tolerances=tols,
                 missing=True,
             ))
