@@ -34,6 +34,8 @@ MOVED = {
 
 def new_name(old: str) -> str | None:
     """The current dotted path of ``old`` (a moved module or a submodule of one), else None."""
+    if not old.startswith("pytest_fa."):
+        return None
     for before, after in MOVED.items():
         if old == before or old.startswith(before + "."):
             return after + old[len(before):]
@@ -44,8 +46,8 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Resolves an old module path to the module now at its new path."""
 
     def find_spec(self, fullname, path=None, target=None):
-        target = new_name(fullname)
-        if target is None or importlib.util.find_spec(target) is None:
+        current = new_name(fullname)
+        if current is None or importlib.util.find_spec(current) is None:
             return None  # not moved, or no such module at the new path either
         return importlib.util.spec_from_loader(fullname, self)
 
@@ -56,8 +58,8 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def get_code(self, fullname: str):
         """The new module's code, for ``python -m <old path>``."""
-        target = new_name(fullname)
-        return importlib.util.find_spec(target).loader.get_code(target)
+        current = new_name(fullname)
+        return importlib.util.find_spec(current).loader.get_code(current)
 
     def exec_module(self, module: ModuleType) -> None:
         # importlib has set the old name's spec on the shared module; give it back its own.
@@ -65,5 +67,6 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
+    """Put the finder at the front of ``sys.meta_path`` (once)."""
     if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, MovedModuleFinder())
