@@ -163,11 +163,6 @@ def table_figures() -> tuple[str, ...]:
     return tuple(name for name in figures() if name != "layer_gamma")
 
 
-def _diagnostic_figures() -> dict[str, str]:
-    """Diagnostic key → the figure its threshold crossing is reported under."""
-    return {f.diagnostic: f.name for f in figure_list() if f.diagnostic}
-
-
 def _figure(name: str) -> Figure:
     return figures()[name.split("[", 1)[0]]
 
@@ -179,8 +174,8 @@ def _fmt_value(figure: str, value: float | str | None) -> str:
         return "—"
     if isinstance(value, str):
         return value
-    spec = _figure(figure).spec if figure.split("[", 1)[0] in figures() else "g"
-    return format(value, spec)
+    known = figures().get(figure.split("[", 1)[0])
+    return format(value, known.spec if known is not None else "g")
 
 
 def _fmt_change(figure: str, old: float | None, new: float | None) -> str:
@@ -553,9 +548,10 @@ def compare_reports(
 ) -> CheckpointComparison:
     """Compare two report dicts (``DiagnosticReport.to_dict()``) of one checkpoint."""
     tols = _tolerances(tolerances)
+    known = figures()
     changes: list[Change] = []
     not_evaluated: set[str] = set()
-    for key, figure in _diagnostic_figures().items():
+    for figure, key in ((name, f.diagnostic) for name, f in known.items() if f.diagnostic):
         before, after = _fires(old, key), _fires(new, key)
         if before == after:
             continue
@@ -573,13 +569,13 @@ def compare_reports(
         submode = _get(new, "diagnostics", key, "submode")
         if kind == CROSSED and isinstance(submode, str) and submode:
             detail = submode
-        changes.append(Change(figure, figures()[figure].read(old), figures()[figure].read(new), kind,
+        changes.append(Change(figure, known[figure].read(old), known[figure].read(new), kind,
                               threshold=threshold, detail=detail if isinstance(detail, str) else ""))
     for name, tolerance in tols.items():
         if name == "layer_gamma":
             changes.extend(_layer_changes(old, new, tolerance))
             continue
-        before, after = figures()[name].read(old), figures()[name].read(new)
+        before, after = known[name].read(old), known[name].read(new)
         if before is None:
             continue
         if after is None:
@@ -591,7 +587,6 @@ def compare_reports(
     if old_verdict != new_verdict:
         changes.append(Change(VERDICT, _text(old_verdict), _text(new_verdict), VERDICT))
     changes.extend(_threshold_changes(old, new))
-    known = figures()
     values = {name: (known[name].read(old), known[name].read(new)) for name in table_figures()}
     if "layer_gamma" in tols:
         before, after = _layer_gammas(old), _layer_gammas(new)
@@ -683,7 +678,7 @@ def compare_payloads(
             comparisons.append(CheckpointComparison(
                 label=str(new_report.get("label", "")),
                 checkpoint=_checkpoint(new_report),
-                figures={name: (None, figure.read(new_report)) for name, figure in figures().items() if name != "layer_gamma"},
+                figures={name: (None, _figure(name).read(new_report)) for name in table_figures()},
                 tolerances=tols,
                 missing=True,
             ))

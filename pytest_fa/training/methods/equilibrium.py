@@ -83,12 +83,17 @@ def relax(
                 grads_best = [_where(accept, g, b) for g, b in zip(grads, grads_best)]
                 objective_best = torch.where(accept, objective, objective_best)
                 step = torch.where(accept, step, step / 2)
-            states = [b - step.view(-1, *[1] * (b.dim() - 1)) * g for b, g in zip(best, grads_best)]
+            states = [b - _per_sample(step, b) * g for b, g in zip(best, grads_best)]
     return free, best
 
 
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per sample, shaped to broadcast over the other dimensions of ``like``."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)
+    return torch.where(_per_sample(mask, a), a, b)
 
 
 def equilibrium_credits(
