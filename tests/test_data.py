@@ -357,7 +357,7 @@ def test_fashion_mnist_layouts(tmp_path, fa_cache, layout):
     assert ds.spec["preprocessing"] == {"divide_by": 255, "mean": [0.2860], "std": [0.3530]}
     staged = fa_cache / "fashion-mnist"
     assert staged.is_dir() == (layout != "torchvision")
-    assert_same_tensors(ds, dataset_from_spec(json.loads(json.dumps(ds.spec))))
+    assert_same_tensors(ds, dataset_from_spec(json.loads(json.dumps(ds.spec)), root=root))
 
 
 def test_fashion_mnist_limits(tmp_path):
@@ -367,7 +367,7 @@ def test_fashion_mnist_limits(tmp_path):
     assert_well_formed(ds, 5, 2)
     assert ds.y_train.tolist() == arrays["train-labels-idx1-ubyte"][:5].tolist()
     assert ds.spec["config"] == {"limit_train": 5, "limit_test": 2}
-    assert_same_tensors(ds, dataset_from_spec(ds.spec))
+    assert_same_tensors(ds, dataset_from_spec(ds.spec, root=root))
 
 
 def test_fashion_mnist_staging_follows_the_source(tmp_path):
@@ -483,7 +483,7 @@ def test_cifar_tiny(tmp_path, name):
     torch.testing.assert_close(ds.x_train, (cifar_images(train_entries) - mean) / std)
     expected_mean = [0.4914, 0.4822, 0.4465] if name == "cifar10" else [0.5071, 0.4865, 0.4409]
     assert ds.spec["preprocessing"]["mean"] == expected_mean
-    assert_same_tensors(ds, dataset_from_spec(json.loads(json.dumps(ds.spec))))
+    assert_same_tensors(ds, dataset_from_spec(json.loads(json.dumps(ds.spec)), root=tmp_path))
 
 
 def test_cifar_limits_and_folder_as_root(tmp_path):
@@ -523,6 +523,14 @@ def test_cifar_wrong_or_broken_files(tmp_path):
     path.write_bytes(pickle.dumps(entry))
     with pytest.raises(DataError, match="labels"):
         load_dataset("cifar10", root=tmp_path / "labels")
+
+    write_cifar(tmp_path / "objects", "cifar10")
+    path = tmp_path / "objects" / "cifar-10-batches-py" / "test_batch"
+    entry = pickle.loads(path.read_bytes())
+    entry["data"] = entry["data"].astype(object)
+    path.write_bytes(pickle.dumps(entry))
+    with pytest.raises(DataError, match="cifar10 test images are object, not uint8"):
+        load_dataset("cifar10", root=tmp_path / "objects")
 
 
 def test_a_cached_mnist1d_loads_without_importing_the_generator(small_data, isolated_cache):

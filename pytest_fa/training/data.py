@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pathlib
+import pickle
 import random
 import shutil
 import tempfile
@@ -46,6 +47,17 @@ CIFAR_STATS = {
 }
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+# The only globals a CIFAR batch pickle holds: numpy's array and dtype rebuilders, under
+# numpy 1's module names (the official Python 2 files) and numpy 2's (copies re-pickled
+# since), for the default protocol (_reconstruct) and protocol 5 (_frombuffer).
+_CIFAR_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+})
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist1d": {"num_samples": 60000, "seed": 42},
@@ -133,7 +145,11 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, **config: 
 
 
 def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None = None) -> Dataset:
-    """Rebuild the data set ``spec`` describes; ``root`` overrides the one recorded in it."""
+    """Rebuild the data set ``spec`` describes from ``root``, the user's folder for this run.
+
+    A spec comes from a bundle, which may come from anyone: the root it records is read only
+    when ``root`` is given (and then ``root`` is read), except the built-in Fashion-MNIST folder.
+    """
     if not isinstance(spec, Mapping):
         raise DataError(f"a data spec must be a dict, got {type(spec).__name__}")
     missing = sorted({"name", "config", "preprocessing"} - set(spec))
@@ -151,7 +167,13 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
         raise DataError("malformed data spec: 'root' must be a string or null")
     if not isinstance(name, str):
         raise DataError(f"malformed data spec: 'name' must be a string, got {name!r}")
-    dataset = load_dataset(name, root=root if root is not None else recorded_root, **config)
+    default_root = name == "fashion-mnist" and recorded_root == FASHION_MNIST_ROOT
+    if root is None and recorded_root is not None and not default_root:
+        raise DataError(
+            f"the bundle's data spec records data root {recorded_root}; a folder named in a bundle "
+            f"is read only when you name it this run: pass {setting('data_root', recorded_root)} to read it"
+        )
+    dataset = load_dataset(name, root=root, **config)
     if _jsonable(preprocessing) != _jsonable(dataset.spec["preprocessing"]):
         raise DataError(
             f"the spec asks for preprocessing {dict(preprocessing)} but this version of pytest_fa "
@@ -446,7 +468,9 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
             "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
             f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}"
         )
-    in_torchvision_layout = all(
+    # torchvision reads FashionMNIST/processed/*.pt instead of the idx files when they are
+    # there (with a plain torch.load before 0.20): then stage, so only the idx files are read
+    in_torchvision_layout = not (base / "FashionMNIST" / "processed").exists() and all(
         path == base / "FashionMNIST" / "raw" / stem for stem, path in sources.items()
     )
     torchvision_root = base if in_torchvision_layout else _stage_fashion_mnist(sources)
@@ -473,25 +497,32 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
     return _as_dataset("fashion-mnist", tensors, 10, (1, 28, 28), spec)
 
 
-def _cifar_reader(name: str) -> type:
-    """torchvision's CIFAR reader with existence-only file checks.
+def _unpickle_cifar(path: pathlib.Path) -> Any:
+    """The object pickled in CIFAR batch ``path``, unpickled admitting no global but those of
+    :data:`_CIFAR_GLOBALS` (torchvision's reader is a plain ``pickle.load``, which runs code)."""
 
-    torchvision verifies the md5 of every file even with ``download=False``; the sums pin
-    the official archives, so re-pickled or subset copies would be refused and each load
-    would hash ~180 MB. Setting the expected sums to ``None`` makes ``check_integrity``
-    test existence only while the reading code stays torchvision's; the caller checks
-    shapes and label ranges instead.
-    """
-    from torchvision.datasets import CIFAR10, CIFAR100
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in _CIFAR_GLOBALS:
+                return super().find_class(module, name)
+            raise DataError(
+                f"{path} is not a CIFAR batch: its pickle asks for {module}.{name}, which no CIFAR "
+                "batch holds; it was refused before anything in it ran; do not trust this file"
+            )
 
-    base = CIFAR10 if name == "cifar10" else CIFAR100
+    with open(path, "rb") as handle:
+        return Unpickler(handle, encoding="latin1").load()
 
-    class Reader(base):  # type: ignore[misc, valid-type]
-        train_list = [[filename, None] for filename, _ in base.train_list]
-        test_list = [[filename, None] for filename, _ in base.test_list]
-        meta = {**base.meta, "md5": None}
 
-    return Reader
+def _read_cifar(folder: pathlib.Path, filenames: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) and labels of the batches ``filenames``, joined as torchvision's
+    CIFAR10 joins them."""
+    images, labels = [], []
+    for filename in filenames:
+        entry = _unpickle_cifar(folder / filename)
+        images.append(entry["data"])
+        labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    return np.vstack(images).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
 def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | None) -> Dataset:
@@ -505,36 +536,38 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     base = pathlib.Path(root).expanduser()
     if base.name == folder and not (base / folder).is_dir():
         base = base.parent
-    reader = _cifar_reader(name)
-    expected = [f for f, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    layout = CIFAR10 if name == "cifar10" else CIFAR100  # the file names and the meta key
+    files = {"train": [f for f, _ in layout.train_list], "test": [f for f, _ in layout.test_list]}
+    expected = [*files["train"], *files["test"], layout.meta["filename"]]
     missing = [f for f in expected if not (base / folder / f).is_file()]
     if missing:
         raise DataError(
             f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
             f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)"
         )
+    try:
+        num_names = len(_unpickle_cifar(base / folder / layout.meta["filename"])[layout.meta["key"]])
+        read = {split: _read_cifar(base / folder, filenames) for split, filenames in files.items()}
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read {name} from {base / folder}: {exc}") from exc
 
     classes = CIFAR_CLASSES[name]
+    if num_names != classes:
+        raise DataError(f"{base / folder} names {num_names} classes, not {classes}; is it {name}?")
     mean, std = CIFAR_STATS[name]
     tensors = {}
-    for split, train, limit in _splits(config):
-        try:
-            data = reader(str(base), train=train, download=False)
-        except Exception as exc:
-            raise DataError(f"cannot read {name} from {base / folder}: {exc}") from exc
-        if len(data.classes) != classes:
-            raise DataError(
-                f"{base / folder} names {len(data.classes)} classes, not {classes}; is it {name}?"
-            )
-        images = torch.from_numpy(np.ascontiguousarray(data.data[:limit]))
-        labels = torch.as_tensor(data.targets[:limit], dtype=torch.int64)
-        if images.dim() != 4 or tuple(images.shape[1:]) != (32, 32, 3) or images.dtype != torch.uint8:
-            raise DataError(
-                f"{name} {split} images are {tuple(images.shape)} {images.dtype}, "
-                "not (N, 32, 32, 3) uint8"
-            )
+    for split, _, limit in _splits(config):
+        images, labels = read[split]
+        if images.dtype != np.uint8:
+            raise DataError(f"{name} {split} images are {images.dtype}, not uint8; the files are not {name}")
+        images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
+        labels = torch.from_numpy(labels[:limit])
         _check_labels(name, split, labels, images, classes)
-        tensors[f"x_{split}"] = _normalise(images.permute(0, 3, 1, 2), mean, std).contiguous()
+        tensors[f"x_{split}"] = _normalise(images, mean, std)
         tensors[f"y_{split}"] = labels
 
     preprocessing = {"divide_by": 255, "mean": list(mean), "std": list(std)}

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.errors import DataError
 from pytest_fa.training.checkpoint import Bundle, save_bundle
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
 from pytest_fa.training.methods import Method, MethodState, get_method
@@ -234,11 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     data_config = {"num_samples": args.num_samples} if args.num_samples else {}
     log = None if args.quiet else (lambda line: print(line, flush=True))
     print(f"loading {args.data} …", flush=True)
-    data = load_dataset(args.data, root=args.data_root, **data_config)
+    try:
+        data = load_dataset(args.data, root=args.data_root, **data_config)
+    except DataError as exc:
+        parser.error(str(exc))
     arch_config = {k: v for k, v in (("d", args.width), ("depth", args.depth)) if v is not None}
     out = Path(args.out)
     for method_name in args.methods:
