@@ -189,7 +189,7 @@ def audit(
         run(data, RunSpec(m, s, arch_config=arch, epochs=epochs), out, device, log)
         for m in methods for s in seeds
     ]
-    settings = ProtocolSettings(device=device, batch_size=batch_size)
+    settings = ProtocolSettings(device=device, batch_size=batch_size, data_root=data.spec["root"])
     return diagnose_runs(paths, settings, Path(out) / "frozen", log)
 
 
@@ -340,7 +340,7 @@ def penalty_sweep(
     specs += [RunSpec("bp", seed, arch_config=arch, epochs=epochs),
               RunSpec("bp", seed, (("penalty", float(control_penalty)),), arch_config=arch, epochs=epochs)]
     paths = [run(data, spec, out, device, log) for spec in specs]
-    settings = ProtocolSettings(device=device, batch_size=batch_size)
+    settings = ProtocolSettings(device=device, batch_size=batch_size, data_root=data.spec["root"])
     results = diagnose_runs(paths, settings, Path(out) / "frozen", log)
     rows = []
     runner_batches = eval_batches(data, 8, batch_size)
@@ -406,7 +406,7 @@ def cross_architecture(
         data = datasets["synthetic" if arch == "studentnet" else "default"]
         paths = [run(data, RunSpec(m, s, arch=arch, arch_config=tuple(config.items()), epochs=epochs), out, device, log)
                  for m in ("bp", "dfa") for s in seeds]
-        settings = ProtocolSettings(device=device, batch_size=batch_size)
+        settings = ProtocolSettings(device=device, batch_size=batch_size, data_root=data.spec["root"])
         for r in diagnose_runs(paths, settings, Path(out) / "frozen", log):
             r.report["context"]["arch_name"] = arch
             results.append(r)
