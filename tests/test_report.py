@@ -53,7 +53,7 @@ def test_verdict_lists_exactly_the_walk_back_diagnostics_that_fire(dfa, batches)
     )
     assert paper.fired == ["a", "b"] and paper.diagnostics["b"].submode == "error-saturated"
     assert r.diagnostics["c"].fires and "drift-dominated" in r.diagnostics["c"].detail  # (c) never walks back
-    lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30, frozen_margin_pp=-100)
+    lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30, frozen_margin_pp=-99)
     ok = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=lax)
     assert ok.trustworthy and ok.verdict == "trustworthy"
 
@@ -185,3 +185,26 @@ def test_a_report_rebuilt_from_its_json_is_the_same_report(dfa_report):
     assert rebuilt.to_dict() == data
     assert str(rebuilt) == str(dfa_report)
     assert rebuilt.verdict == dfa_report.verdict and rebuilt.layers == dfa_report.layers
+
+
+# -- only measured verdicts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), [
+    ("frozen_margin_pp", -100, "(-100, 100)"), ("frozen_margin_pp", 100, "(-100, 100)"),
+    ("max_growth", 1e308, "(4.12e-84, 2.43e+83)"), ("max_growth", 1e-90, "(4.12e-84, 2.43e+83)"),
+    ("gain_floor", 1e100, "(4.12e-84, 2.43e+83)"), ("gain_floor", 1e-90, "(4.12e-84, 2.43e+83)"),
+    ("grad_floor", 1e-46, "(1.4e-45, 3.4e+38)"), ("grad_floor", 1e39, "(1.4e-45, 3.4e+38)"),
+    ("drift_ceiling", 1.0, "(-1, 1)"),
+])
+def test_a_threshold_its_diagnostic_could_never_or_always_cross_is_refused(name, value, accepted):
+    with pytest.raises(ValueError) as info:
+        DiagnosticThresholds(**{name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name}={value:g}: ")
+    assert "makes its diagnostic always or never fire" in message and f"strictly inside {accepted}" in message
+
+
+def test_thresholds_just_inside_the_ranges_are_accepted():
+    DiagnosticThresholds(frozen_margin_pp=-99.9, max_growth=1e83, gain_floor=1e-83, grad_floor=1e-44, drift_ceiling=0.999)
+    DiagnosticThresholds(frozen_margin_pp=99.9, grad_floor=1e38, gain_floor=1e83)
