@@ -190,6 +190,25 @@ def test_a_report_rebuilt_from_its_json_is_the_same_report(dfa_report):
 # -- only measured verdicts --------------------------------------------------------------------
 
 
+LAX = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30)
+
+
+def test_a_nan_reference_gets_no_verdict_from_b_under_either_rule(dfa, batches):
+    from pytest_fa.core.probe import run_probe
+    from pytest_fa.core.report import report_from_probe
+
+    probe = run_probe(dfa.model, batches)
+    probe.grad_norms[-1] = torch.full_like(probe.grad_norms[-1], math.nan)
+    for rule in ("decomposed", "paper"):
+        r = report_from_probe(probe, thresholds=LAX.updated(b_rule=rule), headline_acc=0.9, frozen_acc=0.1)
+        b = r.diagnostics["b"]
+        assert b.fires is None and b.value is None, rule
+        assert b.detail.startswith("not evaluated: the reference gradient norm ‖g_L‖ is NaN, which is not a measurement")
+        assert r.verdict == "incomplete: (b) not evaluated"
+    probe.logit_grad_norms = None  # no decomposition: the floor alone, the same rule
+    assert report_from_probe(probe, thresholds=LAX, headline_acc=0.9, frozen_acc=0.1).diagnostics["b"].fires is None
+
+
 @pytest.mark.parametrize(("name", "value", "accepted"), [
     ("frozen_margin_pp", -100, "(-100, 100)"), ("frozen_margin_pp", 100, "(-100, 100)"),
     ("max_growth", 1e308, "(4.12e-84, 2.43e+83)"), ("max_growth", 1e-90, "(4.12e-84, 2.43e+83)"),

@@ -14,7 +14,7 @@ from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
 from pytest_fa.core.calibration import NullCalibration, null_gamma
 from pytest_fa.core.credit import CreditSignal, DFACredit
-from pytest_fa.errors import DataError, setting
+from pytest_fa.errors import DataError, NonFiniteError, setting
 from pytest_fa.core.probe import Probe, run_probe
 from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.core.thresholds import DiagnosticThresholds
@@ -394,9 +394,13 @@ def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresh
     deepest = probe.num_layers - 1
     g = float(g_med[deepest])
     g_ref = D.grad_at_reference_batch(g, probe.batch_size, thresholds.floor_batch_size)
-    at_floor = D.grad_floor(g, probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size)
     gain = gains[deepest]
     components: dict[str, Any] = {"rule": thresholds.b_rule, "gain": gain, "gain_floor": thresholds.gain_floor}
+    try:
+        at_floor = D.grad_floor(g, probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size)
+    except NonFiniteError as exc:  # the one NaN rule: no verdict on it
+        return DiagnosticResult("b", None, thresholds.grad_floor, None, layer=deepest,
+                                detail=f"not evaluated: {exc}", components=components)
     detail = (
         f"median ‖g_{deepest}‖ = {g:.3g} at eval batch {probe.batch_size}, "
         f"restated at batch {thresholds.floor_batch_size}"
