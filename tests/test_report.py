@@ -190,7 +190,41 @@ def test_a_report_rebuilt_from_its_json_is_the_same_report(dfa_report):
 # -- only measured verdicts --------------------------------------------------------------------
 
 
-LAX = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30)
+LAX = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30)  # (a) and (b) pass: only (d) decides
+
+
+def test_d_with_both_accuracies_at_the_ceiling_is_not_informative_not_a_walk_back(dfa, batches):
+    r = diagnose(dfa.model, batches, headline_acc=1.0, frozen_acc=1.0, thresholds=LAX)
+    d = r.diagnostics["d"]
+    assert d.fires is None and d.value == 0.0 and d.submode == "not informative (both accuracies at the ceiling)"
+    assert "trained 1.0000 − frozen 1.0000, both within 2 pp of 1.0" in d.detail
+    assert "100·(1 − frozen) = 0.00 pp, so it cannot reach 2 pp" in d.detail
+    assert r.fired == [] and not r.trustworthy
+    assert r.verdict == "incomplete: (d) not informative (both accuracies at the ceiling)"
+    lines = str(r).splitlines()
+    assert "VERDICT: incomplete: (d) not informative (both accuracies at the ceiling)" in lines
+    (row,) = [line for line in lines if line.startswith("(d)")]
+    assert row.split() == ["(d)", "frozen-blocks", "margin", "0", "pp", "(fires", "<", "2", "pp)", "not", "informative",
+                           "(both", "accuracies", "at", "the", "ceiling)"]
+    from pytest_fa.core.markdown import markdown_report
+
+    md = markdown_report([r])
+    assert "| (d) | frozen-blocks margin | 0 pp (fires < 2 pp) | not evaluated | not informative (both accuracies at the ceiling) |" in md
+    assert "- (d) not informative (both accuracies at the ceiling): trained 1.0000" in md
+    assert "not evaluated: not informative" not in md
+
+
+def test_d_is_still_judged_when_the_trained_model_falls_measurably_short_of_a_frozen_one_at_the_ceiling(dfa, batches):
+    r = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.995, thresholds=LAX)
+    assert r.diagnostics["d"].fires is True and r.verdict == "needs walk-back: (d)"
+    healthy = diagnose(dfa.model, batches, headline_acc=1.0, frozen_acc=0.97, thresholds=LAX)
+    assert healthy.diagnostics["d"].fires is False and healthy.trustworthy
+
+
+def test_a_ceiling_and_a_missing_diagnostic_are_both_named(dfa, batches):
+    r = diagnose(dfa.model, batches, headline_acc=1.0, frozen_acc=1.0, thresholds=LAX)
+    r.diagnostics["b"].fires = None
+    assert r.verdict == "incomplete: (b) not evaluated; (d) not informative (both accuracies at the ceiling)"
 
 
 def test_a_nan_reference_gets_no_verdict_from_b_under_either_rule(dfa, batches):

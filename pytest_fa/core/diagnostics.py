@@ -221,6 +221,26 @@ def frozen_margin_pp(trained_acc: float, frozen_acc: float) -> float:
     return 100.0 * (trained_acc - frozen_acc)
 
 
+NOT_INFORMATIVE = "not informative"
+"""How the sub-mode of a diagnostic that was measured but cannot give a verdict begins."""
+FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
+"""The sub-mode of a (d) that cannot be measured: see :func:`frozen_at_ceiling`."""
+
+
+def frozen_at_ceiling(trained_acc: float, frozen_acc: float, margin_pp: float = 2.0) -> bool:
+    """Whether (d) is not informative because both accuracies sit at the ceiling of 1.0.
+
+    The margin is bounded by the frozen model's headroom, ``100·(trained − frozen) ≤
+    100·(1 − frozen)``: when ``100·(1 − frozen) < margin_pp`` no trained accuracy can show the
+    margin and (d) would fire whatever the blocks learned. When ``100·(1 − trained) <
+    margin_pp`` as well, the trained model sits at the same ceiling, and the shortfall
+    measures the task's missing headroom, not the blocks. True when both hold; never for
+    ``margin_pp ≤ 0``. A trained accuracy further than ``margin_pp`` below 1.0 is a measured
+    shortfall, and (d) is judged as usual.
+    """
+    return 100.0 * (1.0 - frozen_acc) < margin_pp and 100.0 * (1.0 - trained_acc) < margin_pp
+
+
 def mean_defined(values: torch.Tensor) -> tuple[float, int]:
     """Mean over the non-NaN entries and how many there were; NaN when none is defined."""
     defined = ~torch.isnan(values)

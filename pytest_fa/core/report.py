@@ -46,6 +46,11 @@ class DiagnosticResult:
     def evaluated(self) -> bool:
         return self.fires is not None
 
+    @property
+    def not_informative(self) -> bool:
+        """Measured, but unable to give a verdict (its sub-mode says why), so not evaluated."""
+        return self.fires is None and self.submode.startswith(D.NOT_INFORMATIVE)
+
 
 @dataclass
 class LayerRow:
@@ -108,7 +113,12 @@ class DiagnosticReport:
         if self.fired:
             return "needs walk-back: " + ", ".join(self._walk_back_item(k) for k in self.fired)
         if self.missing:
-            return "incomplete: " + ", ".join(f"({k})" for k in self.missing) + " not evaluated"
+            # a diagnostic measured but not informative says why; the others are "not evaluated"
+            why = [k for k in self.missing if k in self.diagnostics and self.diagnostics[k].not_informative]
+            plain = [k for k in self.missing if k not in why]
+            parts = [", ".join(f"({k})" for k in plain) + " not evaluated"] if plain else []
+            parts += [f"({k}) {self.diagnostics[k].submode}" for k in why]
+            return "incomplete: " + "; ".join(parts)
         return "trustworthy"
 
     def _walk_back_item(self, key: str) -> str:
@@ -485,7 +495,8 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
 
 
 def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
-    """(d): trained − frozen accuracy in points (not evaluated without both)."""
+    """(d): trained − frozen accuracy in points (not evaluated without both; not informative,
+    and not evaluated either, when both sit at the ceiling: :func:`diagnostics.frozen_at_ceiling`)."""
     if headline_acc is None or frozen_acc is None:
         missing = "headline accuracy" if headline_acc is None else "frozen-blocks accuracy"
         return DiagnosticResult(
@@ -493,7 +504,13 @@ def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> Di
             detail=f"not evaluated: {unavailable or 'no ' + missing}",
         )
     margin = D.frozen_margin_pp(headline_acc, frozen_acc)
-    return DiagnosticResult(
-        "d", margin, thresholds.frozen_margin_pp, margin < thresholds.frozen_margin_pp,
-        detail=f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}",
-    )
+    threshold = thresholds.frozen_margin_pp
+    detail = f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}"
+    if D.frozen_at_ceiling(headline_acc, frozen_acc, threshold):
+        return DiagnosticResult(
+            "d", margin, threshold, None, submode=D.FROZEN_CEILING,
+            detail=f"{D.FROZEN_CEILING}: {detail}, both within {threshold:g} pp of 1.0: the margin is at most "
+            f"100·(1 − frozen) = {100 * (1 - frozen_acc):.2f} pp, so it cannot reach {threshold:g} pp whatever "
+            "the blocks learned; run (d) on a task or split the frozen-blocks model does not solve",
+        )
+    return DiagnosticResult("d", margin, threshold, margin < threshold, detail=detail)
