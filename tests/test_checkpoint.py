@@ -675,3 +675,39 @@ def test_a_bundle_with_an_impossible_record_is_refused(bp_bundle, tmp_path, fiel
     torch.save(payload, path)
     message = error_of(CheckpointError, load_checkpoint, path)
     assert phrase in message and ("whole number" in message or "fraction in [0, 1]" in message)
+
+
+@pytest.mark.parametrize(
+    "planned, phrase",
+    [
+        (2, "records epochs=10 but metrics.planned_epochs=2: a run cannot train more epochs than it planned"),
+        (-1, "records metrics.planned_epochs=-1; a training budget is a whole number ≥ 1"),
+        (2.5, "records metrics.planned_epochs=2.5; a training budget is a whole number ≥ 1"),
+        ("20", "records metrics.planned_epochs='20'; a training budget is a whole number ≥ 1"),
+    ],
+)
+def test_a_bundle_whose_budget_does_not_add_up_is_refused(bp_bundle, tmp_path, planned, phrase):
+    """The frozen baseline is trained on the planned schedule and stopped at ``epochs``: a
+    budget of 10 epochs out of 2 planned cannot be matched (and was described as neither)."""
+    payload = torch.load(bp_bundle, weights_only=True)
+    payload["epochs"], payload["metrics"]["planned_epochs"] = 10, planned
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert f"<path> {phrase}" in message
+
+
+def test_a_bundle_with_metrics_that_are_not_a_dict_is_refused(bp_bundle, tmp_path):
+    payload = torch.load(bp_bundle, weights_only=True)
+    payload["metrics"] = [0.9]
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    assert "records metrics of type list; metrics is a dict" in error_of(CheckpointError, load_checkpoint, path)
+
+
+def test_a_bundle_that_stopped_before_its_planned_epochs_loads(bp_bundle, tmp_path):
+    payload = torch.load(bp_bundle, weights_only=True)
+    payload["epochs"], payload["metrics"]["planned_epochs"] = 2, 5
+    path = tmp_path / "early.pt"
+    torch.save(payload, path)
+    assert load_checkpoint(path).bundle.epochs == 2

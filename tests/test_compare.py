@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from pytest_fa import __version__
 from pytest_fa.core.compare import (
     BEYOND,
     CLEARED,
@@ -23,6 +24,7 @@ from pytest_fa.core.compare import (
     LAYER_COUNT,
     NOT_EVALUATED,
     NOW_EVALUATED,
+    READS_FROM,
     THRESHOLD,
     UNDEFINED,
     VERDICT,
@@ -687,6 +689,76 @@ def test_shared_labels_with_distinct_paths_are_valid(tmp_path):
 def test_load_empty_reports(tmp_path):
     with pytest.raises(CompareError, match="holds no reports"):
         load_saved_report(write(tmp_path, payload()))
+
+
+def _version_after(version: str, minor: int = 1) -> str:
+    major, rest = version.split(".", 1)
+    return f"{major}.{int(rest.split('.')[0]) + minor}.0"
+
+
+@pytest.mark.parametrize(("declared", "message"), [
+    ("99.0.0", f"was written by pytest-fa 99.0.0, this is {__version__}; re-save it with this version "
+               "(setting `report_json=PATH`)"),
+    (_version_after(__version__), f"was written by pytest-fa {_version_after(__version__)}, this is {__version__}"),
+    ("0.0.9", f"was written by pytest-fa 0.0.9, whose reports this version ({__version__}) does not read"),
+    ("latest", "declares the pytest-fa version 'latest', which is no version; re-save it with this version"),
+    (3, "declares the pytest-fa version 3, which is no version"),
+])
+def test_load_refuses_a_report_written_by_a_version_this_one_does_not_read(tmp_path, declared, message):
+    assert READS_FROM > (0, 0)
+    content = {**sample_payload(), "pytest_fa": declared}
+    with pytest.raises(CompareError) as info:
+        load_saved_report(write(tmp_path, content))
+    assert message in str(info.value)
+
+
+def test_load_refuses_a_newer_version_before_reading_its_layout(tmp_path):
+    with pytest.raises(CompareError, match="written by pytest-fa 99.0.0, this is"):
+        load_saved_report(write(tmp_path, {"pytest_fa": "99.0.0", "runs": []}))
+
+
+def test_load_refuses_a_report_that_declares_no_version(tmp_path):
+    content = sample_payload()
+    del content["pytest_fa"]
+    with pytest.raises(CompareError, match='declares no "pytest_fa" version, so this version cannot tell whether it reads it'):
+        load_saved_report(write(tmp_path, content))
+
+
+def test_load_reads_a_later_patch_of_this_version(tmp_path):
+    patch = ".".join(__version__.split(".")[:2]) + ".99"
+    assert load_saved_report(write(tmp_path, {**sample_payload(), "pytest_fa": patch}))["pytest_fa"] == patch
+
+
+def _broken(index: int, change) -> dict:
+    content = sample_payload()
+    change(content["reports"][index]["diagnostics"])
+    return content
+
+
+@pytest.mark.parametrize(("index", "change", "message"), [
+    (0, lambda d: d.clear(), 'reports[0] (bp_s42.pt) has no diagnostic (d) frozen-blocks margin in "diagnostics"'),
+    (1, lambda d: d.pop("a"), 'reports[1] (dfa_s42.pt) has no diagnostic (a) residual growth in "diagnostics"'),
+    (0, lambda d: d.update(c="ok"), "reports[0] (bp_s42.pt) has no diagnostic (c) direction stability"),
+    (0, lambda d: d["b"].pop("fires"),
+     'reports[0] (bp_s42.pt): diagnostic (b) gradient floor: "fires" is missing, not true, false or null (not evaluated)'),
+    (2, lambda d: d["d"].update(fires="yes"), 'reports[2] (dfa_s43.pt): diagnostic (d) frozen-blocks margin: "fires" is \'yes\''),
+    (0, lambda d: d["a"].update(fires=1), '(a) residual growth: "fires" is 1, not true, false or null'),
+    (0, lambda d: d["a"].pop("value"), '(a) residual growth: "value" is missing, not a number or null'),
+    (0, lambda d: d["a"].update(value="61"), '(a) residual growth: "value" is \'61\', not a number or null'),
+    (0, lambda d: d["b"].update(value=True), '(b) gradient floor: "value" is True, not a number or null'),
+], ids=["empty", "one-missing", "not-an-object", "no-fires", "fires-text", "fires-number", "no-value",
+        "value-text", "value-bool"])
+def test_load_refuses_a_report_without_a_diagnostic_or_a_field_compare_reads(tmp_path, index, change, message):
+    """Before, each of these compared as "not evaluated" or "undefined" before, so the saved
+    report could not fail a crossing or a tolerance."""
+    with pytest.raises(CompareError) as info:
+        load_saved_report(write(tmp_path, _broken(index, change)))
+    assert message in str(info.value) and "setting `report_json=PATH`" in str(info.value)
+
+
+def test_load_accepts_diagnostics_not_evaluated_or_undefined(tmp_path):
+    content = _broken(0, lambda d: (d["d"].update(fires=None, value=None), d["a"].update(value=None)))
+    assert load_saved_report(write(tmp_path, content)) == content
 
 
 def test_compare_payloads_validates_both_sides():

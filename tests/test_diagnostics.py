@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.errors import NonFiniteError
 
 scales = st.floats(min_value=1e-30, max_value=1e8)
 dtypes = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
@@ -134,3 +135,37 @@ def test_frozen_margin_is_in_points_and_rejects_non_fractions():
     assert D.frozen_margin_pp(0.306, 0.349) == pytest.approx(-4.3)
     with pytest.raises(ValueError, match="fraction"):
         D.frozen_margin_pp(30.6, 0.349)
+
+
+# -- one NaN rule for (b) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("read", [
+    lambda: D.grad_floor(math.nan, 128),
+    lambda: D.floor_submode(math.nan, 1.0),
+    lambda: D.floor_fires(math.nan, 1.0),
+    lambda: D.floor_fires(math.nan, None),
+    lambda: D.floor_fires(math.nan, 1e-9, rule="paper"),
+], ids=["grad_floor", "floor_submode", "decomposed", "no-gain", "paper"])
+def test_a_nan_reference_is_not_a_measurement_under_any_rule(read):
+    """Before, a NaN was above the floor in one reading and at it in another."""
+    with pytest.raises(NonFiniteError, match=r"‖g_L‖ is NaN, which is not a measurement: \(b\) cannot say"):
+        read()
+
+
+# -- (d) at the ceiling ----------------------------------------------------------------------------
+
+
+def test_both_accuracies_at_the_ceiling_leave_d_not_informative():
+    assert D.frozen_at_ceiling(1.0, 1.0)
+    assert D.frozen_at_ceiling(0.99, 0.995)  # 0.5 pp of headroom cannot show a 2 pp margin
+    assert not D.frozen_at_ceiling(1.0, 0.97)  # 3 pp of headroom: a margin can be shown
+    assert not D.frozen_at_ceiling(0.5, 0.995)  # far below the frozen model: a measured shortfall
+    assert not D.frozen_at_ceiling(1.0, 1.0, margin_pp=0.0)  # a margin ≥ 0 is reachable at 1.0
+
+
+@given(trained=st.floats(0, 1), frozen=st.floats(0, 1), margin_pp=st.floats(-99, 99))
+def test_at_the_ceiling_no_trained_accuracy_could_show_the_margin(trained, frozen, margin_pp):
+    if D.frozen_at_ceiling(trained, frozen, margin_pp):
+        assert D.frozen_margin_pp(1.0, frozen) < margin_pp  # even a perfect trained model falls short
+        assert abs(D.frozen_margin_pp(trained, frozen)) < margin_pp

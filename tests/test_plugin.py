@@ -741,11 +741,14 @@ def test_too_few_test_samples_for_the_eval_batches(pytester, bp_bundle):
         (["--fa-eval-batches=4"], "*--fa-eval-batches=4*needs at least 8*"),
         (["--fa-max-growth=abc"], "*--fa-max-growth*invalid float value*'abc'*"),
         (["--fa-grad-floor=0"], "*must be positive*"),
+        (["--fa-max-growth=1e308"], "*max_growth=1e+308: (a)'s growth*strictly inside (4.12e-84, 2.43e+83)*"),
+        (["--fa-frozen-margin-pp=-100"], "*frozen_margin_pp=-100: (d)'s margin*strictly inside (-100, 100)*"),
         (["--fa-batch-size=1"], "*--fa-batch-size=1: an eval batch needs at least 2 samples*"),
         (["--fa-device=tpu"], "*--fa-device='tpu'*auto, cpu or cuda*"),
         (["--fa-eval-batches=many"], "*--fa-eval-batches*invalid int value*"),
     ],
-    ids=["eval-batches", "non-number", "floor-zero", "batch-size", "device-name", "non-int"],
+    ids=["eval-batches", "non-number", "floor-zero", "growth-beyond-float32", "margin-at-the-end", "batch-size",
+         "device-name", "non-int"],
 )
 def test_bad_options_are_usage_errors(pytester, bp_bundle, args, message):
     result = run(pytester, f"--fa-checkpoint={bp_bundle}", *args)

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from pytest_fa import __version__
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def saved_report(version: str = __version__, diagnostics: dict | None = None) -> str:
+    """A saved report of one checkpoint that compare can read, as JSON text."""
+    if diagnostics is None:
+        diagnostics = {key: {"fires": False, "value": 1.0} for key in "abcd"}
+    return json.dumps({"pytest_fa": version, "reports": [{"label": "x.pt", "diagnostics": diagnostics}]})
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -112,10 +121,13 @@ def test_a_checkpoint_missing_from_the_saved_report_is_skipped(pytester, bp_bund
     [
         (None, ["--fa-compare=absent.json"], "*--fa-compare=absent.json:*"),
         ("not json", ["--fa-compare=bad.json"], "*--fa-compare=bad.json:*JSON*"),
-        ('{"reports": [{"label": "x.pt", "diagnostics": {}}]}', ["--fa-compare=bad.json", "--fa-compare-fail=speed:5%"], "*--fa-compare-fail:*speed*"),
+        (saved_report(), ["--fa-compare=bad.json", "--fa-compare-fail=speed:5%"], "*--fa-compare-fail:*speed*"),
+        (saved_report(diagnostics={}), ["--fa-compare=bad.json"], "*--fa-compare=bad.json:*has no diagnostic (d)*"),
+        (saved_report("99.0.0"), ["--fa-compare=bad.json"],
+         f"*--fa-compare=bad.json:*written by pytest-fa 99.0.0, this is {__version__}; re-save it*--fa-report-json=PATH*"),
         (None, ["--fa-compare-fail=headline_acc:1pp"], "*--fa-compare-fail=*tolerances apply to a comparison: give the saved report with --fa-compare=PATH too*"),
     ],
-    ids=["missing", "not-json", "unknown-figure", "fail-without-compare"],
+    ids=["missing", "not-json", "unknown-figure", "no-diagnostics", "newer-version", "fail-without-compare"],
 )
 def test_a_bad_compare_option_is_a_usage_error(pytester, bp_bundle, setup, args, message):
     if setup is not None:

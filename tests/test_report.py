@@ -53,7 +53,7 @@ def test_verdict_lists_exactly_the_walk_back_diagnostics_that_fire(dfa, batches)
     )
     assert paper.fired == ["a", "b"] and paper.diagnostics["b"].submode == "error-saturated"
     assert r.diagnostics["c"].fires and "drift-dominated" in r.diagnostics["c"].detail  # (c) never walks back
-    lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30, frozen_margin_pp=-100)
+    lax = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30, frozen_margin_pp=-99)
     ok = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.1, credit=credit, thresholds=lax)
     assert ok.trustworthy and ok.verdict == "trustworthy"
 
@@ -185,3 +185,79 @@ def test_a_report_rebuilt_from_its_json_is_the_same_report(dfa_report):
     assert rebuilt.to_dict() == data
     assert str(rebuilt) == str(dfa_report)
     assert rebuilt.verdict == dfa_report.verdict and rebuilt.layers == dfa_report.layers
+
+
+# -- only measured verdicts --------------------------------------------------------------------
+
+
+LAX = DiagnosticThresholds(max_growth=1e9, grad_floor=1e-30)  # (a) and (b) pass: only (d) decides
+
+
+def test_d_with_both_accuracies_at_the_ceiling_is_not_informative_not_a_walk_back(dfa, batches):
+    r = diagnose(dfa.model, batches, headline_acc=1.0, frozen_acc=1.0, thresholds=LAX)
+    d = r.diagnostics["d"]
+    assert d.fires is None and d.value == 0.0 and d.submode == "not informative (both accuracies at the ceiling)"
+    assert "trained 1.0000 − frozen 1.0000, both within 2 pp of 1.0" in d.detail
+    assert "100·(1 − frozen) = 0.00 pp, so it cannot reach 2 pp" in d.detail
+    assert r.fired == [] and not r.trustworthy
+    assert r.verdict == "incomplete: (d) not informative (both accuracies at the ceiling)"
+    lines = str(r).splitlines()
+    assert "VERDICT: incomplete: (d) not informative (both accuracies at the ceiling)" in lines
+    (row,) = [line for line in lines if line.startswith("(d)")]
+    assert row.split() == ["(d)", "frozen-blocks", "margin", "0", "pp", "(fires", "<", "2", "pp)", "not", "informative",
+                           "(both", "accuracies", "at", "the", "ceiling)"]
+    from pytest_fa.core.markdown import markdown_report
+
+    md = markdown_report([r])
+    assert "| (d) | frozen-blocks margin | 0 pp (fires < 2 pp) | not evaluated | not informative (both accuracies at the ceiling) |" in md
+    assert "- (d) not informative (both accuracies at the ceiling): trained 1.0000" in md
+    assert "not evaluated: not informative" not in md
+
+
+def test_d_is_still_judged_when_the_trained_model_falls_measurably_short_of_a_frozen_one_at_the_ceiling(dfa, batches):
+    r = diagnose(dfa.model, batches, headline_acc=0.5, frozen_acc=0.995, thresholds=LAX)
+    assert r.diagnostics["d"].fires is True and r.verdict == "needs walk-back: (d)"
+    healthy = diagnose(dfa.model, batches, headline_acc=1.0, frozen_acc=0.97, thresholds=LAX)
+    assert healthy.diagnostics["d"].fires is False and healthy.trustworthy
+
+
+def test_a_ceiling_and_a_missing_diagnostic_are_both_named(dfa, batches):
+    r = diagnose(dfa.model, batches, headline_acc=1.0, frozen_acc=1.0, thresholds=LAX)
+    r.diagnostics["b"].fires = None
+    assert r.verdict == "incomplete: (b) not evaluated; (d) not informative (both accuracies at the ceiling)"
+
+
+def test_a_nan_reference_gets_no_verdict_from_b_under_either_rule(dfa, batches):
+    from pytest_fa.core.probe import run_probe
+    from pytest_fa.core.report import report_from_probe
+
+    probe = run_probe(dfa.model, batches)
+    probe.grad_norms[-1] = torch.full_like(probe.grad_norms[-1], math.nan)
+    for rule in ("decomposed", "paper"):
+        r = report_from_probe(probe, thresholds=LAX.updated(b_rule=rule), headline_acc=0.9, frozen_acc=0.1)
+        b = r.diagnostics["b"]
+        assert b.fires is None and b.value is None, rule
+        assert b.detail.startswith("not evaluated: the reference gradient norm ‖g_L‖ is NaN, which is not a measurement")
+        assert r.verdict == "incomplete: (b) not evaluated"
+    probe.logit_grad_norms = None  # no decomposition: the floor alone, the same rule
+    assert report_from_probe(probe, thresholds=LAX, headline_acc=0.9, frozen_acc=0.1).diagnostics["b"].fires is None
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), [
+    ("frozen_margin_pp", -100, "(-100, 100)"), ("frozen_margin_pp", 100, "(-100, 100)"),
+    ("max_growth", 1e308, "(4.12e-84, 2.43e+83)"), ("max_growth", 1e-90, "(4.12e-84, 2.43e+83)"),
+    ("gain_floor", 1e100, "(4.12e-84, 2.43e+83)"), ("gain_floor", 1e-90, "(4.12e-84, 2.43e+83)"),
+    ("grad_floor", 1e-46, "(1.4e-45, 3.4e+38)"), ("grad_floor", 1e39, "(1.4e-45, 3.4e+38)"),
+    ("drift_ceiling", 1.0, "(-1, 1)"),
+])
+def test_a_threshold_its_diagnostic_could_never_or_always_cross_is_refused(name, value, accepted):
+    with pytest.raises(ValueError) as info:
+        DiagnosticThresholds(**{name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name}={value:g}: ")
+    assert "makes its diagnostic always or never fire" in message and f"strictly inside {accepted}" in message
+
+
+def test_thresholds_just_inside_the_ranges_are_accepted():
+    DiagnosticThresholds(frozen_margin_pp=-99.9, max_growth=1e83, gain_floor=1e-83, grad_floor=1e-44, drift_ceiling=0.999)
+    DiagnosticThresholds(frozen_margin_pp=99.9, grad_floor=1e38, gain_floor=1e83)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_fa import __version__
 from pytest_fa.core import registry
 from pytest_fa.errors import FAError, setting
 
@@ -46,6 +47,7 @@ class CompareError(FAError):
 
 
 _WRITE_HINT = f"give a JSON file written by a previous run with {setting('report_json', 'PATH')}"
+_RESAVE = f"re-save it with this version ({setting('report_json', 'PATH')})"
 
 # -- reading report dicts ------------------------------------------------------------------
 
@@ -357,7 +359,9 @@ def _tolerances(tolerances: Iterable[Tolerance | str] | Mapping[str, Tolerance] 
 
 def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a payload written by ``--fa-report-json`` (see :func:`validate_payload`);
-    a saved report without reports is an error too."""
+    a saved report without reports is an error too, and so is one written by a pytest-fa this
+    version does not read (:func:`_check_version`) or one whose reports lack a diagnostic or
+    a field of it that compare reads (:func:`_check_diagnostics`)."""
     p = Path(path)
     if not p.exists():
         raise CompareError(f"saved report {p}: no such file; {_WRITE_HINT}")
@@ -377,10 +381,76 @@ def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CompareError(
             f"saved report {p} is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {_WRITE_HINT}"
         ) from None
+    declared = payload.get("pytest_fa") if isinstance(payload, Mapping) else None
+    if declared is not None:  # before the layout: a newer version may lay it out otherwise
+        _check_version(declared, f"saved report {p}")
     validate_payload(payload, f"saved report {p}")
     if not payload["reports"]:
         raise CompareError(f"saved report {p} holds no reports, so nothing to compare against; {_WRITE_HINT}")
+    if declared is None:
+        raise CompareError(
+            f"saved report {p} declares no \"pytest_fa\" version, so this version cannot tell whether it "
+            f"reads it; {_RESAVE}"
+        )
+    for index, report in enumerate(payload["reports"]):
+        _check_diagnostics(report, f"saved report {p}, reports[{index}] ({report['label']})")
     return payload
+
+
+READS_FROM = (0, 1)
+"""The oldest ``major.minor`` whose reports this version reads (the report format of 0.1)."""
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    """``major.minor`` of a version string such as ``0.1.0`` or ``0.2.0rc1``; None if it has none."""
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _check_version(declared: Any, source: str) -> None:
+    """A saved report is read only when written by a pytest-fa whose ``major.minor`` lies from
+    :data:`READS_FROM` up to this one's: a newer one may record what this one misreads."""
+    written = _version(declared) if isinstance(declared, str) else None
+    if written is None:
+        raise CompareError(f"{source} declares the pytest-fa version {declared!r}, which is no version; {_RESAVE}")
+    if written > _version(__version__):
+        raise CompareError(f"{source} was written by pytest-fa {declared}, this is {__version__}; {_RESAVE}")
+    if written < READS_FROM:
+        raise CompareError(
+            f"{source} was written by pytest-fa {declared}, whose reports this version ({__version__}) "
+            f"does not read; {_RESAVE}"
+        )
+
+
+_SAVED_FIELDS = {
+    "fires": ((bool, type(None)), "true, false or null (not evaluated)"),
+    "value": ((int, float, type(None)), "a number or null"),
+}
+"""The fields compare reads of a saved diagnostic, their JSON types and how to say them."""
+
+
+def _check_diagnostics(report: Mapping[str, Any], source: str) -> None:
+    """Each diagnostic that compare reads is in ``report["diagnostics"]`` with the fields of
+    :data:`_SAVED_FIELDS`. A missing ``fires`` would read as "not evaluated before" and a junk
+    ``value`` as "undefined before": both would let a regression pass unchecked."""
+    for key in (f.diagnostic for f in figure_list() if f.diagnostic):
+        name = f"({key}) {registry.get(key).name}"
+        result = report["diagnostics"].get(key)
+        if not isinstance(result, Mapping):
+            raise CompareError(
+                f"{source} has no diagnostic {name} in \"diagnostics\", so a comparison could not tell "
+                f"whether it crossed its threshold; {_WRITE_HINT}"
+            )
+        for field_name, (types, expected) in _SAVED_FIELDS.items():
+            if field_name not in result:
+                found = "missing"
+            elif not isinstance(result[field_name], types) or (field_name == "value" and isinstance(result[field_name], bool)):
+                found = repr(result[field_name])
+            else:
+                continue
+            raise CompareError(
+                f"{source}: diagnostic {name}: \"{field_name}\" is {found}, not {expected}; {_WRITE_HINT}"
+            )
 
 
 def validate_payload(payload: Any, source: str = "payload", *, unique: bool = True) -> Mapping[str, Any]:

@@ -9,11 +9,13 @@ never a clamped number.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from pytest_fa.core.thresholds import REFERENCE_BATCH_SIZE  # noqa: F401  (re-exported)
+from pytest_fa.errors import NonFiniteError
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -82,14 +84,32 @@ def grad_at_reference_batch(
     return grad_norm * batch_size / reference_batch_size
 
 
+def measured_reference(g_ref: float) -> float:
+    """``g_ref`` when it is a measurement: the one NaN rule of diagnostic (b).
+
+    A NaN reference gradient norm is not a measurement, neither above the floor nor at it:
+    :class:`~pytest_fa.errors.NonFiniteError`. Every reading of the floor
+    (:func:`grad_floor`, :func:`floor_submode`, :func:`floor_fires`, the report's (b)) goes
+    through here, so no caller can give a verdict on it.
+    """
+    if math.isnan(g_ref):
+        raise NonFiniteError(
+            "the reference gradient norm ‖g_L‖ is NaN, which is not a measurement: (b) cannot say "
+            "whether it is at the floor; measure it again on a model and eval batches whose "
+            "backward pass is finite"
+        )
+    return g_ref
+
+
 def grad_floor(
     grad_norm: float,
     batch_size: int,
     floor: float = 1e-7,
     reference_batch_size: int = REFERENCE_BATCH_SIZE,
 ) -> bool:
-    """Diagnostic (b): True when ``‖g_L‖`` restated at ``B_ref`` is below ``floor``."""
-    return grad_at_reference_batch(grad_norm, batch_size, reference_batch_size) < floor
+    """Diagnostic (b): True when ``‖g_L‖`` restated at ``B_ref`` is below ``floor``
+    (:class:`~pytest_fa.errors.NonFiniteError` on a NaN, see :func:`measured_reference`)."""
+    return measured_reference(grad_at_reference_batch(grad_norm, batch_size, reference_batch_size)) < floor
 
 
 OUTPUT_ERROR_TOLERANCE = 1e-2
@@ -146,9 +166,10 @@ def floor_submode(g_ref: float, gain: float, floor: float = 1e-7, gain_floor: fl
     ``above the floor`` when ``g_ref ≥ floor``; below it, ``Mode 1`` when the median gain is
     below ``gain_floor`` (the terminal norm and head no longer pass the error back) and
     ``error-saturated`` when the gain is healthy and the error itself vanished (also when no
-    gain is defined because every ``e_i`` is exactly zero).
+    gain is defined because every ``e_i`` is exactly zero). A NaN ``g_ref`` has no sub-mode
+    (:func:`measured_reference`).
     """
-    if not g_ref < floor:
+    if measured_reference(g_ref) >= floor:
         return FLOOR_SUBMODES[0]
     if gain < gain_floor:
         return FLOOR_SUBMODES[1]
@@ -161,12 +182,13 @@ def floor_fires(
 ) -> bool:
     """Whether diagnostic (b) fires on a reference ``g_ref`` (restated at the floor's batch).
 
-    ``rule="paper"``, or no gain measured (``gain is None``): the floor alone (a NaN reference
-    is at the floor). ``"decomposed"``: only in Mode 1 (:func:`floor_submode`); a gain that is
-    NaN because every error is exactly zero counts as error-saturated.
+    ``rule="paper"``, or no gain measured (``gain is None``): the floor alone.
+    ``"decomposed"``: only in Mode 1 (:func:`floor_submode`); a gain that is NaN because every
+    error is exactly zero counts as error-saturated. A NaN ``g_ref`` is refused under either
+    rule (:func:`measured_reference`).
     """
     if rule == "paper" or gain is None:
-        return not g_ref >= floor
+        return measured_reference(g_ref) < floor
     return floor_submode(g_ref, gain, floor, gain_floor) == FLOOR_SUBMODES[1]
 
 
@@ -197,6 +219,26 @@ def frozen_margin_pp(trained_acc: float, frozen_acc: float) -> float:
         if not 0.0 <= acc <= 1.0:
             raise ValueError(f"{name} accuracy {acc} is not a fraction in [0, 1]")
     return 100.0 * (trained_acc - frozen_acc)
+
+
+NOT_INFORMATIVE = "not informative"
+"""How the sub-mode of a diagnostic that was measured but cannot give a verdict begins."""
+FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
+"""The sub-mode of a (d) that cannot be measured: see :func:`frozen_at_ceiling`."""
+
+
+def frozen_at_ceiling(trained_acc: float, frozen_acc: float, margin_pp: float = 2.0) -> bool:
+    """Whether (d) is not informative because both accuracies sit at the ceiling of 1.0.
+
+    The margin is bounded by the frozen model's headroom, ``100·(trained − frozen) ≤
+    100·(1 − frozen)``: when ``100·(1 − frozen) < margin_pp`` no trained accuracy can show the
+    margin and (d) would fire whatever the blocks learned. When ``100·(1 − trained) <
+    margin_pp`` as well, the trained model sits at the same ceiling, and the shortfall
+    measures the task's missing headroom, not the blocks. True when both hold; never for
+    ``margin_pp ≤ 0``. A trained accuracy further than ``margin_pp`` below 1.0 is a measured
+    shortfall, and (d) is judged as usual.
+    """
+    return 100.0 * (1.0 - frozen_acc) < margin_pp and 100.0 * (1.0 - trained_acc) < margin_pp
 
 
 def mean_defined(values: torch.Tensor) -> tuple[float, int]:

@@ -85,7 +85,11 @@ def _checkpoint_section(report: DiagnosticReport) -> str:
         diagnostic = registry.get(key)
         lines.append(f"- ({key}) {diagnostic.meaning}. What to do: {diagnostic.what_to_do}.")
     for key in report.missing:
-        lines.append(f"- ({key}) not evaluated: {report.diagnostics[key].detail if key in report.diagnostics else 'absent'}")
+        result = report.diagnostics.get(key)
+        if result is not None and result.not_informative:  # the detail starts with why
+            lines.append(f"- ({key}) {result.detail}")
+        else:
+            lines.append(f"- ({key}) not evaluated: {result.detail if result is not None else 'absent'}")
     note = saturation_note(report)
     if note:
         lines.append(f"- {note}")

@@ -76,7 +76,7 @@ def comparison(result: DiagnosticResult) -> str:
 
 def status(result: DiagnosticResult) -> str:
     if not result.evaluated:
-        return "not evaluated"
+        return result.submode if result.not_informative else "not evaluated"
     diagnostic = registry.get(result.key)
     if not diagnostic.walk_back:
         return result.submode or ("fires" if result.fires else "ok")

@@ -14,7 +14,7 @@ from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
 from pytest_fa.core.calibration import NullCalibration, null_gamma
 from pytest_fa.core.credit import CreditSignal, DFACredit
-from pytest_fa.errors import DataError, setting
+from pytest_fa.errors import DataError, NonFiniteError, setting
 from pytest_fa.core.probe import Probe, run_probe
 from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.core.thresholds import DiagnosticThresholds
@@ -45,6 +45,11 @@ class DiagnosticResult:
     @property
     def evaluated(self) -> bool:
         return self.fires is not None
+
+    @property
+    def not_informative(self) -> bool:
+        """Measured, but unable to give a verdict (its sub-mode says why), so not evaluated."""
+        return self.fires is None and self.submode.startswith(D.NOT_INFORMATIVE)
 
 
 @dataclass
@@ -108,7 +113,12 @@ class DiagnosticReport:
         if self.fired:
             return "needs walk-back: " + ", ".join(self._walk_back_item(k) for k in self.fired)
         if self.missing:
-            return "incomplete: " + ", ".join(f"({k})" for k in self.missing) + " not evaluated"
+            # a diagnostic measured but not informative says why; the others are "not evaluated"
+            why = [k for k in self.missing if k in self.diagnostics and self.diagnostics[k].not_informative]
+            plain = [k for k in self.missing if k not in why]
+            parts = [", ".join(f"({k})" for k in plain) + " not evaluated"] if plain else []
+            parts += [f"({k}) {self.diagnostics[k].submode}" for k in why]
+            return "incomplete: " + "; ".join(parts)
         return "trustworthy"
 
     def _walk_back_item(self, key: str) -> str:
@@ -394,9 +404,13 @@ def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresh
     deepest = probe.num_layers - 1
     g = float(g_med[deepest])
     g_ref = D.grad_at_reference_batch(g, probe.batch_size, thresholds.floor_batch_size)
-    at_floor = D.grad_floor(g, probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size)
     gain = gains[deepest]
     components: dict[str, Any] = {"rule": thresholds.b_rule, "gain": gain, "gain_floor": thresholds.gain_floor}
+    try:
+        at_floor = D.grad_floor(g, probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size)
+    except NonFiniteError as exc:  # the one NaN rule: no verdict on it
+        return DiagnosticResult("b", None, thresholds.grad_floor, None, layer=deepest,
+                                detail=f"not evaluated: {exc}", components=components)
     detail = (
         f"median ‖g_{deepest}‖ = {g:.3g} at eval batch {probe.batch_size}, "
         f"restated at batch {thresholds.floor_batch_size}"
@@ -481,7 +495,8 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
 
 
 def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
-    """(d): trained − frozen accuracy in points (not evaluated without both)."""
+    """(d): trained − frozen accuracy in points (not evaluated without both; not informative,
+    and not evaluated either, when both sit at the ceiling: :func:`diagnostics.frozen_at_ceiling`)."""
     if headline_acc is None or frozen_acc is None:
         missing = "headline accuracy" if headline_acc is None else "frozen-blocks accuracy"
         return DiagnosticResult(
@@ -489,7 +504,13 @@ def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> Di
             detail=f"not evaluated: {unavailable or 'no ' + missing}",
         )
     margin = D.frozen_margin_pp(headline_acc, frozen_acc)
-    return DiagnosticResult(
-        "d", margin, thresholds.frozen_margin_pp, margin < thresholds.frozen_margin_pp,
-        detail=f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}",
-    )
+    threshold = thresholds.frozen_margin_pp
+    detail = f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}"
+    if D.frozen_at_ceiling(headline_acc, frozen_acc, threshold):
+        return DiagnosticResult(
+            "d", margin, threshold, None, submode=D.FROZEN_CEILING,
+            detail=f"{D.FROZEN_CEILING}: {detail}, both within {threshold:g} pp of 1.0: the margin is at most "
+            f"100·(1 − frozen) = {100 * (1 - frozen_acc):.2f} pp, so it cannot reach {threshold:g} pp whatever "
+            "the blocks learned; run (d) on a task or split the frozen-blocks model does not solve",
+        )
+    return DiagnosticResult("d", margin, threshold, margin < threshold, detail=detail)

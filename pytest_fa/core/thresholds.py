@@ -8,6 +8,23 @@ from typing import Any
 
 REFERENCE_BATCH_SIZE = 128
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32."""
+FLOAT32_TINY = 1.401298464324817e-45
+"""The smallest positive float32 (a subnormal)."""
+FLOAT32_RATIO = FLOAT32_MAX / FLOAT32_TINY
+"""About 2.4e83: the largest ratio of two nonzero float32 magnitudes."""
+
+_RANGES = {
+    # threshold: (low, high, the statistic it is read against); a threshold is refused at or
+    # beyond either end of its statistic's range, where the diagnostic always or never fires
+    "max_growth": (1 / FLOAT32_RATIO, FLOAT32_RATIO, "(a)'s growth (a ratio of two float32 norms)"),
+    "grad_floor": (FLOAT32_TINY, FLOAT32_MAX, "(b)'s reference ‖g_L‖ (a nonzero float32 norm)"),
+    "gain_floor": (1 / FLOAT32_RATIO, FLOAT32_RATIO, "(b)'s backward gain (a ratio of two float32 norms)"),
+    "drift_ceiling": (-1.0, 1.0, "(c)'s mean cosine"),
+    "frozen_margin_pp": (-100.0, 100.0, "(d)'s margin (a difference of two accuracies, in points)"),
+}
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -32,6 +49,16 @@ class DiagnosticThresholds:
     ``b_rule="paper"`` fires (b) on the floor alone, as the reference implementation does.
     ``drift_ceiling``: (c) is drift-dominated above it.
     ``frozen_margin_pp``: (d) fires when trained − frozen accuracy is below it (points).
+
+    Each must lie strictly inside the range of the statistic it is read against, else its
+    diagnostic always or never fires: ``drift_ceiling`` in (−1, 1) (a cosine);
+    ``frozen_margin_pp`` in (−100, 100) (a difference of two accuracies in points);
+    ``max_growth`` and ``gain_floor`` in (1/R, R) with ``R = FLOAT32_MAX / FLOAT32_TINY ≈
+    2.4e83``, the largest ratio of two nonzero float32 magnitudes (both are ratios of norms
+    of float32 states); ``grad_floor`` in (1.4e-45, 3.4e38), the positive float32 range: below
+    it (b) would fire only on a gradient that is exactly zero, above it on every one. The
+    bounds are on magnitudes (a norm summed in float64 may exceed them by ``√width``); no
+    threshold that can tell two runs apart comes near them.
     """
 
     max_growth: float = field(default=50.0, metadata=_help(
@@ -62,13 +89,14 @@ class DiagnosticThresholds:
                 raise ValueError(f"threshold {f.name}={value!r} must be a finite number")
         if min(self.max_growth, self.grad_floor, self.floor_batch_size, self.gain_floor) <= 0:
             raise ValueError("max_growth, grad_floor, floor_batch_size and gain_floor must be positive")
-        if not -1.0 < self.drift_ceiling < 1.0:
-            raise ValueError(
-                f"drift_ceiling={self.drift_ceiling}: a mean cosine lies in [-1, 1], and a ceiling at "
-                "either end makes (c) always or never drift-dominated; give one strictly inside"
-            )
-        if not -100.0 <= self.frozen_margin_pp <= 100.0:
-            raise ValueError(f"frozen_margin_pp={self.frozen_margin_pp}: a margin in points lies in [-100, 100]")
+        for name, (low, high, statistic) in _RANGES.items():
+            value = getattr(self, name)
+            if not low < value < high:
+                raise ValueError(
+                    f"{name}={value:g}: {statistic} lies in [{low:.3g}, {high:.3g}], and a threshold at or "
+                    f"beyond either end makes its diagnostic always or never fire; give one strictly inside "
+                    f"({low:.3g}, {high:.3g})"
+                )
 
     def updated(self, **overrides: Any) -> DiagnosticThresholds:
         """A copy with some thresholds replaced; unknown names raise ``TypeError``."""

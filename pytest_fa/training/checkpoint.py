@@ -112,11 +112,30 @@ class Bundle:
 
 
 def _check_record(payload: dict[str, Any], source: str) -> None:
-    """The recorded budget and accuracy feed (d): refuse values that cannot be what they say."""
+    """The recorded budget and accuracy feed (d): refuse values that cannot be what they say.
+
+    ``epochs`` (trained) and ``metrics.planned_epochs`` (scheduled) are whole numbers ≥ 1, and a
+    run cannot have trained more epochs than it planned: the frozen baseline is trained on
+    the planned schedule and stopped at ``epochs``, so the pair is its budget.
+    """
+    metrics = payload.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise CheckpointError(
+            f"{source} records metrics of type {type(metrics).__name__}; metrics is a dict (test_acc, "
+            "planned_epochs, history). Re-save the bundle with pytest_fa.training.checkpoint.save_bundle"
+        )
     epochs = payload.get("epochs")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise CheckpointError(f"{source} records epochs={epochs!r}; a training budget is a whole number ≥ 1")
-    acc = (payload.get("metrics") or {}).get("test_acc")
+    planned = metrics.get("planned_epochs")
+    for name, value in (("epochs", epochs), ("metrics.planned_epochs", planned)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CheckpointError(f"{source} records {name}={value!r}; a training budget is a whole number ≥ 1")
+    if epochs is not None and planned is not None and epochs > planned:
+        raise CheckpointError(
+            f"{source} records epochs={epochs} but metrics.planned_epochs={planned}: a run cannot train "
+            "more epochs than it planned, so the frozen baseline's budget cannot be matched. Re-save "
+            "the bundle with the epochs it trained and the schedule it planned"
+        )
+    acc = metrics.get("test_acc")
     if acc is not None and (
         isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 1
     ):
