@@ -11,7 +11,7 @@ from pytest_fa.core.interface import block_weights
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle
 from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
-from pytest_fa.training.trainer import Recipe, main, resolve_device, train
+from pytest_fa.training.trainer import Recipe, accuracy, main, resolve_device, train
 
 
 def fresh(small_data, seed=42):
@@ -103,6 +103,18 @@ def test_unknown_method_and_bad_budget_are_refused(small_data):
     with pytest.raises(ValueError, match="epochs"):
         train(small_data, "bp", epochs=0)
     assert isinstance(get_method("frozen"), FrozenBlocks)
+
+
+def test_accuracy_restores_each_submodules_own_mode_also_when_the_model_raises():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3)).train()
+    model[1].eval()  # a frozen BatchNorm inside a model in training mode
+    y = torch.zeros(6, dtype=torch.long)
+    assert 0.0 <= accuracy(model, torch.randn(6, 4), y) <= 1.0
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    model.train()
+    with pytest.raises(RuntimeError):
+        accuracy(model, torch.randn(6, 5), y)  # the wrong input width: the model raises
+    assert all(m.training for m in model.modules())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.core.interface import eval_mode
 from pytest_fa.training.checkpoint import Bundle, save_bundle
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
 from pytest_fa.training.methods import Method, MethodState, get_method
@@ -70,13 +71,12 @@ def resolve_device(name: str | None) -> torch.device:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
-    """Top-1 accuracy in eval mode, in chunks."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after,
+    also when the model raises."""
     correct = 0
-    for start in range(0, len(x), chunk):
-        correct += int((model(x[start : start + chunk]).argmax(-1) == y[start : start + chunk]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(x), chunk):
+            correct += int((model(x[start : start + chunk]).argmax(-1) == y[start : start + chunk]).sum())
     return correct / len(x)
 
 
