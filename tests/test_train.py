@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SMALL_ARCH
 
 from pytest_fa.core.interface import block_weights
+from pytest_fa.core.settings import SettingError
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle
 from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
@@ -119,9 +122,20 @@ def test_accuracy_restores_each_submodules_own_mode_also_when_the_model_raises()
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        resolve_device("cuda")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(SettingError, match="no CUDA GPU"):
+            resolve_device(name)
     assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize("name", ["cudax", "cuda:-1", "mps", "meta"])
+def test_the_trainer_takes_the_device_names_the_settings_take(name, small_data):
+    message = "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"
+    with pytest.raises(SettingError, match=re.escape(f"device={name!r}: {message}")):
+        resolve_device(name)
+    with pytest.raises(SettingError, match=re.escape(message)):
+        train(small_data, "bp", epochs=1, device=name)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None).type in ("cpu", "cuda")
 
 
 def test_command_line_writes_one_bundle_per_method_and_seed(tmp_path, capsys, isolated_cache):

@@ -26,6 +26,7 @@ from torch import nn
 
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core.interface import eval_mode
+from pytest_fa.core.settings import check_device
 from pytest_fa.training.checkpoint import Bundle, save_bundle
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
 from pytest_fa.training.methods import Method, MethodState, get_method
@@ -58,15 +59,12 @@ class TrainResult:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto`` → cuda when available else cpu; an explicit ``cuda`` without a GPU is an error."""
+    """``auto`` (or None) → cuda when available else cpu; otherwise a name the settings take
+    (:func:`~pytest_fa.core.settings.check_device`: cpu, cuda, cuda:N, a GPU only if torch sees one)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} was asked for but torch sees no CUDA GPU; use device 'cpu' or 'auto'"
-        )
-    return device
+    check_device(name)
+    return torch.device(name)
 
 
 @torch.no_grad()
