@@ -10,8 +10,9 @@ samples drawn with a seeded permutation, whatever batch size the loader yields.
 
 The command line's rules hold here too: at least 8 batches of at least 2 samples, every
 label a class of the model (in ``[0, logit width)``), at least two classes in the eval
-batches. A float16 or bfloat16 model is measured, headline accuracy included, through a
-float32 copy; the model handed in is left as it was, each submodule's mode included.
+batches, a device named auto, cpu, cuda or cuda:N. A float16 or bfloat16 model is
+measured, headline accuracy included, through a float32 copy; the model handed in is left
+as it was, each submodule's mode included.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import DataError
 from pytest_fa.training.data import Dataset
 from pytest_fa.training.data import eval_batches as dataset_eval_batches
-from pytest_fa.training.trainer import accuracy
+from pytest_fa.training.trainer import accuracy, resolve_device
 
 
 def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +118,9 @@ def check(
     """
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
-    _check_batching(num_batches, batch_size)
+    _check_settings(num_batches, batch_size, device)
+    if isinstance(device, str):
+        device = resolve_device(device)
     x_all, y_all = _eval_samples(data)
     context: dict[str, Any] = {"eval_source": type(data).__name__, "samples_given": len(y_all)}
     batches = batches_from((x_all, y_all), num_batches, batch_size, seed=seed)
@@ -143,13 +146,15 @@ def check(
     )
 
 
-def _check_batching(num_batches: Any, batch_size: Any) -> None:
-    """The command line's rules on the eval batches, validated by :class:`ProtocolSettings`."""
+def _check_settings(num_batches: Any, batch_size: Any, device: Any) -> None:
+    """The command line's rules on the eval batches and a device name, validated by
+    :class:`ProtocolSettings`."""
     for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
         if not isinstance(value, Integral):
             raise DataError(f"{name}={value!r}: give a whole number")
     try:
-        ProtocolSettings(eval_batches=num_batches, batch_size=batch_size)
+        ProtocolSettings(eval_batches=num_batches, batch_size=batch_size,
+                         device=device if isinstance(device, str) else "auto")
     except SettingError as exc:
         name = "num_batches" if exc.name == "eval_batches" else exc.name
         raise DataError(f"{name}={exc.value!r}: {exc.message}") from None

@@ -109,10 +109,11 @@ def test_a_frozen_accuracy_that_is_not_a_fraction_is_refused(dfa, tensors, froze
         ({"batch_size": 1}, "batch_size=1: an eval batch needs at least 2 samples"),
         ({"num_batches": 4}, "num_batches=4: diagnostic (c) needs at least 8 disjoint batches"),
         ({"num_batches": 8.0}, "num_batches=8.0: give a whole number"),
+        ({"device": "cudax"}, "device='cudax': use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"),
     ],
-    ids=["batch-of-one", "four-batches", "float-count"],
+    ids=["batch-of-one", "four-batches", "float-count", "device-name"],
 )
-def test_check_applies_the_command_lines_batch_rules(dfa, tensors, options, phrase):
+def test_check_applies_the_command_lines_rules(dfa, tensors, options, phrase):
     with pytest.raises(DataError) as info:
         pytest_fa.check(dfa.model, tensors, frozen_acc=0.3, **options)
     assert phrase in str(info.value)
@@ -151,7 +152,7 @@ def test_a_half_precision_model_is_measured_through_a_float32_copy(dfa, tensors,
 
     half = copy.deepcopy(dfa.model).to(dtype)
     before = {k: v.clone() for k, v in half.state_dict().items()}
-    report = pytest_fa.check(half, tensors, frozen_acc=0.0)
+    report = pytest_fa.check(half, tensors, frozen_acc=0.0, device="auto")
     upcast = copy.deepcopy(half).float()
     assert report.headline_acc == accuracy(upcast, *tensors)
     assert report.dtype.startswith("float32 (weights stored in")
