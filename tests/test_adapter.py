@@ -536,3 +536,19 @@ def test_a_residual_branch_whose_class_name_ends_in_norm_is_accepted():
     adapted = adapt(branch_net, "stem, layers.*")
     x, _ = _data([12])
     assert len(adapted(x, return_hidden=True)[1]) == 4 and adapted._mode == "branch"
+
+
+def test_the_first_pass_reads_the_structure_without_touching_running_statistics():
+    import copy
+
+    torch.manual_seed(0)
+    blocks = [SumBlock(nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 16))) for _ in range(2)]
+    model = nn.Sequential(nn.Linear(12, 16), *blocks, nn.Linear(16, 10)).train()
+    twin = copy.deepcopy(model)
+    x, _ = _data([12])
+    twin(x)  # one training-mode forward pass
+    adapt(model, "0, 1, 2")(x, return_hidden=True)
+    for ours, theirs in zip(model.modules(), twin.modules(), strict=True):
+        if isinstance(ours, nn.BatchNorm1d):
+            assert torch.equal(ours.running_mean, theirs.running_mean) and ours.num_batches_tracked == 1
+    assert all(m.training for m in model.modules())

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pytest_fa.errors import ModelInterfaceError
-from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS
+from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS, eval_mode
 
 
 def _split_patterns(states: str | Sequence[str]) -> list[str]:
@@ -192,8 +192,8 @@ class HookedModel(nn.Module):
         order, the blocks return what ``block_output`` says (``"auto"``: reads which), and each
         ``h_{l+1}`` joins ``h_l`` and a branch at an addition (module docstring)."""
         self._rooted = True
-        try:
-            with torch.enable_grad():
+        try:  # in eval mode: no running statistics updated, no random numbers drawn
+            with torch.enable_grad(), eval_mode(self.model):
                 logits, record = self._capture(x, "sum")
         finally:
             self._rooted = False
@@ -364,8 +364,8 @@ def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> s
     return found
 
 
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
-_NORM_NAME = re.compile(r"(RMS|Layer|Batch|Group|Instance)Norm(\dd)?$")  # LlamaRMSNorm, T5LayerNorm, …
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+_NORM_NAME = re.compile(r"(RMS|Layer|Batch|Group|Instance)Norm(\dd)?$")  # nn.RMSNorm, LlamaRMSNorm, T5LayerNorm, …
 
 
 def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
@@ -375,9 +375,10 @@ def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
         if isinstance(module, _NORM_TYPES) or _NORM_NAME.search(type(module).__name__):
             raise ModelInterfaceError(
                 f"state {name!r} is a {type(module).__name__}, a normalisation layer, not a residual "
-                f"block: named as a state it puts h_L after the norm, where the gradient no longer "
-                f"shows a collapsed stream. If it is the terminal norm, leave it out of the states "
-                f"(h_L is its input) and name it as the norm: adapt(..., norm={name!r})"
+                f"block: it rescales the stream instead of adding a branch to it, and a state read "
+                f"after the terminal norm hides a collapsed gradient. If it is the terminal norm, "
+                f"leave it out of the states (h_L is its input) and name it as the norm: "
+                f"adapt(..., norm={name!r})"
             )
 
 
