@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_fa.errors import ModelInterfaceError
+from pytest_fa.errors import ModelInterfaceError, setting
 from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS, eval_mode
 
 
@@ -377,8 +377,8 @@ def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
                 f"state {name!r} is a {type(module).__name__}, a normalisation layer, not a residual "
                 f"block: it rescales the stream instead of adding a branch to it, and a state read "
                 f"after the terminal norm hides a collapsed gradient. If it is the terminal norm, "
-                f"leave it out of the states (h_L is its input) and name it as the norm: "
-                f"adapt(..., norm={name!r})"
+                f"leave it out of the states (h_L is its input; on the command line, out of "
+                f"{setting('hidden')}) and name it as the norm: adapt(..., norm={name!r})"
             )
 
 
