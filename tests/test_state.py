@@ -56,6 +56,15 @@ def test_settings_validate_themselves_without_command_line_syntax(kwargs, name, 
     assert "--fa-" not in str(info.value)
 
 
+@pytest.mark.parametrize("device", ["cudax", "cuda:", "cuda:-1", "cuda:x", "cuda:0 ", "CPU", "mps", "cuda:٣"])
+def test_a_device_is_auto_cpu_cuda_or_cuda_n(device):
+    with pytest.raises(SettingError) as info:
+        ProtocolSettings(device=device)
+    assert info.value.name == "device"
+    assert str(info.value) == f"device={device!r}: use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"
+    assert ProtocolSettings(device="auto").device == "auto" and ProtocolSettings(device="cpu").device == "cpu"
+
+
 def test_session_settings_need_a_saved_report_for_tolerances():
     with pytest.raises(SettingError, match="compare") as info:
         SessionSettings(compare_fail=("headline_acc:1pp",))

@@ -10,6 +10,7 @@ thresholds), and validation lives here, in ``__post_init__``, raising
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -88,7 +89,7 @@ class ProtocolSettings:
                 raise SettingError(name, getattr(self, name), f"use one of {', '.join(choices)}")
         if self.hidden is not None and not self.hidden.replace(",", "").strip():
             raise SettingError("hidden", self.hidden, "name the modules of h_0..h_L, e.g. 'embed,blocks.*'")
-        _check_device(self.device)
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,16 @@ def option_fields(cls: type = SessionSettings) -> list:
     return sorted(found, key=lambda f: f.name != "checkpoint")
 
 
-def _check_device(device: str) -> None:
-    if device in ("auto", "cpu"):
-        return
-    if not device.startswith("cuda"):
-        raise SettingError("device", device, "use auto, cpu or cuda[:N]")
-    import torch
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
-    if not torch.cuda.is_available():
-        raise SettingError("device", device, "torch sees no CUDA GPU on this machine; use cpu or auto")
+
+def check_device(device: str) -> None:
+    """The device names pytest-fa takes: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU
+    index, 0, 1, …); a CUDA device only where torch sees a GPU."""
+    if not (isinstance(device, str) and _DEVICE.fullmatch(device)):
+        raise SettingError("device", device, "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SettingError("device", device, "torch sees no CUDA GPU on this machine; use cpu or auto")

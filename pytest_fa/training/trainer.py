@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.core.interface import eval_mode
+from pytest_fa.core.settings import check_device
 from pytest_fa.errors import DataError
 from pytest_fa.training.checkpoint import Bundle, save_bundle
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
@@ -58,26 +60,22 @@ class TrainResult:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto`` → cuda when available else cpu; an explicit ``cuda`` without a GPU is an error."""
+    """``auto`` (or None) → cuda when available else cpu; otherwise a name the settings take
+    (:func:`~pytest_fa.core.settings.check_device`: cpu, cuda, cuda:N, a GPU only if torch sees one)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} was asked for but torch sees no CUDA GPU; use device 'cpu' or 'auto'"
-        )
-    return device
+    check_device(name)
+    return torch.device(name)
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
-    """Top-1 accuracy in eval mode, in chunks."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after,
+    also when the model raises."""
     correct = 0
-    for start in range(0, len(x), chunk):
-        correct += int((model(x[start : start + chunk]).argmax(-1) == y[start : start + chunk]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(x), chunk):
+            correct += int((model(x[start : start + chunk]).argmax(-1) == y[start : start + chunk]).sum())
     return correct / len(x)
 
 
