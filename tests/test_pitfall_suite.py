@@ -95,3 +95,53 @@ def test_a_guard_is_swapped_wherever_pytest_fa_bound_it():
         assert report.run_probe is guard.naive and probe.run_probe is guard.naive
     assert {"pytest_fa.core.probe.run_probe", "pytest_fa.core.report.run_probe"} <= set(swapped)
     assert report.run_probe is probe.run_probe and probe.run_probe is not guard.naive
+
+
+# -- every realisation -----------------------------------------------------------------------
+# The training runs behind the pitfall suite and the chaotic runs of tests/ are not the same on
+# another CPU, BLAS kernel or thread count. Their assertions must hold for every realisation:
+# five seeds, each trained on one and on two torch threads, stand in for the machines.
+SWEEP = [(seed, threads) for threads in (1, 2) for seed in (42, 123, 456, 7, 2024)]
+SWEEP_IDS = [f"s{seed}t{threads}" for seed, threads in SWEEP]
+
+
+def _sweep(args: list[str], cwd: Path) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTEST_FA_REALISATIONS": ",".join(f"{s}:{t}" for s, t in SWEEP)}
+    command = [sys.executable, "-m", "pytest", "-m", "fa_realisation", "-p", "no:cacheprovider", "-v", "-rf",
+               "-n", "2", "--dist", "loadgroup", "-W", "ignore::pytest.PytestAssertRewriteWarning", *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _each_test_on_each_realisation(output: str) -> dict[str, set[str]]:
+    """Test name → the realisations it passed on, read from pytest -v lines."""
+    import re
+
+    ran: dict[str, set[str]] = {}
+    for name, realisation in re.findall(r"PASSED (\S+?)\[(s\d+t\d+)\]", output):
+        ran.setdefault(name, set()).add(realisation)
+    return ran
+
+
+@pytest.mark.slow
+def test_the_pitfall_suite_holds_on_every_realisation(tmp_path):
+    code, output = _sweep(["--fa-pitfalls"], tmp_path)
+    assert code == pytest.ExitCode.OK, output[-4000:]
+    ran = _each_test_on_each_realisation(output)
+    assert len(ran) >= 20, sorted(ran)
+    for test, realisations in ran.items():
+        assert realisations == set(SWEEP_IDS), (test, sorted(set(SWEEP_IDS) - realisations))
+
+
+@pytest.mark.slow
+def test_the_chaotic_runs_of_the_test_suite_hold_on_every_realisation():
+    code, output = _sweep(["tests"], ROOT)
+    assert code == pytest.ExitCode.OK, output[-4000:]
+    ran = _each_test_on_each_realisation(output)
+    assert len(ran) >= 6, sorted(ran)
+    for test, realisations in ran.items():
+        assert realisations == set(SWEEP_IDS), (test, sorted(set(SWEEP_IDS) - realisations))

@@ -15,6 +15,7 @@ from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle
 from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
 from pytest_fa.training.trainer import Recipe, accuracy, main, resolve_device, train
+from pytest_fa.pitfalls.regimes import torch_threads
 
 
 def fresh(small_data, seed=42):
@@ -64,9 +65,11 @@ def test_dfa_block_update_follows_the_credit_at_its_output(small_data):
     assert len(state.feedback) == 5 and all(b.shape == (10, 32) for b in state.feedback)
 
 
-def test_dfa_penalty_shrinks_block_outputs(small_data):
-    plain = train(small_data, DFA(), arch_config=SMALL_ARCH, epochs=2, seed=1, monitor=True)
-    penalised = train(small_data, DFA(penalty=1.0), arch_config=SMALL_ARCH, epochs=2, seed=1, monitor=True)
+def test_dfa_penalty_shrinks_block_outputs(small_data, fa_realisation):
+    seed, threads = fa_realisation
+    with torch_threads(threads):
+        plain = train(small_data, DFA(), arch_config=SMALL_ARCH, epochs=2, seed=seed, monitor=True)
+        penalised = train(small_data, DFA(penalty=1.0), arch_config=SMALL_ARCH, epochs=2, seed=seed, monitor=True)
     assert penalised.history[-1]["h_L"] < plain.history[-1]["h_L"]
     assert penalised.bundle.method_config == {"penalty": 1.0}
 

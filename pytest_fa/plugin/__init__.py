@@ -47,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
     )
+    config.addinivalue_line(
+        "markers", "fa_realisation: a pitfall test run on one realisation (seed, threads) of its training runs"
+    )
     settings = session_settings(config)
     for root in settings.lint:
         if not Path(root).exists():
