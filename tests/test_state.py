@@ -122,8 +122,10 @@ def test_the_state_caches_each_report_once_and_keeps_errors(pytester, bp_bundle)
     with pytest.raises(CheckpointError) as two:
         state.report("missing.pt")
     assert one.value is two.value and calls == [str(bp_bundle), "missing.pt"]
-    sent = state.local_report_dicts()
+    sent = state.unsent_report_dicts()
     assert [entry["path"] for entry in sent] == [str(bp_bundle)]
+    assert state.unsent_report_dicts() == []  # a pytest-xdist worker sends each report once
+    assert state.not_measured() == ["missing.pt"]
 
 
 def test_a_threshold_walks_from_the_command_line_to_the_verdict_through_one_definition(pytester, bp_bundle):
