@@ -134,6 +134,8 @@ def check(
         batches,
         headline_acc=headline_acc,
         frozen_acc=frozen_acc,
+        # n is known only for a headline accuracy check() measured itself, on all samples given
+        accuracy_samples=len(y_all) if "headline_acc" in context else None,
         frozen_unavailable=None if frozen_acc is not None else (
             "no frozen_acc given: pass the accuracy of your frozen-blocks control (same "
             "architecture, data and budget, blocks frozen at initialisation)"

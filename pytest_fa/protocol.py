@@ -293,6 +293,7 @@ class ProtocolRunner:
             batches,
             headline_acc=run.headline_acc,
             frozen_acc=frozen_acc,
+            accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
             frozen_unavailable=frozen_unavailable,
             credit=credit,
             credit_unavailable=reason,
