@@ -100,8 +100,9 @@ def test_a_guard_is_swapped_wherever_pytest_fa_bound_it():
 # -- every realisation -----------------------------------------------------------------------
 # The training runs behind the pitfall suite and the chaotic runs of tests/ are not the same on
 # another CPU, BLAS kernel or thread count. Their assertions must hold for every realisation:
-# five seeds, each trained on one and on two torch threads, stand in for the machines.
-SWEEP = [(seed, threads) for threads in (1, 2) for seed in (42, 123, 456, 7, 2024)]
+# five seeds on one or two torch threads stand in for the machines (the default tier runs seed
+# 42 on one thread). About 2 CPU-minutes per realisation; two pytest-xdist workers.
+SWEEP = [(123, 2), (456, 1), (7, 2), (2024, 1), (42, 2)]
 SWEEP_IDS = [f"s{seed}t{threads}" for seed, threads in SWEEP]
 
 

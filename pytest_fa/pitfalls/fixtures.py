@@ -46,14 +46,20 @@ def realisations(text: str | None) -> list[tuple[int, int]]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise every test that trains over the realisations asked for; each one is marked
     ``fa_realisation`` (``-m fa_realisation`` selects them) and, under pytest-xdist, grouped so
-    that one worker trains it."""
+    that one worker trains it. A hypothesis test asserts a property of pytest-fa's functions
+    for any model it is given, not a fact of the run: it runs on the first realisation only,
+    unmarked."""
     if "fa_realisation" not in metafunc.fixturenames:
         return
     xdist = metafunc.config.pluginmanager.hasplugin("xdist")
+    chosen = realisations(os.environ.get(REALISATIONS_VARIABLE))
+    property_test = getattr(metafunc.function, "is_hypothesis_test", False)
     params = []
-    for seed, threads in realisations(os.environ.get(REALISATIONS_VARIABLE)):
+    for seed, threads in chosen[:1] if property_test else chosen:
         name = f"s{seed}t{threads}"
-        marks = [pytest.mark.fa_realisation] + ([pytest.mark.xdist_group(name=name)] if xdist else [])
+        marks = [] if property_test else [pytest.mark.fa_realisation]
+        if xdist:
+            marks.append(pytest.mark.xdist_group(name=name))
         params.append(pytest.param((seed, threads), id=name, marks=marks))
     metafunc.parametrize("fa_realisation", params, indirect=True, scope="session")
 
