@@ -112,8 +112,8 @@ class ProtocolRunner:
         loaded = load_checkpoint(
             path, factory=self.settings.model_factory, input_shape=data.input_shape,
             num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,
+            adapt=self._adapted,
         )
-        loaded.model = self._adapted(loaded.model)
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
         headline = accuracy(model, data.x_test, data.y_test)

@@ -711,3 +711,57 @@ def test_a_bundle_that_stopped_before_its_planned_epochs_loads(bp_bundle, tmp_pa
     path = tmp_path / "early.pt"
     torch.save(payload, path)
     assert load_checkpoint(path).bundle.epochs == 2
+
+
+# -- --fa-hidden on a DFA/FA bundle, credit per checkpoint, factories from the rootdir --------
+
+SEQUENTIAL_SOURCE = """
+import torch
+from torch import nn
+
+
+class SumBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.f = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+    def forward(self, h):
+        return h + self.f(h)
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), *[SumBlock(32) for _ in range(3)],
+                         nn.LayerNorm(32), nn.Linear(32, 10))
+"""
+SEQUENTIAL_STATES = "1, [2-4]"
+
+
+def _sequential_bundle(tmp_path, name, method, small_data) -> Path:
+    """A DFA or FA bundle of a model without ``return_hidden`` (states named by --fa-hidden)."""
+    from pytest_fa.core.credit import init_fa_feedback
+
+    build = importlib.import_module(name).build
+    init = init_dfa_feedback if method == "dfa" else init_fa_feedback
+    feedback = init(CLASSES, [32] * 4, torch.Generator().manual_seed(0))
+    bundle = Bundle(arch="custom", arch_config={}, state_dict=build().state_dict(), method=method,
+                    feedback=feedback, data=small_data.spec, seed=0, epochs=1, metrics={"test_acc": 0.1})
+    return save_bundle(tmp_path / f"{method}_seq.pt", bundle)
+
+
+@pytest.mark.parametrize("method", ["dfa", "fa"])
+def test_hidden_states_named_by_the_setting_serve_a_dfa_or_fa_bundle(method, tmp_path, factory_module, small_data):
+    """The feedback matrices are checked against the states the setting names, so the model is
+    adapted before they are: a DFA/FA bundle of any model loads with ``hidden``."""
+    from pytest_fa.core.adapter import HookedModel, adapt
+
+    name = factory_module(SEQUENTIAL_SOURCE)
+    path = _sequential_bundle(tmp_path, name, method, small_data)
+    runner = ProtocolRunner(ProtocolSettings(model_factory=f"{name}:build", hidden=SEQUENTIAL_STATES,
+                                             device="cpu", frozen_acc=0.1))
+    report = runner.report(str(path))
+    assert report.credit_status == "computed" and len(report.layers) == 4
+
+    loaded = load_checkpoint(path, factory=f"{name}:build", input_shape=INPUT_SHAPE, num_classes=CLASSES,
+                             adapt=lambda m: adapt(m, SEQUENTIAL_STATES))
+    assert isinstance(loaded.model, HookedModel) and len(loaded.state.feedback) == 4

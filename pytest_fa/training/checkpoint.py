@@ -286,6 +286,7 @@ def load_checkpoint(
     input_shape=None,
     num_classes: int | None = None,
     allow_unknown_method: bool = False,
+    adapt: Callable[[nn.Module], nn.Module] | None = None,
 ) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
@@ -293,6 +294,8 @@ def load_checkpoint(
     and match the model; ``input_shape``/``num_classes`` (from the data) are used when the
     bundle's arch_config does not record them. ``allow_unknown_method`` accepts a method
     pytest-fa does not know (its credit then comes from the caller, e.g. the ``credit`` setting).
+    ``adapt`` wraps the model once its weights are in (e.g. ``lambda m: pytest_fa.adapt(m,
+    "embed, blocks.*")``), before the method's state is checked against the states it reads.
     """
     from pytest_fa.models import build_model
 
@@ -306,7 +309,7 @@ def load_checkpoint(
                 f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
             )
         model = load_weights(_call_factory(make, {}, source), payload, source)
-        return LoadedCheckpoint(source, model, None, MethodState(), None)
+        return LoadedCheckpoint(source, adapt(model) if adapt else model, None, MethodState(), None)
 
     bundle = Bundle.from_payload(payload, source)
     if make is not None:
@@ -318,6 +321,8 @@ def load_checkpoint(
             )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
+    if adapt is not None:
+        model = adapt(model)
     cls = METHODS.get(bundle.method)
     if cls is not None:
         # a bundle written before a config key existed was trained with its earlier behaviour
