@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from fnmatch import fnmatch
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from filelock import FileLock
 from torch import nn
 
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
-from pytest_fa.core.settings import ProtocolSettings
+from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
 from pytest_fa.errors import CheckpointError, DataError, FAError, setting
 from pytest_fa.training.checkpoint import (
     Bundle,
+    CreditFactory,
     LoadedCheckpoint,
     import_factory,
     is_bundle,
@@ -89,10 +91,15 @@ class CheckpointRun:
 
 
 class ProtocolRunner:
-    """Loads and caches everything per checkpoint path for one session."""
+    """Loads and caches everything per checkpoint path for one session.
 
-    def __init__(self, settings: ProtocolSettings) -> None:
+    ``root`` (pytest's rootdir) is where the ``model`` and ``credit`` factories are looked up
+    when their modules are not on ``sys.path``.
+    """
+
+    def __init__(self, settings: ProtocolSettings, root: str | Path | None = None) -> None:
         self.settings = settings
+        self.root = root
         self.device = resolve_device(settings.device)
         self._runs: dict[str, CheckpointRun] = {}
         self._data: dict[str, Dataset] = {}
@@ -110,8 +117,8 @@ class ProtocolRunner:
         payload = read_checkpoint(path)
         data = self._dataset_for(path, payload.get("data") if is_bundle(payload) else None)
         loaded = load_checkpoint(
-            path, factory=self.settings.model_factory, input_shape=data.input_shape,
-            num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,
+            path, factory=self._model_factory(), input_shape=data.input_shape,
+            num_classes=data.num_classes, allow_unknown_method=self.credit_spec(path) is not None,
             adapt=self._adapted,
         )
         model = loaded.model.to(self.device)
@@ -204,7 +211,7 @@ class ProtocolRunner:
     def _train_baseline(self, run: CheckpointRun, spec: dict[str, Any], key: str, file: Path) -> FrozenBaseline:
         factory = None
         if spec["arch"] == "custom":
-            make = import_factory(self.settings.model_factory)
+            make = self._model_factory()
             config = spec["arch_config"]
             factory = lambda: self._adapted(make(**config) if config else make())  # noqa: E731
         result = train(
@@ -226,10 +233,19 @@ class ProtocolRunner:
         save_bundle(file, result.bundle)
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
+    def credit_spec(self, path: str) -> str | None:
+        """The credit factory of checkpoint ``path``: the first ``credit_map`` pattern that matches
+        its path or file name (fnmatch), else the ``credit`` setting; None: its bundle's method."""
+        for pattern, spec in credit_map_entries(self.settings.credit_map):
+            if fnmatch(str(path), pattern) or fnmatch(Path(path).name, pattern):
+                return spec
+        return self.settings.credit
+
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
-        if self.settings.credit is not None:
-            make = import_factory(self.settings.credit)
+        """The credit signal for Γ: the checkpoint's factory (:meth:`credit_spec`), else the bundle's method."""
+        spec = self.credit_spec(loaded.path)
+        if spec is not None:
+            make: CreditFactory = import_factory(spec, "credit", self.root)
             return make(model, loaded), ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
@@ -237,11 +253,16 @@ class ProtocolRunner:
 
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
-            make = import_factory(self.settings.model_factory)
+            make = self._model_factory()
             return self._adapted(make(**config) if config else make())
         from pytest_fa.models import build_model
 
         return build_model(arch, **config)
+
+    def _model_factory(self):
+        """The ``model`` setting's factory, or None."""
+        spec = self.settings.model_factory
+        return None if spec is None else import_factory(spec, "model", self.root)
 
     def _adapted(self, model: nn.Module) -> nn.Module:
         """``model`` read through forward hooks at the ``hidden`` states, when they are named."""

@@ -21,14 +21,16 @@ import io
 import math
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from pytest_fa.core.credit import CreditSignal
 from pytest_fa.errors import CheckpointError, FeedbackError, setting
 from pytest_fa.training.methods import METHODS, MethodState, get_method
 
@@ -211,24 +213,56 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle.from_payload(payload, source=str(path))
 
 
-def import_factory(spec: str) -> Callable[..., nn.Module]:
-    """Resolve ``package.module:callable`` to the model factory it names."""
+def import_factory(spec: str, name: str = "model", root: str | os.PathLike | None = None) -> Callable[..., Any]:
+    """Resolve ``package.module:callable``, the value of setting ``name``, to what it names.
+
+    A module that is not on ``sys.path`` is looked up in ``root`` (pytest's rootdir), which
+    joins ``sys.path`` for that import only.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise CheckpointError(
-            f"{setting('model', repr(spec))} must look like package.module:build (module path, colon, callable)"
-        )
+        example = "package.module:build" if name == "model" else f"package.module:make_{name}"
+        raise CheckpointError(f"{setting(name, repr(spec))} must look like {example} (module path, colon, callable)")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name, root)
+    except ModuleNotFoundError as exc:
+        if not _missing(exc, module_name):
+            raise CheckpointError(f"{setting(name)}: importing {module_name!r} failed inside it: {exc}") from exc
+        where = "on sys.path" + (f" and in {root}" if root is not None else "")
+        raise CheckpointError(
+            f"{setting(name)}: cannot import {module_name!r} ({exc}); it was looked for {where}. Add the "
+            "folder that holds it to pytest's `pythonpath` ini key (e.g. `pythonpath = .` or `pythonpath = src`) "
+            "or to PYTHONPATH, or install the package"
+        ) from exc
     except ImportError as exc:
-        raise CheckpointError(f"{setting('model')}: cannot import {module_name!r}: {exc}") from exc
+        raise CheckpointError(f"{setting(name)}: cannot import {module_name!r}: {exc}") from exc
     try:
         factory = getattr(module, attr)
     except AttributeError:
-        raise CheckpointError(f"{setting('model')}: module {module_name!r} has no {attr!r}") from None
+        raise CheckpointError(f"{setting(name)}: module {module_name!r} has no {attr!r}") from None
     if not callable(factory):
-        raise CheckpointError(f"{setting('model')}: {spec} is not callable")
+        raise CheckpointError(f"{setting(name)}: {spec} is not callable")
     return factory
+
+
+def _missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether ``exc`` says ``module_name`` (or a package above it) is missing, not a module it imports."""
+    return exc.name is not None and (module_name + ".").startswith(exc.name + ".")
+
+
+def _import(module_name: str, root: str | os.PathLike | None):
+    """``importlib.import_module``; on a missing top-level module, again with ``root`` first on sys.path."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        folder = None if root is None else str(root)
+        if folder is None or folder in sys.path or not _missing(exc, module_name):
+            raise
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(folder)
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> nn.Module:
@@ -278,6 +312,23 @@ class LoadedCheckpoint:
     @property
     def label(self) -> str:
         return Path(self.path).name
+
+
+class CreditFactory(Protocol):
+    """``make_credit(model, checkpoint) -> credit``: what the ``credit`` setting
+    (``--fa-credit=package.module:make_credit``) and each ``credit_map`` line name.
+
+    It is called once per checkpoint. ``model`` is the model the diagnostics run on (on the
+    protocol's device): the :class:`~pytest_fa.core.adapter.HookedModel` that wraps it when the
+    ``hidden`` setting names its states. ``checkpoint`` is the :class:`LoadedCheckpoint`:
+    ``path``, ``bundle`` (None for a plain state dict), ``state.feedback`` and ``state.config``
+    (the bundle's feedback matrices and method config) and ``method``. The returned
+    :class:`~pytest_fa.core.credit.CreditSignal` ``credit(x, y, logits, hiddens)`` returns
+    ``[a_0, …, a_L]``: one ``(B, F_l)`` row per state ``h_l`` of ``hiddens``, or None where
+    the method assigns no credit; it is evaluated on the forward pass of the reference.
+    """
+
+    def __call__(self, model: nn.Module, checkpoint: LoadedCheckpoint) -> CreditSignal: ...
 
 
 def load_checkpoint(
