@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from fnmatch import fnmatch
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
-from pytest_fa.errors import CheckpointError, DataError, FAError, setting
+from pytest_fa.errors import CheckpointError, DataError, FABudgetWarning, FAError, setting
 from pytest_fa.training.checkpoint import (
     Bundle,
     CreditFactory,
@@ -183,17 +184,34 @@ class ProtocolRunner:
         return baseline
 
     def _baseline_budget(self, run: CheckpointRun):
-        bundle = run.bundle
+        """``(recipe, epochs, seed, arch, arch_config)`` of the frozen baseline: the checkpoint's own
+        budget, else the ``frozen_epochs`` setting with a warning that nothing checks it."""
+        bundle, path, given = run.bundle, run.loaded.path, self.settings.frozen_epochs
         if bundle is not None and bundle.epochs:
+            if given is not None and given != bundle.epochs:
+                warnings.warn(FABudgetWarning(
+                    f"{setting('frozen_epochs', str(given))} is not used for {path}: it records its training "
+                    f"budget, {bundle.epochs} epochs, and its frozen-blocks baseline is trained for as many"
+                ), stacklevel=2)
             return bundle.recipe or asdict(Recipe()), bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
-        if self.settings.frozen_epochs is None:
+        if given is None:
             raise _MissingBudget(
-                f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "
+                f"(d) needs the frozen-blocks baseline, but {path} records no training "
                 f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
                 f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
                 "with the paper's recipe"
             )
-        return asdict(Recipe()), self.settings.frozen_epochs, 42, "custom", {}
+        recipe = bundle.recipe if bundle is not None and bundle.recipe else None
+        warnings.warn(FABudgetWarning(
+            f"the frozen-blocks baseline of {path} is trained for {given} epochs ({setting('frozen_epochs', str(given))}) "
+            + (f"with its recorded recipe: {path} records no training budget" if recipe else
+               f"with pytest-fa's default recipe {asdict(Recipe())}: {path} records no training budget and no recipe")
+            + ", so nothing checks that they are the model's, and a control trained less than the model inflates "
+            f"(d)'s margin. Give the epochs the model was trained for, or {setting('frozen_acc', 'ACC')} of your "
+            "own matched control (pytest_fa.frozen_control); a pytest-fa bundle records the budget"
+        ), stacklevel=2)
+        arch, config = (bundle.arch, bundle.arch_config) if bundle is not None else ("custom", {})
+        return recipe or asdict(Recipe()), given, 42, arch, config
 
     def _cached_baseline(self, file: Path, key: str, arch: str) -> FrozenBaseline | None:
         if not file.exists():

@@ -849,6 +849,8 @@ def test_plain_state_dict_with_model_factory(pytester, plain_checkpoint, bp_trut
     assert report["diagnostics"]["d"]["fires"] is not None
     assert "trained now" in report["context"]["frozen_baseline"]
     assert "1 epochs" in report["context"]["frozen_baseline"]
+    # nothing records the model's budget: the session says so beside the result
+    assert "FABudgetWarning: the frozen-blocks baseline of plain.pt is trained for 1 epochs" in output(result)
 
 
 def test_frozen_epochs_below_one_is_a_clear_error(pytester, plain_checkpoint):
