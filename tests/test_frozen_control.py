@@ -181,9 +181,9 @@ def test_frozen_epochs_on_a_model_with_nothing_to_train_outside_its_blocks_is_a_
     assert "a frozen-blocks control cannot be trained for it" in message and "setting `frozen_acc=ACC`" in message
 
 
-def _budget(bundle_epochs, frozen_epochs):
+def _budget(bundle_epochs, frozen_epochs, plain=False):
     bundle = None
-    if bundle_epochs is not None:
+    if not plain:
         bundle = Bundle(arch="resmlp", arch_config={"d": 16}, state_dict={}, method="dfa", data={"name": "mnist1d"},
                         seed=1, epochs=bundle_epochs, recipe={"lr": 0.01})
     run = SimpleNamespace(bundle=bundle, loaded=SimpleNamespace(path="runs/dfa.pt"))
@@ -204,11 +204,17 @@ def test_frozen_epochs_that_differ_from_the_bundles_budget_are_warned_about_and_
 
 def test_a_budget_the_checkpoint_does_not_record_is_warned_about():
     with pytest.warns(FABudgetWarning) as record:
-        _, epochs, *_ = _budget(None, 2)
+        _, epochs, *_ = _budget(None, 2, plain=True)
     assert epochs == 2
     message = str(record[0].message)
     assert "trained for 2 epochs" in message and "runs/dfa.pt records no training budget and no recipe" in message
     assert "inflates (d)'s margin" in message and "setting `frozen_acc=ACC`" in message
+
+
+def test_a_bundle_without_recorded_epochs_keeps_its_architecture_and_recipe():
+    with pytest.warns(FABudgetWarning, match="with its recorded recipe: runs/dfa.pt records no training budget"):
+        recipe, epochs, _, arch, config = _budget(None, 2)
+    assert (recipe, epochs, arch, config) == ({"lr": 0.01}, 2, "resmlp", {"d": 16})
 
 
 def test_assert_beats_frozen_warns_when_the_stated_budgets_differ():
