@@ -32,6 +32,7 @@ from pytest_fa.training.checkpoint import (
     save_bundle,
 )
 from pytest_fa.training.data import eval_batches
+from test_adapter import FACTORY as SEQUENTIAL_SOURCE  # a Sequential without return_hidden
 
 # The conftest bundles: ResMLP d=32, L=4 on MNIST-1D (40 inputs, 10 classes).
 INPUT_SHAPE = [40]
@@ -715,25 +716,6 @@ def test_a_bundle_that_stopped_before_its_planned_epochs_loads(bp_bundle, tmp_pa
 
 # -- --fa-hidden on a DFA/FA bundle, credit per checkpoint, factories from the rootdir --------
 
-SEQUENTIAL_SOURCE = """
-import torch
-from torch import nn
-
-
-class SumBlock(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.f = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-
-    def forward(self, h):
-        return h + self.f(h)
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), *[SumBlock(32) for _ in range(3)],
-                         nn.LayerNorm(32), nn.Linear(32, 10))
-"""
 SEQUENTIAL_STATES = "1, [2-4]"
 
 

@@ -22,6 +22,7 @@ from pytest_fa.errors import FABudgetWarning, ModelInterfaceError
 from pytest_fa.models import build_model
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
 from pytest_fa.training.checkpoint import Bundle
+from test_adapter import FACTORY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,13 +40,10 @@ def _trained(model):
     return model
 
 
-class SumBlock(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.f = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-
-    def forward(self, h):
-        return h + self.f(h)
+def _built(source):
+    namespace = {}
+    exec(textwrap.dedent(source), namespace)
+    return namespace["build"]()
 
 
 def _frozen_names(model):
@@ -83,9 +81,7 @@ def test_without_an_initial_state_the_weights_are_drawn_again_from_the_seed():
 
 
 def test_blocks_are_named_by_module_paths_or_patterns():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), *[SumBlock(16) for _ in range(3)], nn.LayerNorm(16),
-                          nn.Linear(16, 10))
+    model = _built(FACTORY)  # Flatten, Linear, three SumBlocks, LayerNorm, Linear
     control = pytest_fa.frozen_control(model, blocks="[2-4]")
     assert _frozen_names(control) == {f"{i}.f.{j}.{w}" for i in (2, 3, 4) for j in (1, 3) for w in ("weight", "bias")}
     with pytest.raises(ModelInterfaceError, match=r"blocks='layers\.\*' matches no module of Sequential"):
@@ -145,9 +141,7 @@ def build():
 
 
 def test_a_model_with_nothing_to_train_outside_its_blocks_has_no_control_to_train():
-    namespace = {}
-    exec(textwrap.dedent(ALL_BLOCKS_SOURCE), namespace)
-    model = namespace["build"]()
+    model = _built(ALL_BLOCKS_SOURCE)
     with pytest.raises(ModelInterfaceError) as info:
         pytest_fa.frozen_control(model, blocks="[1-3]")
     message = str(info.value)
