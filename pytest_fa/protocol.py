@@ -8,8 +8,8 @@ import copy
 import hashlib
 import json
 import warnings
-from fnmatch import fnmatch
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
