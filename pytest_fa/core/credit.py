@@ -150,8 +150,9 @@ def check_feedback(
 
 def _check_once(credit: DFACredit | FACredit, x: torch.Tensor, logits: torch.Tensor, hiddens) -> None:
     """Check ``credit.feedback`` against the states of its first call; :class:`FeedbackError` naming
-    the matrix that does not fit (a state ``(B, T, d)`` has width ``d``, any other is flattened)."""
-    if credit._checked:
+    the matrix that does not fit (a state ``(B, T, d)`` has width ``d``, any other is flattened).
+    A call without states (``hiddens=None``) has nothing to check them against."""
+    if credit._checked or hiddens is None:
         return
     name, classes = type(credit).__name__, logits.shape[-1]
     readings = [[h.shape[-1] if h.dim() == 3 else h[0].numel() for h in hiddens], [h[0].numel() for h in hiddens]]
@@ -178,4 +179,5 @@ def _per_linear(feedback: Sequence[torch.Tensor], x: torch.Tensor, classes: int)
     if any(b.dim() != 2 for b in tensors):
         return True
     chained = all(a.shape[0] == b.shape[1] for a, b in zip(tensors, tensors[1:]))
-    return chained and tensors[0].shape[1] == x[0].numel() and tensors[-1].shape[0] == classes
+    inputs = None if x is None else x[0].numel()
+    return chained and tensors[0].shape[1] == inputs and tensors[-1].shape[0] == classes
