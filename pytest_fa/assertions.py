@@ -18,6 +18,7 @@ from pytest_fa.core.interface import per_sample
 from pytest_fa.core.render import MEANING
 from pytest_fa.core.report import DiagnosticReport, frozen_ceiling_reason
 from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.training.frozen import check_budget
 
 _DEFAULTS = DiagnosticThresholds()
 
@@ -144,13 +145,19 @@ def assert_beats_frozen(
     frozen_acc: float | None = None,
     margin_pp: float | None = None,
     samples: int | None = None,
+    *,
+    trained_epochs: int | None = None,
+    frozen_epochs: int | None = None,
 ) -> None:
     """Diagnostic (d): trained accuracy exceeds the frozen-blocks baseline by ``margin_pp``.
 
     ``samples``: the number of samples both accuracies were measured on (a report's own by
     default). Both at the ceiling (:func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`) is
     a failure too: (d) is not informative there, neither a pass nor a walk-back.
+    ``trained_epochs``/``frozen_epochs``: the two budgets; when both are given and differ, a
+    :class:`~pytest_fa.errors.FABudgetWarning` says the margin compares unequal training.
     """
+    check_budget(trained_epochs, frozen_epochs, "assert_beats_frozen")
     if isinstance(trained, DiagnosticReport):
         margin_pp = margin_pp if margin_pp is not None else trained.thresholds.frozen_margin_pp
         frozen_acc = frozen_acc if frozen_acc is not None else trained.frozen_acc

@@ -29,6 +29,11 @@ class NonFiniteError(FAError):
     """NaN or Inf in weights, hidden states or gradients."""
 
 
+class FABudgetWarning(UserWarning):
+    """The frozen-blocks control of (d) was not trained with the trained model's epochs and
+    recipe, or nothing shows that it was: a control trained less inflates (d)'s margin."""
+
+
 # -- settings in messages ----------------------------------------------------------------------
 # Library messages name a setting as "setting `name=VALUE`", the spelling of the Python API
 # (check(), ProtocolSettings); the plugin rewrites each to its option, `--fa-name=VALUE`.

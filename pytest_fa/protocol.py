@@ -7,7 +7,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,11 @@ from filelock import FileLock
 from torch import nn
 
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
-from pytest_fa.core.settings import ProtocolSettings
-from pytest_fa.errors import CheckpointError, DataError, FAError, setting
+from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
+from pytest_fa.errors import CheckpointError, DataError, FABudgetWarning, FAError, setting
 from pytest_fa.training.checkpoint import (
     Bundle,
+    CreditFactory,
     LoadedCheckpoint,
     import_factory,
     is_bundle,
@@ -89,10 +92,15 @@ class CheckpointRun:
 
 
 class ProtocolRunner:
-    """Loads and caches everything per checkpoint path for one session."""
+    """Loads and caches everything per checkpoint path for one session.
 
-    def __init__(self, settings: ProtocolSettings) -> None:
+    ``root`` (pytest's rootdir) is where the ``model`` and ``credit`` factories are looked up
+    when their modules are not on ``sys.path``.
+    """
+
+    def __init__(self, settings: ProtocolSettings, root: str | Path | None = None) -> None:
         self.settings = settings
+        self.root = root
         self.device = resolve_device(settings.device)
         self._runs: dict[str, CheckpointRun] = {}
         self._data: dict[str, Dataset] = {}
@@ -110,10 +118,10 @@ class ProtocolRunner:
         payload = read_checkpoint(path)
         data = self._dataset_for(path, payload.get("data") if is_bundle(payload) else None)
         loaded = load_checkpoint(
-            path, factory=self.settings.model_factory, input_shape=data.input_shape,
-            num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,
+            path, factory=self._model_factory(), input_shape=data.input_shape,
+            num_classes=data.num_classes, allow_unknown_method=self.credit_spec(path) is not None,
+            adapt=self._adapted,
         )
-        loaded.model = self._adapted(loaded.model)
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
         headline = accuracy(model, data.x_test, data.y_test)
@@ -176,17 +184,34 @@ class ProtocolRunner:
         return baseline
 
     def _baseline_budget(self, run: CheckpointRun):
-        bundle = run.bundle
+        """``(recipe, epochs, seed, arch, arch_config)`` of the frozen baseline: the checkpoint's own
+        budget, else the ``frozen_epochs`` setting with a warning that nothing checks it."""
+        bundle, path, given = run.bundle, run.loaded.path, self.settings.frozen_epochs
         if bundle is not None and bundle.epochs:
+            if given is not None and given != bundle.epochs:
+                warnings.warn(FABudgetWarning(
+                    f"{setting('frozen_epochs', str(given))} is not used for {path}: it records its training "
+                    f"budget, {bundle.epochs} epochs, and its frozen-blocks baseline is trained for as many"
+                ), stacklevel=2)
             return bundle.recipe or asdict(Recipe()), bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
-        if self.settings.frozen_epochs is None:
+        if given is None:
             raise _MissingBudget(
-                f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "
+                f"(d) needs the frozen-blocks baseline, but {path} records no training "
                 f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
                 f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
                 "with the paper's recipe"
             )
-        return asdict(Recipe()), self.settings.frozen_epochs, 42, "custom", {}
+        recipe = bundle.recipe if bundle is not None and bundle.recipe else None
+        warnings.warn(FABudgetWarning(
+            f"the frozen-blocks baseline of {path} is trained for {given} epochs ({setting('frozen_epochs', str(given))}) "
+            + (f"with its recorded recipe: {path} records no training budget" if recipe else
+               f"with pytest-fa's default recipe {asdict(Recipe())}: {path} records no training budget and no recipe")
+            + ", so nothing checks that they are the model's, and a control trained less than the model inflates "
+            f"(d)'s margin. Give the epochs the model was trained for, or {setting('frozen_acc', 'ACC')} of your "
+            "own matched control (pytest_fa.frozen_control); a pytest-fa bundle records the budget"
+        ), stacklevel=2)
+        arch, config = (bundle.arch, bundle.arch_config) if bundle is not None else ("custom", {})
+        return recipe or asdict(Recipe()), given, 42, arch, config
 
     def _cached_baseline(self, file: Path, key: str, arch: str) -> FrozenBaseline | None:
         if not file.exists():
@@ -204,7 +229,7 @@ class ProtocolRunner:
     def _train_baseline(self, run: CheckpointRun, spec: dict[str, Any], key: str, file: Path) -> FrozenBaseline:
         factory = None
         if spec["arch"] == "custom":
-            make = import_factory(self.settings.model_factory)
+            make = self._model_factory()
             config = spec["arch_config"]
             factory = lambda: self._adapted(make(**config) if config else make())  # noqa: E731
         result = train(
@@ -226,10 +251,19 @@ class ProtocolRunner:
         save_bundle(file, result.bundle)
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
+    def credit_spec(self, path: str) -> str | None:
+        """The credit factory of checkpoint ``path``: the first ``credit_map`` pattern that matches
+        its path or file name (fnmatch), else the ``credit`` setting; None: its bundle's method."""
+        for pattern, spec in credit_map_entries(self.settings.credit_map):
+            if fnmatch(str(path), pattern) or fnmatch(Path(path).name, pattern):
+                return spec
+        return self.settings.credit
+
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
-        if self.settings.credit is not None:
-            make = import_factory(self.settings.credit)
+        """The credit signal for Γ: the checkpoint's factory (:meth:`credit_spec`), else the bundle's method."""
+        spec = self.credit_spec(loaded.path)
+        if spec is not None:
+            make: CreditFactory = import_factory(spec, "credit", self.root)
             return make(model, loaded), ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
@@ -237,11 +271,16 @@ class ProtocolRunner:
 
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
-            make = import_factory(self.settings.model_factory)
+            make = self._model_factory()
             return self._adapted(make(**config) if config else make())
         from pytest_fa.models import build_model
 
         return build_model(arch, **config)
+
+    def _model_factory(self):
+        """The ``model`` setting's factory, or None."""
+        spec = self.settings.model_factory
+        return None if spec is None else import_factory(spec, "model", self.root)
 
     def _adapted(self, model: nn.Module) -> nn.Module:
         """``model`` read through forward hooks at the ``hidden`` states, when they are named."""

@@ -73,6 +73,10 @@ class ProtocolSettings:
         "train budget of the frozen baseline for a plain state dict", int, metavar="N"))
     thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
     cache_dir: str | None = None
+    credit_map: tuple[str, ...] = field(default=(), metadata=option(
+        "credit per checkpoint: PATTERN=package.module:make_credit (repeatable; ini: one per line); a checkpoint "
+        "whose path or file name matches PATTERN (fnmatch, first match) gets that factory instead of "
+        "--fa-credit or its bundle's method", metavar="PATTERN=SPEC", repeat=True))
 
     def __post_init__(self) -> None:
         if self.eval_batches < MIN_EVAL_BATCHES:
@@ -90,6 +94,7 @@ class ProtocolSettings:
         if self.hidden is not None and not self.hidden.replace(",", "").strip():
             raise SettingError("hidden", self.hidden, "name the modules of h_0..h_L, e.g. 'embed,blocks.*'")
         check_device(self.device)
+        credit_map_entries(self.credit_map)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,22 @@ def option_fields(cls: type = SessionSettings) -> list:
     """The fields of ``cls`` that are options, in the order the help lists them (checkpoints first)."""
     found = [f for f in fields(cls) if "option" in f.metadata]
     return sorted(found, key=lambda f: f.name != "checkpoint")
+
+
+def credit_map_entries(lines: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``[(pattern, spec)]`` of ``credit_map`` lines ``PATTERN = package.module:make_credit``."""
+    entries = []
+    for line in lines:
+        pattern, sep, spec = (part.strip() for part in line.rpartition("="))
+        if not (sep and pattern and spec):
+            raise SettingError("credit_map", line, "write each line as PATTERN = package.module:make_credit, "
+                               "e.g. 'biotorch_* = mymethods:make_credit'")
+        module, colon, attr = spec.partition(":")
+        if not (module and colon and attr):
+            raise SettingError("credit_map", line, f"{spec!r} must look like package.module:make_credit "
+                               "(module path, colon, callable)")
+        entries.append((pattern, spec))
+    return entries
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")

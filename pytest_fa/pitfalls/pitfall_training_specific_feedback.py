@@ -43,7 +43,8 @@ def regenerate_feedback(num_classes: int, dims: list[int], seed: int) -> list[to
     return init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed))
 
 
-def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False):
+def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False,
+                           adapt=None):
     """Load the weights, ignore the stored B and regenerate them from the recorded seed."""
     bundle = C.load_bundle(path)
     model = build_model(bundle.arch, **bundle.arch_config)

@@ -95,8 +95,9 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
     """Command line first, then the ini key (paths relative to the ini file), then the default."""
     value = config.getoption("fa_" + option.name)
     if option.repeat:
-        paths = value or [_ini_path(config, p) for p in config.getini(option.ini)]
-        return _unique(paths) if option.is_path else list(dict.fromkeys(paths))
+        if option.is_path:
+            return _unique(value or [_ini_path(config, p) for p in config.getini(option.ini)])
+        return list(dict.fromkeys(value or config.getini(option.ini)))
     if value is not None:
         return value
     raw = config.getini(option.ini)

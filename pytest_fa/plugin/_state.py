@@ -42,7 +42,7 @@ class FAState:
         if self._runner is None:
             from pytest_fa.protocol import ProtocolRunner
 
-            self._runner = ProtocolRunner(self.settings)
+            self._runner = ProtocolRunner(self.settings, root=self.config.rootpath)
         return self._runner
 
     def cache_dir(self) -> Path | None:
