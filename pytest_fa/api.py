@@ -107,6 +107,7 @@ def check(
     seed: int = 0,
     label: str = "",
     device: torch.device | str | None = None,
+    reference_model: nn.Module | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over eval batches drawn from ``data``.
 
@@ -114,7 +115,10 @@ def check(
     in ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched
     frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
     ``trustworthy``. ``credit`` is your method's ``credit(x, y, logits, hiddens)``; without it
-    Γ is reported unavailable, never ``cos(BP, BP) = 1``.
+    Γ is reported unavailable, never ``cos(BP, BP) = 1``. ``reference_model`` is a twin
+    that backpropagates truly with the same weights, for a model whose autograd is its
+    method's backward (biotorch: ``pytest_fa.core.backprop.bp_twin(model)``); it gives the
+    reference, ``model`` the states, accuracy and credit.
     """
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
@@ -145,6 +149,7 @@ def check(
         label=label,
         device=device,
         context=context,
+        reference_model=reference_model,
     )
 
 

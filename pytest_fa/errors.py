@@ -29,6 +29,10 @@ class NonFiniteError(FAError):
     """NaN or Inf in weights, hidden states or gradients."""
 
 
+class NotBackpropError(FAError):
+    """Autograd on the model is not backprop (its method's backward), so it cannot be the reference."""
+
+
 # -- settings in messages ----------------------------------------------------------------------
 # Library messages name a setting as "setting `name=VALUE`", the spelling of the Python API
 # (check(), ProtocolSettings); the plugin rewrites each to its option, `--fa-name=VALUE`.

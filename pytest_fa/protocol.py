@@ -15,6 +15,8 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from pytest_fa.core.adapter import HookedModel
+from pytest_fa.core.credit import OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings
 from pytest_fa.errors import CheckpointError, DataError, FAError, setting
@@ -38,6 +40,7 @@ from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
 
 _FROZEN_BASELINE_VERSION = 1
+OWN_BACKWARD = "own-backward"  # the credit setting that reads the model's own backward
 
 
 class _MissingBudget(CheckpointError):
@@ -227,13 +230,25 @@ class ProtocolRunner:
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
+        """The credit signal for Γ: the ``credit`` setting's factory (``own-backward``: the
+        model's own backward), else the bundle's method."""
+        if self.settings.credit == OWN_BACKWARD:
+            return OwnBackwardCredit(model), ""
         if self.settings.credit is not None:
             make = import_factory(self.settings.credit)
             return make(model, loaded), ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
+
+    def reference_model_for(self, model: nn.Module) -> nn.Module | None:
+        """The ``reference_model`` setting's twin of ``model`` (built from the model a
+        ``--fa-model`` factory returns, adapted like it), or None."""
+        if self.settings.reference_model is None:
+            return None
+        make = import_factory(self.settings.reference_model)
+        plain = model.model if isinstance(model, HookedModel) else model
+        return self._adapted(make(copy.deepcopy(plain))).to(self.device)
 
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
@@ -301,6 +316,7 @@ class ProtocolRunner:
             label=loaded.label,
             device=self.device,
             context=context,
+            reference_model=self.reference_model_for(model),
         )
 
 
