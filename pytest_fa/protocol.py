@@ -16,7 +16,7 @@ from filelock import FileLock
 from torch import nn
 
 from pytest_fa.core.adapter import HookedModel
-from pytest_fa.core.credit import OwnBackwardCredit
+from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings
 from pytest_fa.errors import CheckpointError, DataError, FAError, setting
@@ -40,7 +40,6 @@ from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
 
 _FROZEN_BASELINE_VERSION = 1
-OWN_BACKWARD = "own-backward"  # the credit setting that reads the model's own backward
 
 
 class _MissingBudget(CheckpointError):

@@ -233,8 +233,15 @@ def test_a_reference_model_that_is_no_twin_is_refused_with_the_difference():
     twin = bp_twin(bio)
     with torch.no_grad():
         twin.model.module.blocks[1].fc2.bias.add_(0.5)
-    with pytest.raises(NotBackpropError, match=r"at h_2 \('module.blocks.1'\) the two differ by up to 0.5 \(tolerance"):
+    differ = r"at h_2 \('module.blocks.1'\) the two differ by up to 0.5 \(tolerance"
+    with pytest.raises(NotBackpropError, match=differ):
         check(bio, reference_model=twin)
+
+
+def test_a_reference_model_that_is_not_a_model_is_a_clear_error():
+    spec = "pytest_fa.core.backprop:bp_twin"
+    with pytest.raises(ModelInterfaceError, match=f"reference_model='{spec}': give the twin itself"):
+        check(adapted(Net()), reference_model=spec)
 
 
 def test_a_twin_that_is_not_backprop_is_refused_too():

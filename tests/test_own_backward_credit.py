@@ -204,3 +204,13 @@ def test_the_credit_setting_own_backward_reads_the_models_own_backward():
     model = FeedbackNet("bp", [])
     credit, reason = ProtocolRunner(ProtocolSettings(credit="own-backward", device="cpu")).credit_for(None, model)
     assert isinstance(credit, OwnBackwardCredit) and credit.model is model and reason == ""
+
+
+def test_check_takes_own_backward_by_name_and_refuses_another_name():
+    model = FeedbackNet("dfa", init_dfa_feedback(CLASSES, [D] * (DEPTH + 1), torch.Generator().manual_seed(5)))
+    kwargs = dict(batch_size=BATCH, frozen_acc=0.1, reference_model=_twin(model))
+    by_name = pytest_fa.check(model, data(), credit="own-backward", **kwargs)
+    by_class = pytest_fa.check(model, data(), credit=OwnBackwardCredit(model), **kwargs)
+    assert by_name.gamma_per_layer == by_class.gamma_per_layer
+    with pytest.raises(ModelInterfaceError, match="credit='dfa': give your method's credit signal.*or 'own-backward'"):
+        pytest_fa.check(model, data(), credit="dfa", **kwargs)

@@ -46,6 +46,9 @@ class BPCredit:
         return [self._read(g) for g in ce_grads(logits, y, hiddens, retain_graph=True)]
 
 
+OWN_BACKWARD = "own-backward"  # the credit setting that reads the model's own backward
+
+
 class OwnBackwardCredit:
     """The method's own backward: ``a_l`` is what autograd delivers at ``h_l`` from the
     batch-mean ``CE`` through ``model`` as it is (its custom Functions, hooks, feedback
