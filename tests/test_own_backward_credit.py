@@ -1,6 +1,6 @@
 """Credit from the method's own backward: what autograd delivers at each state through the
 model as it is. Equal to the project's DFA and FA rules on models that run them in their
-backward, and to biotorch's FA and DFA credit derived by hand."""
+backward, and to biotorch's credit (FA, DFA, uSF, sign symmetry) derived by hand."""
 
 from __future__ import annotations
 
@@ -149,28 +149,35 @@ def test_a_state_the_backward_does_not_reach_gets_no_credit():
     assert credits[1] is None and all(a is not None for i, a in enumerate(credits) if i != 1)
 
 
-# -- biotorch's FA and DFA, derived by hand ----------------------------------------------------
+# -- biotorch, derived by hand -----------------------------------------------------------------
+def _feedback(layer, mode):
+    """The matrix a biotorch layer's backward used in the last forward pass."""
+    if mode == "frsf":  # a fixed |B| with the signs of the forward weight, formed in each pass
+        return layer.weight_backward.abs() * torch.sign(layer.weight)
+    return layer.weight_backward  # fa, dfa; usf and brsf store the one their pass formed
+
+
 def _by_hand(bio, mode, hiddens, error):
     """biotorch's credit at h_0..h_L from its layers' weights: ``error`` is ``dCE/dz``.
 
-    FA: each converted layer sends ``grad @ weight_backward`` to its input. DFA: each sends
-    ``error @ weight_backward`` to its input, whatever comes from above."""
+    FA and the sign-symmetric modes: each converted layer sends ``grad @ B`` to its input.
+    DFA: each sends ``error @ B`` to its input, whatever comes from above."""
     net = bio.module
     h_last = hiddens[-1].detach().requires_grad_()
-    (top,) = torch.autograd.grad(net.norm(h_last), h_last, error @ net.head.weight_backward)
+    (top,) = torch.autograd.grad(net.norm(h_last), h_last, error @ _feedback(net.head, mode))
     credits = [top]
     for block, h in zip(reversed(net.blocks), reversed(hiddens[:-1])):
         above = credits[-1]
-        if mode == "fa":
-            active = (block.fc1(h.detach()) > 0).to(h.dtype)
-            through = ((above @ block.fc2.weight_backward) * active) @ block.fc1.weight_backward
+        if mode == "dfa":
+            through = error @ _feedback(block.fc1, mode)
         else:
-            through = error @ block.fc1.weight_backward
+            active = (F.linear(h.detach(), block.fc1.weight, block.fc1.bias) > 0).to(h.dtype)
+            through = ((above @ _feedback(block.fc2, mode)) * active) @ _feedback(block.fc1, mode)
         credits.append(above + through)
     return credits[::-1]
 
 
-@pytest.mark.parametrize("mode", ["fa", "dfa"])
+@pytest.mark.parametrize("mode", ["fa", "dfa", "usf", "brsf", "frsf"])
 def test_on_biotorch_it_equals_the_credit_derived_by_hand(mode):
     model = adapted(biotorch_model(mode))
     bio = model.model

@@ -116,7 +116,7 @@ def _tensor_hook_parts(model, logits, states, between, owner, names, tensor_hook
         parts.append("a tensor hook on the logits")
     for node, tensor in tensor_hooks:
         if node is not None and node in between and not any(tensor is h for h in [*states, logits]):
-            where = f" in {names[owner[node]]}" if node in owner else ""
+            where = f" in {names.get(owner[node], 'a module')}" if node in owner else ""
             parts.append(f"a tensor hook on the output of {node.name()}{where}")
     return list(dict.fromkeys(parts))
 
