@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import pytest_fa
-from pytest_fa.core.backprop import bp_twin, non_backprop_parts
+from pytest_fa.core.backprop import BackpropCheck, bp_twin, non_backprop_parts
 from pytest_fa.core.credit import DFACredit, OwnBackwardCredit, init_dfa_feedback
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.errors import ModelInterfaceError, NotBackpropError
 
 pytestmark = [
@@ -164,14 +165,17 @@ def test_a_global_module_backward_hook_is_refused():
         handle.remove()
 
 
-def test_plain_models_native_and_adapted_pass_the_check():
+def test_plain_models_native_and_adapted_pass_the_check_once():
     from pytest_fa.models import build_model
 
     native = build_model("resmlp", input_shape=(IN,), d=D, depth=DEPTH, num_classes=CLASSES)
-    x, _ = data()
+    x, y = data()
     for model in (native, adapted(Net())):
         logits, states = model(x[:BATCH], return_hidden=True)
         assert non_backprop_parts(model, logits, states) == []
+        assert BackpropCheck(model).active
+        reference_pass(model, x[:BATCH], y[:BATCH])
+        assert not BackpropCheck(model).active  # the structure is read once per model
 
 
 # -- biotorch, exactly as its converter returns it ---------------------------------------------
