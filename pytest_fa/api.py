@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from pytest_fa.core import interface
-from pytest_fa.core.credit import CreditSignal
+from pytest_fa.core.credit import OWN_BACKWARD, CreditSignal, OwnBackwardCredit
 from pytest_fa.core.probe import at_least_float32
 from pytest_fa.core.report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
 from pytest_fa.core.settings import ProtocolSettings, SettingError
 from pytest_fa.core.thresholds import DiagnosticThresholds
-from pytest_fa.errors import DataError
+from pytest_fa.errors import DataError, ModelInterfaceError
 from pytest_fa.training.data import Dataset
 from pytest_fa.training.data import eval_batches as dataset_eval_batches
 from pytest_fa.training.trainer import accuracy, resolve_device
@@ -98,7 +98,7 @@ def check(
     model: nn.Module,
     data: Any,
     *,
-    credit: CreditSignal | None = None,
+    credit: CreditSignal | str | None = None,
     frozen_acc: float | None = None,
     headline_acc: float | None = None,
     thresholds: DiagnosticThresholds | None = None,
@@ -107,6 +107,7 @@ def check(
     seed: int = 0,
     label: str = "",
     device: torch.device | str | None = None,
+    reference_model: nn.Module | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over eval batches drawn from ``data``.
 
@@ -114,8 +115,25 @@ def check(
     in ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched
     frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
     ``trustworthy``. ``credit`` is your method's ``credit(x, y, logits, hiddens)``; without it
-    Γ is reported unavailable, never ``cos(BP, BP) = 1``.
+    Γ is reported unavailable, never ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads
+    it from the model's own backward (:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
+    ``reference_model`` is a twin that backpropagates truly with the same weights, for a
+    model whose autograd is its method's backward (biotorch:
+    ``pytest_fa.core.backprop.bp_twin(model)``); it gives the reference, ``model`` the
+    states, accuracy and credit.
     """
+    if isinstance(credit, str):
+        if credit != OWN_BACKWARD:
+            raise ModelInterfaceError(
+                f"credit={credit!r}: give your method's credit signal, credit(x, y, logits, hiddens) -> "
+                f"[a_0, ..., a_L], or {OWN_BACKWARD!r} for what the model's own backward delivers"
+            )
+        credit = OwnBackwardCredit(model)
+    if reference_model is not None and not isinstance(reference_model, nn.Module):
+        raise ModelInterfaceError(
+            f"reference_model={reference_model!r}: give the twin itself, a model that backpropagates "
+            "truly with the same weights (for a biotorch model, pytest_fa.core.backprop.bp_twin(model))"
+        )
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
     _check_settings(num_batches, batch_size, device)
@@ -145,6 +163,7 @@ def check(
         label=label,
         device=device,
         context=context,
+        reference_model=reference_model,
     )
 
 

@@ -29,6 +29,10 @@ class NonFiniteError(FAError):
     """NaN or Inf in weights, hidden states or gradients."""
 
 
+class NotBackpropError(FAError):
+    """Autograd on the model is not backprop (its method's backward), so it cannot be the reference."""
+
+
 class FABudgetWarning(UserWarning):
     """The frozen-blocks control of (d) was not trained with the trained model's epochs and
     recipe, or nothing shows that it was: a control trained less inflates (d)'s margin."""

@@ -17,6 +17,8 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from pytest_fa.core.adapter import HookedModel
+from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
 from pytest_fa.errors import CheckpointError, DataError, FABudgetWarning, FAError, setting
@@ -260,14 +262,26 @@ class ProtocolRunner:
         return self.settings.credit
 
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: the checkpoint's factory (:meth:`credit_spec`), else the bundle's method."""
+        """The credit signal for Γ: the checkpoint's factory (:meth:`credit_spec`; ``own-backward``:
+        the model's own backward), else the bundle's method."""
         spec = self.credit_spec(loaded.path)
+        if spec == OWN_BACKWARD:
+            return OwnBackwardCredit(model), ""
         if spec is not None:
             make: CreditFactory = import_factory(spec, "credit", self.root)
             return make(model, loaded), ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
+
+    def reference_model_for(self, model: nn.Module) -> nn.Module | None:
+        """The ``reference_model`` setting's twin of ``model`` (built from the model a
+        ``--fa-model`` factory returns, adapted like it), or None."""
+        if self.settings.reference_model is None:
+            return None
+        make = import_factory(self.settings.reference_model, "reference_model", self.root)
+        plain = model.model if isinstance(model, HookedModel) else model
+        return self._adapted(make(copy.deepcopy(plain))).to(self.device)
 
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
@@ -340,6 +354,7 @@ class ProtocolRunner:
             label=loaded.label,
             device=self.device,
             context=context,
+            reference_model=self.reference_model_for(model),
         )
 
 

@@ -35,7 +35,7 @@ from pytest_fa.training.data import dataset_from_spec, eval_batches
 ITEM_NAMES = ("residual_growth", "grad_floor", "direction_stability", "frozen_margin")
 PACKAGE_DIR = str(Path(pytest_fa.__file__).parent)
 OPTION_NAMES = (
-    "checkpoint", "model", "hidden", "block-output", "pooling", "credit", "data", "data-root", "device",
+    "checkpoint", "model", "hidden", "block-output", "pooling", "credit", "reference-model", "data", "data-root", "device",
     "eval-batches", "batch-size", "frozen-acc", "frozen-epochs", "report-json", "report-md", "plot",
     "compare", "compare-fail", "lint", "credit-map",
     *(f.name.replace("_", "-") for f in dataclasses.fields(DiagnosticThresholds)),

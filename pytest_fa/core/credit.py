@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from pytest_fa.core import interface
 from pytest_fa.errors import FeedbackError
 
 
@@ -43,6 +44,36 @@ class BPCredit:
         from pytest_fa.core.reference import ce_grads
 
         return [self._read(g) for g in ce_grads(logits, y, hiddens, retain_graph=True)]
+
+
+OWN_BACKWARD = "own-backward"  # the credit setting that reads the model's own backward
+
+
+class OwnBackwardCredit:
+    """The method's own backward: ``a_l`` is what autograd delivers at ``h_l`` from the
+    batch-mean ``CE`` through ``model`` as it is (its custom Functions, hooks, feedback
+    weights): the signal the method trains with, with no code of yours. A biotorch DFA model
+    first gets this batch's loss gradient, as its training forward gives it
+    (:func:`~pytest_fa.core.backprop.training_loss_gradient`). On a model that backpropagates
+    it is ``dCE/dh_l``; at a state the backward does not reach it is None. Build it on the
+    model you diagnose; the reference then comes from a twin that backpropagates truly.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, x, y, logits, hiddens):
+        from pytest_fa.core.backprop import training_loss_gradient
+        from pytest_fa.core.reference import ce_grads
+
+        reached = [i for i, h in enumerate(hiddens) if h.requires_grad]
+        with training_loss_gradient(self.model, logits, y):
+            grads = ce_grads(logits, y, [hiddens[i] for i in reached], retain_graph=True, allow_unused=True)
+        layout = interface.hidden_layout(self.model, hiddens[0])
+        credits: list[torch.Tensor | None] = [None] * len(hiddens)
+        for i, g in zip(reached, grads):
+            credits[i] = None if g is None else interface.per_sample(g, layout)
+        return credits
 
 
 class DFACredit:

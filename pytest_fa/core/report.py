@@ -238,6 +238,7 @@ def diagnose(
     device: torch.device | str | None = None,
     context: dict[str, Any] | None = None,
     null_draws: int = 20,
+    reference_model: nn.Module | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over ``eval_batches`` (≥ 8 disjoint batches of 128).
 
@@ -250,11 +251,19 @@ def diagnose(
     sampling resolution at the ceiling (without it, the observed headroom). ``credit`` gives the method's
     ``a_l`` for per-layer Γ; without it Γ is reported unavailable with
     ``credit_unavailable`` as the reason, never computed against a fallback.
+
+    ``reference_model``, a twin of ``model`` that backpropagates truly with the same weights,
+    gives the reference ``g_l`` where autograd on ``model`` is its method's backward, not
+    backprop (such a model is refused without one); the states, accuracy and credit stay
+    ``model``'s.
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
     with_null = bool(null_draws) and isinstance(credit, DFACredit)
-    probe = run_probe(model, eval_batches, credit=credit, device=device, keep_rows=with_null)
+    probe = run_probe(model, eval_batches, credit=credit, device=device, keep_rows=with_null,
+                      reference_model=reference_model)
+    if reference_model is not None:
+        context = {**(context or {}), "reference": f"backprop through the reference model ({type(reference_model).__name__})"}
     if getattr(model, "state_names", None):
         context = {**(context or {}), "states": list(model.state_names)}
     report = report_from_probe(

@@ -57,7 +57,13 @@ class ProtocolSettings:
         "mean over tokens (mean)", metavar="KIND"))
     credit: str | None = field(default=None, metadata=option(
         "your method's credit signal for Γ: package.module:make_credit, called as make_credit(model, "
-        "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]", metavar="SPEC"))
+        "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]; or own-backward: what the "
+        "model's own backward delivers at each state", metavar="SPEC"))
+    reference_model: str | None = field(default=None, metadata=option(
+        "a twin that backpropagates truly with the same weights, for the reference g_l of a model whose "
+        "autograd is its method's backward (custom autograd.Function, backward hooks, feedback weights): "
+        "package.module:make_twin, called as make_twin(model) -> twin; pytest_fa.core.backprop:bp_twin "
+        "converts biotorch models", metavar="SPEC"))
     data: str | None = field(default=None, metadata=option(
         "data set when the checkpoint does not record one: mnist1d, fashion-mnist, cifar10, cifar100, "
         "synthetic", metavar="NAME"))
