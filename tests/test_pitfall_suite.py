@@ -111,7 +111,9 @@ def _sweep(args: list[str], cwd: Path) -> tuple[int, str]:
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTEST_FA_REALISATIONS": ",".join(f"{s}:{t}" for s, t in SWEEP)}
+    # one thread per worker outside the training runs (a realisation sets its own): two workers
+    # with torch's default threads each would oversubscribe the cores
+    env = {**os.environ, "PYTEST_FA_REALISATIONS": ",".join(f"{s}:{t}" for s, t in SWEEP), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pytest", "-m", "fa_realisation", "-p", "no:cacheprovider", "-v", "-rf",
                "-n", "2", "--dist", "loadgroup", "-W", "ignore::pytest.PytestAssertRewriteWarning", *args]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
