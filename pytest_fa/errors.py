@@ -50,6 +50,7 @@ def setting(name: str, value: str = "") -> str:
     return f"setting `{name}{'=' + value if value else ''}`"
 
 
-def as_flags(message: str) -> str:
-    """``message`` with each named setting written as its command-line option."""
-    return _SETTING.sub(lambda m: f"--fa-{m.group(1).replace('_', '-')}{m.group(2)}", message)
+def as_flags(message: str, prefix: str = "--fa-") -> str:
+    """``message`` with each named setting written as its command-line option, ``prefix`` and
+    the name with dashes: the plugin's ``--fa-name``, fa-train's ``--name`` (``prefix="--"``)."""
+    return _SETTING.sub(lambda m: f"{prefix}{m.group(1).replace('_', '-')}{m.group(2)}", message)
