@@ -4,6 +4,8 @@ backward, and to biotorch's credit (FA, DFA, uSF, sign symmetry) derived by hand
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import copy
 
 import pytest
@@ -209,7 +211,7 @@ def test_the_credit_setting_own_backward_reads_the_models_own_backward():
     from pytest_fa.protocol import ProtocolRunner
 
     model = FeedbackNet("bp", [])
-    credit, reason = ProtocolRunner(ProtocolSettings(credit="own-backward", device="cpu")).credit_for(None, model)
+    credit, reason = ProtocolRunner(ProtocolSettings(credit="own-backward", device="cpu")).credit_for(SimpleNamespace(path="own.pt"), model)
     assert isinstance(credit, OwnBackwardCredit) and credit.model is model and reason == ""
 
 

@@ -12,7 +12,7 @@ the same data with backprop and the paper's recipe.
 
 A run is one realisation: its seed and thread count (and the CPU's kernels) decide every
 number in it, and these runs are chaotic. Tests assert what holds for every realisation —
-checked by the slow tier's sweep over seeds and thread counts — never one run's numbers.
+checked by the sweep over seeds and thread counts (pytest -m sweep) — never one run's numbers.
 Each run happens once per process; tests must not change the models they are given (copy
 first).
 """
