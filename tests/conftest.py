@@ -7,11 +7,18 @@ import pytest
 
 # the realisation (seed, threads) of the tests whose training runs are chaotic: seed 42 on one
 # thread, or each one PYTEST_FA_REALISATIONS lists (the slow tier's sweep)
-from pytest_fa.pitfalls.fixtures import fa_realisation, pytest_generate_tests  # noqa: F401
+from pytest_fa.pitfalls import fixtures as pitfall_fixtures
+from pytest_fa.pitfalls.fixtures import fa_realisation  # noqa: F401
 
 # pytester's in-process runs drop the modules first imported inside them, and numpy's C
 # extensions (reached from mnist1d through scipy) cannot be loaded twice in one process:
 # import them here, outside every run.
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # under --fa-pitfalls the pitfall suite's own hook parametrises these tests already
+    if not metafunc.config.pluginmanager.has_plugin("fa-pitfalls"):
+        pitfall_fixtures.pytest_generate_tests(metafunc)
+
 
 SMALL_SAMPLES = 6000  # 1200 test samples: room for 8 eval batches of 128
 SMALL_ARCH = {"d": 32, "depth": 4}

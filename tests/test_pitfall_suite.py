@@ -13,8 +13,8 @@ from pytest_fa.pitfalls import (
     Guard,
     checklist,
     guards,
-    regimes,  # noqa: F401  (kept imported: its runs are cached per process)
 )
+from pytest_fa.pitfalls import regimes  # noqa: F401  (kept imported: its runs are cached per process)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,32 +100,12 @@ def test_a_guard_is_swapped_wherever_pytest_fa_bound_it():
 # -- every realisation -----------------------------------------------------------------------
 # The training runs behind the pitfall suite and the chaotic runs of tests/ are not the same on
 # another CPU, BLAS kernel or thread count. Their assertions must hold for every realisation:
-# five seeds on one or two torch threads stand in for the machines (the default tier runs seed
-# 42 on one thread). About 2 CPU-minutes per realisation, two realisations at a time.
+# five more realisations stand in for the machines (the default tier runs seed 42 on one
+# thread): seeds 123, 456, 7, 2024 and 42, on one or two torch threads. One process for all of
+# them (a regime is trained once per realisation, for the pitfall suite and tests/ alike); about
+# 40 s per realisation on two cores.
 SWEEP = [(123, 2), (456, 1), (7, 2), (2024, 1), (42, 2)]
-SWEEP_IDS = [f"s{seed}t{threads}" for seed, threads in SWEEP]
-
-
-def _sweep(args: list[str], cwd: Path) -> tuple[int, str]:
-    """Run the tests marked ``fa_realisation`` once per realisation of :data:`SWEEP`, two
-    processes at a time; the exit code is the worst one."""
-    import os
-    import subprocess
-    import sys
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(realisation: tuple[int, int]) -> subprocess.CompletedProcess:
-        seed, threads = realisation
-        # one thread outside the training runs (a realisation sets its own): two processes with
-        # torch's default threads each would oversubscribe the cores
-        env = {**os.environ, "PYTEST_FA_REALISATIONS": f"{seed}:{threads}", "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "pytest", "-m", "fa_realisation", "-p", "no:cacheprovider", "-p", "no:xdist",
-                   "-v", "-rf", "-W", "ignore::pytest.PytestAssertRewriteWarning", *args]
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = list(pool.map(one, SWEEP))
-    return max(run.returncode for run in runs), "\n".join(run.stdout + run.stderr for run in runs)
+SWEEP_IDS = {f"s{seed}t{threads}" for seed, threads in SWEEP}
 
 
 def _each_test_on_each_realisation(output: str) -> dict[str, set[str]]:
@@ -133,26 +113,31 @@ def _each_test_on_each_realisation(output: str) -> dict[str, set[str]]:
     import re
 
     ran: dict[str, set[str]] = {}
-    for name, realisation in re.findall(r"PASSED (\S+?)\[(s\d+t\d+)\]", output):
-        ran.setdefault(name, set()).add(realisation)
+    for item in re.findall(r"^(\S+) PASSED", output, re.MULTILINE):
+        realisation = re.search(r"\bs\d+t\d+\b", item)
+        if realisation is not None:
+            name = item[: realisation.start()] + item[realisation.end():]
+            ran.setdefault(name, set()).add(realisation.group())
     return ran
 
 
-def _assert_swept(args: list[str], cwd: Path, at_least: int) -> None:
-    """The sweep passed, and every test it ran passed on every realisation."""
-    code, output = _sweep(args, cwd)
-    assert code == pytest.ExitCode.OK, output[-4000:]
+@pytest.mark.slow
+@pytest.mark.sweep
+def test_every_test_that_trains_holds_on_every_realisation():
+    """The tests marked ``fa_realisation`` — the pitfall suite's and the chaotic runs of
+    tests/ — pass on each realisation of :data:`SWEEP`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTEST_FA_REALISATIONS": ",".join(f"{s}:{t}" for s, t in SWEEP), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pytest", "-m", "fa_realisation", "--fa-pitfalls", "tests", "-p", "no:cacheprovider",
+               "-p", "no:xdist", "-v", "-rf", "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    output = run.stdout + run.stderr
+    assert run.returncode == pytest.ExitCode.OK, output[-4000:]
     ran = _each_test_on_each_realisation(output)
-    assert len(ran) >= at_least, sorted(ran)
+    pitfall_tests = [name for name in ran if "/pitfalls/pitfall_" in name]
+    assert len(pitfall_tests) >= 20 and len(ran) - len(pitfall_tests) >= 6, sorted(ran)
     for test, realisations in ran.items():
-        assert realisations == set(SWEEP_IDS), (test, sorted(set(SWEEP_IDS) - realisations))
-
-
-@pytest.mark.sweep
-def test_the_pitfall_suite_holds_on_every_realisation(tmp_path):
-    _assert_swept(["--fa-pitfalls"], tmp_path, at_least=20)
-
-
-@pytest.mark.sweep
-def test_the_chaotic_runs_of_the_test_suite_hold_on_every_realisation():
-    _assert_swept(["tests"], ROOT, at_least=6)
+        assert realisations == SWEEP_IDS, (test, sorted(SWEEP_IDS - realisations))
