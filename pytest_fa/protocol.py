@@ -108,7 +108,8 @@ class ProtocolRunner:
 
     def _load(self, path: str) -> CheckpointRun:
         payload = read_checkpoint(path)
-        data = self._dataset_for(path, payload.get("data") if is_bundle(payload) else None)
+        # a malformed bundle is refused before its data spec is read
+        data = self._dataset_for(path, Bundle.from_payload(payload, path).data if is_bundle(payload) else None)
         loaded = load_checkpoint(
             path, factory=self.settings.model_factory, input_shape=data.input_shape,
             num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,

@@ -711,3 +711,54 @@ def test_a_bundle_that_stopped_before_its_planned_epochs_loads(bp_bundle, tmp_pa
     path = tmp_path / "early.pt"
     torch.save(payload, path)
     assert load_checkpoint(path).bundle.epochs == 2
+
+
+# -- fields of the wrong type ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, phrase",
+    [
+        ("format_version", torch.tensor([1, 1]), "has bundle format version tensor([1, 1])"),
+        ("format_version", True, "has bundle format version True"),
+        ("arch", ["resmlp"], "records arch=['resmlp']; arch is a name (a string)"),
+        ("method", {"dfa": 1}, "records method={'dfa': 1}; method is a name (a string)"),
+        ("arch_config", "d=32", "records arch_config of type str; arch_config is a dict"),
+        ("arch_config", {"d": 32, 3: 4}, "records arch_config with the key 3; arch_config holds string keys"),
+        ("method_config", [("penalty", 0.0)], "records method_config of type list; method_config is a dict"),
+        ("recipe", "adamw", "records recipe of type str; recipe is a dict"),
+        ("aux", 3, "records aux of type int; aux is a dict"),
+        ("data", None, "records data of type NoneType; data is a dict"),
+        ("data", {"name": "mnist1d", "config": {3: 1}, "preprocessing": {}},
+         "records data with the key 3; data holds JSON"),
+        ("data", {"name": "mnist1d", "config": {}, "preprocessing": {"mean": torch.zeros(1)}},
+         "records data with the value tensor([0.]); data holds JSON"),
+        ("feedback", torch.zeros(5, CLASSES, WIDTH), "records feedback of type Tensor; feedback is a list of tensors"),
+        ("seed", "abc", "records seed='abc'; a seed is a whole number torch can seed with"),
+        ("seed", [1], "records seed=[1]; a seed is a whole number"),
+        ("seed", 2**64, f"records seed={2**64}; a seed is a whole number"),
+    ],
+)
+def test_a_bundle_field_of_the_wrong_type_is_refused(dfa_bundle, tmp_path, field, value, phrase):
+    """Each field has the type save_bundle writes; another one raised TypeError, ValueError or
+    RuntimeError deep in the loader, or reached the report (a seed that is a list or a tensor
+    broke its JSON and the seed table)."""
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload[field] = value
+    path = save_payload(tmp_path, payload)
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert f"<path> {phrase}" in message
+    assert REMEDY.search(message) or "Upgrade pytest-fa" in message, message
+
+
+@pytest.mark.parametrize("data_setting", [None, "mnist1d"])
+def test_the_runner_refuses_a_malformed_bundle_before_reading_its_data(dfa_bundle, tmp_path, data_setting):
+    """A bundle without a data spec was diagnosed on mnist1d (or on --fa-data) as if it were
+    a plain state dict; a data spec that is not a dict raised AttributeError under --fa-data."""
+    for number, spec in enumerate([None, ["mnist1d"]]):
+        payload = torch.load(dfa_bundle, weights_only=True)
+        payload["data"] = spec
+        path = save_payload(tmp_path, payload, f"bad{number}.pt")
+        runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, data=data_setting))
+        message = error_of(CheckpointError, runner.report, str(path))
+        assert f"<path> records data of type {type(spec).__name__}; data is a dict" in message
