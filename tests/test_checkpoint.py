@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import math
 import pickle
 import random
@@ -762,3 +763,29 @@ def test_the_runner_refuses_a_malformed_bundle_before_reading_its_data(dfa_bundl
         runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, data=data_setting))
         message = error_of(CheckpointError, runner.report, str(path))
         assert f"<path> records data of type {type(spec).__name__}; data is a dict" in message
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    """Opening a FIFO waits for a writer for ever (a session that named one hung); a writer is
+    ready here so that the test ends either way (the old reader failed on it with 'Illegal seek')."""
+    import os
+    import threading
+
+    fifo = tmp_path / "checkpoint.pt"
+    os.mkfifo(fifo)
+    buffer = io.BytesIO()
+    torch.save({"embed.weight": torch.zeros(2)}, buffer)
+
+    def write():
+        with open(fifo, "wb") as sink:
+            sink.write(buffer.getvalue())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        message = error_of(CheckpointError, load_checkpoint, fifo)
+        assert "<path> is not a regular file (a FIFO, socket or device); point at the .pt file" in message
+    finally:  # let the writer finish if nobody read
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join(timeout=10)
+        os.close(reader)

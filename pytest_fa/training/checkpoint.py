@@ -236,6 +236,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; point at the .pt file")
+    if not path.is_file():  # reading a FIFO waits for a writer for ever
+        raise CheckpointError(
+            f"checkpoint {path} is not a regular file (a FIFO, socket or device); point at the .pt file"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
