@@ -230,7 +230,7 @@ class ProtocolRunner:
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
         """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
         if self.settings.credit is not None:
-            make = import_factory(self.settings.credit)
+            make = import_factory(self.settings.credit, "credit")
             return make(model, loaded), ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"

@@ -21,7 +21,7 @@ import torch
 from pytest_fa import protocol
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
 from pytest_fa.core.report import diagnose
-from pytest_fa.errors import CheckpointError, FeedbackError, NonFiniteError
+from pytest_fa.errors import CheckpointError, FeedbackError, ModelInterfaceError, NonFiniteError
 from pytest_fa.models import ARCHITECTURES, ResMLP, build_model
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
 from pytest_fa.training.checkpoint import (
@@ -789,3 +789,27 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         writer.join(timeout=10)
         os.close(reader)
+
+
+@pytest.mark.parametrize("spec", [".relative:build", "..:build"])
+def test_a_relative_factory_module_is_a_clear_error(plain_state_dict, spec):
+    path, _ = plain_state_dict
+    message = error_of(CheckpointError, load_checkpoint, path, factory=spec)
+    assert f"setting `model`: importing {spec.partition(':')[0]!r} raised TypeError" in message
+    assert "give an absolute module path" in message
+
+
+@pytest.mark.parametrize(
+    "source, phrase",
+    [
+        (None, "setting `credit`: cannot import 'fa_no_such_credit_xyz'"),
+    ],
+)
+def test_a_credit_factory_that_fails_is_named_as_the_credit_setting(dfa_bundle, factory_module, source, phrase):
+    """The credit setting's errors named the model setting, and the factory's own errors (or
+    a result that is no signal) escaped as raw exceptions or an empty Γ reason."""
+    spec = "fa_no_such_credit_xyz:make" if source is None else f"{factory_module(source)}:make"
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, credit=spec))
+    with pytest.raises((CheckpointError, ModelInterfaceError)) as info:
+        runner.report(str(dfa_bundle))
+    assert phrase.replace("SPEC", spec) in str(info.value)

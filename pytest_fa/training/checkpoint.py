@@ -279,23 +279,29 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle.from_payload(payload, source=str(path))
 
 
-def import_factory(spec: str) -> Callable[..., nn.Module]:
-    """Resolve ``package.module:callable`` to the model factory it names."""
+def import_factory(spec: str, name: str = "model") -> Callable[..., nn.Module]:
+    """Resolve ``package.module:callable`` to the factory it names; ``name`` is the setting
+    that gave ``spec`` (``model`` or ``credit``)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CheckpointError(
-            f"{setting('model', repr(spec))} must look like package.module:build (module path, colon, callable)"
+            f"{setting(name, repr(spec))} must look like package.module:build (module path, colon, callable)"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CheckpointError(f"{setting('model')}: cannot import {module_name!r}: {exc}") from exc
+        raise CheckpointError(f"{setting(name)}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 — a relative name, or the module's own code raised
+        raise CheckpointError(
+            f"{setting(name)}: importing {module_name!r} raised {type(exc).__name__}: {exc} (give an absolute "
+            "module path, package.module)"
+        ) from exc
     try:
         factory = getattr(module, attr)
     except AttributeError:
-        raise CheckpointError(f"{setting('model')}: module {module_name!r} has no {attr!r}") from None
+        raise CheckpointError(f"{setting(name)}: module {module_name!r} has no {attr!r}") from None
     if not callable(factory):
-        raise CheckpointError(f"{setting('model')}: {spec} is not callable")
+        raise CheckpointError(f"{setting(name)}: {spec} is not callable")
     return factory
 
 
