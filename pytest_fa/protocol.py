@@ -17,7 +17,7 @@ from torch import nn
 
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings
-from pytest_fa.errors import CheckpointError, DataError, FAError, setting
+from pytest_fa.errors import CheckpointError, DataError, FAError, ModelInterfaceError, setting
 from pytest_fa.training.checkpoint import (
     Bundle,
     LoadedCheckpoint,
@@ -229,9 +229,22 @@ class ProtocolRunner:
 
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
         """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
-        if self.settings.credit is not None:
-            make = import_factory(self.settings.credit, "credit")
-            return make(model, loaded), ""
+        spec = self.settings.credit
+        if spec is not None:
+            make = import_factory(spec, "credit")
+            try:
+                credit = make(model, loaded)
+            except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+                raise ModelInterfaceError(
+                    f"{setting('credit', spec)}: your credit factory raised {type(exc).__name__}: {exc} "
+                    "(called as make_credit(model, checkpoint))"
+                ) from exc
+            if not callable(credit):
+                raise ModelInterfaceError(
+                    f"{setting('credit', spec)}: the factory returned {type(credit).__name__}, not a credit "
+                    "signal; make_credit(model, checkpoint) returns credit(x, y, logits, hiddens) -> [a_0, ..., a_L]"
+                )
+            return credit, ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)

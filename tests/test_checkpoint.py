@@ -803,6 +803,11 @@ def test_a_relative_factory_module_is_a_clear_error(plain_state_dict, spec):
     "source, phrase",
     [
         (None, "setting `credit`: cannot import 'fa_no_such_credit_xyz'"),
+        ("def make(model, checkpoint):\n    raise ValueError('no feedback here')\n",
+         "setting `credit=SPEC`: your credit factory raised ValueError: no feedback here"),
+        ("def make(model):\n    return None\n", "setting `credit=SPEC`: your credit factory raised TypeError"),
+        ("def make(model, checkpoint):\n    return None\n",
+         "setting `credit=SPEC`: the factory returned NoneType, not a credit signal"),
     ],
 )
 def test_a_credit_factory_that_fails_is_named_as_the_credit_setting(dfa_bundle, factory_module, source, phrase):
