@@ -179,7 +179,16 @@ class ProtocolRunner:
     def _baseline_budget(self, run: CheckpointRun):
         bundle = run.bundle
         if bundle is not None and bundle.epochs:
-            return bundle.recipe or asdict(Recipe()), bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
+            recipe = bundle.recipe or asdict(Recipe())
+            try:
+                Recipe(**recipe)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{run.loaded.path} records the recipe {recipe}, which the frozen baseline cannot be trained "
+                    f"with ({exc}). Re-save the bundle with the recipe it was trained with, or pass "
+                    f"{setting('frozen_acc', 'ACC')}, the accuracy of your frozen-blocks control"
+                ) from None
+            return recipe, bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
         if self.settings.frozen_epochs is None:
             raise _MissingBudget(
                 f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "

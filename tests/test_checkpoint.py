@@ -818,3 +818,26 @@ def test_a_credit_factory_that_fails_is_named_as_the_credit_setting(dfa_bundle, 
     with pytest.raises((CheckpointError, ModelInterfaceError)) as info:
         runner.report(str(dfa_bundle))
     assert phrase.replace("SPEC", spec) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "recipe, phrase",
+    [
+        ({"lr": -1.0}, "lr=-1.0: give a finite number > 0"),
+        ({"weight_decay": float("nan")}, "weight_decay=nan: give a finite number ≥ 0"),
+        ({"batch_size": 0}, "batch_size=0: give a whole number ≥ 1"),
+        ({"momentum": 0.9}, "unexpected keyword argument 'momentum'"),
+        ({"schedule": "linear"}, "unknown schedule 'linear'; the trainer runs cosine, constant"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'; the trainer runs adamw"),
+    ],
+)
+def test_a_recipe_the_baseline_cannot_be_trained_with_is_refused(bp_bundle, tmp_path, recipe, phrase):
+    """The frozen baseline is trained with the bundle's recipe: one the trainer cannot run
+    raised from inside torch (or trained another optimizer than the one recorded)."""
+    payload = torch.load(bp_bundle, weights_only=True)
+    payload["recipe"].update(recipe)
+    path = save_payload(tmp_path, payload)
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", cache_dir=str(tmp_path / "cache")))
+    message = error_of(CheckpointError, runner.frozen_baseline, str(path))
+    assert "<path> records the recipe" in message and "which the frozen baseline cannot be trained with" in message
+    assert phrase in message and "setting `frozen_acc=ACC`" in message
