@@ -841,3 +841,20 @@ def test_a_recipe_the_baseline_cannot_be_trained_with_is_refused(bp_bundle, tmp_
     message = error_of(CheckpointError, runner.frozen_baseline, str(path))
     assert "<path> records the recipe" in message and "which the frozen baseline cannot be trained with" in message
     assert phrase in message and "setting `frozen_acc=ACC`" in message
+
+
+def test_weights_and_feedback_a_dtype_cast_would_cut_are_refused(dfa_bundle, tmp_path):
+    """Complex weights were copied into the real model without their imaginary part, and
+    complex feedback matrices cast to real in the credit, both with a warning only: the
+    protocol measured another model than the one stored."""
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload["state_dict"]["out_head.weight"] = payload["state_dict"]["out_head.weight"].to(torch.complex64)
+    path = save_payload(tmp_path, payload, "weights.pt")
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert "a dtype the copy would cut (the imaginary part, the fraction) out_head.weight: checkpoint " \
+        "torch.complex64 into model torch.float32" in message
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload["feedback"][2] = payload["feedback"][2].to(torch.complex64)
+    path = save_payload(tmp_path, payload, "feedback.pt")
+    message = error_of(FeedbackError, load_checkpoint, path)
+    assert "<path>: feedback matrix B_2 is complex (torch.complex64); feedback matrices are real" in message

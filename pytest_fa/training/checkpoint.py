@@ -149,6 +149,12 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
             f"{source} records feedback of type {type(feedback).__name__}; feedback is a list of "
             f"tensors, one per hidden state. {_RESAVE_BUNDLE}"
         )
+    for index, b in enumerate(feedback or ()):
+        if isinstance(b, torch.Tensor) and b.is_complex():
+            raise FeedbackError(
+                f"{source}: feedback matrix B_{index} is complex ({b.dtype}); feedback matrices are real. "
+                f"{_RESAVE_BUNDLE}"
+            )
     seed = payload.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64 - 1):
         raise CheckpointError(
@@ -322,7 +328,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
         for k in expected
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
-    if missing or unexpected or mismatched:
+    cut = [
+        f"{k}: checkpoint {state_dict[k].dtype} into model {expected[k].dtype}"
+        for k in expected
+        if k in state_dict and _lossy(state_dict[k].dtype, expected[k].dtype)
+    ]
+    if missing or unexpected or mismatched or cut:
         parts = []
         if missing:
             parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
@@ -330,6 +341,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
             parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
         if mismatched:
             parts.append("shape mismatch " + "; ".join(mismatched[:3]))
+        if cut:
+            parts.append("a dtype the copy would cut (the imaginary part, the fraction) " + "; ".join(cut[:3]))
         raise CheckpointError(
             f"{source}: the state dict does not match {type(model).__name__}: "
             + ", ".join(parts)
@@ -337,6 +350,14 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
         )
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _lossy(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether copying values of ``source`` into ``target`` drops part of each: complex into
+    real, floating point into integer."""
+    return (source.is_complex and not target.is_complex) or (
+        source.is_floating_point and not (target.is_floating_point or target.is_complex)
+    )
 
 
 @dataclass
