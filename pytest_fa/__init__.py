@@ -32,6 +32,8 @@ _EXPORTS = {
     "load_dataset": "pytest_fa.training.data",
     "eval_batches": "pytest_fa.training.data",
     "build_model": "pytest_fa.models",
+    "frozen_control": "pytest_fa.training.frozen",
+    "FABudgetWarning": "pytest_fa.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -7,23 +7,33 @@
 ``(x, y)`` batches), a pair of tensors ``(x, y)``, or a :class:`pytest_fa.training.data.Dataset`
 (its test split). The eval batches are ``num_batches`` disjoint batches of ``batch_size``
 samples drawn with a seeded permutation, whatever batch size the loader yields.
+
+The command line's rules hold here too: at least 8 batches of at least 2 samples, every
+label a class of the model (in ``[0, logit width)``), at least two classes in the eval
+batches, a device named auto, cpu, cuda or cuda:N. A float16 or bfloat16 model is
+measured, headline accuracy included, through a float32 copy; the model handed in is left
+as it was, each submodule's mode included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from numbers import Integral
 from typing import Any
 
 import torch
 from torch import nn
 
-from pytest_fa.core.credit import CreditSignal
+from pytest_fa.core import interface
+from pytest_fa.core.credit import OWN_BACKWARD, CreditSignal, OwnBackwardCredit
+from pytest_fa.core.probe import at_least_float32
 from pytest_fa.core.report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
+from pytest_fa.core.settings import ProtocolSettings, SettingError
 from pytest_fa.core.thresholds import DiagnosticThresholds
-from pytest_fa.errors import DataError
+from pytest_fa.errors import DataError, ModelInterfaceError
 from pytest_fa.training.data import Dataset
 from pytest_fa.training.data import eval_batches as dataset_eval_batches
-from pytest_fa.training.trainer import accuracy
+from pytest_fa.training.trainer import accuracy, resolve_device
 
 
 def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +98,7 @@ def check(
     model: nn.Module,
     data: Any,
     *,
-    credit: CreditSignal | None = None,
+    credit: CreditSignal | str | None = None,
     frozen_acc: float | None = None,
     headline_acc: float | None = None,
     thresholds: DiagnosticThresholds | None = None,
@@ -97,6 +107,7 @@ def check(
     seed: int = 0,
     label: str = "",
     device: torch.device | str | None = None,
+    reference_model: nn.Module | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over eval batches drawn from ``data``.
 
@@ -104,22 +115,45 @@ def check(
     in ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched
     frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
     ``trustworthy``. ``credit`` is your method's ``credit(x, y, logits, hiddens)``; without it
-    Γ is reported unavailable, never ``cos(BP, BP) = 1``.
+    Γ is reported unavailable, never ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads
+    it from the model's own backward (:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
+    ``reference_model`` is a twin that backpropagates truly with the same weights, for a
+    model whose autograd is its method's backward (biotorch:
+    ``pytest_fa.core.backprop.bp_twin(model)``); it gives the reference, ``model`` the
+    states, accuracy and credit.
     """
+    if isinstance(credit, str):
+        if credit != OWN_BACKWARD:
+            raise ModelInterfaceError(
+                f"credit={credit!r}: give your method's credit signal, credit(x, y, logits, hiddens) -> "
+                f"[a_0, ..., a_L], or {OWN_BACKWARD!r} for what the model's own backward delivers"
+            )
+        credit = OwnBackwardCredit(model)
+    if reference_model is not None and not isinstance(reference_model, nn.Module):
+        raise ModelInterfaceError(
+            f"reference_model={reference_model!r}: give the twin itself, a model that backpropagates "
+            "truly with the same weights (for a biotorch model, pytest_fa.core.backprop.bp_twin(model))"
+        )
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
+    _check_settings(num_batches, batch_size, device)
+    if isinstance(device, str):
+        device = resolve_device(device)
     x_all, y_all = _eval_samples(data)
-    batches = batches_from((x_all, y_all), num_batches, batch_size, seed=seed)
     context: dict[str, Any] = {"eval_source": type(data).__name__, "samples_given": len(y_all)}
+    batches = batches_from((x_all, y_all), num_batches, batch_size, seed=seed)
+    measured_acc = _measure(model, x_all, y_all, headline_acc is None)  # labels: all samples given
+    _check_two_classes(batches)
     if headline_acc is None:
-        where = next(model.parameters()).device
-        headline_acc = accuracy(model, x_all.to(where), y_all.to(where))
+        headline_acc = measured_acc
         context["headline_acc"] = f"measured by check() on all {len(y_all)} samples given"
     return diagnose(
         model,
         batches,
         headline_acc=headline_acc,
         frozen_acc=frozen_acc,
+        # n is known only for a headline accuracy check() measured itself, on all samples given
+        accuracy_samples=len(y_all) if "headline_acc" in context else None,
         frozen_unavailable=None if frozen_acc is not None else (
             "no frozen_acc given: pass the accuracy of your frozen-blocks control (same "
             "architecture, data and budget, blocks frozen at initialisation)"
@@ -129,4 +163,46 @@ def check(
         label=label,
         device=device,
         context=context,
+        reference_model=reference_model,
     )
+
+
+def _check_settings(num_batches: Any, batch_size: Any, device: Any) -> None:
+    """The command line's rules on the eval batches and a device name, validated by
+    :class:`ProtocolSettings`."""
+    for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
+        if not isinstance(value, Integral):
+            raise DataError(f"{name}={value!r}: give a whole number")
+    try:
+        ProtocolSettings(eval_batches=num_batches, batch_size=batch_size,
+                         device=device if isinstance(device, str) else "auto")
+    except SettingError as exc:
+        name = "num_batches" if exc.name == "eval_batches" else exc.name
+        raise DataError(f"{name}={exc.value!r}: {exc.message}") from None
+
+
+def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, headline: bool) -> float | None:
+    """Check every label against the model's logit width; the accuracy on all samples when
+    ``headline``. A half-precision model runs as a float32 copy, as in the probe."""
+    interface.check_interface(model)
+    model = at_least_float32(model)
+    param = next(model.parameters())
+    x = x.to(param.device, param.dtype if x.is_floating_point() else x.dtype)
+    with torch.no_grad(), interface.eval_mode(model):
+        classes = interface.forward_hidden(model, x[:2])[0].shape[-1]
+    bad = y[(y < 0) | (y >= classes)]
+    if len(bad):
+        raise DataError(
+            f"label {int(bad[0])} is not a class of the model: its logits have {classes} classes, so "
+            f"labels must lie in [0, {classes}) ({len(bad)} of the {len(y)} labels given do not)"
+        )
+    return accuracy(model, x, y.to(param.device)) if headline else None
+
+
+def _check_two_classes(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    present = torch.cat([y for _, y in batches]).unique()
+    if len(present) < 2:
+        raise DataError(
+            f"every label in the eval batches is {int(present[0])}: accuracy and (d) mean nothing on "
+            "one class; pass samples of at least two classes"
+        )

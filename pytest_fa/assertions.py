@@ -16,8 +16,9 @@ import torch
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core.interface import per_sample
 from pytest_fa.core.render import MEANING
-from pytest_fa.core.report import DiagnosticReport
+from pytest_fa.core.report import DiagnosticReport, frozen_ceiling_reason
 from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.training.frozen import check_budget
 
 _DEFAULTS = DiagnosticThresholds()
 
@@ -143,11 +144,24 @@ def assert_beats_frozen(
     trained: DiagnosticReport | float,
     frozen_acc: float | None = None,
     margin_pp: float | None = None,
+    samples: int | None = None,
+    *,
+    trained_epochs: int | None = None,
+    frozen_epochs: int | None = None,
 ) -> None:
-    """Diagnostic (d): trained accuracy exceeds the frozen-blocks baseline by ``margin_pp``."""
+    """Diagnostic (d): trained accuracy exceeds the frozen-blocks baseline by ``margin_pp``.
+
+    ``samples``: the number of samples both accuracies were measured on (a report's own by
+    default). Both at the ceiling (:func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`) is
+    a failure too: (d) is not informative there, neither a pass nor a walk-back.
+    ``trained_epochs``/``frozen_epochs``: the two budgets; when both are given and differ, a
+    :class:`~pytest_fa.errors.FABudgetWarning` says the margin compares unequal training.
+    """
+    check_budget(trained_epochs, frozen_epochs, "assert_beats_frozen")
     if isinstance(trained, DiagnosticReport):
         margin_pp = margin_pp if margin_pp is not None else trained.thresholds.frozen_margin_pp
         frozen_acc = frozen_acc if frozen_acc is not None else trained.frozen_acc
+        samples = samples if samples is not None else trained.accuracy_samples
         trained_acc = trained.headline_acc
     else:
         trained_acc = trained
@@ -158,15 +172,19 @@ def assert_beats_frozen(
             "the report has none (pass frozen_acc=… or run with a frozen baseline)"
         )
     margin = D.frozen_margin_pp(trained_acc, frozen_acc)
+    measured = [
+        f"Trained accuracy {trained_acc:.4f} − frozen-blocks accuracy {frozen_acc:.4f} = {margin:+.2f} pp, "
+        + (f"on n = {samples} samples" if samples is not None else "sample count not known"),
+        f"Required margin: {margin_pp:g} pp (frozen_margin_pp)",
+    ]
+    if D.frozen_at_ceiling(trained_acc, frozen_acc, margin_pp, samples):
+        raise AssertionError("\n".join([
+            f"Diagnostic (d) is {D.FROZEN_CEILING}: it cannot say whether trained blocks beat random frozen blocks.",
+            *measured,
+            f"Rule: {frozen_ceiling_reason(trained_acc, frozen_acc, margin_pp, samples)}.",
+        ]))
     if not margin >= margin_pp:
-        _fail(
-            "Trained blocks do not beat random frozen blocks: diagnostic (d) fires.",
-            [
-                f"Trained accuracy {trained_acc:.4f} − frozen-blocks accuracy {frozen_acc:.4f} = {margin:+.2f} pp",
-                f"Required margin: {margin_pp:g} pp (frozen_margin_pp)",
-            ],
-            "d",
-        )
+        _fail("Trained blocks do not beat random frozen blocks: diagnostic (d) fires.", measured, "d")
 
 
 def assert_trustworthy(report: DiagnosticReport) -> None:

@@ -29,6 +29,15 @@ class NonFiniteError(FAError):
     """NaN or Inf in weights, hidden states or gradients."""
 
 
+class NotBackpropError(FAError):
+    """Autograd on the model is not backprop (its method's backward), so it cannot be the reference."""
+
+
+class FABudgetWarning(UserWarning):
+    """The frozen-blocks control of (d) was not trained with the trained model's epochs and
+    recipe, or nothing shows that it was: a control trained less inflates (d)'s margin."""
+
+
 # -- settings in messages ----------------------------------------------------------------------
 # Library messages name a setting as "setting `name=VALUE`", the spelling of the Python API
 # (check(), ProtocolSettings); the plugin rewrites each to its option, `--fa-name=VALUE`.
@@ -41,6 +50,7 @@ def setting(name: str, value: str = "") -> str:
     return f"setting `{name}{'=' + value if value else ''}`"
 
 
-def as_flags(message: str) -> str:
-    """``message`` with each named setting written as its command-line option."""
-    return _SETTING.sub(lambda m: f"--fa-{m.group(1).replace('_', '-')}{m.group(2)}", message)
+def as_flags(message: str, prefix: str = "--fa-") -> str:
+    """``message`` with each named setting written as its command-line option, ``prefix`` and
+    the name with dashes: the plugin's ``--fa-name``, fa-train's ``--name`` (``prefix="--"``)."""
+    return _SETTING.sub(lambda m: f"{prefix}{m.group(1).replace('_', '-')}{m.group(2)}", message)

@@ -226,5 +226,5 @@ def build_model(arch: str, **config: Any) -> ReferenceModel:
         ) from None
     try:
         return cls(**config)
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+    except (TypeError, ValueError, RuntimeError, KeyError, AssertionError) as exc:
         raise CheckpointError(f"cannot build {arch!r} from config {config!r}: {exc}") from exc

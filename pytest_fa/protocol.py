@@ -7,7 +7,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,14 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from pytest_fa.core.adapter import HookedModel
+from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
-from pytest_fa.core.settings import ProtocolSettings
-from pytest_fa.errors import CheckpointError, DataError, FAError, ModelInterfaceError, setting
+from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
+from pytest_fa.errors import CheckpointError, DataError, FABudgetWarning, FAError, ModelInterfaceError, setting
 from pytest_fa.training.checkpoint import (
     Bundle,
+    CreditFactory,
     LoadedCheckpoint,
     import_factory,
     is_bundle,
@@ -89,10 +94,15 @@ class CheckpointRun:
 
 
 class ProtocolRunner:
-    """Loads and caches everything per checkpoint path for one session."""
+    """Loads and caches everything per checkpoint path for one session.
 
-    def __init__(self, settings: ProtocolSettings) -> None:
+    ``root`` (pytest's rootdir) is where the ``model`` and ``credit`` factories are looked up
+    when their modules are not on ``sys.path``.
+    """
+
+    def __init__(self, settings: ProtocolSettings, root: str | Path | None = None) -> None:
         self.settings = settings
+        self.root = root
         self.device = resolve_device(settings.device)
         self._runs: dict[str, CheckpointRun] = {}
         self._data: dict[str, Dataset] = {}
@@ -111,10 +121,10 @@ class ProtocolRunner:
         # a malformed bundle is refused before its data spec is read
         data = self._dataset_for(path, Bundle.from_payload(payload, path).data if is_bundle(payload) else None)
         loaded = load_checkpoint(
-            path, factory=self.settings.model_factory, input_shape=data.input_shape,
-            num_classes=data.num_classes, allow_unknown_method=self.settings.credit is not None,
+            path, factory=self._model_factory(), input_shape=data.input_shape,
+            num_classes=data.num_classes, allow_unknown_method=self.credit_spec(path) is not None,
+            adapt=self._adapted,
         )
-        loaded.model = self._adapted(loaded.model)
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
         headline = accuracy(model, data.x_test, data.y_test)
@@ -177,26 +187,43 @@ class ProtocolRunner:
         return baseline
 
     def _baseline_budget(self, run: CheckpointRun):
-        bundle = run.bundle
+        """``(recipe, epochs, seed, arch, arch_config)`` of the frozen baseline: the checkpoint's own
+        budget, else the ``frozen_epochs`` setting with a warning that nothing checks it."""
+        bundle, path, given = run.bundle, run.loaded.path, self.settings.frozen_epochs
         if bundle is not None and bundle.epochs:
+            if given is not None and given != bundle.epochs:
+                warnings.warn(FABudgetWarning(
+                    f"{setting('frozen_epochs', str(given))} is not used for {path}: it records its training "
+                    f"budget, {bundle.epochs} epochs, and its frozen-blocks baseline is trained for as many"
+                ), stacklevel=2)
             recipe = bundle.recipe or asdict(Recipe())
             try:
                 Recipe(**recipe)
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(
-                    f"{run.loaded.path} records the recipe {recipe}, which the frozen baseline cannot be trained "
+                    f"{path} records the recipe {recipe}, which the frozen baseline cannot be trained "
                     f"with ({exc}). Re-save the bundle with the recipe it was trained with, or pass "
                     f"{setting('frozen_acc', 'ACC')}, the accuracy of your frozen-blocks control"
                 ) from None
             return recipe, bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
-        if self.settings.frozen_epochs is None:
+        if given is None:
             raise _MissingBudget(
-                f"(d) needs the frozen-blocks baseline, but {run.loaded.path} records no training "
+                f"(d) needs the frozen-blocks baseline, but {path} records no training "
                 f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
                 f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
                 "with the paper's recipe"
             )
-        return asdict(Recipe()), self.settings.frozen_epochs, 42, "custom", {}
+        recipe = bundle.recipe if bundle is not None and bundle.recipe else None
+        warnings.warn(FABudgetWarning(
+            f"the frozen-blocks baseline of {path} is trained for {given} epochs ({setting('frozen_epochs', str(given))}) "
+            + (f"with its recorded recipe: {path} records no training budget" if recipe else
+               f"with pytest-fa's default recipe {asdict(Recipe())}: {path} records no training budget and no recipe")
+            + ", so nothing checks that they are the model's, and a control trained less than the model inflates "
+            f"(d)'s margin. Give the epochs the model was trained for, or {setting('frozen_acc', 'ACC')} of your "
+            "own matched control (pytest_fa.frozen_control); a pytest-fa bundle records the budget"
+        ), stacklevel=2)
+        arch, config = (bundle.arch, bundle.arch_config) if bundle is not None else ("custom", {})
+        return recipe or asdict(Recipe()), given, 42, arch, config
 
     def _cached_baseline(self, file: Path, key: str, arch: str) -> FrozenBaseline | None:
         if not file.exists():
@@ -214,7 +241,7 @@ class ProtocolRunner:
     def _train_baseline(self, run: CheckpointRun, spec: dict[str, Any], key: str, file: Path) -> FrozenBaseline:
         factory = None
         if spec["arch"] == "custom":
-            make = import_factory(self.settings.model_factory)
+            make = self._model_factory()
             config = spec["arch_config"]
             factory = lambda: self._adapted(make(**config) if config else make())  # noqa: E731
         result = train(
@@ -236,11 +263,22 @@ class ProtocolRunner:
         save_bundle(file, result.bundle)
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
+    def credit_spec(self, path: str) -> str | None:
+        """The credit factory of checkpoint ``path``: the first ``credit_map`` pattern that matches
+        its path or file name (fnmatch), else the ``credit`` setting; None: its bundle's method."""
+        for pattern, spec in credit_map_entries(self.settings.credit_map):
+            if fnmatch(str(path), pattern) or fnmatch(Path(path).name, pattern):
+                return spec
+        return self.settings.credit
+
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: the ``credit`` setting's factory, else the bundle's method."""
-        spec = self.settings.credit
+        """The credit signal for Γ: the checkpoint's factory (:meth:`credit_spec`; ``own-backward``:
+        the model's own backward), else the bundle's method."""
+        spec = self.credit_spec(loaded.path)
+        if spec == OWN_BACKWARD:
+            return OwnBackwardCredit(model), ""
         if spec is not None:
-            make = import_factory(spec, "credit")
+            make: CreditFactory = import_factory(spec, "credit", self.root)
             try:
                 credit = make(model, loaded)
             except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
@@ -258,13 +296,27 @@ class ProtocolRunner:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
 
+    def reference_model_for(self, model: nn.Module) -> nn.Module | None:
+        """The ``reference_model`` setting's twin of ``model`` (built from the model a
+        ``--fa-model`` factory returns, adapted like it), or None."""
+        if self.settings.reference_model is None:
+            return None
+        make = import_factory(self.settings.reference_model, "reference_model", self.root)
+        plain = model.model if isinstance(model, HookedModel) else model
+        return self._adapted(make(copy.deepcopy(plain))).to(self.device)
+
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
-            make = import_factory(self.settings.model_factory)
+            make = self._model_factory()
             return self._adapted(make(**config) if config else make())
         from pytest_fa.models import build_model
 
         return build_model(arch, **config)
+
+    def _model_factory(self):
+        """The ``model`` setting's factory, or None."""
+        spec = self.settings.model_factory
+        return None if spec is None else import_factory(spec, "model", self.root)
 
     def _adapted(self, model: nn.Module) -> nn.Module:
         """``model`` read through forward hooks at the ``hidden`` states, when they are named."""
@@ -316,6 +368,7 @@ class ProtocolRunner:
             batches,
             headline_acc=run.headline_acc,
             frozen_acc=frozen_acc,
+            accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
             frozen_unavailable=frozen_unavailable,
             credit=credit,
             credit_unavailable=reason,
@@ -323,6 +376,7 @@ class ProtocolRunner:
             label=loaded.label,
             device=self.device,
             context=context,
+            reference_model=self.reference_model_for(model),
         )
 
 

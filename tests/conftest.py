@@ -5,6 +5,10 @@ from __future__ import annotations
 import mnist1d.data  # noqa: F401
 import pytest
 
+# the realisation (seed, threads) of the tests whose training runs are chaotic: seed 42 on one
+# thread, or each one PYTEST_FA_REALISATIONS lists (the slow tier's sweep)
+from pytest_fa.pitfalls.fixtures import fa_realisation, pytest_generate_tests  # noqa: F401
+
 # pytester's in-process runs drop the modules first imported inside them, and numpy's C
 # extensions (reached from mnist1d through scipy) cannot be loaded twice in one process:
 # import them here, outside every run.

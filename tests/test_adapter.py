@@ -419,3 +419,136 @@ def test_a_copy_of_the_adapted_model_reads_its_own_states():
     _, theirs = twin(x, return_hidden=True)
     assert len(theirs) == 4 and not torch.equal(ours[0], theirs[0])
     assert not branch_net.stem._forward_hooks and not twin.model.stem._forward_hooks
+
+
+# -- the states must be one residual stream ----------------------------------------------------
+def test_a_terminal_norm_named_as_a_block_is_refused_and_named_as_the_norm():
+    # a collapsed stream: h_0 ~ 1e6, so the terminal LN's backward gain is ~1e-6 and (b) fires
+    torch.manual_seed(3)
+    model = build_model("resmlp", input_shape=[12], num_classes=10, d=16, depth=3).eval()
+    with torch.no_grad():
+        model.embed.weight.mul_(1e6)
+        model.embed.bias.mul_(1e6)
+    report = _check(adapt(model, "embed, blocks.*"), _data([12]))
+    assert report.diagnostics["b"].fires and "Mode 1" in report.diagnostics["b"].submode
+    # read after the LN, the gradient is not collapsed: the chain must be refused, not measured
+    with pytest.raises(ModelInterfaceError, match=r"'out_ln' is a LayerNorm, a normalisation layer, not a "
+                       r"residual block.*leave it out of the states.*norm='out_ln'"):
+        adapt(model, "embed, blocks.*, out_ln")
+
+
+class T5LayerNorm(nn.Module):
+    """A norm of a third-party library: recognised by its class name."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, h):
+        return self.weight * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d(16), nn.RMSNorm(16), nn.GroupNorm(4, 16), T5LayerNorm(16)],
+                         ids=["batchnorm", "rmsnorm", "groupnorm", "named"])
+def test_a_normalisation_layer_is_never_a_block(norm):
+    _, sum_net = _pair()
+    sum_net[4] = norm
+    with pytest.raises(ModelInterfaceError, match=rf"state '4' is a {type(norm).__name__}.*norm='4'"):
+        adapt(sum_net, "0, [1-4]")
+    assert isinstance(adapt(nn.Sequential(norm, *sum_net[1:4]), "0, [1-3]"), HookedModel)  # h_0 may be one
+
+
+class PlainStack(nn.Module):
+    """Layers that each feed the next: no skip path, no residual stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(12, 16)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 16), nn.GELU()) for _ in range(3))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+class Readout(nn.Module):
+    """A terminal norm and projection wrapped in a module of their own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(16)
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, h):
+        return self.proj(self.ln(h))
+
+
+class BranchWithReadout(BranchNet):
+    def __init__(self) -> None:
+        super().__init__([_branch(seed=s) for s in range(3)])
+        self.readout = Readout()
+
+    def forward(self, x):
+        h = self.stem(x)
+        for f in self.layers:
+            h = h + f(h)
+        return self.fc(self.readout(h))
+
+
+@pytest.mark.parametrize(
+    ("model", "states", "options", "match"),
+    [
+        (nn.Sequential(nn.Linear(12, 16), *[nn.Linear(16, 16) for _ in range(3)], nn.Linear(16, 10)),
+         "0, [1-3]", {}, "block '1' is not a residual block: its forward returns no sum h \\+ f\\(h\\)"),
+        (PlainStack(), "embed, blocks.*", {}, "block 'blocks.0' is not a residual block"),
+        (PlainStack(), "embed, blocks.0", {"block_output": "sum"}, "block 'blocks.0' is not a residual block"),
+        (BranchWithReadout(), "stem, layers.*, readout", {},
+         "block 'readout' is not a residual block: its output f\\(h\\) is never added to its input h"),
+        (BranchWithReadout(), "stem, layers.*, readout", {"block_output": "branch"},
+         "block 'readout' is not a residual block.*leave out layers that transform the stream"),
+    ],
+    ids=["linear-stack", "mlp-stack", "one-plain-block", "readout-auto", "readout-branch"],
+)
+def test_a_chain_that_is_not_a_residual_stream_is_refused(model, states, options, match):
+    x, y = _data([12])
+    adapted = adapt(model.eval(), states, **options)
+    with pytest.raises(ModelInterfaceError, match=match):
+        run_probe(adapted, [(x[:32], y[:32])] * 2)
+
+
+class PreNorm(nn.Module):
+    """A branch whose class name ends in Norm but which is no norm: LN, then the MLP."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.f = _branch(seed=seed)
+
+    def forward(self, h):
+        return self.f(h)
+
+
+def test_a_residual_branch_whose_class_name_ends_in_norm_is_accepted():
+    branch_net = BranchNet([PreNorm(s) for s in range(3)]).eval()
+    adapted = adapt(branch_net, "stem, layers.*")
+    x, _ = _data([12])
+    assert len(adapted(x, return_hidden=True)[1]) == 4 and adapted._mode == "branch"
+
+
+def test_the_first_pass_reads_the_structure_without_touching_running_statistics():
+    import copy
+
+    torch.manual_seed(0)
+    blocks = [SumBlock(nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 16))) for _ in range(2)]
+    model = nn.Sequential(nn.Linear(12, 16), *blocks, nn.Linear(16, 10)).train()
+    twin = copy.deepcopy(model)
+    x, _ = _data([12])
+    twin(x)  # one training-mode forward pass
+    adapt(model, "0, 1, 2")(x, return_hidden=True)
+    for ours, theirs in zip(model.modules(), twin.modules(), strict=True):
+        if isinstance(ours, nn.BatchNorm1d):
+            assert torch.equal(ours.running_mean, theirs.running_mean) and ours.num_batches_tracked == 1
+    assert all(m.training for m in model.modules())

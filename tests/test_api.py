@@ -100,3 +100,70 @@ def test_bad_data_is_a_clear_error(dfa, tensors, make, phrase):
 def test_a_frozen_accuracy_that_is_not_a_fraction_is_refused(dfa, tensors, frozen_acc):
     with pytest.raises(DataError, match="fraction in \\[0, 1\\]"):
         pytest_fa.check(dfa.model, tensors, frozen_acc=frozen_acc)
+
+
+# -- the command line's rules, and the model left as it was ---------------------------------------
+@pytest.mark.parametrize(
+    "options, phrase",
+    [
+        ({"batch_size": 1}, "batch_size=1: an eval batch needs at least 2 samples"),
+        ({"num_batches": 4}, "num_batches=4: diagnostic (c) needs at least 8 disjoint batches"),
+        ({"num_batches": 8.0}, "num_batches=8.0: give a whole number"),
+        ({"device": "cudax"}, "device='cudax': use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"),
+    ],
+    ids=["batch-of-one", "four-batches", "float-count", "device-name"],
+)
+def test_check_applies_the_command_lines_rules(dfa, tensors, options, phrase):
+    with pytest.raises(DataError) as info:
+        pytest_fa.check(dfa.model, tensors, frozen_acc=0.3, **options)
+    assert phrase in str(info.value)
+
+
+def _undrawn_index(n):
+    drawn = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[: 8 * 128].tolist())
+    return next(i for i in range(n) if i not in drawn)
+
+
+@pytest.mark.parametrize("where", ["drawn", "not-drawn"])
+@pytest.mark.parametrize("bad", [15, -1])
+def test_a_label_outside_the_models_classes_is_refused(dfa, tensors, where, bad):
+    x, y = tensors
+    y = y.clone()
+    y[0 if where == "drawn" else _undrawn_index(len(y))] = bad
+    with pytest.raises(DataError) as info:
+        pytest_fa.check(dfa.model, (x, y), frozen_acc=0.3)
+    assert f"label {bad} is not a class of the model: its logits have 10 classes" in str(info.value)
+    assert "[0, 10)" in str(info.value)
+
+
+def test_eval_batches_of_one_class_are_refused(dfa, tensors):
+    x, y = tensors
+    with pytest.raises(DataError) as info:
+        pytest_fa.check(dfa.model, (x, torch.full_like(y, 3)), frozen_acc=0.0)
+    assert "every label in the eval batches is 3" in str(info.value)
+    assert "at least two classes" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_is_measured_through_a_float32_copy(dfa, tensors, dtype):
+    import copy
+
+    from pytest_fa.training.trainer import accuracy
+
+    half = copy.deepcopy(dfa.model).to(dtype)
+    before = {k: v.clone() for k, v in half.state_dict().items()}
+    report = pytest_fa.check(half, tensors, frozen_acc=0.0, device="auto")
+    upcast = copy.deepcopy(half).float()
+    assert report.headline_acc == accuracy(upcast, *tensors)
+    assert report.dtype.startswith("float32 (weights stored in")
+    assert all(torch.equal(v, before[k]) and v.dtype == dtype for k, v in half.state_dict().items())
+
+
+def test_check_leaves_each_submodules_mode_as_it_was(dfa, tensors):
+    import copy
+
+    model = copy.deepcopy(dfa.model).train()
+    model.out_ln.eval()  # a frozen submodule inside a model in training mode
+    pytest_fa.check(model, tensors, frozen_acc=0.0)
+    assert model.training and not model.out_ln.training
+    assert all(module.training for name, module in model.named_modules() if not name.startswith("out_ln"))

@@ -85,10 +85,11 @@ def tiny_batches(k: int = 8, b: int = 16, d_in: int = 6, classes: int = 3, seed:
     ]
 
 
-def tiny_report(scales, *, headline=0.9, frozen=0.5, thresholds=None, seed=0) -> DiagnosticReport:
+def tiny_report(scales, *, headline=0.9, frozen=0.5, thresholds=None, seed=0, samples=None) -> DiagnosticReport:
     torch.manual_seed(seed)
     model = ScaleNet(scales).double()
-    return diagnose(model, tiny_batches(seed=seed), headline_acc=headline, frozen_acc=frozen, thresholds=thresholds)
+    return diagnose(model, tiny_batches(seed=seed), headline_acc=headline, frozen_acc=frozen, thresholds=thresholds,
+                    accuracy_samples=samples)
 
 
 @pytest.fixture(scope="module")
@@ -427,6 +428,35 @@ def test_beats_frozen_on_report_and_overrides(healthy_tiny, bp_report):
     assert_beats_frozen(bp_report, frozen_acc=acc - 0.05)
     with pytest.raises(AssertionError):
         assert_beats_frozen(bp_report, frozen_acc=acc)
+
+
+def test_beats_frozen_at_the_ceiling_fails_as_not_informative_not_as_d_firing():
+    with pytest.raises(AssertionError) as info:
+        assert_beats_frozen(1.0, 1.0)
+    message = str(info.value)
+    assert message.startswith("Diagnostic (d) is not informative (both accuracies at the ceiling): it cannot say")
+    assert "Trained accuracy 1.0000 − frozen-blocks accuracy 1.0000 = +0.00 pp, sample count not known" in message
+    assert "Rule: trained 1.0000 − frozen 1.0000, both within 2 pp of 1.0: the margin is at most" in message
+    assert "fires" not in message and MEANING["d"] not in message
+    with pytest.raises(AssertionError) as info:
+        assert_beats_frozen(1.0, 0.999, samples=12000)
+    message = str(info.value)
+    assert "= +0.10 pp, on n = 12000 samples" in message
+    assert ("Rule: trained 1.0000 − frozen 0.9990 on n = 12000 samples: the Wilson lower bound (z = 2) of each "
+            "error rate is below 2 pp (trained 0.00 pp, frozen 0.06 pp)") in message
+    assert_beats_frozen(1.0, 0.95, samples=12000)  # 5 pp of headroom, resolved: (d) is judged and passes
+
+
+def test_beats_frozen_reads_the_sample_count_of_a_report_and_few_samples_widen_the_ceiling():
+    report = tiny_report([1.5], headline=1.0, frozen=0.97, samples=100)
+    assert report.diagnostics["d"].not_informative  # the report and the assertion apply one rule
+    assert_beats_frozen(report, samples=12000)  # 3 pp of headroom resolved on 12000 samples
+    assert_beats_frozen(1.0, 0.97)  # and without a sample count: the observed headroom
+    with pytest.raises(AssertionError) as info:
+        assert_beats_frozen(report)  # 3 errors in 100 samples do not resolve 2 pp
+    message = str(info.value)
+    assert "(both accuracies at the ceiling)" in message and "on n = 100 samples" in message
+    assert "(trained 0.00 pp, frozen 1.01 pp), so 100 samples cannot show a 2 pp margin" in message
 
 
 def test_beats_frozen_without_frozen_accuracy_is_a_clear_failure(dfa_report):

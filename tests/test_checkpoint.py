@@ -33,6 +33,7 @@ from pytest_fa.training.checkpoint import (
     save_bundle,
 )
 from pytest_fa.training.data import eval_batches
+from test_adapter import FACTORY as SEQUENTIAL_SOURCE  # a Sequential without return_hidden
 
 # The conftest bundles: ResMLP d=32, L=4 on MNIST-1D (40 inputs, 10 classes).
 INPUT_SHAPE = [40]
@@ -858,3 +859,141 @@ def test_weights_and_feedback_a_dtype_cast_would_cut_are_refused(dfa_bundle, tmp
     path = save_payload(tmp_path, payload, "feedback.pt")
     message = error_of(FeedbackError, load_checkpoint, path)
     assert "<path>: feedback matrix B_2 is complex (torch.complex64); feedback matrices are real" in message
+
+
+# -- --fa-hidden on a DFA/FA bundle, credit per checkpoint, factories from the rootdir --------
+
+SEQUENTIAL_STATES = "1, [2-4]"
+
+
+def _sequential_bundle(tmp_path, name, method, small_data) -> Path:
+    """A DFA or FA bundle of a model without ``return_hidden`` (states named by --fa-hidden)."""
+    from pytest_fa.core.credit import init_fa_feedback
+
+    build = importlib.import_module(name).build
+    init = init_dfa_feedback if method == "dfa" else init_fa_feedback
+    feedback = init(CLASSES, [32] * 4, torch.Generator().manual_seed(0))
+    bundle = Bundle(arch="custom", arch_config={}, state_dict=build().state_dict(), method=method,
+                    feedback=feedback, data=small_data.spec, seed=0, epochs=1, metrics={"test_acc": 0.1})
+    return save_bundle(tmp_path / f"{method}_seq.pt", bundle)
+
+
+@pytest.mark.parametrize("method", ["dfa", "fa"])
+def test_hidden_states_named_by_the_setting_serve_a_dfa_or_fa_bundle(method, tmp_path, factory_module, small_data):
+    """The feedback matrices are checked against the states the setting names, so the model is
+    adapted before they are: a DFA/FA bundle of any model loads with ``hidden``."""
+    from pytest_fa.core.adapter import HookedModel, adapt
+
+    name = factory_module(SEQUENTIAL_SOURCE)
+    path = _sequential_bundle(tmp_path, name, method, small_data)
+    runner = ProtocolRunner(ProtocolSettings(model_factory=f"{name}:build", hidden=SEQUENTIAL_STATES,
+                                             device="cpu", frozen_acc=0.1))
+    report = runner.report(str(path))
+    assert report.credit_status == "computed" and len(report.layers) == 4
+
+    loaded = load_checkpoint(path, factory=f"{name}:build", input_shape=INPUT_SHAPE, num_classes=CLASSES,
+                             adapt=lambda m: adapt(m, SEQUENTIAL_STATES))
+    assert isinstance(loaded.model, HookedModel) and len(loaded.state.feedback) == 4
+
+
+def test_a_factory_outside_sys_path_is_found_in_the_root_and_otherwise_explained(tmp_path):
+    """``pytest`` (unlike ``python -m pytest``) leaves the rootdir off sys.path: a factory is
+    looked up there, for its import only, and one found nowhere says how to make it importable."""
+    from pytest_fa.training.checkpoint import import_factory
+
+    name = f"fa_rooted_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(FACTORY_SOURCE)
+    before = list(sys.path)
+    try:
+        message = error_of(CheckpointError, import_factory, f"{name}:build")
+        assert f"setting `model`: cannot import {name!r} (No module named {name!r})" in message
+        assert "`pythonpath` ini key" in message and "PYTHONPATH" in message
+        assert isinstance(import_factory(f"{name}:build", root=tmp_path)(), ResMLP)
+        assert sys.path == before
+        with pytest.raises(CheckpointError) as info:
+            import_factory("fa_no_such_credit:make", "credit", root=tmp_path)
+        missing = str(info.value)
+        assert "setting `credit`: cannot import 'fa_no_such_credit'" in missing and f"and in {tmp_path}" in missing
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_the_runner_imports_factories_from_its_root(plain_state_dict, tmp_path, small_default_data):
+    path, _ = plain_state_dict
+    name = f"fa_rooted_{uuid.uuid4().hex[:10]}"
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / f"{name}.py").write_text(FACTORY_SOURCE)
+    try:
+        settings = ProtocolSettings(model_factory=f"{name}:build", data="mnist1d", device="cpu", frozen_acc=0.1)
+        run = ProtocolRunner(settings, root=root).run(str(path))
+        assert isinstance(run.model, ResMLP)
+    finally:
+        sys.modules.pop(name, None)
+
+
+CREDIT_SOURCE = """
+from pytest_fa.core.credit import DFACredit, init_dfa_feedback
+import torch
+
+CALLS = []
+
+
+def make_credit(model, checkpoint):
+    CALLS.append((type(model).__name__, type(checkpoint).__name__, checkpoint.label))
+    return DFACredit(init_dfa_feedback(10, [32] * 5, torch.Generator().manual_seed(0)))
+"""
+
+
+def test_credit_is_chosen_per_checkpoint(bp_bundle, dfa_bundle, tmp_path, factory_module):
+    """A ``credit_map`` line ``PATTERN = module:make_credit`` gives the checkpoints whose path or
+    file name matches it their own factory; the others keep ``credit``, else their own method."""
+    from pytest_fa.core.credit import BPCredit
+
+    name = factory_module(CREDIT_SOURCE)
+    calls = importlib.import_module(name).CALLS
+    bio = tmp_path / "biotorch_fa.pt"
+    bio.write_bytes(Path(dfa_bundle).read_bytes())
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", credit_map=(f"biotorch_* = {name}:make_credit",)))
+    credits = {}
+    for path in (bp_bundle, bio):
+        run = runner.run(str(path))
+        credits[run.loaded.label], _ = runner.credit_for(run.loaded, run.pristine)
+    assert isinstance(credits["bp_s42.pt"], BPCredit)
+    assert isinstance(credits["biotorch_fa.pt"], DFACredit)
+    assert calls == [("ResMLP", "LoadedCheckpoint", "biotorch_fa.pt")]
+
+    # `credit` alone applies to every checkpoint; the map overrides it where a pattern matches
+    calls.clear()
+    both = ProtocolRunner(ProtocolSettings(device="cpu", credit=f"{name}:make_credit",
+                                           credit_map=(f"*/nomatch/* = {name}:nowhere",)))
+    for path in (bp_bundle, bio):
+        run = both.run(str(path))
+        both.credit_for(run.loaded, run.pristine)
+    assert [label for *_, label in calls] == ["bp_s42.pt", "biotorch_fa.pt"]
+
+
+@pytest.mark.parametrize(
+    "line, phrase",
+    [
+        ("biotorch_*", "PATTERN = package.module:make_credit"),
+        (" = mod:make", "PATTERN = package.module:make_credit"),
+        ("*.pt = mod", "must look like package.module:make_credit"),
+    ],
+)
+def test_a_credit_map_line_that_names_no_pattern_or_factory_is_refused(line, phrase):
+    from pytest_fa.core.settings import SettingError
+
+    with pytest.raises(SettingError) as info:
+        ProtocolSettings(credit_map=(line,))
+    assert info.value.name == "credit_map" and phrase in info.value.message
+
+
+def test_the_credit_factory_type_states_the_signature():
+    import inspect
+
+    from pytest_fa.training.checkpoint import CreditFactory
+
+    assert list(inspect.signature(CreditFactory.__call__).parameters) == ["self", "model", "checkpoint"]
+    doc = CreditFactory.__doc__
+    assert "HookedModel" in doc and "LoadedCheckpoint" in doc and "credit(x, y, logits, hiddens)" in doc

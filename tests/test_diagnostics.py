@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_fa.core import diagnostics as D
-from pytest_fa.errors import NonFiniteError
+from pytest_fa.errors import DataError, NonFiniteError
 
 scales = st.floats(min_value=1e-30, max_value=1e8)
 dtypes = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
@@ -169,3 +170,38 @@ def test_at_the_ceiling_no_trained_accuracy_could_show_the_margin(trained, froze
     if D.frozen_at_ceiling(trained, frozen, margin_pp):
         assert D.frozen_margin_pp(1.0, frozen) < margin_pp  # even a perfect trained model falls short
         assert abs(D.frozen_margin_pp(trained, frozen)) < margin_pp
+
+
+def test_with_the_sample_count_the_ceiling_allows_for_the_sampling_resolution():
+    assert D.frozen_at_ceiling(1.0, 0.999, n=12000)  # 0.1 pp of headroom, well resolved
+    assert not D.frozen_at_ceiling(1.0, 0.95, n=12000)  # 5 pp of headroom, resolved above 2 pp
+    # 3 pp of observed headroom: 12000 samples resolve it above 2 pp, 100 samples (3 errors) do not
+    assert not D.frozen_at_ceiling(1.0, 0.97) and not D.frozen_at_ceiling(1.0, 0.97, n=12000)
+    assert D.frozen_at_ceiling(1.0, 0.97, n=100)
+    assert not D.frozen_at_ceiling(0.5, 0.995, n=100)  # a trained model 50 pp short is a shortfall
+    assert not D.frozen_at_ceiling(1.0, 1.0, margin_pp=0.0, n=10)
+    assert D.headroom_lower_bound_pp(0.97, None) == pytest.approx(3.0)
+    assert D.headroom_lower_bound_pp(0.97, 100) == pytest.approx(1.005, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, "100"])
+def test_a_sample_count_that_is_not_a_positive_integer_is_refused(n):
+    with pytest.raises(DataError, match=re.escape(f"n={n!r} samples: give the number of samples") + ".* positive integer"):
+        D.frozen_at_ceiling(1.0, 1.0, n=n)
+
+
+@given(acc=st.floats(0, 1), n=st.integers(1, 10**6))
+def test_the_headroom_bound_is_the_lower_end_of_the_wilson_interval(acc, n):
+    """``L`` solves ``n (e − L)² = z² L (1 − L)`` with ``0 ≤ L ≤ e``: the Wilson score bound."""
+    e, low = 1.0 - acc, D.headroom_lower_bound_pp(acc, n) / 100.0
+    assert 0.0 <= low <= e + 1e-12
+    if low > 0:
+        assert n * (e - low) ** 2 == pytest.approx(D.CEILING_Z ** 2 * low * (1 - low), rel=1e-6, abs=1e-12)
+
+
+@given(trained=st.floats(0, 1), frozen=st.floats(0, 1), margin_pp=st.floats(-99, 99),
+       n=st.integers(1, 10**6), more=st.integers(0, 10**6))
+def test_fewer_samples_only_widen_the_ceiling(trained, frozen, margin_pp, n, more):
+    with_more = D.frozen_at_ceiling(trained, frozen, margin_pp, n + more)
+    assert not D.frozen_at_ceiling(trained, frozen, margin_pp) or with_more  # the observed headroom: n → ∞
+    assert not with_more or D.frozen_at_ceiling(trained, frozen, margin_pp, n)

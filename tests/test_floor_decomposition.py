@@ -23,6 +23,7 @@ from pytest_fa.core.probe import run_probe
 from pytest_fa.core.report import diagnose
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.models import build_model
+from pytest_fa.pitfalls.regimes import torch_threads
 from pytest_fa.training.data import eval_batches, load_dataset
 from pytest_fa.training.trainer import Recipe, train
 
@@ -35,20 +36,24 @@ UNIT_ROUNDOFF = 2.0**-24
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def mode1(small_data):
+@pytest.fixture(scope="session")
+def mode1(small_data, fa_realisation):
     """DFA at a high constant learning rate for 16 epochs: ‖h_L‖ explodes, ‖g_L‖ crosses the floor."""
-    result = train(small_data, "dfa", arch_config=ARCH, epochs=16, seed=42,
-                   recipe=Recipe(lr=3e-2, schedule="constant"), device="cpu", monitor=False)
+    seed, threads = fa_realisation
+    with torch_threads(threads):
+        result = train(small_data, "dfa", arch_config=ARCH, epochs=16, seed=seed,
+                       recipe=Recipe(lr=3e-2, schedule="constant"), device="cpu", monitor=False)
     return result, eval_batches(small_data, 8, 128, seed=0)
 
 
-@pytest.fixture(scope="module")
-def confident():
+@pytest.fixture(scope="session")
+def confident(fa_realisation):
     """BP on an easy two-class teacher task: 98% accuracy, the median error ‖e‖ ≈ 1e-5."""
+    seed, threads = fa_realisation
     data = load_dataset("synthetic", num_samples=8000, num_classes=2, d_in=4, teacher_width=8)
-    result = train(data, "bp", arch_config=ARCH, epochs=30, seed=42,
-                   recipe=Recipe(lr=1e-2, schedule="constant", weight_decay=0.0), device="cpu", monitor=False)
+    with torch_threads(threads):
+        result = train(data, "bp", arch_config=ARCH, epochs=30, seed=seed,
+                       recipe=Recipe(lr=1e-2, schedule="constant", weight_decay=0.0), device="cpu", monitor=False)
     return result, eval_batches(data, 8, 128, seed=0)
 
 

@@ -21,6 +21,7 @@ from pytest_fa.training.methods import (
 )
 from pytest_fa.training.methods.equilibrium import equilibrium_credits
 from pytest_fa.training.trainer import train
+from pytest_fa.pitfalls.regimes import torch_threads
 
 ARCH = {"d": 32, "depth": 3}
 ZOO = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge"]
@@ -111,9 +112,11 @@ def test_ep_credit_tends_to_the_bp_gradient_when_relaxed(small_data):
     assert truncated[0].abs().max() < 1e-9 * reached and truncated[1].abs().max() < 1e-9 * reached
 
 
-def test_bp_penalty_shrinks_the_branches(small_data):
-    plain = train(small_data, "bp", arch_config=ARCH, epochs=1, seed=1)
-    penalised = train(small_data, get_method("bp", penalty=1.0), arch_config=ARCH, epochs=1, seed=1)
+def test_bp_penalty_shrinks_the_branches(small_data, fa_realisation):
+    seed, threads = fa_realisation
+    with torch_threads(threads):
+        plain = train(small_data, "bp", arch_config=ARCH, epochs=1, seed=seed)
+        penalised = train(small_data, get_method("bp", penalty=1.0), arch_config=ARCH, epochs=1, seed=seed)
     assert penalised.bundle.method_config == {"penalty": 1.0}
     assert plain.bundle.method_config == {}
     assert penalised.history[-1]["max_growth"] < plain.history[-1]["max_growth"]

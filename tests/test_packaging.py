@@ -46,3 +46,10 @@ def test_entry_point_and_classifier(wheel):
     assert "Classifier: Framework :: Pytest" in metadata
     for dependency in ("pytest", "torch", "torchvision", "numpy", "hypothesis", "mnist1d"):
         assert f"Requires-Dist: {dependency}" in metadata
+
+
+def test_the_pluggy_floor_covers_the_hook_wrappers_the_plugin_uses(wheel):
+    """``hookimpl(wrapper=True)`` is pluggy 1.2 API; pytest 7.4 alone allows an older pluggy."""
+    uses_wrappers = any("wrapper=True" in p.read_text() for p in (ROOT / "pytest_fa" / "plugin").rglob("*.py"))
+    metadata = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert uses_wrappers and "Requires-Dist: pluggy>=1.2" in metadata

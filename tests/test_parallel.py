@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,44 @@ def test_two_concurrent_runs_train_one_baseline_and_leave_a_readable_cache(bp_bu
     (file,) = cache.glob("frozen-*.pt")
     assert load_bundle(file).metrics["baseline_key"]
     assert not list(cache.glob("*.tmp"))
+
+
+KILL_THE_DFA_WORKER = textwrap.dedent(
+    """
+    import os, signal, time
+    from pathlib import Path
+
+    import pytest
+
+    DONE = Path(__file__).parent / "bp-done"  # the checkpoints lie beside this conftest, in reach of its hooks
+
+    def pytest_runtest_logfinish(nodeid):
+        if "bp_s42" in nodeid and nodeid.endswith("::frozen_margin"):
+            DONE.touch()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(item):
+        if "dfa_s42" in item.nodeid:  # the worker with the DFA checkpoint dies once BP is done
+            deadline = time.monotonic() + 300
+            while not DONE.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_crashed_worker_loses_only_its_own_checkpoint(pytester, bp_bundle, dfa_bundle, tmp_path):
+    pytester.makeconftest(KILL_THE_DFA_WORKER)
+    for bundle in (bp_bundle, dfa_bundle):
+        (pytester.path / Path(bundle).name).write_bytes(Path(bundle).read_bytes())
+    result = _run(pytester, tmp_path / "cache", "--fa-checkpoint=bp_s42.pt", "--fa-checkpoint=dfa_s42.pt",
+                  "--fa-frozen-acc=0.1", "-n", "2", "--dist", "loadgroup", "--max-worker-restart=0",
+                  "--fa-report-json=report.json")
+    out = result.stdout + result.stderr
+    assert "worker gw1 crashed" in out or "worker gw0 crashed" in out, out
+    assert "INTERNALERROR" not in out, out
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED
+    payload = json.loads((pytester.path / "report.json").read_text())
+    assert [r["label"] for r in payload["reports"]] == ["bp_s42.pt"]
+    assert payload["partial"] is True and payload["not_measured"] == ["dfa_s42.pt"]
+    assert "1 of 2 checkpoints not measured (dfa_s42.pt)" in result.stdout

@@ -35,9 +35,9 @@ from pytest_fa.training.data import dataset_from_spec, eval_batches
 ITEM_NAMES = ("residual_growth", "grad_floor", "direction_stability", "frozen_margin")
 PACKAGE_DIR = str(Path(pytest_fa.__file__).parent)
 OPTION_NAMES = (
-    "checkpoint", "model", "hidden", "block-output", "pooling", "credit", "data", "data-root", "device",
+    "checkpoint", "model", "hidden", "block-output", "pooling", "credit", "reference-model", "data", "data-root", "device",
     "eval-batches", "batch-size", "frozen-acc", "frozen-epochs", "report-json", "report-md", "plot",
-    "compare", "compare-fail", "lint",
+    "compare", "compare-fail", "lint", "credit-map",
     *(f.name.replace("_", "-") for f in dataclasses.fields(DiagnosticThresholds)),
 )
 FLAG_NAMES = ("pitfalls",)
@@ -849,6 +849,8 @@ def test_plain_state_dict_with_model_factory(pytester, plain_checkpoint, bp_trut
     assert report["diagnostics"]["d"]["fires"] is not None
     assert "trained now" in report["context"]["frozen_baseline"]
     assert "1 epochs" in report["context"]["frozen_baseline"]
+    # nothing records the model's budget: the session says so beside the result
+    assert "FABudgetWarning: the frozen-blocks baseline of plain.pt is trained for 1 epochs" in output(result)
 
 
 def test_frozen_epochs_below_one_is_a_clear_error(pytester, plain_checkpoint):
@@ -889,6 +891,50 @@ def test_a_users_own_method_gets_gamma_through_fa_credit(pytester, dfa_bundle, s
     assert all(row["gamma"] is not None for row in payload["layers"])
     unknown = pytester.runpytest("-p", "no:cacheprovider", f"--fa-checkpoint={path}")
     unknown.stdout.fnmatch_lines(["*unknown method 'my_rule'*--fa-credit*"])
+
+
+def test_factories_in_the_rootdir_import_although_it_is_not_on_sys_path(pytester, dfa_bundle):
+    """``pytest`` run from a repository root leaves the root off sys.path: the ``--fa-model``
+    and ``--fa-credit`` modules are looked up in pytest's rootdir."""
+    import uuid
+
+    from pytest_fa.training.checkpoint import save_bundle
+
+    bundle = load_bundle(dfa_bundle)
+    config, bundle.arch, bundle.arch_config = bundle.arch_config, "custom", {}
+    save_bundle(pytester.path / "mine.pt", bundle)
+    name = f"fa_rooted_{uuid.uuid4().hex[:10]}"
+    pytester.makepyfile(**{name: f"""
+        from pytest_fa.core.credit import DFACredit
+        from pytest_fa.models import ResMLP
+
+        def build():
+            return ResMLP(**{config!r})
+
+        def make_credit(model, checkpoint):
+            return DFACredit(checkpoint.state.feedback)
+    """})
+    pytester.makeini("[pytest]\n")
+    assert str(pytester.path) not in sys.path
+    try:
+        result = run(pytester, "--fa-checkpoint=mine.pt", f"--fa-model={name}:build", f"--fa-credit={name}:make_credit",
+                     "--fa-frozen-acc=0.1", "--fa-report-json=r.json")
+    finally:
+        sys.modules.pop(name, None)
+    assert "cannot import" not in output(result), output(result)[-3000:]
+    assert read_json(pytester, "r.json")["reports"][0]["gamma"]["status"] == "computed"
+
+
+def test_credit_map_lines_of_the_ini_file_are_kept_as_written(pytester):
+    from pytest_fa.plugin._options import session_settings
+
+    pytester.makeini("[pytest]\nfa_credit_map =\n    biotorch_* = mymethods:make_credit\n    runs/fa_*.pt = other:make\n"
+                     "fa_compare = old.json\nfa_compare_fail = headline_acc:1pp\n")
+    settings = session_settings(pytester.parseconfig())
+    assert settings.credit_map == ("biotorch_* = mymethods:make_credit", "runs/fa_*.pt = other:make")
+    assert settings.compare_fail == ("headline_acc:1pp",)  # a repeated option that is no path stays as written
+    with pytest.raises(pytest.UsageError, match=r"--fa-credit-map='biotorch_\*': write each line as PATTERN = "):
+        session_settings(pytester.parseconfig("--fa-credit-map=biotorch_*"))
 
 
 def test_model_factory_that_raises_is_reported_as_the_users_error(pytester, plain_checkpoint):

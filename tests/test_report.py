@@ -227,6 +227,58 @@ def test_a_ceiling_and_a_missing_diagnostic_are_both_named(dfa, batches):
     assert r.verdict == "incomplete: (b) not evaluated; (d) not informative (both accuracies at the ceiling)"
 
 
+@pytest.fixture(scope="module")
+def probe(dfa, batches):
+    from pytest_fa.core.probe import run_probe
+
+    return run_probe(dfa.model, batches)
+
+
+def test_with_the_sample_count_d_at_the_ceiling_states_the_rule_and_n_is_recorded(probe):
+    from pytest_fa.core.report import DiagnosticReport, report_from_probe
+
+    r = report_from_probe(probe, thresholds=LAX, headline_acc=1.0, frozen_acc=0.999, accuracy_samples=12000)
+    d = r.diagnostics["d"]
+    assert d.fires is None and d.submode == "not informative (both accuracies at the ceiling)"
+    assert ("trained 1.0000 − frozen 0.9990 on n = 12000 samples: the Wilson lower bound (z = 2) of each error "
+            "rate is below 2 pp (trained 0.00 pp, frozen 0.06 pp), so 12000 samples cannot show a 2 pp margin") in d.detail
+    assert r.verdict == "incomplete: (d) not informative (both accuracies at the ceiling)"
+    payload = json.loads(json.dumps(r.to_dict()))
+    assert r.accuracy_samples == 12000 and payload["accuracy"]["samples"] == 12000
+    rebuilt = DiagnosticReport.from_dict(payload)
+    assert rebuilt.accuracy_samples == 12000 and rebuilt.to_dict() == payload
+    assert report_from_probe(probe, thresholds=LAX, headline_acc=0.9).to_dict()["accuracy"]["samples"] is None
+
+
+def test_fewer_samples_widen_the_ceiling_of_d(probe):
+    from pytest_fa.core.report import report_from_probe
+
+    def d(frozen, n, trained=1.0):
+        return report_from_probe(probe, thresholds=LAX, headline_acc=trained, frozen_acc=frozen,
+                                 accuracy_samples=n).diagnostics["d"]
+
+    assert d(0.95, 12000).fires is False  # 5 pp of headroom is resolved on 12000 samples
+    assert d(0.97, None).fires is False and d(0.97, 12000).fires is False
+    few = d(0.97, 100)  # 3 errors in 100: the frozen error rate may be below 2 pp
+    assert few.fires is None and few.not_informative and "(trained 0.00 pp, frozen 1.01 pp)" in few.detail
+    assert d(0.995, 100, trained=0.5).fires is True  # 50 pp short of the frozen model: a measured shortfall
+    with pytest.raises(DataError, match="n=0 samples: give the number of samples"):
+        d(0.97, 0)
+
+
+def test_check_and_the_runner_record_the_samples_their_accuracies_were_measured_on(dfa_trained, small_data):
+    import pytest_fa
+    from pytest_fa.core.settings import ProtocolSettings
+    from pytest_fa.protocol import ProtocolRunner
+
+    result, path = dfa_trained
+    tensors = (small_data.x_test, small_data.y_test)
+    assert pytest_fa.check(result.model, tensors, frozen_acc=0.0).accuracy_samples == len(small_data.y_test)
+    assert pytest_fa.check(result.model, tensors, frozen_acc=0.0, headline_acc=0.5).accuracy_samples is None
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.1))
+    assert runner.report(str(path)).accuracy_samples == len(small_data.y_test)
+
+
 def test_a_nan_reference_gets_no_verdict_from_b_under_either_rule(dfa, batches):
     from pytest_fa.core.probe import run_probe
     from pytest_fa.core.report import report_from_probe

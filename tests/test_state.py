@@ -56,6 +56,15 @@ def test_settings_validate_themselves_without_command_line_syntax(kwargs, name, 
     assert "--fa-" not in str(info.value)
 
 
+@pytest.mark.parametrize("device", ["cudax", "cuda:", "cuda:-1", "cuda:x", "cuda:0 ", "CPU", "mps", "cuda:٣"])
+def test_a_device_is_auto_cpu_cuda_or_cuda_n(device):
+    with pytest.raises(SettingError) as info:
+        ProtocolSettings(device=device)
+    assert info.value.name == "device"
+    assert str(info.value) == f"device={device!r}: use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"
+    assert ProtocolSettings(device="auto").device == "auto" and ProtocolSettings(device="cpu").device == "cpu"
+
+
 def test_session_settings_need_a_saved_report_for_tolerances():
     with pytest.raises(SettingError, match="compare") as info:
         SessionSettings(compare_fail=("headline_acc:1pp",))
@@ -113,8 +122,10 @@ def test_the_state_caches_each_report_once_and_keeps_errors(pytester, bp_bundle)
     with pytest.raises(CheckpointError) as two:
         state.report("missing.pt")
     assert one.value is two.value and calls == [str(bp_bundle), "missing.pt"]
-    sent = state.local_report_dicts()
+    sent = state.unsent_report_dicts()
     assert [entry["path"] for entry in sent] == [str(bp_bundle)]
+    assert state.unsent_report_dicts() == []  # a pytest-xdist worker sends each report once
+    assert state.not_measured() == ["missing.pt"]
 
 
 def test_a_threshold_walks_from_the_command_line_to_the_verdict_through_one_definition(pytester, bp_bundle):

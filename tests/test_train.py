@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SMALL_ARCH
 
 from pytest_fa.core.interface import block_weights
+from pytest_fa.core.settings import SettingError
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle
 from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
-from pytest_fa.training.trainer import Recipe, main, resolve_device, train
+from pytest_fa.training.trainer import Recipe, accuracy, main, resolve_device, train
+from pytest_fa.pitfalls.regimes import torch_threads
 
 
 def fresh(small_data, seed=42):
@@ -61,9 +65,11 @@ def test_dfa_block_update_follows_the_credit_at_its_output(small_data):
     assert len(state.feedback) == 5 and all(b.shape == (10, 32) for b in state.feedback)
 
 
-def test_dfa_penalty_shrinks_block_outputs(small_data):
-    plain = train(small_data, DFA(), arch_config=SMALL_ARCH, epochs=2, seed=1, monitor=True)
-    penalised = train(small_data, DFA(penalty=1.0), arch_config=SMALL_ARCH, epochs=2, seed=1, monitor=True)
+def test_dfa_penalty_shrinks_block_outputs(small_data, fa_realisation):
+    seed, threads = fa_realisation
+    with torch_threads(threads):
+        plain = train(small_data, DFA(), arch_config=SMALL_ARCH, epochs=2, seed=seed, monitor=True)
+        penalised = train(small_data, DFA(penalty=1.0), arch_config=SMALL_ARCH, epochs=2, seed=seed, monitor=True)
     assert penalised.history[-1]["h_L"] < plain.history[-1]["h_L"]
     assert penalised.bundle.method_config == {"penalty": 1.0}
 
@@ -105,11 +111,34 @@ def test_unknown_method_and_bad_budget_are_refused(small_data):
     assert isinstance(get_method("frozen"), FrozenBlocks)
 
 
+def test_accuracy_restores_each_submodules_own_mode_also_when_the_model_raises():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3)).train()
+    model[1].eval()  # a frozen BatchNorm inside a model in training mode
+    y = torch.zeros(6, dtype=torch.long)
+    assert 0.0 <= accuracy(model, torch.randn(6, 4), y) <= 1.0
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    model.train()
+    with pytest.raises(RuntimeError):
+        accuracy(model, torch.randn(6, 5), y)  # the wrong input width: the model raises
+    assert all(m.training for m in model.modules())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        resolve_device("cuda")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(SettingError, match="no CUDA GPU"):
+            resolve_device(name)
     assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize("name", ["cudax", "cuda:-1", "mps", "meta"])
+def test_the_trainer_takes_the_device_names_the_settings_take(name, small_data):
+    message = "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"
+    with pytest.raises(SettingError, match=re.escape(f"device={name!r}: {message}")):
+        resolve_device(name)
+    with pytest.raises(SettingError, match=re.escape(message)):
+        train(small_data, "bp", epochs=1, device=name)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None).type in ("cpu", "cuda")
 
 
 def test_command_line_writes_one_bundle_per_method_and_seed(tmp_path, capsys, isolated_cache):

@@ -12,6 +12,15 @@ only its branch ``f(h)`` that its parent adds (``"branch"``; then
 ``h_{l+1} = input + output``); ``"auto"`` reads which from the first forward pass and
 refuses a chain that is neither.
 
+The named states must be one residual stream, ``h_{l+1} = h_l + f_l(h_l)``; the first
+forward pass checks it on its autograd graph and refuses the chain otherwise. Rule: a block
+is never a normalisation layer (a terminal norm is named with ``norm=``, its input is
+``h_L``), and ``h_{l+1}`` is an addition that joins two paths from ``h_l``: for a
+``"sum"`` block, inside the block's own forward (``h + f(h)``, possibly followed by an
+activation, as in a ResNet block); for a ``"branch"`` block, downstream, where one operand
+comes through the block's output and the other from its input around it. A plain stack of
+layers, each feeding the next, has no such addition and is refused.
+
 The states are captured with forward hooks; the reference ``g_l = dCE/dh_l`` then comes
 from ordinary autograd on the captured tensors (in ``"branch"`` mode on an exact copy of
 ``h_{l+1}`` spliced into the graph), never from module backward hooks. Hooks are active
@@ -22,14 +31,15 @@ only inside ``model(x, return_hidden=True)``; ``model(x)`` is the wrapped model'
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from pytest_fa.errors import ModelInterfaceError
-from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS
+from pytest_fa.errors import ModelInterfaceError, setting
+from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS, eval_mode
 
 
 def _split_patterns(states: str | Sequence[str]) -> list[str]:
@@ -119,6 +129,7 @@ class HookedModel(nn.Module):
         self.model = model
         self.patterns = _split_patterns(states)
         self._states = resolve_states(model, self.patterns)
+        _check_no_norm_block(self._states)
         self.block_output = block_output
         self.pooling = pooling
         # a tuple, so the readout is not registered a second time beside self.model
@@ -127,6 +138,7 @@ class HookedModel(nn.Module):
         self._record: list[dict[str, Any]] | None = None
         self._mode: str | None = None if block_output == "auto" else block_output
         self._chain_checked = False
+        self._rooted = False
 
     # -- the duck-typed contract -------------------------------------------------------------
     @property
@@ -169,15 +181,26 @@ class HookedModel(nn.Module):
         if not return_hidden:
             out = self.model(x)
             return out if self._logits is None else self._read_logits(out)
-        if self._mode is None:
-            with torch.no_grad():
-                self._mode = _block_output_of(self._capture(x, "sum")[1], self.state_names)
+        if not self._chain_checked:  # the chain is the model's structure: read it once
+            self._check_stream(x)
         logits, record = self._capture(x, self._mode)
         _check_record(record, self.state_names, len(x))
-        if not self._chain_checked:  # the chain is the model's structure: read it once
-            _check_chain(record, self.state_names, self._mode)
-            self._chain_checked = True
         return logits, [entry["state"] for entry in record]
+
+    def _check_stream(self, x: torch.Tensor) -> None:
+        """One pass on the first batch, with a graph that starts at ``h_0``: the states ran in
+        order, the blocks return what ``block_output`` says (``"auto"``: reads which), and each
+        ``h_{l+1}`` joins ``h_l`` and a branch at an addition (module docstring)."""
+        self._rooted = True
+        try:  # in eval mode: no running statistics updated, no random numbers drawn
+            with torch.enable_grad(), eval_mode(self.model):
+                logits, record = self._capture(x, "sum")
+        finally:
+            self._rooted = False
+        _check_record(record, self.state_names, len(x))
+        self._mode = _check_chain(record, self.state_names, self.block_output)
+        _check_residual(record, logits, self.state_names, self._mode)
+        self._chain_checked = True
 
     def _capture(self, x: torch.Tensor, mode: str):
         # hooks live only for this call: a copy of the wrapper (deepcopy) never shares them
@@ -209,8 +232,11 @@ class HookedModel(nn.Module):
                     f"state module {name!r} returns {type(output).__name__}, not a tensor; name the "
                     "module whose output is the residual stream itself"
                 )
+            if self._rooted and index == 0 and output.is_floating_point():
+                output = output.detach().requires_grad_().clone()  # the graph starts at h_0
             given = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            entry = {"index": index, "input": given, "output": output, "state": output}
+            entry = {"index": index, "input": given, "output": output, "state": output,
+                     "nodes": (getattr(given, "grad_fn", None), output.grad_fn)}
             if self._capture_mode == "branch" and index > 0:
                 if given is None or given.shape != output.shape:
                     raise ModelInterfaceError(
@@ -323,15 +349,90 @@ def _check_record(record: list[dict[str, Any]], names: list[str], batch: int) ->
             )
 
 
-def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> None:
-    """Once: the first block reads h_0, and the blocks return what ``mode`` says."""
-    if len(record) < 3:
+def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> str:
+    """Once: the first block reads h_0, and the blocks return what ``mode`` says; the mode."""
+    if len(record) < 3 and mode != "auto":
         _check_first_block(record, names)
-        return
+        return mode
     found = _block_output_of(record, names)
-    if found != mode:
+    if mode not in ("auto", found):
         shown = {"sum": "h + f(h)", "branch": "f(h)"}
         raise ModelInterfaceError(
             f"block_output={mode!r}, but the forward pass shows blocks returning {shown[found]}: "
             f"set block_output={found!r} or 'auto'"
         )
+    return found
+
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+_NORM_NAME = re.compile(r"(RMS|Layer|Batch|Group|Instance)Norm(\dd)?$")  # nn.RMSNorm, LlamaRMSNorm, T5LayerNorm, …
+
+
+def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
+    """A block is never a normalisation layer: it rescales the stream instead of adding a
+    branch to it (``h_0`` may be a norm's output: an embedding that ends in one)."""
+    for name, module in states[1:]:
+        if isinstance(module, _NORM_TYPES) or _NORM_NAME.search(type(module).__name__):
+            raise ModelInterfaceError(
+                f"state {name!r} is a {type(module).__name__}, a normalisation layer, not a residual "
+                f"block: it rescales the stream instead of adding a branch to it, and a state read "
+                f"after the terminal norm hides a collapsed gradient. If it is the terminal norm, "
+                f"leave it out of the states (h_L is its input; on the command line, out of "
+                f"{setting('hidden')}) and name it as the norm: adapt(..., norm={name!r})"
+            )
+
+
+def _check_residual(record: list[dict[str, Any]], logits: torch.Tensor, names: list[str], mode: str) -> None:
+    """Each ``h_{l+1}`` is an addition joining two paths from ``h_l`` (module docstring).
+
+    Blocks whose input or output is not in the graph are left to the reference pass, which
+    names a detached state or one off the path to the logits."""
+    for entry in record[1:]:
+        into, out = entry["nodes"]
+        if into is None or out is None:
+            continue
+        if mode == "sum":
+            reach = _reaching(out, into)
+            joined = any(len(_inputs(n) & reach) >= 2 for n in reach if type(n).__name__ == "AddBackward0")
+        else:
+            top = logits.grad_fn
+            through = _reaching(top, out) if top is not None else set()
+            if top not in through:
+                continue
+            around = _reaching(top, into, avoid=out)
+            joined = any(
+                a is not b for n in through if type(n).__name__ == "AddBackward0"
+                for a in _inputs(n) & through for b in _inputs(n) & around
+            )
+        if not joined:
+            name = names[entry["index"]]
+            where = ("its forward returns no sum h + f(h)" if mode == "sum"
+                     else "its output f(h) is never added to its input h")
+            raise ModelInterfaceError(
+                f"block {name!r} is not a residual block: {where}, so its output is not h_l plus "
+                f"a branch. Name modules of one residual stream: blocks returning h + f(h), or "
+                f"f(h) that their parent adds to h; leave out layers that transform the stream "
+                f"(a plain layer, the terminal norm, the head)"
+            )
+
+
+def _inputs(node: Any) -> set:
+    return {n for n, _ in node.next_functions if n is not None}
+
+
+def _reaching(root: Any, target: Any, avoid: Any = None) -> set:
+    """The autograd nodes below ``root`` (itself included) from which ``target`` is reached,
+    not through ``avoid``; the walk stops at ``target``."""
+    reach: dict[Any, bool] = {}
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            reach[node] = any(reach[n] for n in _inputs(node))
+        elif node not in reach:
+            if node is target or node is avoid:
+                reach[node] = node is target
+                continue
+            stack.append((node, True))
+            stack.extend((n, False) for n in _inputs(node) if n not in reach)
+    return {n for n, hit in reach.items() if hit}

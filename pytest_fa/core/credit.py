@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from pytest_fa.core import interface
 from pytest_fa.errors import FeedbackError
 
 
@@ -45,13 +46,53 @@ class BPCredit:
         return [self._read(g) for g in ce_grads(logits, y, hiddens, retain_graph=True)]
 
 
+OWN_BACKWARD = "own-backward"  # the credit setting that reads the model's own backward
+
+
+class OwnBackwardCredit:
+    """The method's own backward: ``a_l`` is what autograd delivers at ``h_l`` from the
+    batch-mean ``CE`` through ``model`` as it is (its custom Functions, hooks, feedback
+    weights): the signal the method trains with, with no code of yours. A biotorch DFA model
+    first gets this batch's loss gradient, as its training forward gives it
+    (:func:`~pytest_fa.core.backprop.training_loss_gradient`). On a model that backpropagates
+    it is ``dCE/dh_l``; at a state the backward does not reach it is None. Build it on the
+    model you diagnose; the reference then comes from a twin that backpropagates truly.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, x, y, logits, hiddens):
+        from pytest_fa.core.backprop import training_loss_gradient
+        from pytest_fa.core.reference import ce_grads
+
+        reached = [i for i, h in enumerate(hiddens) if h.requires_grad]
+        with training_loss_gradient(self.model, logits, y):
+            grads = ce_grads(logits, y, [hiddens[i] for i in reached], retain_graph=True, allow_unused=True)
+        layout = interface.hidden_layout(self.model, hiddens[0])
+        credits: list[torch.Tensor | None] = [None] * len(hiddens)
+        for i, g in zip(reached, grads):
+            credits[i] = None if g is None else interface.per_sample(g, layout)
+        return credits
+
+
 class DFACredit:
-    """Direct feedback alignment: ``a_l = e_T B_l`` with fixed random ``B_l`` of shape (classes, F)."""
+    """Direct feedback alignment: ``a_l = e_T B_l`` with fixed random ``B_l`` of shape (classes, F).
+
+    The matrices are checked against the states at the first call (:class:`FeedbackError`).
+    """
+
+    layout = "(classes, d_l) so that a_l = e_T @ B_l"
 
     def __init__(self, feedback: Sequence[torch.Tensor]) -> None:
         self.feedback = list(feedback)
+        self._checked = False
+
+    def shapes(self, classes: int, widths: Sequence[int]) -> list[tuple[int, int]]:
+        return [(classes, d) for d in widths]
 
     def __call__(self, x, y, logits, hiddens):
+        _check_once(self, x, logits, hiddens)
         e = output_error(logits, y)
         return [e @ b.to(device=e.device, dtype=e.dtype) for b in self.feedback]
 
@@ -81,10 +122,17 @@ class FACredit:
     (F_{l+1}, F_l): the fixed random matrix that stands in for the transposed Jacobian.
     """
 
+    layout = "((d_{l+1}, d_l) below the top, (classes, d_L) on top)"
+
     def __init__(self, feedback: Sequence[torch.Tensor]) -> None:
         self.feedback = list(feedback)
+        self._checked = False
+
+    def shapes(self, classes: int, widths: Sequence[int]) -> list[tuple[int, int]]:
+        return expected_fa_shapes(classes, widths)
 
     def __call__(self, x, y, logits, hiddens):
+        _check_once(self, x, logits, hiddens)
         e = output_error(logits, y)
         credits = [e @ self.feedback[-1].to(e)]
         for b in reversed(self.feedback[:-1]):
@@ -129,3 +177,38 @@ def check_feedback(
         if not torch.isfinite(b).all():
             raise FeedbackError(f"feedback matrix B_{index} contains NaN or Inf")
     return feedback
+
+
+def _check_once(credit: DFACredit | FACredit, x: torch.Tensor, logits: torch.Tensor, hiddens) -> None:
+    """Check ``credit.feedback`` against the states of its first call; :class:`FeedbackError` naming
+    the matrix that does not fit (a state ``(B, T, d)`` has width ``d``, any other is flattened).
+    A call without states (``hiddens=None``) has nothing to check them against."""
+    if credit._checked or hiddens is None:
+        return
+    name, classes = type(credit).__name__, logits.shape[-1]
+    readings = [[h.shape[-1] if h.dim() == 3 else h[0].numel() for h in hiddens], [h[0].numel() for h in hiddens]]
+    try:
+        check_feedback(credit.feedback, credit.shapes(classes, readings[0]), credit.layout)
+    except FeedbackError as exc:
+        try:  # a model may declare its (B, C, L) states spatial: read flattened, they may fit
+            check_feedback(credit.feedback, credit.shapes(classes, readings[1]), credit.layout)
+        except FeedbackError:
+            hint = ""
+            if _per_linear(credit.feedback, x, classes):
+                hint = (f". These look like per-layer FA matrices, one out × in matrix per Linear (biotorch "
+                        f"style): they do not fit {name}, which needs one matrix per hidden state h_0..h_L")
+            raise FeedbackError(f"{name}: {exc}{hint}") from None
+    credit._checked = True
+
+
+def _per_linear(feedback: Sequence[torch.Tensor], x: torch.Tensor, classes: int) -> bool:
+    """Whether ``feedback`` has the shapes of a network's weights: conv kernels, or out × in matrices
+    chained from the input's width to the classes."""
+    tensors = [b for b in feedback if isinstance(b, torch.Tensor)]
+    if len(tensors) != len(feedback) or not tensors:
+        return False
+    if any(b.dim() != 2 for b in tensors):
+        return True
+    chained = all(a.shape[0] == b.shape[1] for a, b in zip(tensors, tensors[1:]))
+    inputs = None if x is None else x[0].numel()
+    return chained and tensors[0].shape[1] == inputs and tensors[-1].shape[0] == classes

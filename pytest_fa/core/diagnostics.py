@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from pytest_fa.core.thresholds import REFERENCE_BATCH_SIZE  # noqa: F401  (re-exported)
-from pytest_fa.errors import NonFiniteError
+from pytest_fa.errors import DataError, NonFiniteError
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -227,18 +227,48 @@ FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
 """The sub-mode of a (d) that cannot be measured: see :func:`frozen_at_ceiling`."""
 
 
-def frozen_at_ceiling(trained_acc: float, frozen_acc: float, margin_pp: float = 2.0) -> bool:
+CEILING_Z = 2.0
+"""The ``z`` of the Wilson interval behind :func:`headroom_lower_bound_pp` (about 95 %)."""
+
+
+def headroom_lower_bound_pp(acc: float, n: int | None = None) -> float:
+    """The smallest headroom ``100·(1 − acc)`` in points that ``n`` samples support.
+
+    With ``e = 1 − acc`` measured on ``n`` samples and ``z = 2`` (:data:`CEILING_Z`), the lower
+    end of the Wilson interval of the error rate, ``100·(e + z²/2n − z·sqrt(e(1 − e)/n +
+    z²/4n²)) / (1 + z²/n)``, computed as ``100·e² / (e + z²/2n + z·sqrt(…))``, the same number
+    without cancellation: between 0 (exactly, for ``acc = 1``) and the observed ``100·(1 − acc)``,
+    and closer to it the larger ``n``. Without ``n`` (``None``) the observed headroom.
+    """
+    headroom = 1.0 - acc
+    if n is None:
+        return 100.0 * headroom
+    if not isinstance(n, int) or n < 1:
+        raise DataError(f"n={n!r} samples: give the number of samples the accuracy was measured on as a "
+                        "positive integer, or None when it is not known")
+    z2 = CEILING_Z * CEILING_Z
+    spread = CEILING_Z * math.sqrt(headroom * (1.0 - headroom) / n + z2 / (4.0 * n * n))
+    return 100.0 * headroom * headroom / (headroom + z2 / (2.0 * n) + spread)  # no cancellation
+
+
+def frozen_at_ceiling(trained_acc: float, frozen_acc: float, margin_pp: float = 2.0, n: int | None = None) -> bool:
     """Whether (d) is not informative because both accuracies sit at the ceiling of 1.0.
 
     The margin is bounded by the frozen model's headroom, ``100·(trained − frozen) ≤
-    100·(1 − frozen)``: when ``100·(1 − frozen) < margin_pp`` no trained accuracy can show the
-    margin and (d) would fire whatever the blocks learned. When ``100·(1 − trained) <
-    margin_pp`` as well, the trained model sits at the same ceiling, and the shortfall
+    100·(1 − frozen)``: when that headroom is below ``margin_pp`` no trained accuracy can show
+    the margin and (d) would fire whatever the blocks learned. When the trained model's
+    headroom is below ``margin_pp`` as well, it sits at the same ceiling, and the shortfall
     measures the task's missing headroom, not the blocks. True when both hold; never for
     ``margin_pp ≤ 0``. A trained accuracy further than ``margin_pp`` below 1.0 is a measured
     shortfall, and (d) is judged as usual.
+
+    Each headroom is :func:`headroom_lower_bound_pp` of its accuracy over the ``n`` samples both
+    were measured on: at the ceiling when ``100·L(e, n) < margin_pp``, ``L`` the lower end of the
+    Wilson interval (``z = 2``) of the error rate ``e = 1 − acc``, i.e. when ``n`` samples cannot
+    show that the error rate is at least ``margin_pp``; fewer samples widen the tolerance.
+    Without ``n`` the observed headroom: ``100·(1 − acc) < margin_pp``.
     """
-    return 100.0 * (1.0 - frozen_acc) < margin_pp and 100.0 * (1.0 - trained_acc) < margin_pp
+    return headroom_lower_bound_pp(frozen_acc, n) < margin_pp and headroom_lower_bound_pp(trained_acc, n) < margin_pp
 
 
 def mean_defined(values: torch.Tensor) -> tuple[float, int]:

@@ -18,7 +18,7 @@ through forward hooks on named modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -185,8 +185,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-def block_weights(model: nn.Module) -> list[torch.nn.Parameter]:
-    """Parameters of the blocks other than their normalisation layers.
+def block_weights(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> list[torch.nn.Parameter]:
+    """Parameters of the blocks (``modules``, by default :func:`blocks`) other than their
+    normalisation layers.
 
     These are what the frozen-blocks baseline holds at their random initial values; the
     normalisation affine parameters inside the blocks stay trainable with the embedding,
@@ -196,7 +197,7 @@ def block_weights(model: nn.Module) -> list[torch.nn.Parameter]:
 
     norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
     frozen: list[nn.Parameter] = []
-    for block in blocks(model):
+    for block in blocks(model) if modules is None else modules:
         for module in block.modules():
             if isinstance(module, norm_types):
                 continue

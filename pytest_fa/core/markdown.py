@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pytest_fa.core import registry
@@ -98,9 +99,14 @@ def _checkpoint_section(report: DiagnosticReport) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(reports: list[DiagnosticReport], version: str = "") -> str:
-    """Every checkpoint's filled template, after a one-line summary per checkpoint."""
+def markdown_report(reports: list[DiagnosticReport], version: str = "", not_measured: Sequence[str] = ()) -> str:
+    """Every checkpoint's filled template, after a one-line summary per checkpoint; with
+    checkpoints ``not_measured``, a line under the title says the report is partial."""
     lines = [f"# pytest-fa protocol report{(' (pytest-fa ' + version + ')') if version else ''}", ""]
+    if not_measured:
+        total = len(reports) + len(not_measured)
+        names = ", ".join(f"`{path}`" for path in not_measured)
+        lines += [f"**Partial report**: {len(not_measured)} of {total} checkpoints not measured: {names}.", ""]
     lines += _table(
         ["checkpoint", "accuracy", "frozen", "verdict"],
         [[r.label or "checkpoint", fmt(r.headline_acc, ".4f"), fmt(r.frozen_acc, ".4f"), r.verdict] for r in reports],

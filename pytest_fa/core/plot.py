@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_fa.core.files import write_atomically
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -180,10 +182,10 @@ def _positive(value: float | None) -> bool:
 
 
 def _save(report: DiagnosticReport, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the figure whole or not at all (:func:`~pytest_fa.core.files.write_atomically`)."""
     fig = report_figure(report)
     try:
-        fig.savefig(path, format="png", dpi=DPI)
+        write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     finally:
         fig.clear()
     return path

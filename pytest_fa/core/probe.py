@@ -7,6 +7,7 @@ and the method's credit is evaluated on that same forward pass.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,30 +90,41 @@ def run_probe(
     credit: CreditSignal | None = None,
     device: torch.device | str | None = None,
     keep_rows: bool = False,
+    reference_model: nn.Module | None = None,
 ) -> Probe:
     """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``.
 
     ``keep_rows`` keeps the per-sample rows of ``g_l`` and the output errors
     ``e = softmax − onehot`` (``probe.grad_rows``, ``probe.output_errors``), for measurements
-    that reuse the reference, such as the null band.
+    that reuse the reference, such as the null band. ``reference_model``, a twin that
+    backpropagates truly with the same weights, gives ``g_l`` (:func:`reference_pass`).
 
     Runs in eval mode (restored afterwards) and never below float32: a model stored in
     float16 or bfloat16 is measured through a float32 copy (and a model that lives off
-    ``device`` through a copy on it).
+    ``device`` through a copy on it); so is the reference model.
     """
     batch_size = _check_batches(eval_batches)
-    interface.check_interface(model)
-    check_finite_parameters(model)
-    param = next(model.parameters())
-    stored = param.dtype
-    model = at_least_float32(model)
-    if device is not None and torch.device(device) != param.device:
-        model = copy.deepcopy(model).to(device)
-    with interface.eval_mode(model):
-        probe = probe_batches(model, eval_batches, credit, batch_size, keep_rows)
+    stored = next(model.parameters()).dtype
+    model = _measured(model, device)
+    if reference_model is not None:
+        reference_model = _measured(reference_model, device)
+    twin_mode = contextlib.nullcontext() if reference_model is None else interface.eval_mode(reference_model)
+    with interface.eval_mode(model), twin_mode:
+        probe = probe_batches(model, eval_batches, credit, batch_size, keep_rows, reference_model)
     if stored in _HALF_DTYPES:
         probe.dtype = f"float32 (weights stored in {str(stored).removeprefix('torch.')})"
     return probe
+
+
+def _measured(model: nn.Module, device: torch.device | str | None) -> nn.Module:
+    """``model`` checked, as the probe measures it: at least float32, on ``device``."""
+    interface.check_interface(model)
+    check_finite_parameters(model)
+    param = next(model.parameters())
+    model = at_least_float32(model)
+    if device is not None and torch.device(device) != param.device:
+        model = copy.deepcopy(model).to(device)
+    return model
 
 
 def at_least_float32(model: nn.Module) -> nn.Module:
@@ -124,7 +136,8 @@ def at_least_float32(model: nn.Module) -> nn.Module:
 
 
 def probe_batches(
-    model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int, keep_rows: bool = False
+    model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int, keep_rows: bool = False,
+    reference_model: nn.Module | None = None,
 ) -> Probe:
     """The measurement loop of :func:`run_probe`: one :func:`reference_pass` per batch, in
     the model's current mode and dtype (``run_probe`` sets eval mode and float32 first)."""
@@ -141,7 +154,7 @@ def probe_batches(
     layout = "vector"
     mid = 0
     for x, y in eval_batches:
-        ref = reference_pass(model, x, y, credit)
+        ref = reference_pass(model, x, y, credit, reference_model=reference_model)
         layout, rows_g, logits = ref.layout, ref.rows, ref.logits.detach()
         mid = (len(rows_g) - 1) // 2  # h_{L/2} of h_0..h_L
         hidden_norms.append([per_sample_norms(h) for h in ref.hidden_rows])

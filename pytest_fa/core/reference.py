@@ -4,10 +4,15 @@ Every measurement of pytest-fa (the probe, the null band, the perturbation corre
 the studies and the pitfall suite) takes its reference gradient from :func:`reference_pass`,
 so the loss, its reduction, the layout a sample is read in and the checks on the graph are
 defined once. A credit signal passed in is evaluated on that same forward pass.
+
+autograd's gradient is the reference only where autograd is backprop: a model whose backward
+between the states and the logits is a method's own (:mod:`pytest_fa.core.backprop`) is
+refused, unless a twin that backpropagates truly with the same weights gives the reference.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_fa.core import interface
-from pytest_fa.errors import ModelInterfaceError, NonFiniteError
+from pytest_fa.core.backprop import BackpropCheck, check_twin
+from pytest_fa.errors import ModelInterfaceError, NonFiniteError, setting
 
 if TYPE_CHECKING:
     from pytest_fa.core.credit import CreditSignal
@@ -78,13 +84,20 @@ def reference_pass(
     *,
     reduction: str = "mean",
     keep_graph: bool = False,
+    reference_model: nn.Module | None = None,
 ) -> ReferencePass:
     """Run ``model`` on one batch in its current mode and dtype and take the reference.
 
     ``x`` moves to the model's device (and, when floating point, its dtype). Raises
     :class:`~pytest_fa.errors.ModelInterfaceError` for states that are detached or not on
-    the path to the logits, and :class:`~pytest_fa.errors.NonFiniteError` for NaN/Inf logits
-    or gradients. ``keep_graph`` keeps the graph for further autograd on ``hiddens``.
+    the path to the logits, :class:`~pytest_fa.errors.NotBackpropError` when autograd on the
+    model is not backprop (checked once per model), and
+    :class:`~pytest_fa.errors.NonFiniteError` for NaN/Inf logits or gradients. ``keep_graph``
+    keeps the graph for further autograd on ``hiddens``.
+
+    ``reference_model``, a twin of ``model`` that backpropagates truly with the same weights,
+    gives ``g_l`` and ``dCE/dz`` instead; its logits and states must equal the model's (to
+    float tolerance). The logits, states and credit are the model's.
     """
     param = next(model.parameters())
     x = x.to(device=param.device, dtype=param.dtype if x.is_floating_point() else x.dtype)
@@ -92,24 +105,23 @@ def reference_pass(
     if x.is_floating_point():
         x.requires_grad_(True)
     with torch.enable_grad():
-        logits, hiddens = interface.forward_hidden(model, x)
-        if not torch.isfinite(logits).all():
-            raise NonFiniteError("the logits contain NaN or Inf on an eval batch")
-        detached = [i for i, h in enumerate(hiddens) if not h.requires_grad]
-        if detached:
-            raise ModelInterfaceError(
-                f"{interface.state_name(model, detached[0])} is detached from the graph; the "
-                "states must be the tensors the forward pass uses, not .detach()ed copies"
-            )
+        logits, hiddens = _forward(model, x, checked=reference_model is None)
+        source, ref_logits, ref_hiddens = model, logits, hiddens
+        if reference_model is not None:
+            source = reference_model
+            ref_logits, ref_hiddens = _forward(reference_model, x, checked=True)
+            check_twin(model, (logits, hiddens), (ref_logits, ref_hiddens))
         *grads, logit_grad = ce_grads(
-            logits, y, [*hiddens, logits], reduction=reduction,
+            ref_logits, y, [*ref_hiddens, ref_logits], reduction=reduction,
             retain_graph=credit is not None or keep_graph, allow_unused=True,
         )
         for index, g in enumerate(grads):
             if g is None:
                 raise ModelInterfaceError(
-                    f"{interface.state_name(model, index)} is not on the path from the input to "
-                    "the logits; the model must return the hidden states its forward pass uses"
+                    f"{interface.state_name(source, index)} is not on the path from the input to "
+                    "the logits; the model must return the hidden states its forward pass uses (a "
+                    "forward pass that cuts the graph between them, as a method may, is not backprop: "
+                    f"give a twin that backpropagates truly, {setting('reference_model')})"
                 )
             if not torch.isfinite(g).all():
                 raise NonFiniteError(
@@ -121,3 +133,22 @@ def reference_pass(
         if credit is not None:
             result.credits = list(credit(x, y, logits, hiddens))
     return result
+
+
+def _forward(model: nn.Module, x: torch.Tensor, *, checked: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``model(x, return_hidden=True)``: finite logits, and, when ``checked``, states in the
+    graph whose gradient autograd gives by backprop."""
+    check = BackpropCheck(model) if checked else None
+    with check or contextlib.nullcontext():
+        logits, hiddens = interface.forward_hidden(model, x)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError("the logits contain NaN or Inf on an eval batch")
+    if check is not None:
+        detached = [i for i, h in enumerate(hiddens) if not h.requires_grad]
+        if detached:
+            raise ModelInterfaceError(
+                f"{interface.state_name(model, detached[0])} is detached from the graph; the "
+                "states must be the tensors the forward pass uses, not .detach()ed copies"
+            )
+        check.verify(logits, hiddens)
+    return logits, hiddens

@@ -72,7 +72,11 @@ class LayerRow:
 
 @dataclass
 class DiagnosticReport:
-    """Everything the protocol measured on one model, with the conditions of measurement."""
+    """Everything the protocol measured on one model, with the conditions of measurement.
+
+    ``accuracy_samples`` is the number of samples the headline and frozen-blocks accuracies
+    were measured on (None: not known); (d) reads it (:func:`diagnostics.frozen_at_ceiling`).
+    """
 
     label: str
     layers: list[LayerRow]
@@ -87,6 +91,7 @@ class DiagnosticReport:
     headline_acc: float | None = None
     frozen_acc: float | None = None
     eval_acc: float | None = None
+    accuracy_samples: int | None = None
     credit_status: str = ""
     context: dict[str, Any] = field(default_factory=dict)
     null_draws: int = 0
@@ -169,6 +174,7 @@ class DiagnosticReport:
                 "headline": self.headline_acc,
                 "frozen_baseline": self.frozen_acc,
                 "eval_batches": self.eval_acc,
+                "samples": self.accuracy_samples,
             },
             "context": self.context,
         }
@@ -195,6 +201,7 @@ class DiagnosticReport:
             headline_acc=accuracy["headline"],
             frozen_acc=accuracy["frozen_baseline"],
             eval_acc=accuracy["eval_batches"],
+            accuracy_samples=accuracy.get("samples"),
             credit_status=gamma["status"],
             null_draws=gamma["null_draws"],
             context=dict(data["context"]),
@@ -222,6 +229,7 @@ def diagnose(
     *,
     headline_acc: float | None = None,
     frozen_acc: float | None = None,
+    accuracy_samples: int | None = None,
     credit: CreditSignal | None = None,
     credit_unavailable: str = "no credit signal given",
     frozen_unavailable: str | None = None,
@@ -230,6 +238,7 @@ def diagnose(
     device: torch.device | str | None = None,
     context: dict[str, Any] | None = None,
     null_draws: int = 20,
+    reference_model: nn.Module | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over ``eval_batches`` (≥ 8 disjoint batches of 128).
 
@@ -237,14 +246,24 @@ def diagnose(
     band: Γ_l under ``null_draws`` fresh feedback draws, mean ± sd (0 turns it off).
 
     ``headline_acc`` and ``frozen_acc`` feed (d); without both, (d) is reported as not
-    evaluated (``frozen_unavailable`` says why) and the verdict cannot be ``trustworthy``. ``credit`` gives the method's
+    evaluated (``frozen_unavailable`` says why) and the verdict cannot be ``trustworthy``.
+    ``accuracy_samples``, the number of samples both were measured on, lets (d) allow for their
+    sampling resolution at the ceiling (without it, the observed headroom). ``credit`` gives the method's
     ``a_l`` for per-layer Γ; without it Γ is reported unavailable with
     ``credit_unavailable`` as the reason, never computed against a fallback.
+
+    ``reference_model``, a twin of ``model`` that backpropagates truly with the same weights,
+    gives the reference ``g_l`` where autograd on ``model`` is its method's backward, not
+    backprop (such a model is refused without one); the states, accuracy and credit stay
+    ``model``'s.
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
     with_null = bool(null_draws) and isinstance(credit, DFACredit)
-    probe = run_probe(model, eval_batches, credit=credit, device=device, keep_rows=with_null)
+    probe = run_probe(model, eval_batches, credit=credit, device=device, keep_rows=with_null,
+                      reference_model=reference_model)
+    if reference_model is not None:
+        context = {**(context or {}), "reference": f"backprop through the reference model ({type(reference_model).__name__})"}
     if getattr(model, "state_names", None):
         context = {**(context or {}), "states": list(model.state_names)}
     report = report_from_probe(
@@ -252,6 +271,7 @@ def diagnose(
         thresholds=thresholds,
         headline_acc=headline_acc,
         frozen_acc=frozen_acc,
+        accuracy_samples=accuracy_samples,
         credit_unavailable=credit_unavailable,
         frozen_unavailable=frozen_unavailable,
         label=label,
@@ -284,6 +304,7 @@ def report_from_probe(
     thresholds: DiagnosticThresholds,
     headline_acc: float | None = None,
     frozen_acc: float | None = None,
+    accuracy_samples: int | None = None,
     credit_unavailable: str = "no credit signal given",
     frozen_unavailable: str | None = None,
     label: str = "",
@@ -318,7 +339,9 @@ def report_from_probe(
                 gain=gains[index],
             )
         )
-    measurement = Measurement(probe, h_med, g_med, gains, sound, headline_acc, frozen_acc, frozen_unavailable)
+    measurement = Measurement(
+        probe, h_med, g_med, gains, sound, headline_acc, frozen_acc, frozen_unavailable, accuracy_samples
+    )
     results = {d.key: d.run(measurement, thresholds) for d in registry.DIAGNOSTICS}
     return DiagnosticReport(
         label=label,
@@ -334,6 +357,7 @@ def report_from_probe(
         headline_acc=headline_acc,
         frozen_acc=frozen_acc,
         eval_acc=probe.eval_accuracy,
+        accuracy_samples=accuracy_samples,
         credit_status="computed" if probe.cosines is not None else f"unavailable: {credit_unavailable}",
         context=dict(context or {}),
     )
@@ -352,6 +376,7 @@ class Measurement:
     headline_acc: float | None = None
     frozen_acc: float | None = None
     frozen_unavailable: str | None = None
+    accuracy_samples: int | None = None
 
 
 def evaluate_growth(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
@@ -367,7 +392,7 @@ def evaluate_stability(m: Measurement, thresholds: DiagnosticThresholds) -> Diag
 
 
 def evaluate_frozen_margin(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return _frozen_result(m.headline_acc, m.frozen_acc, thresholds, m.frozen_unavailable)
+    return _frozen_result(m.headline_acc, m.frozen_acc, thresholds, m.frozen_unavailable, m.accuracy_samples)
 
 
 def layer_gains(probe: Probe) -> list[float | None]:
@@ -494,7 +519,7 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
     return mean, status, count
 
 
-def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> DiagnosticResult:
+def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None, samples=None) -> DiagnosticResult:
     """(d): trained − frozen accuracy in points (not evaluated without both; not informative,
     and not evaluated either, when both sit at the ceiling: :func:`diagnostics.frozen_at_ceiling`)."""
     if headline_acc is None or frozen_acc is None:
@@ -505,12 +530,24 @@ def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None) -> Di
         )
     margin = D.frozen_margin_pp(headline_acc, frozen_acc)
     threshold = thresholds.frozen_margin_pp
-    detail = f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}"
-    if D.frozen_at_ceiling(headline_acc, frozen_acc, threshold):
+    if D.frozen_at_ceiling(headline_acc, frozen_acc, threshold, samples):
         return DiagnosticResult(
             "d", margin, threshold, None, submode=D.FROZEN_CEILING,
-            detail=f"{D.FROZEN_CEILING}: {detail}, both within {threshold:g} pp of 1.0: the margin is at most "
-            f"100·(1 − frozen) = {100 * (1 - frozen_acc):.2f} pp, so it cannot reach {threshold:g} pp whatever "
-            "the blocks learned; run (d) on a task or split the frozen-blocks model does not solve",
+            detail=f"{D.FROZEN_CEILING}: {frozen_ceiling_reason(headline_acc, frozen_acc, threshold, samples)}",
         )
-    return DiagnosticResult("d", margin, threshold, margin < threshold, detail=detail)
+    return DiagnosticResult("d", margin, threshold, margin < threshold, detail=f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}")
+
+
+def frozen_ceiling_reason(trained_acc: float, frozen_acc: float, margin_pp: float, n: int | None = None) -> str:
+    """Why (d) cannot show ``margin_pp`` at the ceiling (:func:`diagnostics.frozen_at_ceiling`),
+    with both accuracies, ``n`` and the rule's numbers."""
+    shown = f"trained {trained_acc:.4f} − frozen {frozen_acc:.4f}"
+    if n is None:
+        why = (f"{shown}, both within {margin_pp:g} pp of 1.0: the margin is at most 100·(1 − frozen) = "
+               f"{100 * (1 - frozen_acc):.2f} pp, so it cannot reach {margin_pp:g} pp")
+    else:
+        why = (f"{shown} on n = {n} samples: the Wilson lower bound (z = {D.CEILING_Z:g}) of each error rate is "
+               f"below {margin_pp:g} pp (trained {D.headroom_lower_bound_pp(trained_acc, n):.2f} pp, frozen "
+               f"{D.headroom_lower_bound_pp(frozen_acc, n):.2f} pp), so {n} samples cannot show a {margin_pp:g} pp margin")
+    return (f"{why} whatever the blocks learned; run (d) on a task or split the frozen-blocks model does not solve"
+            + ("" if n is None else ", or measure both accuracies on more samples"))

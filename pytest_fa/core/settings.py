@@ -10,6 +10,7 @@ thresholds), and validation lives here, in ``__post_init__``, raising
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -56,7 +57,13 @@ class ProtocolSettings:
         "mean over tokens (mean)", metavar="KIND"))
     credit: str | None = field(default=None, metadata=option(
         "your method's credit signal for Γ: package.module:make_credit, called as make_credit(model, "
-        "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]", metavar="SPEC"))
+        "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]; or own-backward: what the "
+        "model's own backward delivers at each state", metavar="SPEC"))
+    reference_model: str | None = field(default=None, metadata=option(
+        "a twin that backpropagates truly with the same weights, for the reference g_l of a model whose "
+        "autograd is its method's backward (custom autograd.Function, backward hooks, feedback weights): "
+        "package.module:make_twin, called as make_twin(model) -> twin; pytest_fa.core.backprop:bp_twin "
+        "converts biotorch models", metavar="SPEC"))
     data: str | None = field(default=None, metadata=option(
         "data set when the checkpoint does not record one: mnist1d, fashion-mnist, cifar10, cifar100, "
         "synthetic", metavar="NAME"))
@@ -72,6 +79,10 @@ class ProtocolSettings:
         "train budget of the frozen baseline for a plain state dict", int, metavar="N"))
     thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
     cache_dir: str | None = None
+    credit_map: tuple[str, ...] = field(default=(), metadata=option(
+        "credit per checkpoint: PATTERN=package.module:make_credit (repeatable; ini: one per line); a checkpoint "
+        "whose path or file name matches PATTERN (fnmatch, first match) gets that factory instead of "
+        "--fa-credit or its bundle's method", metavar="PATTERN=SPEC", repeat=True))
 
     def __post_init__(self) -> None:
         if self.eval_batches < MIN_EVAL_BATCHES:
@@ -88,7 +99,8 @@ class ProtocolSettings:
                 raise SettingError(name, getattr(self, name), f"use one of {', '.join(choices)}")
         if self.hidden is not None and not self.hidden.replace(",", "").strip():
             raise SettingError("hidden", self.hidden, "name the modules of h_0..h_L, e.g. 'embed,blocks.*'")
-        _check_device(self.device)
+        check_device(self.device)
+        credit_map_entries(self.credit_map)
 
 
 @dataclass(frozen=True)
@@ -130,12 +142,32 @@ def option_fields(cls: type = SessionSettings) -> list:
     return sorted(found, key=lambda f: f.name != "checkpoint")
 
 
-def _check_device(device: str) -> None:
-    if device in ("auto", "cpu"):
-        return
-    if not device.startswith("cuda"):
-        raise SettingError("device", device, "use auto, cpu or cuda[:N]")
-    import torch
+def credit_map_entries(lines: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``[(pattern, spec)]`` of ``credit_map`` lines ``PATTERN = package.module:make_credit``."""
+    entries = []
+    for line in lines:
+        pattern, sep, spec = (part.strip() for part in line.rpartition("="))
+        if not (sep and pattern and spec):
+            raise SettingError("credit_map", line, "write each line as PATTERN = package.module:make_credit, "
+                               "e.g. 'biotorch_* = mymethods:make_credit'")
+        module, colon, attr = spec.partition(":")
+        if not (module and colon and attr):
+            raise SettingError("credit_map", line, f"{spec!r} must look like package.module:make_credit "
+                               "(module path, colon, callable)")
+        entries.append((pattern, spec))
+    return entries
 
-    if not torch.cuda.is_available():
-        raise SettingError("device", device, "torch sees no CUDA GPU on this machine; use cpu or auto")
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(device: str) -> None:
+    """The device names pytest-fa takes: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU
+    index, 0, 1, …); a CUDA device only where torch sees a GPU."""
+    if not (isinstance(device, str) and _DEVICE.fullmatch(device)):
+        raise SettingError("device", device, "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SettingError("device", device, "torch sees no CUDA GPU on this machine; use cpu or auto")

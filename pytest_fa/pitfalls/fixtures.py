@@ -2,10 +2,17 @@
 
 The training runs happen once per session and are shared by every pitfall module; they
 run on the GPU when there is one (``--fa-device``).
+
+A training run is one *realisation*: its seed and the number of torch threads it trains
+on (another CPU or BLAS kernel is another realisation too). The suite trains seed 42 on one
+thread; ``PYTEST_FA_REALISATIONS="42:1,123:2,..."`` (``seed:threads``, comma-separated)
+runs every test that trains on each realisation listed, so an assertion that holds for one
+draw only shows up as a failure.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,20 +21,71 @@ from pytest_fa.errors import FAError
 from pytest_fa.pitfalls import by_id
 
 
+REALISATIONS_VARIABLE = "PYTEST_FA_REALISATIONS"
+DEFAULT_REALISATION = (42, 1)
+
+
+def realisations(text: str | None) -> list[tuple[int, int]]:
+    """``"42:1,123:2"`` as ``[(42, 1), (123, 2)]``; nothing given is the default realisation."""
+    if not text or not text.strip():
+        return [DEFAULT_REALISATION]
+    found = []
+    for item in text.split(","):
+        seed, _, threads = item.strip().partition(":")
+        try:
+            found.append((int(seed), int(threads or 1)))
+        except ValueError:
+            raise pytest.UsageError(
+                f"{REALISATIONS_VARIABLE}={text!r}: write seed:threads pairs, comma-separated, e.g. 42:1,123:2"
+            ) from None
+        if found[-1][1] < 1:
+            raise pytest.UsageError(f"{REALISATIONS_VARIABLE}={text!r}: a run needs at least one thread")
+    return found
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise every test that trains over the realisations asked for; each one is marked
+    ``fa_realisation`` (``-m fa_realisation`` selects them) and, under pytest-xdist, grouped so
+    that one worker trains it. A hypothesis test asserts a property of pytest-fa's functions
+    for any model it is given, not a fact of the run: it runs on the first realisation only,
+    unmarked."""
+    if "fa_realisation" not in metafunc.fixturenames:
+        return
+    xdist = metafunc.config.pluginmanager.hasplugin("xdist")
+    chosen = realisations(os.environ.get(REALISATIONS_VARIABLE))
+    property_test = getattr(metafunc.function, "is_hypothesis_test", False)
+    params = []
+    for seed, threads in chosen[:1] if property_test else chosen:
+        name = f"s{seed}t{threads}"
+        marks = [] if property_test else [pytest.mark.fa_realisation]
+        if xdist:
+            marks.append(pytest.mark.xdist_group(name=name))
+        params.append(pytest.param((seed, threads), id=name, marks=marks))
+    metafunc.parametrize("fa_realisation", params, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def degenerate_dfa(fa_settings):
+def fa_realisation(request) -> tuple[int, int]:
+    """``(seed, threads)`` of the training runs a test measures."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def degenerate_dfa(fa_settings, fa_realisation):
     """DFA on the ResMLP with MNIST-1D, trained until ‖g_L‖ is at the numerical floor."""
     from pytest_fa.pitfalls.regimes import degenerate_dfa as run
 
-    return run(fa_settings.device)
+    seed, threads = fa_realisation
+    return run(fa_settings.device, seed, threads)
 
 
 @pytest.fixture(scope="session")
-def healthy_bp(fa_settings):
+def healthy_bp(fa_settings, fa_realisation):
     """BP on the same architecture and data with the paper's recipe."""
     from pytest_fa.pitfalls.regimes import healthy_bp as run
 
-    return run(fa_settings.device)
+    seed, threads = fa_realisation
+    return run(fa_settings.device, seed, threads)
 
 
 @pytest.fixture

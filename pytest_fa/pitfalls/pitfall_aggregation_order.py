@@ -129,9 +129,9 @@ def test_aggregation_order_moves_gamma_on_a_real_dfa_run(degenerate_dfa):
     """Pitfall 5: on the real DFA run the orders disagree ≥ 2x or in sign, far beyond batch noise."""
     credit = DFACredit(degenerate_dfa.feedback)
     for epoch in MEANINGFUL_EPOCHS:
-        record = degenerate_dfa.history[epoch - 1]
+        record = degenerate_dfa.meaningful.history[epoch - 1]
         assert not D.grad_floor(record["g_L"], record["batch_size"]), f"epoch {epoch} is at the floor"
-        model = degenerate_dfa.model_at(epoch)
+        model = degenerate_dfa.meaningful.model_at(epoch)
         per_batch = credit_and_reference(model, degenerate_dfa.batches, credit)
         values = aggregates(per_batch)
         ours = values["(i) per-sample, per layer, then layers"]
@@ -151,7 +151,7 @@ def test_aggregation_order_moves_gamma_on_a_real_dfa_run(degenerate_dfa):
 
 def test_batch_mean_order_depends_on_the_batching_pytest_fa_does_not(degenerate_dfa):
     """Pitfall 5: re-batching the same 1024 samples moves order (ii) but leaves pytest-fa's Γ_l unchanged."""
-    model = degenerate_dfa.model_at(MEANINGFUL_EPOCHS[-1])
+    model = degenerate_dfa.meaningful.model_at(MEANINGFUL_EPOCHS[-1])
     credit = DFACredit(degenerate_dfa.feedback)
     x = torch.cat([b[0] for b in degenerate_dfa.batches])
     y = torch.cat([b[1] for b in degenerate_dfa.batches])
@@ -172,7 +172,7 @@ def test_batch_mean_order_depends_on_the_batching_pytest_fa_does_not(degenerate_
 @settings(max_examples=15, deadline=None)
 def test_gamma_does_not_depend_on_how_samples_are_batched(degenerate_dfa, data):
     """Pitfall 5: any partition of the same samples into batches gives the same per-sample Γ_l."""
-    model = degenerate_dfa.model_at(MEANINGFUL_EPOCHS[0])
+    model = degenerate_dfa.meaningful.model_at(MEANINGFUL_EPOCHS[0])
     credit = DFACredit(degenerate_dfa.feedback)
     x, y = degenerate_dfa.batches[0]
     total = data.draw(st.integers(min_value=2, max_value=len(y)), label="samples")

@@ -21,6 +21,7 @@ from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import CheckpointError
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.regimes import torch_threads
 from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.protocol import ProtocolSettings
 from pytest_fa.training import checkpoint
@@ -60,38 +61,41 @@ GUARD = Guard(
 )
 
 
-@pytest.fixture(scope="module")
-def budget_runs(tmp_path_factory):
+@pytest.fixture(scope="session")
+def budget_runs(tmp_path_factory, fa_realisation):
     """DFA with the scale penalty trained for 8 epochs (a few seconds on the CPU), its
     matched frozen-blocks control, and a frozen control at a one-epoch default budget."""
+    seed, threads = fa_realisation
     data = load_dataset("mnist1d", **DATA)
-    common = {"arch_config": ARCH, "seed": SEED, "device": "cpu", "monitor": False}
-    method = train(data, get_method("dfa", penalty=PENALTY), epochs=EPOCHS, **common)
+    common = {"arch_config": ARCH, "seed": seed, "device": "cpu", "monitor": False}
     folder = tmp_path_factory.mktemp("b4")
-    return SimpleNamespace(
-        data=data,
-        folder=folder,
-        method=method,
-        path=save_bundle(folder / "dfa_penalty.pt", method.bundle),
-        matched=train(data, "frozen", epochs=EPOCHS, **common),
-        naive=train(data, "frozen", epochs=NAIVE_EPOCHS, **common),
-    )
+    with torch_threads(threads):
+        method = train(data, get_method("dfa", penalty=PENALTY), epochs=EPOCHS, **common)
+        return SimpleNamespace(
+            data=data,
+            folder=folder,
+            method=method,
+            path=save_bundle(folder / "dfa_penalty.pt", method.bundle),
+            matched=train(data, "frozen", epochs=EPOCHS, **common),
+            naive=train(data, "frozen", epochs=NAIVE_EPOCHS, **common),
+        )
 
 
 def test_a_baseline_at_a_default_budget_credits_depth_that_is_not_used(budget_runs):
     """Pitfall B4: penalised DFA beats a one-epoch frozen baseline by ~10 pp, so (d) passes;
-    against the frozen baseline trained as long as DFA was, (d) fires."""
+    the frozen baseline trained as long as DFA was takes most of that margin away — the
+    budget mismatch alone moves (d)'s margin by more than twice its threshold."""
     acc = budget_runs.method.bundle.headline_acc
     matched = budget_runs.matched.bundle.headline_acc
     naive = budget_runs.naive.bundle.headline_acc
     naive_margin = D.frozen_margin_pp(acc, naive)
     matched_margin = D.frozen_margin_pp(acc, matched)
-    # measured (CPU): DFA+penalty 0.2942, frozen 8 epochs 0.2883, frozen 1 epoch 0.1942
-    #                 margins +10.0 pp (naive) vs +0.6 pp (matched); (d) fires below 2 pp
+    # measured (seed 42, one thread): DFA+penalty 0.2942, frozen 8 epochs 0.2883, frozen 1 epoch
+    # 0.1942: margins +10.0 pp (naive) vs +0.6 pp (matched). Over the realisation sweep the matched
+    # margin lies on both sides of the 2 pp threshold; the shift below does not.
     threshold = DiagnosticThresholds().frozen_margin_pp
     assert naive_margin > threshold + 4, (acc, naive)
-    assert matched_margin < threshold, (acc, matched)
-    assert naive_margin - matched_margin > 5
+    assert naive_margin - matched_margin > 2 * threshold, (acc, matched, naive)
 
 
 def test_pytest_fa_trains_the_baseline_with_the_checkpoints_own_budget(budget_runs, tmp_path):
@@ -102,8 +106,6 @@ def test_pytest_fa_trains_the_baseline_with_the_checkpoints_own_budget(budget_ru
     assert baseline.source == "trained" and baseline.epochs == EPOCHS
     # the same training as the independently trained matched control, to the sample
     assert baseline.accuracy == pytest.approx(budget_runs.matched.bundle.headline_acc, abs=1e-12)
-    margin = D.frozen_margin_pp(runner.run(str(budget_runs.path)).headline_acc, baseline.accuracy)
-    assert margin < DiagnosticThresholds().frozen_margin_pp, "(d) fires on penalised DFA"
 
     # a fresh runner finds it in the cache under the same key
     again = protocol.ProtocolRunner(ProtocolSettings(device="cpu", cache_dir=str(tmp_path))).frozen_baseline(

@@ -72,28 +72,35 @@ def credit_and_reference(model, batches, feedback):
     return a, g
 
 
+def clamped_layers(g) -> list[int]:
+    """The hidden layers whose median per-sample ‖g_l‖ is under a third of the clamp."""
+    return [layer for layer in range(1, len(g)) if float(D.per_sample_norms(g[layer]).median()) < EPS / 3]
+
+
 def test_clamped_cosine_shrinks_deep_layer_gamma_on_a_real_mode1_run(degenerate_dfa):
-    """Pitfall 2: on DFA in Mode 1 every deep ‖g_i‖ is below eps; F.cosine_similarity shrinks Γ by ‖g‖/eps."""
+    """Pitfall 2: on DFA in Mode 1 the deep ‖g_i‖ are below eps; F.cosine_similarity shrinks Γ by ‖g‖/eps."""
     model = copy.deepcopy(degenerate_dfa.model).eval()
     a, g = credit_and_reference(model, degenerate_dfa.batches, degenerate_dfa.feedback)
+    below = clamped_layers(g)
+    # the regime trains until the deepest reference is 50x below the floor: h_L is always under the
+    # clamp, the shallower hidden layers on some realisations (all four on seed 42, one thread)
+    assert len(g) - 1 in below, [float(D.per_sample_norms(t).median()) for t in g]
     honest_gamma, naive_gamma = [], []
-    for layer in range(1, len(g)):
+    for layer in below:
         norms = D.per_sample_norms(g[layer])
-        # measured: every sample (1024 of 1024) below the clamp, largest 8.9e-9
-        assert float((norms < EPS).double().mean()) >= 0.9, f"h_{layer}: the run is not at the floor"
         honest = D.cosine_per_sample(a[layer], g[layer])
         naive = naive_cosine(a[layer], g[layer]).double()
         # the mechanism: the clamped value is the cosine times min(1, ‖g‖ / eps)
         torch.testing.assert_close(naive, honest * torch.clamp(norms / EPS, max=1.0), rtol=0, atol=1e-5)
         shrink = (honest.abs() / naive.abs()).median()
-        assert shrink > 3, f"h_{layer}: median shrink {float(shrink):.2f} (measured 7.35)"
+        assert shrink > 3, f"h_{layer}: median shrink {float(shrink):.2f}"
         # a cosine does not depend on the scale of its arguments; the clamped one does
         rescaled = g[layer] * 2.0**27  # ~1.3e8, exact in binary: lifts every ‖g_i‖ above eps
         torch.testing.assert_close(D.cosine_per_sample(a[layer], rescaled), honest, rtol=0, atol=1e-12)
         torch.testing.assert_close(naive_cosine(a[layer], rescaled).double(), honest, rtol=0, atol=1e-5)
         honest_gamma.append(float(honest.mean()))
         naive_gamma.append(float(naive.mean()))
-    # measured: mean |Γ_l| over h_1..h_4 is 0.046 eps-free and 0.012 clamped (3.8x)
+    # measured (seed 42, one thread): mean |Γ_l| over h_1..h_4 is 0.046 eps-free and 0.012 clamped (3.8x)
     honest_size = sum(abs(v) for v in honest_gamma) / len(honest_gamma)
     naive_size = sum(abs(v) for v in naive_gamma) / len(naive_gamma)
     assert naive_size < honest_size / 2, (honest_gamma, naive_gamma)
@@ -106,7 +113,7 @@ def test_clamp_is_harmless_while_the_reference_is_healthy(healthy_bp):
     fresh = init_dfa_feedback(healthy_bp.data.num_classes, dims, torch.Generator().manual_seed(0))
     a, g = credit_and_reference(model, healthy_bp.batches, [b.to(healthy_bp.device) for b in fresh])
     for layer in range(len(g)):
-        assert float(D.per_sample_norms(g[layer]).min()) > 100 * EPS
+        assert float(D.per_sample_norms(g[layer]).min()) > EPS  # smallest over the sweep: 7.9e-7
         honest = D.cosine_per_sample(a[layer], g[layer])
         torch.testing.assert_close(naive_cosine(a[layer], g[layer]).double(), honest, rtol=0, atol=1e-6)
 
@@ -116,14 +123,16 @@ def test_report_marks_deep_gamma_undefined_instead_of_a_clamped_number(degenerat
     model = copy.deepcopy(degenerate_dfa.model).eval()
     report = R.diagnose(model, degenerate_dfa.batches, credit=DFACredit(degenerate_dfa.feedback))
     a, g = credit_and_reference(model, degenerate_dfa.batches, degenerate_dfa.feedback)
-    for row in report.layers[1:]:
-        naive = float(naive_cosine(a[row.index], g[row.index]).mean())
+    for layer in clamped_layers(g):
+        row = report.layers[layer]
+        naive = float(naive_cosine(a[layer], g[layer]).mean())
         assert abs(naive) < 0.05, "the clamped Γ reads as a small, plausible number"
         assert row.gamma is None and row.gamma_status.startswith("undefined"), (row.index, row.gamma_status)
         assert row.g_norm < EPS
-    # layer 0's reference is far above the clamp: there Γ_0 is defined and the two agree
+    # layer 0's reference is far above the clamp: there Γ_0 is defined and the two agree (up to
+    # the few samples that sit under the clamp even there)
     assert report.layers[0].g_norm > 100 * EPS and report.layers[0].gamma is not None
-    assert abs(report.layers[0].gamma - float(naive_cosine(a[0], g[0]).mean())) < 1e-5
+    assert abs(report.layers[0].gamma - float(naive_cosine(a[0], g[0]).mean())) < 1e-3
     assert report.gamma_mean(1) is None
 
 

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from pytest_fa.core import probe, report
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import CheckpointError, FAError, FeedbackError
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
@@ -29,7 +28,8 @@ from pytest_fa.training.methods import MethodState, get_method
 pytestmark = pytest.mark.fa_pitfall("6.5")
 
 
-def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False):
+def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False,
+                           adapt=None):
     """The post-hoc loader: weights in, whatever feedback happens to be there (maybe none)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     bundle = Bundle.from_payload(payload, str(path))
@@ -70,18 +70,14 @@ def naive_posthoc_gamma(path, batches) -> list[float]:
 
 
 def _check_meaningful(regime) -> None:
-    record = regime.history[MEANINGFUL_EPOCH - 1]
-    limits = DiagnosticThresholds()
-    g_ref = record["g_L"] * record["batch_size"] / limits.floor_batch_size
-    assert record["max_growth"] < limits.max_growth and g_ref > limits.grad_floor, (
-        f"the regime changed: epoch {MEANINGFUL_EPOCH} is no longer in the meaningful regime: {record}"
-    )
+    regime.meaningful_model_at(MEANINGFUL_EPOCH)
 
 
 def _bundle_at(regime, epoch: int) -> Bundle:
-    """The run's bundle with the weights it had after ``epoch`` (a copy)."""
-    bundle = copy.deepcopy(regime.bundle)
-    bundle.state_dict = {k: v.detach().cpu().clone() for k, v in regime.snapshots[epoch].items()}
+    """The meaningful run's bundle with the weights it had after ``epoch`` (a copy)."""
+    run = regime.meaningful
+    bundle = copy.deepcopy(run.bundle)
+    bundle.state_dict = {k: v.detach().cpu().clone() for k, v in run.snapshots[epoch].items()}
     return bundle
 
 

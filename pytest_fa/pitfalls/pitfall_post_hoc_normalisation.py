@@ -73,11 +73,14 @@ def test_normalised_logs_make_a_real_explosion_look_like_a_healthy_network(degen
     with torch.no_grad():
         _, raw = forward_hidden(degenerate_dfa.model, x_dfa)
     raw_growth = _growth([D.per_sample_norms(h) for h in raw])
-    # measured: raw max growth 7.9e4× (DFA) and 1.21× (BP); every normalised reading ≤ 1.0003×
+    # measured (seed 42, one thread): raw max growth 7.9e4× (DFA) and 1.21× (BP); every
+    # normalised reading ≤ 1.0003×, the trained terminal norm's up to 1.08× over the sweep
     assert raw_growth > 1000, "the run did not reach Mode 1"
-    for normalise in (layer_normed, unit_normed, degenerate_dfa.model.out_ln):
+    for normalise in (layer_normed, unit_normed):
         logged_dfa = _growth(naive_logged_norms(degenerate_dfa.model, x_dfa, normalise))
         assert logged_dfa < 1.01, (normalise, logged_dfa)
+    through_out_ln = _growth(naive_logged_norms(degenerate_dfa.model, x_dfa, degenerate_dfa.model.out_ln))
+    assert through_out_ln < 1.5 < 1000 < raw_growth, through_out_ln  # a healthy-looking log
     logged_bp = _growth(naive_logged_norms(healthy_bp.model, x_bp))
     logged_dfa = _growth(naive_logged_norms(degenerate_dfa.model, x_dfa))
     assert abs(logged_dfa - logged_bp) < 0.01, "the logs cannot tell the two runs apart"

@@ -20,6 +20,7 @@ from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
+from pytest_fa.pitfalls.regimes import torch_threads
 from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.training.data import eval_batches, load_dataset
 from pytest_fa.training.methods import get_method
@@ -67,14 +68,17 @@ def naive_diagnostics(model, batches):
     return h, g, correct / sum(len(y) for _, y in batches)
 
 
-@pytest.fixture(scope="module")
-def batchnorm_run():
+@pytest.fixture(scope="session")
+def batchnorm_run(fa_realisation):
     """DFA on SmallCNN (BatchNorm in every block) with MNIST-1D, at the high constant
     learning rate of the degenerate regime; a few seconds on the CPU."""
+    seed, threads = fa_realisation
     data = load_dataset("mnist1d", **DATA)
-    result = train(
-        data, "dfa", arch="smallcnn", arch_config=CNN, epochs=EPOCHS, seed=42, recipe=RECIPE, device="cpu", monitor=False
-    )
+    with torch_threads(threads):
+        result = train(
+            data, "dfa", arch="smallcnn", arch_config=CNN, epochs=EPOCHS, seed=seed, recipe=RECIPE, device="cpu",
+            monitor=False,
+        )
     assert result.model.training, "a training loop leaves the model in train mode"
     return SimpleNamespace(data=data, result=result, batches=eval_batches(data, 8, 128, seed=0))
 

@@ -43,7 +43,8 @@ def regenerate_feedback(num_classes: int, dims: list[int], seed: int) -> list[to
     return init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed))
 
 
-def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False):
+def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False,
+                           adapt=None):
     """Load the weights, ignore the stored B and regenerate them from the recorded seed."""
     bundle = C.load_bundle(path)
     model = build_model(bundle.arch, **bundle.arch_config)
@@ -77,9 +78,7 @@ def deep_mean(cosines: list[torch.Tensor]) -> float:
 
 
 def _meaningful(regime):
-    record = regime.history[MEANINGFUL_EPOCH - 1]
-    assert not D.grad_floor(record["g_L"], record["batch_size"]), "the epoch-1 snapshot is already at the floor"
-    return regime.model_at(MEANINGFUL_EPOCH)
+    return regime.meaningful_model_at(MEANINGFUL_EPOCH)
 
 
 def test_reseeded_feedback_gives_another_gamma_on_a_real_dfa_run(degenerate_dfa):
@@ -109,8 +108,8 @@ def test_reseeded_feedback_gives_another_gamma_on_a_real_dfa_run(degenerate_dfa)
 def test_bundle_round_trip_gives_the_training_gamma_bit_for_bit(degenerate_dfa, tmp_path):
     """Pitfall 4: a bundle saved and loaded by pytest-fa carries the training B: identical Γ, sample by sample."""
     model = _meaningful(degenerate_dfa)
-    snapshot = {k: v.detach().cpu() for k, v in degenerate_dfa.snapshots[MEANINGFUL_EPOCH].items()}
-    bundle = dataclasses.replace(degenerate_dfa.bundle, state_dict=snapshot, epochs=MEANINGFUL_EPOCH)
+    snapshot = {k: v.detach().cpu() for k, v in degenerate_dfa.meaningful.snapshots[MEANINGFUL_EPOCH].items()}
+    bundle = dataclasses.replace(degenerate_dfa.meaningful.bundle, state_dict=snapshot, epochs=MEANINGFUL_EPOCH)
     path = C.save_bundle(tmp_path / "dfa_epoch1.pt", bundle)
     loaded = C.load_checkpoint(path)
     assert len(loaded.state.feedback) == len(degenerate_dfa.feedback)

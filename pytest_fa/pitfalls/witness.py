@@ -78,7 +78,7 @@ def bundle_path(name: str) -> str:
         if name == "stripped":
             bundle = replace(bundle, feedback=[])
     elif name == "meaningful":
-        run, epoch = regimes.degenerate_dfa(), regimes.MEANINGFUL_EPOCH
+        run, epoch = regimes.degenerate_dfa().meaningful, regimes.MEANINGFUL_EPOCH
         bundle = replace(
             run.bundle, state_dict=run.snapshots[epoch], epochs=epoch,
             metrics={**run.bundle.metrics, "test_acc": run.history[epoch - 1]["test_acc"],

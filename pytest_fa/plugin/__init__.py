@@ -13,6 +13,7 @@ import pytest
 pytest.register_assert_rewrite("pytest_fa.assertions", "pytest_fa.pitfalls")
 
 from pytest_fa import __version__  # noqa: E402
+from pytest_fa.core.files import WriteError, write_atomically  # noqa: E402
 from pytest_fa.core.thresholds import threshold_fields  # noqa: E402
 from pytest_fa.errors import as_flags  # noqa: E402
 from pytest_fa.fixtures import (  # noqa: E402,F401
@@ -29,7 +30,7 @@ from pytest_fa.fixtures import (  # noqa: E402,F401
 )
 from pytest_fa.pitfalls import HERE as PITFALLS_DIR  # noqa: E402
 from pytest_fa.plugin._items import LintCollector, ProtocolCollector, collected  # noqa: E402
-from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, add_options, check_report_path, session_settings  # noqa: E402,F401
+from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, add_options, check_report_paths, session_settings  # noqa: E402,F401
 from pytest_fa.plugin._state import STATE_KEY, FAState  # noqa: E402
 
 
@@ -47,12 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
     )
+    config.addinivalue_line(
+        "markers", "fa_realisation: a pitfall test run on one realisation (seed, threads) of its training runs"
+    )
     settings = session_settings(config)
     for root in settings.lint:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
-    for name in ("report_json", "report_md", "plot"):
-        check_report_path(getattr(settings, name), "--fa-" + name.replace("_", "-"), folder=name == "plot")
+    check_report_paths(settings)
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
     config.pluginmanager.register(_SessionHooks(state), "fa-session")
@@ -129,6 +132,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
         # carried on the report, so it reaches the pytest-xdist controller too
         report.user_properties.append((_PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
+    if report.when == "teardown" and hasattr(item.config, "workeroutput"):
+        # a pytest-xdist worker sends each protocol report with the test report after it, so
+        # a worker that crashes later loses only the checkpoint it was measuring
+        entries = item.config.stash[STATE_KEY].unsent_report_dicts()
+        if entries:
+            setattr(report, _WORKER_REPORTS, entries)
     return report
 
 
@@ -144,10 +153,8 @@ class _SessionHooks:
             if name == _PITFALL_PROPERTY:
                 pitfall_id, checks_checkpoint = value
                 self.state.record_pitfall(pitfall_id, checks_checkpoint, report.outcome)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node, error) -> None:
-        self.state.add_worker_reports(node.workeroutput.get(_WORKER_REPORTS, []))
+        if hasattr(report, _WORKER_REPORTS):  # computed by a pytest-xdist worker
+            self.state.add_worker_reports(getattr(report, _WORKER_REPORTS))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -157,8 +164,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
         terminalreporter.section("pytest-fa pitfalls")
         terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))
-    if state is None or not state.reports():
+    if state is None:
         return
+    if state.reports():
+        _protocol_summary(terminalreporter, state)
+    _report_files_summary(terminalreporter, state)
+
+
+def _protocol_summary(terminalreporter, state: FAState) -> None:
+    """The table of every measured checkpoint, its seed groups, its reports and comparisons."""
     from pytest_fa.core.render import summary_table
 
     from pytest_fa.core.seeds import seed_groups
@@ -181,42 +195,76 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
         terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
         terminalreporter.write_line(comparison_table(comparisons))
-    if state.report_json:
-        terminalreporter.write_line(f"\nJSON report: {state.report_json}")
+
+
+def _report_files_summary(terminalreporter, state: FAState) -> None:
+    """What became of the report files: written (and whether partial), not written, or failed."""
+    settings = state.settings
+    flags = [f for f, v in (("--fa-report-json", settings.report_json), ("--fa-report-md", settings.report_md),
+                            ("--fa-plot", settings.plot)) if v]
+    if not flags or not state.checkpoints:
+        return
+    missing = state.not_measured()
+    terminalreporter.write_line("")
+    if len(missing) == len(state.checkpoints):
+        terminalreporter.write_line(f"pytest-fa: no checkpoint was measured: {', '.join(flags)} not written", yellow=True)
+        return
+    if missing:
+        terminalreporter.write_line(
+            f"pytest-fa: the reports are partial: {len(missing)} of {len(state.checkpoints)} checkpoints not measured "
+            f"({', '.join(missing)}); the files say so (\"partial\": true)", yellow=True, bold=True)
+    for error in state.write_errors:
+        terminalreporter.write_line(f"pytest-fa: {error}", red=True, bold=True)
+    if settings.report_json and not any(e.startswith("--fa-report-json:") for e in state.write_errors):
+        terminalreporter.write_line(f"JSON report{' (partial)' if missing else ''}: {settings.report_json}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _drop_idle_hypothesis_summary(session.config)
     state = session.config.stash.get(STATE_KEY, None)
-    if state is None or not state.reports():
-        return
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # a pytest-xdist worker: the controller writes the files
-        workeroutput[_WORKER_REPORTS] = state.local_report_dicts()
+    if state is None or hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller writes
         return
     reports = state.reports()
-    if state.settings.report_md:
+    if not reports:
+        return
+    _write_report_files(state, reports, state.not_measured())
+    if state.write_errors and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _write_report_files(state: FAState, reports: list, missing: list[str]) -> None:
+    """The JSON, the Markdown and the figures, each file written whole or not at all (a
+    failure is kept for the terminal summary); with a checkpoint not measured, the JSON and
+    the Markdown say they are partial."""
+    settings = state.settings
+
+    def attempt(flag: str, write, *args) -> None:
+        try:
+            write(*args)
+        except WriteError as exc:
+            state.write_errors.append(f"{flag}: {exc}")
+
+    if settings.report_md:
         from pytest_fa.core.markdown import markdown_report
 
-        path = Path(state.settings.report_md)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(as_flags(markdown_report(reports, __version__)), encoding="utf-8")
-    if state.settings.plot:
+        attempt("--fa-report-md", write_atomically, settings.report_md,
+                as_flags(markdown_report(reports, __version__, not_measured=missing)))
+    if settings.plot:
         from pytest_fa.core.plot import write_report_plots
 
-        write_report_plots(reports, state.settings.plot)
-    if not state.report_json:
-        return
-    from pytest_fa.core.seeds import seed_groups
+        attempt("--fa-plot", write_report_plots, reports, settings.plot)
+    if settings.report_json:
+        from pytest_fa.core.seeds import seed_groups
 
-    payload = {
-        "pytest_fa": __version__,
-        "reports": [report.to_dict() for report in reports],
-        "seed_groups": [group.to_dict() for group in seed_groups(reports)],
-    }
-    path = Path(state.report_json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+        payload = {
+            "pytest_fa": __version__,
+            "partial": bool(missing),
+            "not_measured": missing,
+            "reports": [report.to_dict() for report in reports],
+            "seed_groups": [group.to_dict() for group in seed_groups(reports)],
+        }
+        attempt("--fa-report-json", write_atomically, settings.report_json,
+                json.dumps(payload, indent=2, ensure_ascii=False))
 
 
 def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:

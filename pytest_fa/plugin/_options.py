@@ -4,6 +4,7 @@ line, then the ini file, then the defaults."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pytest_fa.core.plot import safe_name
 from pytest_fa.core.settings import SessionSettings, SettingError, option_fields
 from pytest_fa.core.thresholds import DiagnosticThresholds, threshold_fields
 from pytest_fa.errors import as_flags
@@ -93,8 +95,9 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
     """Command line first, then the ini key (paths relative to the ini file), then the default."""
     value = config.getoption("fa_" + option.name)
     if option.repeat:
-        paths = value or [_ini_path(config, p) for p in config.getini(option.ini)]
-        return _unique(paths) if option.is_path else list(dict.fromkeys(paths))
+        if option.is_path:
+            return _unique(value or [_ini_path(config, p) for p in config.getini(option.ini)])
+        return list(dict.fromkeys(value or config.getini(option.ini)))
     if value is not None:
         return value
     raw = config.getini(option.ini)
@@ -118,19 +121,57 @@ def _unique(paths: list[str]) -> list[str]:
     return list(seen.values())
 
 
+def check_report_paths(settings: SessionSettings) -> None:
+    """Fail at start-up, not after the run, when a report file (or the figures' folder) cannot
+    be written, or when writing a report would overwrite a checkpoint, the other report or a
+    figure: the same file however it is spelled or linked (symlink, hard link)."""
+    reports = {"--fa-report-json": settings.report_json, "--fa-report-md": settings.report_md}
+    for flag, raw in reports.items():
+        check_report_path(raw, flag)
+    check_report_path(settings.plot, "--fa-plot", folder=True)
+    taken = [(f"--fa-checkpoint={p}", p) for p in settings.checkpoint]
+    if settings.plot:
+        taken.append((f"--fa-plot={settings.plot}", settings.plot))
+        taken += [(f"the --fa-plot figure of {Path(p).name}", str(Path(settings.plot) / f"{safe_name(Path(p).name)}.png"))
+                  for p in settings.checkpoint]
+    for flag, raw in reports.items():
+        if raw is None:
+            continue
+        for name, other in taken:
+            if _same_file(raw, other):
+                raise pytest.UsageError(f"{flag}={raw} is also {name}: writing the report would overwrite it; "
+                                        "give another path")
+        taken.append((f"{flag}={raw}", raw))
+
+
 def check_report_path(raw: str | None, flag: str, folder: bool = False) -> None:
     """Fail at start-up, not after the run, when a report file (or folder) cannot be written."""
     if raw is None:
         return
     path = Path(raw)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise pytest.UsageError(f"{flag}={raw} is a symlink loop; give the path of a {'folder' if folder else 'file'}") from None
     if path.is_dir() and not folder:
         raise pytest.UsageError(f"{flag}={raw} is a folder; give the path of a file inside it")
     if path.exists() and folder and not path.is_dir():
         raise pytest.UsageError(f"{flag}={raw} is a file; give a folder for the figures")
+    if path.exists() and not folder and not path.is_file():
+        raise pytest.UsageError(f"{flag}={raw} is not a regular file (a FIFO, socket or device); give the path of a file")
     start = path if folder else path.parent
     parent = next((p for p in [start, *start.parents] if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise pytest.UsageError(f"{flag}={raw}: cannot write there ({parent} is not a writable folder)")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """One file: ``os.path.samefile`` when both exist, else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _ini_path(config: pytest.Config, raw: str) -> str:

@@ -27,13 +27,14 @@ class FAState:
         self.settings = settings
         self.thresholds: DiagnosticThresholds = settings.thresholds
         self.checkpoints: list[str] = [str(p) for p in settings.checkpoint]
-        self.report_json: str | None = settings.report_json
         self._runner: ProtocolRunner | None = None
         self._errors: dict[tuple[str, DiagnosticThresholds], Exception] = {}
         self.pitfall_outcomes: dict[str, dict[str, list[str]]] = {}
         self.saved: dict[str, Any] | None = None
         self.tolerances: tuple = ()
         self._worker_reports: dict[str, DiagnosticReport] = {}
+        self._sent: set[str] = set()
+        self.write_errors: list[str] = []
 
     # -- runner ------------------------------------------------------------------------------
     @property
@@ -41,7 +42,7 @@ class FAState:
         if self._runner is None:
             from pytest_fa.protocol import ProtocolRunner
 
-            self._runner = ProtocolRunner(self.settings)
+            self._runner = ProtocolRunner(self.settings, root=self.config.rootpath)
         return self._runner
 
     def cache_dir(self) -> Path | None:
@@ -152,10 +153,21 @@ class FAState:
     def reports(self) -> list[DiagnosticReport]:
         return list(self.reports_by_path().values())
 
-    def local_report_dicts(self) -> list[dict[str, Any]]:
-        """What a pytest-xdist worker sends its controller: ``{"path", "report"}`` pairs."""
-        local = {path: self._local_report(path) for path in self.checkpoints}
-        return [{"path": path, "report": report.to_dict()} for path, report in local.items() if report is not None]
+    def not_measured(self) -> list[str]:
+        """The checkpoints asked for that have no report (interrupted, crashed, deselected or undiagnosable)."""
+        measured = self.reports_by_path()
+        return [path for path in self.checkpoints if path not in measured]
+
+    def unsent_report_dicts(self) -> list[dict[str, Any]]:
+        """What a pytest-xdist worker sends its controller: ``{"path", "report"}`` pairs of
+        the reports it computed since it last sent."""
+        entries = []
+        for path in self.checkpoints:
+            report = None if path in self._sent else self._local_report(path)
+            if report is not None:
+                self._sent.add(path)
+                entries.append({"path": path, "report": report.to_dict()})
+        return entries
 
     def add_worker_reports(self, entries: list[dict[str, Any]]) -> None:
         """Reports from a pytest-xdist worker; a checkpoint diagnosed by two workers is kept once."""

@@ -21,14 +21,16 @@ import io
 import math
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from pytest_fa.core.credit import CreditSignal
 from pytest_fa.errors import CheckpointError, FeedbackError, setting
 from pytest_fa.training.methods import METHODS, MethodState, get_method
 
@@ -285,16 +287,27 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle.from_payload(payload, source=str(path))
 
 
-def import_factory(spec: str, name: str = "model") -> Callable[..., nn.Module]:
-    """Resolve ``package.module:callable`` to the factory it names; ``name`` is the setting
-    that gave ``spec`` (``model`` or ``credit``)."""
+def import_factory(spec: str, name: str = "model", root: str | os.PathLike | None = None) -> Callable[..., Any]:
+    """Resolve ``package.module:callable``, the value of setting ``name``, to what it names.
+
+    A module that is not on ``sys.path`` is looked up in ``root`` (pytest's rootdir), which
+    joins ``sys.path`` for that import only.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise CheckpointError(
-            f"{setting(name, repr(spec))} must look like package.module:build (module path, colon, callable)"
-        )
+        example = "package.module:build" if name == "model" else f"package.module:make_{name}"
+        raise CheckpointError(f"{setting(name, repr(spec))} must look like {example} (module path, colon, callable)")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name, root)
+    except ModuleNotFoundError as exc:
+        if not _missing(exc, module_name):
+            raise CheckpointError(f"{setting(name)}: importing {module_name!r} failed inside it: {exc}") from exc
+        where = "on sys.path" + (f" and in {root}" if root is not None else "")
+        raise CheckpointError(
+            f"{setting(name)}: cannot import {module_name!r} ({exc}); it was looked for {where}. Add the "
+            "folder that holds it to pytest's `pythonpath` ini key (e.g. `pythonpath = .` or `pythonpath = src`) "
+            "or to PYTHONPATH, or install the package"
+        ) from exc
     except ImportError as exc:
         raise CheckpointError(f"{setting(name)}: cannot import {module_name!r}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 — a relative name, or the module's own code raised
@@ -309,6 +322,26 @@ def import_factory(spec: str, name: str = "model") -> Callable[..., nn.Module]:
     if not callable(factory):
         raise CheckpointError(f"{setting(name)}: {spec} is not callable")
     return factory
+
+
+def _missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether ``exc`` says ``module_name`` (or a package above it) is missing, not a module it imports."""
+    return exc.name is not None and (module_name + ".").startswith(exc.name + ".")
+
+
+def _import(module_name: str, root: str | os.PathLike | None):
+    """``importlib.import_module``; on a missing top-level module, again with ``root`` first on sys.path."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        folder = None if root is None else str(root)
+        if folder is None or folder in sys.path or not _missing(exc, module_name):
+            raise
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(folder)
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> nn.Module:
@@ -375,12 +408,30 @@ class LoadedCheckpoint:
         return Path(self.path).name
 
 
+class CreditFactory(Protocol):
+    """``make_credit(model, checkpoint) -> credit``: what the ``credit`` setting
+    (``--fa-credit=package.module:make_credit``) and each ``credit_map`` line name.
+
+    It is called once per checkpoint. ``model`` is the model the diagnostics run on (on the
+    protocol's device): the :class:`~pytest_fa.core.adapter.HookedModel` that wraps it when the
+    ``hidden`` setting names its states. ``checkpoint`` is the :class:`LoadedCheckpoint`:
+    ``path``, ``bundle`` (None for a plain state dict), ``state.feedback`` and ``state.config``
+    (the bundle's feedback matrices and method config) and ``method``. The returned
+    :class:`~pytest_fa.core.credit.CreditSignal` ``credit(x, y, logits, hiddens)`` returns
+    ``[a_0, …, a_L]``: one ``(B, F_l)`` row per state ``h_l`` of ``hiddens``, or None where
+    the method assigns no credit; it is evaluated on the forward pass of the reference.
+    """
+
+    def __call__(self, model: nn.Module, checkpoint: LoadedCheckpoint) -> CreditSignal: ...
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     factory: str | Callable[..., nn.Module] | None = None,
     input_shape=None,
     num_classes: int | None = None,
     allow_unknown_method: bool = False,
+    adapt: Callable[[nn.Module], nn.Module] | None = None,
 ) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
@@ -388,6 +439,8 @@ def load_checkpoint(
     and match the model; ``input_shape``/``num_classes`` (from the data) are used when the
     bundle's arch_config does not record them. ``allow_unknown_method`` accepts a method
     pytest-fa does not know (its credit then comes from the caller, e.g. the ``credit`` setting).
+    ``adapt`` wraps the model once its weights are in (e.g. ``lambda m: pytest_fa.adapt(m,
+    "embed, blocks.*")``), before the method's state is checked against the states it reads.
     """
     from pytest_fa.models import build_model
 
@@ -401,7 +454,7 @@ def load_checkpoint(
                 f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
             )
         model = load_weights(_call_factory(make, {}, source), payload, source)
-        return LoadedCheckpoint(source, model, None, MethodState(), None)
+        return LoadedCheckpoint(source, adapt(model) if adapt else model, None, MethodState(), None)
 
     bundle = Bundle.from_payload(payload, source)
     if make is not None:
@@ -413,6 +466,8 @@ def load_checkpoint(
             )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
+    if adapt is not None:
+        model = adapt(model)
     cls = METHODS.get(bundle.method)
     if cls is not None:
         # a bundle written before a config key existed was trained with its earlier behaviour

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from pytest_fa.core import interface
 from pytest_fa.core.credit import BPCredit
+from pytest_fa.training.frozen import freeze_blocks
 from pytest_fa.training.methods.base import Method, MethodState, scale_penalty
 
 
@@ -39,8 +40,7 @@ class FrozenBlocks(Method):
     trains_blocks = False
 
     def setup(self, model, num_classes, input_shape, generator):
-        for p in interface.block_weights(model):
-            p.requires_grad_(False)
+        freeze_blocks(model)
         return MethodState()
 
     def credit(self, model, state):
