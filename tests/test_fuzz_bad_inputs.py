@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import errno
 import hashlib
 import itertools
 import json
