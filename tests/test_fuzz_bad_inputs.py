@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 import stat
 import traceback
@@ -105,15 +104,7 @@ KNOWN_HOLES: dict[str, Hole] = {
         "the runner starts generating the data set and never ends (no error after minutes, memory grows); "
         "a bound, or a size checked against what the checkpoint's test split needs, would refuse it",
     ),
-    # -- option values
-    "threshold-named-as-field": Hole(
-        "core/thresholds.py DiagnosticThresholds.__post_init__ and updated, plugin/_options.py session_settings",
-        "a bad threshold option (--fa-max-growth=nan, --fa-b-rule=x, --fa-drift-ceiling=1, "
-        "--fa-grad-floor=0)",
-        "a usage error that names the threshold's field ('pytest-fa: threshold max_growth=nan must be a "
-        "finite number'), not its option --fa-max-growth=nan as every other setting's message does",
-    ),
-    "credit-signal-unchecked": Hole(
+        "credit-signal-unchecked": Hole(
         "core/reference.py reference_pass (list(credit(x, y, logits, hiddens))), core/probe.py _layer_cosines",
         "--fa-credit naming a factory whose signal raises, or returns something else than one tensor or None "
         "per state (--fa-credit=functools:partial, --fa-credit=operator:itemgetter)",
@@ -595,12 +586,10 @@ def test_fuzz_option_values(runner, base_report, dfa_bundle, fuzz_root, pytester
         except pytest.UsageError as exc:
             message = str(exc)
             assert_clear(message)
-            if any(ALL_OPTIONS[n].flag in message or ALL_OPTIONS[n].ini in message for n in drawn):
-                counts["usage error"] += 1
-            else:
-                named = [n for n in drawn if ALL_OPTIONS[n] in THRESHOLD_OPTIONS and re.search(rf"\b{n}\b", message)]
-                assert named, f"the message names none of the options given {sorted(drawn)}: {message}"
-                tolerate(counts, "threshold-named-as-field")
+            assert any(ALL_OPTIONS[n].flag in message or ALL_OPTIONS[n].ini in message for n in drawn), \
+                f"the message names none of the options given {sorted(drawn)}: {message}"
+            assert "setting `" not in message, message
+            counts["usage error"] += 1
             return
         counts["accepted"] += 1
         settings = config.stash[STATE_KEY].settings

@@ -306,7 +306,7 @@ def test_a_threshold_its_diagnostic_could_never_or_always_cross_is_refused(name,
     with pytest.raises(ValueError) as info:
         DiagnosticThresholds(**{name: value})
     message = str(info.value)
-    assert message.startswith(f"{name}={value:g}: ")
+    assert message.startswith(f"setting `{name}={value:g}`: ")
     assert "makes its diagnostic always or never fire" in message and f"strictly inside {accepted}" in message
 
 

@@ -80,7 +80,7 @@ def session_settings(config: pytest.Config) -> SessionSettings:
     try:
         thresholds = DiagnosticThresholds().updated(**{o.name: _resolve(config, o) for o in THRESHOLD_OPTIONS})
     except (TypeError, ValueError) as exc:
-        raise pytest.UsageError(f"pytest-fa: {exc}") from None
+        raise pytest.UsageError(f"pytest-fa: {as_flags(str(exc))}") from None
     values = {o.field: _resolve(config, o) for o in OPTIONS}
     values.update({o.field: tuple(values[o.field]) for o in OPTIONS if o.repeat})
     try:
