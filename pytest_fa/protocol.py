@@ -140,7 +140,11 @@ class ProtocolRunner:
                 )
             cache_key = json.dumps(spec, sort_keys=True, default=str)
             if cache_key not in self._data:
-                self._data[cache_key] = dataset_from_spec(spec, root=self.settings.data_root).to(self.device)
+                try:
+                    dataset = dataset_from_spec(spec, root=self.settings.data_root)
+                except DataError as exc:
+                    raise DataError(f"{path}: the data set its data spec records cannot be rebuilt: {exc}") from None
+                self._data[cache_key] = dataset.to(self.device)
         else:
             name = asked or "mnist1d"
             cache_key = name

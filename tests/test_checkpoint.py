@@ -21,7 +21,7 @@ import torch
 from pytest_fa import protocol
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
 from pytest_fa.core.report import diagnose
-from pytest_fa.errors import CheckpointError, FeedbackError, ModelInterfaceError, NonFiniteError
+from pytest_fa.errors import CheckpointError, DataError, FeedbackError, ModelInterfaceError, NonFiniteError
 from pytest_fa.models import ARCHITECTURES, ResMLP, build_model
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
 from pytest_fa.training.checkpoint import (
@@ -764,6 +764,22 @@ def test_the_runner_refuses_a_malformed_bundle_before_reading_its_data(dfa_bundl
         runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, data=data_setting))
         message = error_of(CheckpointError, runner.report, str(path))
         assert f"<path> records data of type {type(spec).__name__}; data is a dict" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("name", "synthetic"), ("root", "/etc"), ("num_samples", 2**70)])
+def test_the_runner_names_the_bundle_whose_data_spec_cannot_be_rebuilt(dfa_bundle, tmp_path, key, value):
+    """A data spec config holding 'name' or 'root' raised a raw TypeError (the keys clashed with
+    load_dataset's arguments); one asking for 2**70 samples started generating them for ever."""
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload["data"]["config"][key] = value
+    path = save_payload(tmp_path, payload)
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5))
+    message = error_of(DataError, runner.report, str(path))
+    assert message.startswith("<path>: the data set its data spec records cannot be rebuilt: "), message
+    if key == "num_samples":
+        assert f"num_samples must be at most 10000000, got {value}" in message
+    else:
+        assert f"unknown config key(s) {key!r} for 'mnist1d'; accepted keys: num_samples, seed" in message
 
 
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
