@@ -21,7 +21,9 @@ from pytest_fa.core.adapter import HookedModel
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
-from pytest_fa.errors import CheckpointError, DataError, FABudgetWarning, FAError, ModelInterfaceError, setting
+from pytest_fa.errors import (
+    CheckpointError, CreditSignalError, DataError, FABudgetWarning, FAError, ModelInterfaceError, setting,
+)
 from pytest_fa.training.checkpoint import (
     Bundle,
     CreditFactory,
@@ -367,21 +369,27 @@ class ProtocolRunner:
             "frozen_baseline": baseline.describe() if baseline else frozen_unavailable,
             "terminal_norm": _terminal_norm(model),
         }
-        return diagnose(
-            model,
-            batches,
-            headline_acc=run.headline_acc,
-            frozen_acc=frozen_acc,
-            accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
-            frozen_unavailable=frozen_unavailable,
-            credit=credit,
-            credit_unavailable=reason,
-            thresholds=thresholds,
-            label=loaded.label,
-            device=self.device,
-            context=context,
-            reference_model=self.reference_model_for(model),
-        )
+        try:
+            return diagnose(
+                model,
+                batches,
+                headline_acc=run.headline_acc,
+                frozen_acc=frozen_acc,
+                accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
+                frozen_unavailable=frozen_unavailable,
+                credit=credit,
+                credit_unavailable=reason,
+                thresholds=thresholds,
+                label=loaded.label,
+                device=self.device,
+                context=context,
+                reference_model=self.reference_model_for(model),
+            )
+        except CreditSignalError as exc:  # name the setting that gave the signal
+            spec = self.credit_spec(path)
+            if spec is None:
+                raise
+            raise CreditSignalError(f"{setting('credit', spec)}: {exc}") from exc
 
 
 def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:

@@ -837,6 +837,31 @@ def test_a_credit_factory_that_fails_is_named_as_the_credit_setting(dfa_bundle, 
     assert phrase.replace("SPEC", spec) in str(info.value)
 
 
+_SIGNAL = "def make(model, checkpoint):\n    def credit(x, y, logits, hiddens):\n        {}\n    return credit\n"
+
+
+@pytest.mark.parametrize(
+    "body, phrase",
+    [
+        ("raise KeyError('h_9')", "setting `credit=SPEC`: the credit signal raised KeyError: 'h_9'; a credit signal is "
+         "called as credit(x, y, logits, hiddens) and returns [a_0, ..., a_L]: per state h_l, one tensor"),
+        ("return 3", "setting `credit=SPEC`: the credit signal returned int, not a list"),
+        ("return logits", "setting `credit=SPEC`: the credit signal returned Tensor, not a list"),
+        ("return [None] * (len(hiddens) - 1) + ['a']", "setting `credit=SPEC`: credit a_4 is str, not a tensor"),
+        ("return [None]", "setting `credit=SPEC`: the credit signal returned 1 layers for 5 hidden states"),
+        (None, "setting `credit=functools:partial`: the credit signal raised TypeError"),
+    ],
+)
+def test_a_credit_signal_that_fails_is_named_as_the_credit_setting(dfa_bundle, factory_module, body, phrase):
+    """A signal that raised, or returned no list of one tensor (or None) per state, escaped as
+    its own TypeError or as an AttributeError on ``a.shape``."""
+    spec = "functools:partial" if body is None else f"{factory_module(_SIGNAL.format(body))}:make"
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, credit=spec))
+    with pytest.raises(ModelInterfaceError) as info:
+        runner.report(str(dfa_bundle))
+    assert phrase.replace("SPEC", spec) in str(info.value)
+
+
 @pytest.mark.parametrize(
     "recipe, phrase",
     [

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import stat
-import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from pytest_fa.core.markdown import markdown_report
 from pytest_fa.core.render import seed_table, summary_table
 from pytest_fa.core.seeds import seed_groups
 from pytest_fa.core.settings import ProtocolSettings, SessionSettings
-from pytest_fa.errors import FAError, as_flags
+from pytest_fa.errors import CreditSignalError, FAError, as_flags
 from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, session_settings
 from pytest_fa.plugin._state import STATE_KEY
 from pytest_fa.protocol import ProtocolRunner
@@ -79,16 +78,7 @@ class Hole:
     outcome: str
 
 
-KNOWN_HOLES: dict[str, Hole] = {
-    # -- option values
-    "credit-signal-unchecked": Hole(
-        "core/reference.py reference_pass (list(credit(x, y, logits, hiddens))), core/probe.py _layer_cosines",
-        "--fa-credit naming a factory whose signal raises, or returns something else than one tensor or None "
-        "per state (--fa-credit=functools:partial, --fa-credit=operator:itemgetter)",
-        "the signal's own TypeError (or an AttributeError on a.shape) escapes from the probe, not a "
-        "ModelInterfaceError naming --fa-credit",
-    ),
-}
+KNOWN_HOLES: dict[str, Hole] = {}
 
 
 def known(name: str) -> str:
@@ -578,12 +568,9 @@ def _report_outcome(settings: SessionSettings, bundle: Path, fuzz_root: Path, se
             report = ProtocolRunner(used).report(str(bundle))
         except FAError as exc:
             assert_clear(str(exc))
+            if isinstance(exc, CreditSignalError):  # a --fa-credit signal that raised or returned no a_l
+                assert "setting `credit=" in str(exc), str(exc)
             seen[key] = "clear error in the report"
-        except Exception as exc:
-            frames = {frame.name for frame in traceback.extract_tb(exc.__traceback__)}
-            if used.credit is None or not frames & {"reference_pass", "_layer_cosines"}:
-                raise
-            seen[key] = known("credit-signal-unchecked")
         else:
             assert not nonfinite_verdicts(report), report
             assert_measured(report, used.frozen_acc)
