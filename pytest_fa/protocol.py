@@ -213,9 +213,10 @@ class ProtocolRunner:
                 ) from None
             return recipe, bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
         if given is None:
+            what = "a plain state dict" if bundle is None else "a pytest-fa bundle without epochs"
             raise _MissingBudget(
                 f"(d) needs the frozen-blocks baseline, but {path} records no training "
-                f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
+                f"budget ({what}). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
                 f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
                 "with the paper's recipe"
             )
