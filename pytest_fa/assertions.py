@@ -18,6 +18,7 @@ from pytest_fa.core.interface import per_sample
 from pytest_fa.core.render import MEANING
 from pytest_fa.core.report import DiagnosticReport, frozen_ceiling_reason
 from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.errors import NonFiniteError
 from pytest_fa.training.frozen import check_budget
 
 _DEFAULTS = DiagnosticThresholds()
@@ -118,10 +119,13 @@ def assert_reference_not_drift(
 ) -> None:
     """Diagnostic (c): mean pairwise cosine of per-batch mean gradients ``≤ ceiling``.
 
-    ``source``: a report, or the per-batch mean gradients ``(K, F)`` at one layer.
+    ``source``: a report, or the per-batch mean gradients ``(K, F)`` at one layer. A
+    stability that is undefined (a zero batch mean) raises :class:`~pytest_fa.errors.NonFiniteError`.
     """
     if isinstance(source, DiagnosticReport):
         result = source.diagnostics["c"]
+        if result.value is None:  # an undefined stability (diagnostics.direction_stability)
+            raise NonFiniteError(f"diagnostic (c) {result.detail}")
         stability, layer = float(result.value), result.layer
         ceiling = ceiling if ceiling is not None else source.thresholds.drift_ceiling
         batches = source.num_batches

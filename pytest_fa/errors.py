@@ -21,6 +21,10 @@ class ModelInterfaceError(FAError):
     """A model does not expose the duck-typed interface the protocol needs."""
 
 
+class CreditSignalError(ModelInterfaceError):
+    """A credit signal raised, or returned something other than one ``a_l`` (or None) per state."""
+
+
 class FeedbackError(CheckpointError):
     """Feedback matrices are missing, of the wrong shape or transposed."""
 

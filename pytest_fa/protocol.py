@@ -21,7 +21,9 @@ from pytest_fa.core.adapter import HookedModel
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
-from pytest_fa.errors import CheckpointError, DataError, FABudgetWarning, FAError, setting
+from pytest_fa.errors import (
+    CheckpointError, CreditSignalError, DataError, FABudgetWarning, FAError, ModelInterfaceError, setting,
+)
 from pytest_fa.training.checkpoint import (
     Bundle,
     CreditFactory,
@@ -118,7 +120,8 @@ class ProtocolRunner:
 
     def _load(self, path: str) -> CheckpointRun:
         payload = read_checkpoint(path)
-        data = self._dataset_for(path, payload.get("data") if is_bundle(payload) else None)
+        # a malformed bundle is refused before its data spec is read
+        data = self._dataset_for(path, Bundle.from_payload(payload, path).data if is_bundle(payload) else None)
         loaded = load_checkpoint(
             path, factory=self._model_factory(), input_shape=data.input_shape,
             num_classes=data.num_classes, allow_unknown_method=self.credit_spec(path) is not None,
@@ -139,7 +142,11 @@ class ProtocolRunner:
                 )
             cache_key = json.dumps(spec, sort_keys=True, default=str)
             if cache_key not in self._data:
-                self._data[cache_key] = dataset_from_spec(spec, root=self.settings.data_root).to(self.device)
+                try:
+                    dataset = dataset_from_spec(spec, root=self.settings.data_root)
+                except DataError as exc:
+                    raise DataError(f"{path}: the data set its data spec records cannot be rebuilt: {exc}") from None
+                self._data[cache_key] = dataset.to(self.device)
         else:
             name = asked or "mnist1d"
             cache_key = name
@@ -195,11 +202,21 @@ class ProtocolRunner:
                     f"{setting('frozen_epochs', str(given))} is not used for {path}: it records its training "
                     f"budget, {bundle.epochs} epochs, and its frozen-blocks baseline is trained for as many"
                 ), stacklevel=2)
-            return bundle.recipe or asdict(Recipe()), bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
+            recipe = bundle.recipe or asdict(Recipe())
+            try:
+                Recipe(**recipe)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{path} records the recipe {recipe}, which the frozen baseline cannot be trained "
+                    f"with ({exc}). Re-save the bundle with the recipe it was trained with, or pass "
+                    f"{setting('frozen_acc', 'ACC')}, the accuracy of your frozen-blocks control"
+                ) from None
+            return recipe, bundle.epochs, bundle.seed or 0, bundle.arch, bundle.arch_config
         if given is None:
+            what = "a plain state dict" if bundle is None else "a pytest-fa bundle without epochs"
             raise _MissingBudget(
                 f"(d) needs the frozen-blocks baseline, but {path} records no training "
-                f"budget (a plain state dict). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
+                f"budget ({what}). Pass {setting('frozen_acc', 'ACC')} (the accuracy of your "
                 f"architecture-matched frozen-blocks control) or {setting('frozen_epochs', 'N')} to train one "
                 "with the paper's recipe"
             )
@@ -269,7 +286,19 @@ class ProtocolRunner:
             return OwnBackwardCredit(model), ""
         if spec is not None:
             make: CreditFactory = import_factory(spec, "credit", self.root)
-            return make(model, loaded), ""
+            try:
+                credit = make(model, loaded)
+            except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+                raise ModelInterfaceError(
+                    f"{setting('credit', spec)}: your credit factory raised {type(exc).__name__}: {exc} "
+                    "(called as make_credit(model, checkpoint))"
+                ) from exc
+            if not callable(credit):
+                raise ModelInterfaceError(
+                    f"{setting('credit', spec)}: the factory returned {type(credit).__name__}, not a credit "
+                    "signal; make_credit(model, checkpoint) returns credit(x, y, logits, hiddens) -> [a_0, ..., a_L]"
+                )
+            return credit, ""
         if not loaded.method:
             return None, f"a plain state dict carries no method and no feedback matrices (pass {setting('credit')})"
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
@@ -341,21 +370,27 @@ class ProtocolRunner:
             "frozen_baseline": baseline.describe() if baseline else frozen_unavailable,
             "terminal_norm": _terminal_norm(model),
         }
-        return diagnose(
-            model,
-            batches,
-            headline_acc=run.headline_acc,
-            frozen_acc=frozen_acc,
-            accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
-            frozen_unavailable=frozen_unavailable,
-            credit=credit,
-            credit_unavailable=reason,
-            thresholds=thresholds,
-            label=loaded.label,
-            device=self.device,
-            context=context,
-            reference_model=self.reference_model_for(model),
-        )
+        try:
+            return diagnose(
+                model,
+                batches,
+                headline_acc=run.headline_acc,
+                frozen_acc=frozen_acc,
+                accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
+                frozen_unavailable=frozen_unavailable,
+                credit=credit,
+                credit_unavailable=reason,
+                thresholds=thresholds,
+                label=loaded.label,
+                device=self.device,
+                context=context,
+                reference_model=self.reference_model_for(model),
+            )
+        except CreditSignalError as exc:  # name the setting that gave the signal
+            spec = self.credit_spec(path)
+            if spec is None:
+                raise
+            raise CreditSignalError(f"{setting('credit', spec)}: {exc}") from exc
 
 
 def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:

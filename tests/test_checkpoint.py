@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import math
 import pickle
 import random
@@ -20,7 +21,7 @@ import torch
 from pytest_fa import protocol
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
 from pytest_fa.core.report import diagnose
-from pytest_fa.errors import CheckpointError, FeedbackError, NonFiniteError
+from pytest_fa.errors import CheckpointError, DataError, FeedbackError, ModelInterfaceError, NonFiniteError
 from pytest_fa.models import ARCHITECTURES, ResMLP, build_model
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
 from pytest_fa.training.checkpoint import (
@@ -712,6 +713,193 @@ def test_a_bundle_that_stopped_before_its_planned_epochs_loads(bp_bundle, tmp_pa
     path = tmp_path / "early.pt"
     torch.save(payload, path)
     assert load_checkpoint(path).bundle.epochs == 2
+
+
+# -- fields of the wrong type ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, phrase",
+    [
+        ("format_version", torch.tensor([1, 1]), "has bundle format version tensor([1, 1])"),
+        ("format_version", True, "has bundle format version True"),
+        ("arch", ["resmlp"], "records arch=['resmlp']; arch is a name (a string)"),
+        ("method", {"dfa": 1}, "records method={'dfa': 1}; method is a name (a string)"),
+        ("arch_config", "d=32", "records arch_config of type str; arch_config is a dict"),
+        ("arch_config", {"d": 32, 3: 4}, "records arch_config with the key 3; arch_config holds string keys"),
+        ("method_config", [("penalty", 0.0)], "records method_config of type list; method_config is a dict"),
+        ("recipe", "adamw", "records recipe of type str; recipe is a dict"),
+        ("aux", 3, "records aux of type int; aux is a dict"),
+        ("data", None, "records data of type NoneType; data is a dict"),
+        ("data", {"name": "mnist1d", "config": {3: 1}, "preprocessing": {}},
+         "records data with the key 3; data holds JSON"),
+        ("data", {"name": "mnist1d", "config": {}, "preprocessing": {"mean": torch.zeros(1)}},
+         "records data with the value tensor([0.]); data holds JSON"),
+        ("feedback", torch.zeros(5, CLASSES, WIDTH), "records feedback of type Tensor; feedback is a list of tensors"),
+        ("seed", "abc", "records seed='abc'; a seed is a whole number torch can seed with"),
+        ("seed", [1], "records seed=[1]; a seed is a whole number"),
+        ("seed", 2**64, f"records seed={2**64}; a seed is a whole number"),
+    ],
+)
+def test_a_bundle_field_of_the_wrong_type_is_refused(dfa_bundle, tmp_path, field, value, phrase):
+    """Each field has the type save_bundle writes; another one raised TypeError, ValueError or
+    RuntimeError deep in the loader, or reached the report (a seed that is a list or a tensor
+    broke its JSON and the seed table)."""
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload[field] = value
+    path = save_payload(tmp_path, payload)
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert f"<path> {phrase}" in message
+    assert REMEDY.search(message) or "Upgrade pytest-fa" in message, message
+
+
+@pytest.mark.parametrize("data_setting", [None, "mnist1d"])
+def test_the_runner_refuses_a_malformed_bundle_before_reading_its_data(dfa_bundle, tmp_path, data_setting):
+    """A bundle without a data spec was diagnosed on mnist1d (or on --fa-data) as if it were
+    a plain state dict; a data spec that is not a dict raised AttributeError under --fa-data."""
+    for number, spec in enumerate([None, ["mnist1d"]]):
+        payload = torch.load(dfa_bundle, weights_only=True)
+        payload["data"] = spec
+        path = save_payload(tmp_path, payload, f"bad{number}.pt")
+        runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, data=data_setting))
+        message = error_of(CheckpointError, runner.report, str(path))
+        assert f"<path> records data of type {type(spec).__name__}; data is a dict" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("name", "synthetic"), ("root", "/etc"), ("num_samples", 2**70)])
+def test_the_runner_names_the_bundle_whose_data_spec_cannot_be_rebuilt(dfa_bundle, tmp_path, key, value):
+    """A data spec config holding 'name' or 'root' raised a raw TypeError (the keys clashed with
+    load_dataset's arguments); one asking for 2**70 samples started generating them for ever."""
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload["data"]["config"][key] = value
+    path = save_payload(tmp_path, payload)
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5))
+    message = error_of(DataError, runner.report, str(path))
+    assert message.startswith("<path>: the data set its data spec records cannot be rebuilt: "), message
+    if key == "num_samples":
+        assert f"num_samples must be at most 10000000, got {value}" in message
+    else:
+        assert f"unknown config key(s) {key!r} for 'mnist1d'; accepted keys: num_samples, seed" in message
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    """Opening a FIFO waits for a writer for ever (a session that named one hung); a writer is
+    ready here so that the test ends either way (the old reader failed on it with 'Illegal seek')."""
+    import os
+    import threading
+
+    fifo = tmp_path / "checkpoint.pt"
+    os.mkfifo(fifo)
+    buffer = io.BytesIO()
+    torch.save({"embed.weight": torch.zeros(2)}, buffer)
+
+    def write():
+        with open(fifo, "wb") as sink:
+            sink.write(buffer.getvalue())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        message = error_of(CheckpointError, load_checkpoint, fifo)
+        assert "<path> is not a regular file (a FIFO, socket or device); point at the .pt file" in message
+    finally:  # let the writer finish if nobody read
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join(timeout=10)
+        os.close(reader)
+
+
+@pytest.mark.parametrize("spec", [".relative:build", "..:build"])
+def test_a_relative_factory_module_is_a_clear_error(plain_state_dict, spec):
+    path, _ = plain_state_dict
+    message = error_of(CheckpointError, load_checkpoint, path, factory=spec)
+    assert f"setting `model`: importing {spec.partition(':')[0]!r} raised TypeError" in message
+    assert "give an absolute module path" in message
+
+
+@pytest.mark.parametrize(
+    "source, phrase",
+    [
+        (None, "setting `credit`: cannot import 'fa_no_such_credit_xyz'"),
+        ("def make(model, checkpoint):\n    raise ValueError('no feedback here')\n",
+         "setting `credit=SPEC`: your credit factory raised ValueError: no feedback here"),
+        ("def make(model):\n    return None\n", "setting `credit=SPEC`: your credit factory raised TypeError"),
+        ("def make(model, checkpoint):\n    return None\n",
+         "setting `credit=SPEC`: the factory returned NoneType, not a credit signal"),
+    ],
+)
+def test_a_credit_factory_that_fails_is_named_as_the_credit_setting(dfa_bundle, factory_module, source, phrase):
+    """The credit setting's errors named the model setting, and the factory's own errors (or
+    a result that is no signal) escaped as raw exceptions or an empty Γ reason."""
+    spec = "fa_no_such_credit_xyz:make" if source is None else f"{factory_module(source)}:make"
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, credit=spec))
+    with pytest.raises((CheckpointError, ModelInterfaceError)) as info:
+        runner.report(str(dfa_bundle))
+    assert phrase.replace("SPEC", spec) in str(info.value)
+
+
+_SIGNAL = "def make(model, checkpoint):\n    def credit(x, y, logits, hiddens):\n        {}\n    return credit\n"
+
+
+@pytest.mark.parametrize(
+    "body, phrase",
+    [
+        ("raise KeyError('h_9')", "setting `credit=SPEC`: the credit signal raised KeyError: 'h_9'; a credit signal is "
+         "called as credit(x, y, logits, hiddens) and returns [a_0, ..., a_L]: per state h_l, one tensor"),
+        ("return 3", "setting `credit=SPEC`: the credit signal returned int, not a list"),
+        ("return logits", "setting `credit=SPEC`: the credit signal returned Tensor, not a list"),
+        ("return [None] * (len(hiddens) - 1) + ['a']", "setting `credit=SPEC`: credit a_4 is str, not a tensor"),
+        ("return [None]", "setting `credit=SPEC`: the credit signal returned 1 layers for 5 hidden states"),
+        (None, "setting `credit=functools:partial`: the credit signal raised TypeError"),
+    ],
+)
+def test_a_credit_signal_that_fails_is_named_as_the_credit_setting(dfa_bundle, factory_module, body, phrase):
+    """A signal that raised, or returned no list of one tensor (or None) per state, escaped as
+    its own TypeError or as an AttributeError on ``a.shape``."""
+    spec = "functools:partial" if body is None else f"{factory_module(_SIGNAL.format(body))}:make"
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", frozen_acc=0.5, credit=spec))
+    with pytest.raises(ModelInterfaceError) as info:
+        runner.report(str(dfa_bundle))
+    assert phrase.replace("SPEC", spec) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "recipe, phrase",
+    [
+        ({"lr": -1.0}, "lr=-1.0: give a finite number > 0"),
+        ({"weight_decay": float("nan")}, "weight_decay=nan: give a finite number ≥ 0"),
+        ({"batch_size": 0}, "batch_size=0: give a whole number ≥ 1"),
+        ({"momentum": 0.9}, "unexpected keyword argument 'momentum'"),
+        ({"schedule": "linear"}, "unknown schedule 'linear'; the trainer runs cosine, constant"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'; the trainer runs adamw"),
+    ],
+)
+def test_a_recipe_the_baseline_cannot_be_trained_with_is_refused(bp_bundle, tmp_path, recipe, phrase):
+    """The frozen baseline is trained with the bundle's recipe: one the trainer cannot run
+    raised from inside torch (or trained another optimizer than the one recorded)."""
+    payload = torch.load(bp_bundle, weights_only=True)
+    payload["recipe"].update(recipe)
+    path = save_payload(tmp_path, payload)
+    runner = ProtocolRunner(ProtocolSettings(device="cpu", cache_dir=str(tmp_path / "cache")))
+    message = error_of(CheckpointError, runner.frozen_baseline, str(path))
+    assert "<path> records the recipe" in message and "which the frozen baseline cannot be trained with" in message
+    assert phrase in message and "setting `frozen_acc=ACC`" in message
+
+
+def test_weights_and_feedback_a_dtype_cast_would_cut_are_refused(dfa_bundle, tmp_path):
+    """Complex weights were copied into the real model without their imaginary part, and
+    complex feedback matrices cast to real in the credit, both with a warning only: the
+    protocol measured another model than the one stored."""
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload["state_dict"]["out_head.weight"] = payload["state_dict"]["out_head.weight"].to(torch.complex64)
+    path = save_payload(tmp_path, payload, "weights.pt")
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert "a dtype the copy would cut (the imaginary part, the fraction) out_head.weight: checkpoint " \
+        "torch.complex64 into model torch.float32" in message
+    payload = torch.load(dfa_bundle, weights_only=True)
+    payload["feedback"][2] = payload["feedback"][2].to(torch.complex64)
+    path = save_payload(tmp_path, payload, "feedback.pt")
+    message = error_of(FeedbackError, load_checkpoint, path)
+    assert "<path>: feedback matrix B_2 is complex (torch.complex64); feedback matrices are real" in message
 
 
 # -- --fa-hidden on a DFA/FA bundle, credit per checkpoint, factories from the rootdir --------

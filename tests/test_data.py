@@ -149,6 +149,30 @@ def test_malformed_spec_is_a_data_error(spec):
         dataset_from_spec(spec)
 
 
+@pytest.mark.parametrize("key", ["name", "root"])
+def test_a_spec_config_key_that_clashes_with_an_argument_is_a_data_error(key):
+    """``load_dataset(name, root=root, **config)`` raised a raw TypeError ("got multiple values")."""
+    spec = {"name": "synthetic", "config": {key: "x"}, "preprocessing": {}}
+    with pytest.raises(DataError) as info:
+        dataset_from_spec(spec)
+    assert f"unknown config key(s) {key!r} for 'synthetic'; accepted keys: num_samples" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["mnist1d", "synthetic"])
+def test_a_generated_data_set_beyond_the_maximum_is_refused_before_generating(name, monkeypatch):
+    """A spec asking for 2**70 samples started generating them for ever."""
+    import pytest_fa.training.data as data
+
+    def generate(*args):
+        raise AssertionError("generation started")
+
+    monkeypatch.setattr(data, "_mnist1d_args", generate)
+    monkeypatch.setattr(torch, "randn", generate)
+    for n in (data.MAX_SAMPLES + 1, 2**70):
+        with pytest.raises(DataError, match=f"num_samples must be at most {data.MAX_SAMPLES}, got {n}"):
+            load_dataset(name, num_samples=n)
+
+
 def test_spec_with_other_preprocessing_is_refused():
     spec = load_dataset("synthetic", num_samples=100).spec
     spec["preprocessing"] = {"divide_by": 255}

@@ -95,9 +95,15 @@ def test_residual_growth_is_scale_invariant(seed, scale):
     assert scaled == pytest.approx(growth, rel=1e-12) and scaled_block == block
 
 
-def test_nan_growth_is_reported_not_hidden():
-    growth, block = D.residual_growth(torch.tensor([1.0, float("nan"), 2.0]))
-    assert math.isnan(growth) and block == 0
+@pytest.mark.parametrize(("norms", "why"), [
+    ([1.0, float("nan"), 2.0], r"a median ‖h_l‖ is not finite: growth undefined at block 0 \(‖h_1‖ / ‖h_0‖ = nan / 1\)"),
+    ([1.0, 0.0, 2.0], r"a median ‖h_l‖ is 0: growth undefined at block 1 \(‖h_2‖ / ‖h_1‖ = 2 / 0\)"),
+    ([0.0, 0.0, 0.0], r"a median ‖h_l‖ is 0: growth undefined at block 0 \(‖h_1‖ / ‖h_0‖ = 0 / 0\)"),
+], ids=["nan-norm", "zero-norm", "all-zero"])
+def test_an_undefined_growth_is_refused_not_reported_as_a_number(norms, why):
+    """A growth of inf (x/0) or NaN (0/0, or a NaN norm) is no measurement: (a) fired on it."""
+    with pytest.raises(NonFiniteError, match=why + ", so \\(a\\) cannot say whether the residual stream explodes"):
+        D.residual_growth(torch.tensor(norms))
 
 
 @given(b=st.integers(1, 4096), g=st.floats(1e-12, 1.0))
@@ -124,6 +130,16 @@ def test_direction_stability_separates_drift_from_noise():
     assert D.stability_submode(0.047) == "noise-dominated"
     with pytest.raises(ValueError, match="two"):
         D.direction_stability(rows(0, n=1))
+
+
+def test_a_zero_batch_mean_gradient_leaves_the_stability_undefined():
+    """A zero batch mean has no direction: the stability was NaN, read as noise-dominated."""
+    means = rows(0, n=8, f=16)
+    means[3] = 0.0
+    with pytest.raises(NonFiniteError, match=r"1 of 8 batch-mean reference gradients are exactly zero"):
+        D.direction_stability(means)
+    with pytest.raises(NonFiniteError, match=r"8 of 8 .* \(c\) cannot say whether the reference is drift"):
+        D.direction_stability(torch.zeros(8, 16))
 
 
 def test_direction_stability_is_the_mean_over_distinct_pairs():

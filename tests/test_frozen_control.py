@@ -211,6 +211,14 @@ def test_a_bundle_without_recorded_epochs_keeps_its_architecture_and_recipe():
     assert (recipe, epochs, arch, config) == ({"lr": 0.01}, 2, "resmlp", {"d": 16})
 
 
+@pytest.mark.parametrize(("plain", "what"), [(True, "a plain state dict"), (False, "a pytest-fa bundle without epochs")])
+def test_without_a_budget_the_error_says_what_the_checkpoint_is(plain, what):
+    """A bundle that records no epochs was called "a plain state dict"."""
+    with pytest.raises(protocol._MissingBudget) as info:
+        _budget(None, None, plain=plain)
+    assert f"runs/dfa.pt records no training budget ({what}). Pass setting `frozen_acc=ACC`" in str(info.value)
+
+
 def test_assert_beats_frozen_warns_when_the_stated_budgets_differ():
     with pytest.warns(FABudgetWarning, match="control was trained for 2 epochs but the model for 10"):
         assert_beats_frozen(0.9, 0.5, trained_epochs=10, frozen_epochs=2)

@@ -456,7 +456,7 @@ def test_b_rule_option_decides_whether_a_reference_at_the_floor_with_a_healthy_g
 def test_an_unknown_b_rule_is_a_usage_error(pytester, bp_bundle):
     result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0", "--fa-b-rule=strict")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*b_rule='strict': use one of decomposed, paper*"])
+    result.stderr.fnmatch_lines(["*--fa-b-rule='strict': use one of decomposed, paper*"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,7 +614,7 @@ def test_marker_and_fixtures_once_per_checkpoint(pytester, bp_bundle, dfa_bundle
     assert bad.failed and "unknown threshold(s) ['bogus']" in str(bad.longrepr)
     assert "max_growth" in str(bad.longrepr)  # the known names are listed
     bad = user["test_user.py::test_bad_kwarg_value"]
-    assert bad.failed and "max_growth='big' must be a finite number" in str(bad.longrepr)
+    assert bad.failed and "setting `max_growth='big'`: a threshold must be a finite number" in str(bad.longrepr)
     assert user["test_user.py::test_marked_without_fixtures"].passed
     # the session thresholds and protocol items are unaffected by the markers
     assert all(reports[i].passed for i in protocol_ids(bp_bundle)[:2])
@@ -741,8 +741,8 @@ def test_too_few_test_samples_for_the_eval_batches(pytester, bp_bundle):
         (["--fa-eval-batches=4"], "*--fa-eval-batches=4*needs at least 8*"),
         (["--fa-max-growth=abc"], "*--fa-max-growth*invalid float value*'abc'*"),
         (["--fa-grad-floor=0"], "*must be positive*"),
-        (["--fa-max-growth=1e308"], "*max_growth=1e+308: (a)'s growth*strictly inside (4.12e-84, 2.43e+83)*"),
-        (["--fa-frozen-margin-pp=-100"], "*frozen_margin_pp=-100: (d)'s margin*strictly inside (-100, 100)*"),
+        (["--fa-max-growth=1e308"], "*--fa-max-growth=1e+308: (a)'s growth*strictly inside (4.12e-84, 2.43e+83)*"),
+        (["--fa-frozen-margin-pp=-100"], "*--fa-frozen-margin-pp=-100: (d)'s margin*strictly inside (-100, 100)*"),
         (["--fa-batch-size=1"], "*--fa-batch-size=1: an eval batch needs at least 2 samples*"),
         (["--fa-device=tpu"], "*--fa-device='tpu'*auto, cpu or cuda*"),
         (["--fa-eval-batches=many"], "*--fa-eval-batches*invalid int value*"),
@@ -937,6 +937,22 @@ def test_credit_map_lines_of_the_ini_file_are_kept_as_written(pytester):
         session_settings(pytester.parseconfig("--fa-credit-map=biotorch_*"))
 
 
+@pytest.mark.parametrize(("args", "named"), [
+    (["--fa-max-growth=nan"], "--fa-max-growth=nan: a threshold must be a finite number"),
+    (["--fa-b-rule=x"], "--fa-b-rule='x': use one of decomposed, paper"),
+    (["--fa-drift-ceiling=1"], "--fa-drift-ceiling=1: (c)'s mean cosine lies in"),
+    (["--fa-grad-floor=0"], "--fa-grad-floor=0: grad_floor must be positive"),
+    (["--fa-floor-batch-size=-2"], "--fa-floor-batch-size=-2: floor_batch_size must be positive"),
+])
+def test_a_bad_threshold_option_is_named_as_its_option(pytester, args, named):
+    """A threshold's usage error names the option given, as every other setting's does."""
+    from pytest_fa.plugin._options import session_settings
+
+    with pytest.raises(pytest.UsageError) as info:
+        session_settings(pytester.parseconfig(*args))
+    assert named in str(info.value) and "setting `" not in str(info.value)
+
+
 def test_model_factory_that_raises_is_reported_as_the_users_error(pytester, plain_checkpoint):
     pytester.makepyfile(raising_factory="def build():\n    raise ValueError('width must be even')\n")
     pytester.syspathinsert()
@@ -966,7 +982,7 @@ def test_one_checkpoint_named_twice_is_diagnosed_once(pytester, bp_bundle):
 def test_a_drift_ceiling_at_or_beyond_the_ends_is_a_usage_error(pytester, bp_bundle, ceiling):
     result = run(pytester, f"--fa-checkpoint={bp_bundle}", f"--fa-drift-ceiling={ceiling}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*drift_ceiling=*strictly inside*"])
+    result.stderr.fnmatch_lines(["*--fa-drift-ceiling=*strictly inside*"])
 
 
 def test_an_unreadable_checkpoint_fails_before_any_other_is_diagnosed(pytester, bp_bundle):

@@ -435,6 +435,19 @@ def test_credit_with_the_wrong_number_of_layers():
         run_probe(_resmlp(), _batches(k=1), credit=lambda *a: dfa(*a)[:3])
 
 
+@pytest.mark.parametrize(("credit", "phrase"), [
+    (lambda *a: 1 / 0, "the credit signal raised ZeroDivisionError: division by zero; a credit signal is called as"),
+    (lambda *a: None, "the credit signal returned NoneType, not a list; a credit signal is called as"),
+    (lambda x, y, logits, hiddens: [h.tolist() for h in hiddens], "credit a_0 is list, not a tensor;"),
+])
+def test_a_credit_signal_that_raises_or_returns_no_tensors_is_an_interface_error(credit, phrase):
+    """The signal's own exception, or an AttributeError on ``a.shape``, escaped from the probe."""
+    with pytest.raises(ModelInterfaceError) as info:
+        run_probe(_resmlp(), _batches(k=1), credit=credit)
+    assert phrase in str(info.value)
+    assert "credit(x, y, logits, hiddens) and returns [a_0, ..., a_L]" in str(info.value)
+
+
 @pytest.mark.parametrize("bad", ["wide", "transposed", "flat"])
 def test_credit_with_the_wrong_shape(bad):
     feedback = _feedback([D] * (DEPTH + 1))

@@ -295,6 +295,38 @@ def test_a_nan_reference_gets_no_verdict_from_b_under_either_rule(dfa, batches):
     assert report_from_probe(probe, thresholds=LAX, headline_acc=0.9, frozen_acc=0.1).diagnostics["b"].fires is None
 
 
+@pytest.mark.parametrize("zeroed", ["h_0", "every state"])
+def test_an_undefined_growth_or_stability_gets_no_verdict_and_the_report_still_serialises(probe, zeroed):
+    """A median ‖h_l‖ of 0 made the growth inf or NaN, on which (a) fired; zero batch-mean
+    gradients made the stability NaN, read as noise-dominated."""
+    import copy
+
+    from pytest_fa.assertions import assert_no_residual_explosion, assert_reference_not_drift
+    from pytest_fa.core.markdown import markdown_report
+    from pytest_fa.core.report import report_from_probe
+    from pytest_fa.errors import NonFiniteError
+
+    probe = copy.deepcopy(probe)
+    for norms in probe.hidden_norms[:1] if zeroed == "h_0" else probe.hidden_norms:
+        norms.zero_()
+    probe.mid_batch_means.zero_()
+    r = report_from_probe(probe, thresholds=LAX, headline_acc=0.9, frozen_acc=0.1)
+    a, c = r.diagnostics["a"], r.diagnostics["c"]
+    assert a.fires is None and a.value is None
+    assert a.detail.startswith("not evaluated: a median ‖h_l‖ is 0: growth undefined at block 0")
+    assert c.fires is None and c.value is None and c.submode == ""
+    assert c.detail.startswith("not evaluated: 8 of 8 batch-mean reference gradients are exactly zero")
+    assert r.fired == [] and r.verdict == "incomplete: (a) not evaluated"
+    payload = json.loads(json.dumps(r.to_dict(), allow_nan=False))
+    assert payload["not_evaluated"] == ["a"] and payload["diagnostics"]["a"]["fires"] is None
+    md = markdown_report([r], "0")
+    assert "- (a) not evaluated: a median ‖h_l‖ is 0: growth undefined" in md and "(a) residual growth" in str(r)
+    with pytest.raises(NonFiniteError, match="growth undefined"):
+        assert_no_residual_explosion(r)
+    with pytest.raises(NonFiniteError, match=r"diagnostic \(c\) not evaluated: 8 of 8"):
+        assert_reference_not_drift(r)
+
+
 @pytest.mark.parametrize(("name", "value", "accepted"), [
     ("frozen_margin_pp", -100, "(-100, 100)"), ("frozen_margin_pp", 100, "(-100, 100)"),
     ("max_growth", 1e308, "(4.12e-84, 2.43e+83)"), ("max_growth", 1e-90, "(4.12e-84, 2.43e+83)"),
@@ -306,7 +338,7 @@ def test_a_threshold_its_diagnostic_could_never_or_always_cross_is_refused(name,
     with pytest.raises(ValueError) as info:
         DiagnosticThresholds(**{name: value})
     message = str(info.value)
-    assert message.startswith(f"{name}={value:g}: ")
+    assert message.startswith(f"setting `{name}={value:g}`: ")
     assert "makes its diagnostic always or never fire" in message and f"strictly inside {accepted}" in message
 
 

@@ -139,6 +139,23 @@ def test_a_report_path_in_a_symlink_loop_is_refused(pytester, bp_bundle):
     assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--fa-report-json=", "*--fa-report-json='' is empty; give the path of a file*"),
+        ("--fa-plot= ", "*--fa-plot=' ' is empty; give the path of a folder*"),
+        (f"--fa-report-md={'n' * 300}.md", "*--fa-report-md=nnn*: a name in the path is too long for the file system*"),
+    ],
+)
+def test_an_empty_or_overlong_report_path_is_refused(pytester, bp_bundle, option, message):
+    """An empty --fa-plot wrote nothing and said nothing; a name over 255 bytes ended in a raw
+    OSError from start-up."""
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
 def test_a_report_path_that_is_a_fifo_is_refused(pytester, bp_bundle):
     os.mkfifo(pytester.path / "pipe.md")
     # in a subprocess: writing into a FIFO that nobody reads blocks forever

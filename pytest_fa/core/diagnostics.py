@@ -67,9 +67,25 @@ def block_growth(layer_norms: torch.Tensor) -> torch.Tensor:
 
 
 def residual_growth(layer_norms: torch.Tensor) -> tuple[float, int]:
-    """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖`` and the block ``l`` where it occurs."""
+    """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖`` and the block ``l`` where it occurs.
+
+    A growth that is not a finite number (a median ``‖h_l‖`` of 0 gives ``x/0 = inf`` or
+    ``0/0 = NaN``) is not a measurement, and the largest growth is undefined with it:
+    :class:`~pytest_fa.errors.NonFiniteError` naming the first such block, so no verdict of
+    (a) rests on it.
+    """
     growth = block_growth(layer_norms)
-    block = int(torch.argmax(torch.nan_to_num(growth, nan=float("inf"))))
+    undefined = (~torch.isfinite(growth)).nonzero()
+    if len(undefined):
+        block = int(undefined[0])
+        before, after = float(layer_norms[block]), float(layer_norms[block + 1])
+        zero = f"; most samples' h_{block} is exactly zero: check the weights that produce it" if before == 0 else ""
+        raise NonFiniteError(
+            f"{'a median ‖h_l‖ is 0' if before == 0 else 'a median ‖h_l‖ is not finite'}: growth undefined at "
+            f"block {block} (‖h_{block + 1}‖ / ‖h_{block}‖ = {after:.3g} / {before:.3g}), so (a) cannot say "
+            f"whether the residual stream explodes{zero}"
+        )
+    block = int(torch.argmax(growth))
     return float(growth[block]), block
 
 
@@ -197,12 +213,20 @@ def direction_stability(batch_mean_grads: torch.Tensor) -> float:
 
     Each batch's mean gradient is normalised, then the cosine is averaged over the
     ``K (K - 1) / 2`` pairs of distinct batches. Near 1: the reference points the same way
-    for every batch (drift-dominated); near 0: it is noise-dominated.
+    for every batch (drift-dominated); near 0: it is noise-dominated. A batch mean that is
+    exactly zero has no direction: :class:`~pytest_fa.errors.NonFiniteError`, no number.
     """
     units = unit_rows(batch_mean_grads)
     k = units.shape[0]
     if k < 2:
         raise ValueError("direction stability needs at least two disjoint batches")
+    undefined = int(torch.isnan(units).any(dim=1).sum())
+    if undefined:
+        raise NonFiniteError(
+            f"{undefined} of {k} batch-mean reference gradients are exactly zero (or not finite), so they have "
+            "no direction and the mean pairwise cosine is undefined: (c) cannot say whether the reference "
+            "is drift- or noise-dominated"
+        )
     gram = units @ units.T
     i, j = torch.triu_indices(k, k, offset=1)
     return float(gram[i, j].mean())

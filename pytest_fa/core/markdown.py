@@ -90,7 +90,8 @@ def _checkpoint_section(report: DiagnosticReport) -> str:
         if result is not None and result.not_informative:  # the detail starts with why
             lines.append(f"- ({key}) {result.detail}")
         else:
-            lines.append(f"- ({key}) not evaluated: {result.detail if result is not None else 'absent'}")
+            why = result.detail.removeprefix("not evaluated: ") if result is not None else "absent"
+            lines.append(f"- ({key}) not evaluated: {why}")
     note = saturation_note(report)
     if note:
         lines.append(f"- {note}")

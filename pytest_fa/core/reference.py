@@ -13,7 +13,7 @@ refused, unless a twin that backpropagates truly with the same weights gives the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from pytest_fa.core import interface
 from pytest_fa.core.backprop import BackpropCheck, check_twin
-from pytest_fa.errors import ModelInterfaceError, NonFiniteError, setting
+from pytest_fa.errors import CreditSignalError, FAError, ModelInterfaceError, NonFiniteError, setting
 
 if TYPE_CHECKING:
     from pytest_fa.core.credit import CreditSignal
@@ -131,8 +131,43 @@ def reference_pass(
         layout = interface.hidden_layout(model, hiddens[0])
         result = ReferencePass(logits, hiddens, grads, logit_grad, layout)
         if credit is not None:
-            result.credits = list(credit(x, y, logits, hiddens))
+            result.credits = checked_credits(credit, (x, y, logits, hiddens), result.rows)
     return result
+
+
+CREDIT_CONTRACT = (
+    "a credit signal is called as credit(x, y, logits, hiddens) and returns [a_0, ..., a_L]: per state h_l, "
+    "one tensor of per-sample rows shaped like its reference gradient's, or None"
+)
+
+
+def checked_credits(credit: CreditSignal, args: tuple, rows: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """``credit(*args)`` as a list with one tensor shaped like ``rows[l]`` (or None) per state;
+    :class:`~pytest_fa.errors.CreditSignalError` when the signal raises (an ``FAError`` it raises
+    passes) or returns anything else."""
+    try:
+        out = credit(*args)
+    except FAError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+        raise CreditSignalError(f"the credit signal raised {type(exc).__name__}: {exc}; {CREDIT_CONTRACT}") from exc
+    if isinstance(out, (torch.Tensor, str)) or not isinstance(out, Iterable):
+        raise CreditSignalError(f"the credit signal returned {type(out).__name__}, not a list; {CREDIT_CONTRACT}")
+    credits = list(out)
+    if len(credits) != len(rows):
+        raise CreditSignalError(
+            f"the credit signal returned {len(credits)} layers for {len(rows)} hidden states; "
+            f"return one entry (or None) per h_0..h_L; {CREDIT_CONTRACT}"
+        )
+    for index, (a, g) in enumerate(zip(credits, rows)):
+        if a is not None and not isinstance(a, torch.Tensor):
+            raise CreditSignalError(f"credit a_{index} is {type(a).__name__}, not a tensor; {CREDIT_CONTRACT}")
+        if a is not None and tuple(a.shape) != tuple(g.shape):
+            raise CreditSignalError(
+                f"credit a_{index} has shape {tuple(a.shape)} but the reference gradient at "
+                f"h_{index} is read as {tuple(g.shape)}; return per-sample rows (B, F)"
+            )
+    return credits
 
 
 def _forward(model: nn.Module, x: torch.Tensor, *, checked: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:

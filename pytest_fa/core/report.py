@@ -415,10 +415,14 @@ def sound_reference_samples(probe: Probe, thresholds: DiagnosticThresholds) -> t
 
 
 def growth_result(h_med: torch.Tensor, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(a): the largest per-block growth of the median ``‖h_l‖``."""
-    max_growth, block = D.residual_growth(h_med)
+    """(a): the largest per-block growth of the median ``‖h_l‖`` (not evaluated where a growth
+    is undefined: :func:`diagnostics.residual_growth`)."""
+    try:
+        max_growth, block = D.residual_growth(h_med)
+    except NonFiniteError as exc:  # no verdict on an undefined growth
+        return DiagnosticResult("a", None, thresholds.max_growth, None, detail=f"not evaluated: {exc}")
     return DiagnosticResult(
-        "a", max_growth, thresholds.max_growth, max_growth > thresholds.max_growth or math.isnan(max_growth),
+        "a", max_growth, thresholds.max_growth, max_growth > thresholds.max_growth,
         layer=block, detail=f"‖h_{block + 1}‖ / ‖h_{block}‖ (medians over samples)",
     )
 
@@ -465,8 +469,13 @@ def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresh
 
 
 def _stability_result(probe: Probe, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}``."""
-    stability = D.direction_stability(probe.mid_batch_means)
+    """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}`` (not evaluated
+    where a batch mean is zero: :func:`diagnostics.direction_stability`)."""
+    try:
+        stability = D.direction_stability(probe.mid_batch_means)
+    except NonFiniteError as exc:  # no sub-mode of an undefined stability
+        return DiagnosticResult("c", None, thresholds.drift_ceiling, None, layer=probe.mid_layer,
+                                detail=f"not evaluated: {exc}")
     submode = D.stability_submode(stability, thresholds.drift_ceiling)
     return DiagnosticResult(
         "c", stability, thresholds.drift_ceiling, stability > thresholds.drift_ceiling,

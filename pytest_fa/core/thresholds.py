@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from pytest_fa.errors import setting
+
 REFERENCE_BATCH_SIZE = 128
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -80,21 +82,22 @@ class DiagnosticThresholds:
 
     def __post_init__(self) -> None:
         if self.b_rule not in B_RULES:
-            raise ValueError(f"b_rule={self.b_rule!r}: use one of {', '.join(B_RULES)}")
+            raise ValueError(f"{setting('b_rule', repr(self.b_rule))}: use one of {', '.join(B_RULES)}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, str):
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"threshold {f.name}={value!r} must be a finite number")
-        if min(self.max_growth, self.grad_floor, self.floor_batch_size, self.gain_floor) <= 0:
-            raise ValueError("max_growth, grad_floor, floor_batch_size and gain_floor must be positive")
+                raise ValueError(f"{setting(f.name, repr(value))}: a threshold must be a finite number")
+        for name in ("max_growth", "grad_floor", "floor_batch_size", "gain_floor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{setting(name, f'{getattr(self, name):g}')}: {name} must be positive")
         for name, (low, high, statistic) in _RANGES.items():
             value = getattr(self, name)
             if not low < value < high:
                 raise ValueError(
-                    f"{name}={value:g}: {statistic} lies in [{low:.3g}, {high:.3g}], and a threshold at or "
-                    f"beyond either end makes its diagnostic always or never fire; give one strictly inside "
+                    f"{setting(name, f'{value:g}')}: {statistic} lies in [{low:.3g}, {high:.3g}], and a threshold "
+                    f"at or beyond either end makes its diagnostic always or never fire; give one strictly inside "
                     f"({low:.3g}, {high:.3g})"
                 )
 

@@ -80,7 +80,7 @@ def session_settings(config: pytest.Config) -> SessionSettings:
     try:
         thresholds = DiagnosticThresholds().updated(**{o.name: _resolve(config, o) for o in THRESHOLD_OPTIONS})
     except (TypeError, ValueError) as exc:
-        raise pytest.UsageError(f"pytest-fa: {exc}") from None
+        raise pytest.UsageError(f"pytest-fa: {as_flags(str(exc))}") from None
     values = {o.field: _resolve(config, o) for o in OPTIONS}
     values.update({o.field: tuple(values[o.field]) for o in OPTIONS if o.repeat})
     try:
@@ -148,12 +148,17 @@ def check_report_path(raw: str | None, flag: str, folder: bool = False) -> None:
     """Fail at start-up, not after the run, when a report file (or folder) cannot be written."""
     if raw is None:
         return
+    if not raw.strip():
+        raise pytest.UsageError(f"{flag}={raw!r} is empty; give the path of a {'folder' if folder else 'file'}")
     path = Path(raw)
     try:
         os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise pytest.UsageError(f"{flag}={raw} is a symlink loop; give the path of a {'folder' if folder else 'file'}") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise pytest.UsageError(f"{flag}={raw}: a name in the path is too long for the file system "
+                                    f"({exc.strerror}); give a shorter path") from None
     if path.is_dir() and not folder:
         raise pytest.UsageError(f"{flag}={raw} is a folder; give the path of a file inside it")
     if path.exists() and folder and not path.is_dir():

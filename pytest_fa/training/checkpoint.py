@@ -38,6 +38,7 @@ _RESAVE = (
     "Re-save only tensors and plain values: a pytest-fa bundle "
     "(pytest_fa.training.checkpoint.save_bundle) or torch.save(model.state_dict(), path)"
 )
+_RESAVE_BUNDLE = "Re-save the bundle with pytest_fa.training.checkpoint.save_bundle"
 FORMAT = "pytest-fa.bundle"
 FORMAT_VERSION = 1
 
@@ -84,7 +85,7 @@ class Bundle:
     @classmethod
     def from_payload(cls, payload: dict[str, Any], source: str = "bundle") -> Bundle:
         version = payload.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:
             raise CheckpointError(
                 f"{source} has bundle format version {version!r}; this pytest-fa reads version "
                 f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle"
@@ -96,6 +97,7 @@ class Bundle:
                 f"{source} is a pytest-fa bundle without {missing}; re-save it with "
                 "pytest_fa.training.checkpoint.save_bundle"
             )
+        _check_types(payload, source)
         _check_record(payload, source)
         return cls(
             arch=payload["arch"],
@@ -111,6 +113,74 @@ class Bundle:
             recipe=dict(payload.get("recipe") or {}),
             metrics=dict(payload.get("metrics") or {}),
         )
+
+
+_RECORDS = ("arch_config", "method_config", "data", "recipe", "aux")
+
+
+def _check_types(payload: dict[str, Any], source: str) -> None:
+    """Each field has the type :func:`save_bundle` writes, so no other type reaches the model,
+    the method, the data loader or the report: ``arch`` and ``method`` are names; the records
+    are dicts with string keys at every level (``arch_config`` and ``method_config`` become
+    keyword arguments, all of them JSON in the report), and the data spec is JSON, as
+    ``load_dataset`` writes it; ``feedback`` is a list; ``seed`` is a whole number torch seeds
+    with (the trainer seeds with ``seed`` and ``seed + 1``).
+    """
+    for name in ("arch", "method"):
+        if not isinstance(payload[name], str):
+            raise CheckpointError(
+                f"{source} records {name}={payload[name]!r}; {name} is a name (a string). {_RESAVE_BUNDLE}"
+            )
+    for name in _RECORDS:
+        value = payload.get(name)
+        if value is None and name != "data":
+            continue
+        if not isinstance(value, dict):
+            raise CheckpointError(
+                f"{source} records {name} of type {type(value).__name__}; {name} is a dict. {_RESAVE_BUNDLE}"
+            )
+        found = _not_json(value, keys_only=name != "data")
+        if found is not None:
+            holds = "JSON (dicts with string keys, lists, strings, numbers)" if name == "data" else "string keys"
+            raise CheckpointError(
+                f"{source} records {name} with the {found[0]} {found[1]!r}; {name} holds {holds}. {_RESAVE_BUNDLE}"
+            )
+    feedback = payload.get("feedback")
+    if feedback is not None and not isinstance(feedback, (list, tuple)):
+        raise CheckpointError(
+            f"{source} records feedback of type {type(feedback).__name__}; feedback is a list of "
+            f"tensors, one per hidden state. {_RESAVE_BUNDLE}"
+        )
+    for index, b in enumerate(feedback or ()):
+        if isinstance(b, torch.Tensor) and b.is_complex():
+            raise FeedbackError(
+                f"{source}: feedback matrix B_{index} is complex ({b.dtype}); feedback matrices are real. "
+                f"{_RESAVE_BUNDLE}"
+            )
+    seed = payload.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64 - 1):
+        raise CheckpointError(
+            f"{source} records seed={seed!r}; a seed is a whole number torch can seed with, in "
+            f"[-2**63, 2**64 - 1). {_RESAVE_BUNDLE}"
+        )
+
+
+def _not_json(value: Any, keys_only: bool) -> tuple[str, Any] | None:
+    """``("key", k)`` for the first dict key in ``value`` that is not a string, or (unless
+    ``keys_only``) ``("value", v)`` for the first value that is no JSON value; else None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = ("key", key) if not isinstance(key, str) else _not_json(item, keys_only)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found = _not_json(item, keys_only)
+            if found is not None:
+                return found
+    elif not keys_only and not isinstance(value, (str, int, float, bool, type(None))):
+        return ("value", value)
+    return None
 
 
 def _check_record(payload: dict[str, Any], source: str) -> None:
@@ -174,6 +244,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; point at the .pt file")
+    if not path.is_file():  # reading a FIFO waits for a writer for ever
+        raise CheckpointError(
+            f"checkpoint {path} is not a regular file (a FIFO, socket or device); point at the .pt file"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -236,6 +310,11 @@ def import_factory(spec: str, name: str = "model", root: str | os.PathLike | Non
         ) from exc
     except ImportError as exc:
         raise CheckpointError(f"{setting(name)}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 — a relative name, or the module's own code raised
+        raise CheckpointError(
+            f"{setting(name)}: importing {module_name!r} raised {type(exc).__name__}: {exc} (give an absolute "
+            "module path, package.module)"
+        ) from exc
     try:
         factory = getattr(module, attr)
     except AttributeError:
@@ -282,7 +361,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
         for k in expected
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
-    if missing or unexpected or mismatched:
+    cut = [
+        f"{k}: checkpoint {state_dict[k].dtype} into model {expected[k].dtype}"
+        for k in expected
+        if k in state_dict and _lossy(state_dict[k].dtype, expected[k].dtype)
+    ]
+    if missing or unexpected or mismatched or cut:
         parts = []
         if missing:
             parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
@@ -290,6 +374,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
             parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
         if mismatched:
             parts.append("shape mismatch " + "; ".join(mismatched[:3]))
+        if cut:
+            parts.append("a dtype the copy would cut (the imaginary part, the fraction) " + "; ".join(cut[:3]))
         raise CheckpointError(
             f"{source}: the state dict does not match {type(model).__name__}: "
             + ", ".join(parts)
@@ -297,6 +383,14 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
         )
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _lossy(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether copying values of ``source`` into ``target`` drops part of each: complex into
+    real, floating point into integer."""
+    return (source.is_complex and not target.is_complex) or (
+        source.is_floating_point and not (target.is_floating_point or target.is_complex)
+    )
 
 
 @dataclass

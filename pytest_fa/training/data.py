@@ -76,6 +76,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 _SPEC_KEYS = {"name", "config", "preprocessing", "root"}
 
+MAX_SAMPLES = 10**7
+"""The most samples a generated data set (mnist1d, synthetic) may ask for, about 170 times
+MNIST-1D's default 60000: ten million rows of its 40 floats are 1.6 GB. A config beyond it is
+refused before anything is generated (a bundle's spec could otherwise ask for 2**70)."""
+
 
 @dataclass
 class Dataset:
@@ -125,16 +130,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, **config: 
 
     ``root`` is where Fashion-MNIST or CIFAR lie on disk; the generated sets ignore it.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    defaults = _DEFAULTS[name]
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise DataError(
-            f"unknown config key(s) {', '.join(map(repr, unknown))} for {name!r}; "
-            f"accepted keys: {', '.join(defaults)}"
-        )
-    full = {**defaults, **config}
+    _check_config(name, config)
+    full = {**_DEFAULTS[name], **config}
     if name == "mnist1d":
         return _load_mnist1d(full)
     if name == "synthetic":
@@ -142,6 +139,19 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, **config: 
     if name == "fashion-mnist":
         return _load_fashion_mnist(full, root)
     return _load_cifar(name, full, root)
+
+
+def _check_config(name: str, config: Mapping[Any, Any]) -> None:
+    """``name`` is a data set and ``config`` holds only its keys."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    defaults = _DEFAULTS[name]
+    unknown = sorted(set(config) - set(defaults), key=repr)
+    if unknown:
+        raise DataError(
+            f"unknown config key(s) {', '.join(map(repr, unknown))} for {name!r}; "
+            f"accepted keys: {', '.join(defaults)}"
+        )
 
 
 def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None = None) -> Dataset:
@@ -173,6 +183,7 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
             f"the bundle's data spec records data root {recorded_root}; a folder named in a bundle "
             f"is read only when you name it this run: pass {setting('data_root', recorded_root)} to read it"
         )
+    _check_config(name, config)  # before the call: a key 'name' or 'root' would clash with its arguments
     dataset = load_dataset(name, root=root, **config)
     if _jsonable(preprocessing) != _jsonable(dataset.spec["preprocessing"]):
         raise DataError(
@@ -203,11 +214,13 @@ def eval_batches(
     ]
 
 
-def _check_int(key: str, value: Any, minimum: int | None) -> None:
+def _check_int(key: str, value: Any, minimum: int | None, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataError(f"{key} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise DataError(f"{key} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise DataError(f"{key} must be at most {maximum}, got {value}")
 
 
 def _check_limit(config: Mapping[str, Any]) -> None:
@@ -267,7 +280,7 @@ def _as_dataset(
 
 
 def _load_mnist1d(config: dict[str, Any]) -> Dataset:
-    _check_int("num_samples", config["num_samples"], 10)
+    _check_int("num_samples", config["num_samples"], 10, MAX_SAMPLES)
     _check_int("seed", config["seed"], 0)
     from importlib.metadata import PackageNotFoundError, version
 
@@ -355,7 +368,7 @@ def _generate_mnist1d(args: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def _load_synthetic(config: dict[str, Any]) -> Dataset:
     for key, minimum in (("num_samples", 2), ("d_in", 1), ("num_classes", 2), ("teacher_width", 1)):
-        _check_int(key, config[key], minimum)
+        _check_int(key, config[key], minimum, MAX_SAMPLES if key == "num_samples" else None)
     _check_int("seed", config["seed"], None)
     split = config["train_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 < split < 1:

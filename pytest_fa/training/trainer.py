@@ -42,15 +42,33 @@ DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = (42,)
 
 
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw",)
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """Optimiser and schedule; the defaults are the paper's."""
+    """Optimiser and schedule; the defaults are the paper's. A learning rate is a finite
+    number > 0, a weight decay one ≥ 0, a batch size a whole number ≥ 1; the schedule and the
+    optimizer are ones :func:`train` runs (:data:`SCHEDULES`, :data:`OPTIMIZERS`)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 128
     schedule: str = "cosine"
     optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        for name, positive in (("lr", True), ("weight_decay", False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (positive and value == 0):
+                raise ValueError(f"{name}={value!r}: give a finite number {'> 0' if positive else '≥ 0'}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r}: give a whole number ≥ 1")
+        for name, known in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; the trainer runs {', '.join(known)}")
 
 
 @dataclass
@@ -187,9 +205,7 @@ def stop_at_floor(model: nn.Module, record: dict[str, Any]) -> bool:
 def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
     if recipe.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if recipe.schedule == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ValueError(f"unknown schedule {recipe.schedule!r}; use 'cosine' or 'constant'")
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def _monitor_batches(data: Dataset):
