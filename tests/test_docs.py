@@ -1,5 +1,5 @@
 """The documentation: docs/options.md is the generator's output and lists every option of
-``pytest --help``; every relative link resolves; the README fits a screenful of screens and
+``pytest --help``; every relative link resolves; the README stays within 150 lines and
 keeps CI's two commands; every recipe of docs/frameworks.md runs as written."""
 
 from __future__ import annotations
