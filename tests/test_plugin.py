@@ -942,7 +942,17 @@ def test_model_factory_that_raises_is_reported_as_the_users_error(pytester, plai
     pytester.syspathinsert()
     result = run(pytester, f"--fa-checkpoint={plain_checkpoint}", "--fa-model=raising_factory:build",
                  "--fa-frozen-acc=0")
-    _all_items_fail_with(result, plain_checkpoint, "your model factory raised ValueError: width must be even")
+    _all_items_fail_with(result, plain_checkpoint, "your model factory `raising_factory:build` (--fa-model) raised ValueError: width must be even")
+
+
+def test_model_factory_that_exits_is_reported_as_the_users_error(pytester, plain_checkpoint):
+    pytester.makepyfile(exiting_factory="import sys\ndef build():\n    sys.exit('unsupported width')\n")
+    result = pytester.runpytest_subprocess("--fa-device=cpu", "-p", "no:cacheprovider", f"--fa-checkpoint={plain_checkpoint}",
+                                           "--fa-model=exiting_factory:build", "--fa-frozen-acc=0")
+    text = output(result)
+    assert "your model factory `exiting_factory:build` (--fa-model) raised SystemExit: unsupported width" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.mark.parametrize("where", ["folder", "under_a_file"])
