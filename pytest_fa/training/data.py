@@ -283,8 +283,9 @@ def _load_mnist1d(config: dict[str, Any]) -> Dataset:
     tensors = _read_mnist1d_cache(path)
     if tensors is None:
         tensors = _generate_mnist1d(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(tensors, path)
+        with contextlib.suppress(OSError):  # a read-only cache: generated again next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(tensors, path)
 
     generator_args = {k: v for k, v in args.items() if k != "url"}
     preprocessing = {"standardised_by": "mnist1d.make_dataset", "generator_args": generator_args}
@@ -310,10 +311,11 @@ def _mnist1d_args(config: dict[str, Any], generator_version: str) -> dict[str, A
     args = mnist1d.data.get_dataset_args(as_dict=True)
     args.update(chosen)
     if json.loads(json.dumps(args)) == args:  # index only what reads back as it was
-        index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(args, sort_keys=True))
-        os.replace(tmp, index)
+        with contextlib.suppress(OSError):  # a read-only cache: asked again next time
+            index.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(args, sort_keys=True))
+            os.replace(tmp, index)
     return args
 
 
