@@ -484,7 +484,11 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
         try:
             data = FashionMNIST(str(torchvision_root), train=train, download=False)
         except (RuntimeError, AssertionError, TypeError, ValueError, KeyError, OSError) as exc:
-            raise DataError(f"cannot read Fashion-MNIST from {base}: {exc}") from exc
+            reason = str(exc) or f"torchvision's reader raised {type(exc).__name__}"
+            raise DataError(
+                f"cannot read Fashion-MNIST from {base}: {reason}; the idx files are corrupt or not Fashion-MNIST "
+                f"(re-install them, or pass {setting('data_root')} with the right files)"
+            ) from exc
         images, labels = data.data[:limit], data.targets[:limit]
         if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
             raise DataError(
