@@ -957,6 +957,14 @@ def test_a_checkpoint_that_is_a_symlink_loop_is_a_usage_error(pytester, workers)
     assert "Traceback" not in text and "INTERNALERROR" not in text
 
 
+def test_a_credit_module_that_cannot_be_imported_names_the_credit_option(pytester, bp_bundle):
+    result = pytester.runpytest_subprocess("--fa-device=cpu", "-p", "no:cacheprovider", f"--fa-checkpoint={bp_bundle}",
+                                           "--fa-credit=fa_no_such_credit_module:make", "--fa-frozen-acc=0.1")
+    text = output(result)
+    assert "--fa-credit: cannot import 'fa_no_such_credit_module'" in text and "--fa-model" not in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+
+
 def test_model_factory_that_exits_is_reported_as_the_users_error(pytester, plain_checkpoint):
     pytester.makepyfile(exiting_factory="import sys\ndef build():\n    sys.exit('unsupported width')\n")
     result = pytester.runpytest_subprocess("--fa-device=cpu", "-p", "no:cacheprovider", f"--fa-checkpoint={plain_checkpoint}",
