@@ -42,6 +42,11 @@ class FABudgetWarning(UserWarning):
     recipe, or nothing shows that it was: a control trained less inflates (d)'s margin."""
 
 
+class FACacheWarning(UserWarning):
+    """The cache folder cannot be written (a read-only project or ``PYTEST_FA_CACHE``): what is
+    cached there is still read, what is computed now is kept in a temporary folder."""
+
+
 # -- settings in messages ----------------------------------------------------------------------
 # Library messages name a setting as "setting `name=VALUE`", the spelling of the Python API
 # (check(), ProtocolSettings); the plugin rewrites each to its option, `--fa-name=VALUE`.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatch
@@ -22,7 +23,8 @@ from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
 from pytest_fa.errors import (
-    CheckpointError, CreditSignalError, DataError, FABudgetWarning, FAError, ModelInterfaceError, setting,
+    CheckpointError, CreditSignalError, DataError, FABudgetWarning, FACacheWarning, FAError, ModelInterfaceError,
+    setting,
 )
 from pytest_fa.training.checkpoint import (
     Bundle,
@@ -110,6 +112,7 @@ class ProtocolRunner:
         self._data: dict[str, Dataset] = {}
         self._baselines: dict[str, FrozenBaseline] = {}
         self._reports: dict[tuple[str, DiagnosticThresholds], DiagnosticReport] = {}
+        self._temporary: tempfile.TemporaryDirectory | None = None
 
     # -- checkpoint and data -----------------------------------------------------------------
     def run(self, path: str) -> CheckpointRun:
@@ -185,12 +188,34 @@ class ProtocolRunner:
         if key in self._baselines:
             return self._baselines[key]
         file = Path(cache_dir or self.settings.cache_dir or _default_cache()) / f"frozen-{key[:24]}.pt"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        # one lock per baseline: pytest-xdist workers and concurrent runs train it once
-        with FileLock(f"{file}.lock"):
+        try:
+            lock = _locked(file)
+        except OSError as exc:  # a read-only cache: its baseline is still read, a new one goes elsewhere
+            baseline = self._cached_baseline(file, key, arch)
+            if baseline is not None:
+                self._baselines[key] = baseline
+                return baseline
+            file = self.temporary_cache(exc) / file.name
+            lock = _locked(file)
+        try:
             baseline = self._cached_baseline(file, key, arch) or self._train_baseline(run, spec, key, file)
+        finally:
+            lock.release()
         self._baselines[key] = baseline
         return baseline
+
+    def temporary_cache(self, error: OSError) -> Path:
+        """The folder for this session's frozen baselines when the cache folder cannot be
+        written (``error``); made, and warned about, once."""
+        if self._temporary is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="pytest-fa-cache-")
+            warnings.warn(FACacheWarning(
+                f"cannot write the pytest-fa cache ({error.strerror or error}: {error.filename}); frozen-blocks "
+                f"baselines trained now are kept in {self._temporary.name} for this session only, cached ones are "
+                "still read. To keep them, point the cache at a writable folder: pytest's cache_dir "
+                "(-o cache_dir=DIR), or PYTEST_FA_CACHE under -p no:cacheprovider"
+            ), stacklevel=2)
+        return Path(self._temporary.name)
 
     def _baseline_budget(self, run: CheckpointRun):
         """``(recipe, epochs, seed, arch, arch_config)`` of the frozen baseline: the checkpoint's own
@@ -431,6 +456,14 @@ def _check_model_accepts(model: nn.Module, data: Dataset, path: str) -> None:
             f"{path}: the model has {logits.shape[-1]} outputs but {data.name!r} has "
             f"{data.num_classes} classes; check {setting('data')}"
         )
+
+
+def _locked(file: Path) -> FileLock:
+    """The held lock of one cached file: pytest-xdist workers and concurrent runs make it once."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{file}.lock")
+    lock.acquire()
+    return lock
 
 
 def _default_cache() -> Path:

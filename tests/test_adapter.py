@@ -552,3 +552,21 @@ def test_the_first_pass_reads_the_structure_without_touching_running_statistics(
         if isinstance(ours, nn.BatchNorm1d):
             assert torch.equal(ours.running_mean, theirs.running_mean) and ours.num_batches_tracked == 1
     assert all(m.training for m in model.modules())
+
+
+class _CallsForwardDirectly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer_0, self.layer_1, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.layer_0.forward(x)  # bypasses the forward hooks
+        return self.head(h + self.layer_1.forward(h))
+
+
+def test_states_that_did_not_run_name_a_direct_forward_call_as_a_cause():
+    with pytest.raises(ModelInterfaceError) as info:
+        adapt(_CallsForwardDirectly(), "layer_0, layer_1")(torch.randn(2, 4), return_hidden=True)
+    message = str(info.value)
+    assert "['layer_0', 'layer_1'] did not run" in message
+    assert "`layer.forward(x)` bypasses the forward hooks" in message and "call the module, `layer(x)`" in message

@@ -12,7 +12,7 @@ import pytest_fa
 from pytest_fa.api import batches_from
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.report import diagnose
-from pytest_fa.errors import DataError
+from pytest_fa.errors import DataError, ModelInterfaceError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -107,11 +107,12 @@ def test_a_frozen_accuracy_that_is_not_a_fraction_is_refused(dfa, tensors, froze
     "options, phrase",
     [
         ({"batch_size": 1}, "batch_size=1: an eval batch needs at least 2 samples"),
+        ({"batch_size": 0}, "batch_size=0: an eval batch needs at least 2 samples"),
         ({"num_batches": 4}, "num_batches=4: diagnostic (c) needs at least 8 disjoint batches"),
         ({"num_batches": 8.0}, "num_batches=8.0: give a whole number"),
         ({"device": "cudax"}, "device='cudax': use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"),
     ],
-    ids=["batch-of-one", "four-batches", "float-count", "device-name"],
+    ids=["batch-of-one", "batch-of-none", "four-batches", "float-count", "device-name"],
 )
 def test_check_applies_the_command_lines_rules(dfa, tensors, options, phrase):
     with pytest.raises(DataError) as info:
@@ -167,3 +168,23 @@ def test_check_leaves_each_submodules_mode_as_it_was(dfa, tensors):
     pytest_fa.check(model, tensors, frozen_acc=0.0)
     assert model.training and not model.out_ln.training
     assert all(module.training for name, module in model.named_modules() if not name.startswith("out_ln"))
+
+
+class _ReturnsHiddenWithOtherNames(torch.nn.Module):
+    """Takes ``return_hidden`` but names its modules ``stem``, ``layers`` and ``classifier``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.layers, self.classifier = torch.nn.Linear(40, 8), torch.nn.ModuleList(), torch.nn.Linear(8, 10)
+
+    def forward(self, x, return_hidden=False):
+        h = self.stem(x)
+        return (self.classifier(h), [h]) if return_hidden else self.classifier(h)
+
+
+def test_a_model_without_the_named_modules_is_told_what_is_looked_for_and_how_to_adapt_it(tensors):
+    with pytest.raises(ModelInterfaceError) as info:
+        pytest_fa.check(_ReturnsHiddenWithOtherNames(), tensors, frozen_acc=0.3)
+    message = str(info.value)
+    assert "has neither `embed` nor `patch_embed`" in message
+    assert "pytest_fa.adapt(model, ['embed', 'blocks.*']), your modules' names in place of these" in message

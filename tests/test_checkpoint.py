@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import io
 import math
+import os
 import pickle
 import random
 import re
@@ -218,6 +219,24 @@ def test_corrupt_file_is_reported_as_corrupt(tmp_path, content):
     assert "<path>" in message and "corrupt" in message
 
 
+@pytest.mark.parametrize("content", [random.Random(0).randbytes(4096), b"\0" * 4096], ids=["random", "zeros"])
+def test_a_file_torch_cannot_read_safely_never_gets_the_advice_to_load_it_unsafely(tmp_path, content):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(content)
+    message = error_of(CheckpointError, load_checkpoint, path)
+    assert "is not a checkpoint pytest-fa can read safely" in message and "corrupt or truncated" in message
+    assert "weights_only" not in message and "arbitrary code execution" not in message
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs a FIFO and /dev/zero")
+def test_a_pipe_or_device_is_not_read_as_a_checkpoint(tmp_path):
+    pipe = tmp_path / "pipe.pt"
+    os.mkfifo(pipe)  # no writer: opening it would block
+    for path in (pipe, Path("/dev/zero")):
+        message = error_of(CheckpointError, load_checkpoint, path)
+        assert message == "checkpoint <path> is not a regular file (a pipe, socket or device); point at the .pt file"
+
+
 @pytest.mark.parametrize("fraction", [0.002, 0.3, 0.9, 0.999])
 def test_truncated_bundle_is_reported_as_corrupt(dfa_bundle, tmp_path, fraction):
     data = Path(dfa_bundle).read_bytes()
@@ -293,7 +312,7 @@ def test_payload_that_is_not_a_dict(tmp_path, payload, kind):
 # -- malformed bundles -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1"])
+@pytest.mark.parametrize("version", [2, 0, None])
 def test_wrong_format_version(dfa_bundle, tmp_path, version):
     payload = load_bundle(dfa_bundle).to_payload()
     payload["format_version"] = version
@@ -302,6 +321,17 @@ def test_wrong_format_version(dfa_bundle, tmp_path, version):
         message = error_of(CheckpointError, loader, path)
         assert f"version {version!r}" in message
         assert "Upgrade pytest-fa or re-save the bundle" in message
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, True])
+def test_a_format_version_that_is_not_an_integer_is_named_as_such(dfa_bundle, tmp_path, version):
+    payload = load_bundle(dfa_bundle).to_payload()
+    payload["format_version"] = version
+    path = save_payload(tmp_path, payload)
+    message = error_of(CheckpointError, load_bundle, path)
+    assert f"records format_version={version!r} (a {type(version).__name__})" in message
+    assert "must be the integer 1" in message and "save_bundle" in message
+    assert "this pytest-fa reads version" not in message
 
 
 @pytest.mark.parametrize("key", ["arch", "state_dict", "method", "data"])
@@ -656,7 +686,17 @@ def test_factory_that_raises_names_the_users_code(plain_state_dict, factory_modu
     path, _ = plain_state_dict
     name = factory_module("def build():\n    raise RuntimeError('no GPU kernels here')\n")
     message = error_of(CheckpointError, load_checkpoint, path, factory=f"{name}:build")
-    assert "your model factory raised RuntimeError: no GPU kernels here" in message
+    assert f"your model factory `{name}:build` (setting `model`) raised RuntimeError: no GPU kernels here" in message
+
+
+def test_factory_that_exits_is_reported_and_an_interrupt_still_interrupts(plain_state_dict, factory_module):
+    path, _ = plain_state_dict
+    name = factory_module("import sys\ndef build():\n    sys.exit('bad width')\n"
+                          "def stop():\n    raise KeyboardInterrupt\n")
+    message = error_of(CheckpointError, load_checkpoint, path, factory=f"{name}:build")
+    assert f"your model factory `{name}:build` (setting `model`) raised SystemExit: bad width" in message
+    with pytest.raises(KeyboardInterrupt):
+        load_checkpoint(path, factory=f"{name}:stop")
 
 
 @pytest.mark.parametrize(
@@ -721,8 +761,8 @@ def test_a_bundle_that_stopped_before_its_planned_epochs_loads(bp_bundle, tmp_pa
 @pytest.mark.parametrize(
     "field, value, phrase",
     [
-        ("format_version", torch.tensor([1, 1]), "has bundle format version tensor([1, 1])"),
-        ("format_version", True, "has bundle format version True"),
+        ("format_version", torch.tensor([1, 1]), "records format_version=tensor([1, 1]) (a Tensor); the format version must be the integer 1"),
+        ("format_version", True, "records format_version=True (a bool); the format version must be the integer 1"),
         ("arch", ["resmlp"], "records arch=['resmlp']; arch is a name (a string)"),
         ("method", {"dfa": 1}, "records method={'dfa': 1}; method is a name (a string)"),
         ("arch_config", "d=32", "records arch_config of type str; arch_config is a dict"),
@@ -801,7 +841,7 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
     writer.start()
     try:
         message = error_of(CheckpointError, load_checkpoint, fifo)
-        assert "<path> is not a regular file (a FIFO, socket or device); point at the .pt file" in message
+        assert "<path> is not a regular file (a pipe, socket or device); point at the .pt file" in message
     finally:  # let the writer finish if nobody read
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         writer.join(timeout=10)

@@ -582,3 +582,15 @@ def test_a_damaged_mnist1d_index_is_rebuilt_from_the_generator(fa_cache):
     assert_same_tensors(again, first)
     assert again.spec == first.spec
     assert json.loads(index.read_text())["num_samples"] == 500
+
+
+def test_fashion_mnist_files_of_random_bytes_get_a_reason(tmp_path):
+    root = tmp_path / "noise"
+    root.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (root / name).write_bytes(random.Random(name).randbytes(3000))
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", root=root)
+    message = str(info.value)
+    assert not message.endswith(": ") and "the idx files are corrupt or not Fashion-MNIST" in message
+    assert "setting `data_root`" in message

@@ -8,6 +8,7 @@ command line, and the pytest plugin through ``pytester``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -729,3 +730,20 @@ def test_plugin_reports_a_missing_path_as_a_usage_error(pytester):
     result = pytester.runpytest(*QUIET, "--fa-lint=missing/")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--fa-lint=missing/: no such file or folder*"])
+
+
+def test_a_symlink_loop_is_named_by_the_command_line_and_is_a_usage_error_of_the_plugin(pytester, capsys):
+    folder = pytester.mkdir("src")
+    (folder / "ok.py").write_text("x = 1\n")
+    os.symlink("loop.py", folder / "loop.py")
+    assert lint.main([str(folder)]) == 2
+    assert f"fa-lint: error: {folder / 'loop.py'} is a symlink loop; remove the link or lint another folder" in capsys.readouterr().err
+    result = pytester.runpytest_subprocess(*QUIET, "--fa-lint=src")
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--fa-lint=src: src/loop.py is a symlink loop; remove the link or lint another folder" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    os.symlink("self", pytester.path / "self")
+    result = pytester.runpytest_subprocess(*QUIET, "--fa-lint=self")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--fa-lint=self is a symlink loop; give the path of a real file or folder" in result.stderr.str()

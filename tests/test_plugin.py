@@ -958,7 +958,37 @@ def test_model_factory_that_raises_is_reported_as_the_users_error(pytester, plai
     pytester.syspathinsert()
     result = run(pytester, f"--fa-checkpoint={plain_checkpoint}", "--fa-model=raising_factory:build",
                  "--fa-frozen-acc=0")
-    _all_items_fail_with(result, plain_checkpoint, "your model factory raised ValueError: width must be even")
+    _all_items_fail_with(result, plain_checkpoint, "your model factory `raising_factory:build` (--fa-model) raised ValueError: width must be even")
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_checkpoint_that_is_a_symlink_loop_is_a_usage_error(pytester, workers):
+    if workers:
+        pytest.importorskip("xdist")
+    os.symlink("loop.pt", pytester.path / "loop.pt")
+    result = pytester.runpytest_subprocess("--fa-device=cpu", "-p", "no:cacheprovider", "--fa-checkpoint=loop.pt", *workers)
+    text = output(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--fa-checkpoint=loop.pt is a symlink loop; give the path of a real file or folder" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+
+
+def test_a_credit_module_that_cannot_be_imported_names_the_credit_option(pytester, bp_bundle):
+    result = pytester.runpytest_subprocess("--fa-device=cpu", "-p", "no:cacheprovider", f"--fa-checkpoint={bp_bundle}",
+                                           "--fa-credit=fa_no_such_credit_module:make", "--fa-frozen-acc=0.1")
+    text = output(result)
+    assert "--fa-credit: cannot import 'fa_no_such_credit_module'" in text and "--fa-model" not in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+
+
+def test_model_factory_that_exits_is_reported_as_the_users_error(pytester, plain_checkpoint):
+    pytester.makepyfile(exiting_factory="import sys\ndef build():\n    sys.exit('unsupported width')\n")
+    result = pytester.runpytest_subprocess("--fa-device=cpu", "-p", "no:cacheprovider", f"--fa-checkpoint={plain_checkpoint}",
+                                           "--fa-model=exiting_factory:build", "--fa-frozen-acc=0")
+    text = output(result)
+    assert "your model factory `exiting_factory:build` (--fa-model) raised SystemExit: unsupported width" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.mark.parametrize("where", ["folder", "under_a_file"])

@@ -345,3 +345,17 @@ def test_a_threshold_its_diagnostic_could_never_or_always_cross_is_refused(name,
 def test_thresholds_just_inside_the_ranges_are_accepted():
     DiagnosticThresholds(frozen_margin_pp=-99.9, max_growth=1e83, gain_floor=1e-83, grad_floor=1e-44, drift_ceiling=0.999)
     DiagnosticThresholds(frozen_margin_pp=99.9, grad_floor=1e38, gain_floor=1e83)
+
+
+def test_a_zero_credit_is_named_as_the_cause_of_an_undefined_gamma(bp_trained, small_data):
+    model = bp_trained[0].model
+    report = diagnose(model, eval_batches(small_data, 8, 128, seed=0), credit=lambda x, y, logits, hiddens: [
+        torch.zeros_like(h) for h in hiddens])
+    assert all(row.gamma is None for row in report.layers)
+    assert {row.gamma_status for row in report.layers} == {
+        "undefined: the credit is zero at every sample; check the credit signal"}
+    assert min(row.g_norm for row in report.layers) > report.thresholds.grad_floor  # not the floor
+    text = str(report)
+    layers = list(range(len(report.layers)))
+    assert f"undefined at layers {layers}: the credit is zero at every sample; check the credit signal" in text
+    assert "below the floor" not in text

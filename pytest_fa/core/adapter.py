@@ -326,8 +326,12 @@ def _check_count(record: list[dict[str, Any]], names: list[str]) -> None:
             f"{missing} did not run" if missing else f"{twice} ran more than once" if twice
             else f"they ran in the order {ran}"
         )
+        hint = (
+            " (a module the forward pass runs as `layer.forward(x)` bypasses the forward hooks that read "
+            "it: call the module, `layer(x)`)" if missing else ""
+        )
         raise ModelInterfaceError(
-            f"the forward pass must run each named state module once, in order {names}; {problem}. "
+            f"the forward pass must run each named state module once, in order {names}; {problem}{hint}. "
             "Name modules on the forward path, each used once, in the order the stream passes them"
         )
 

@@ -33,6 +33,10 @@ BLOCK_OUTPUTS = ("auto", "sum", "branch")  # what an adapted model's blocks retu
 POOLINGS = ("cls", "mean")  # how an adapted model's token states are read
 
 
+_OR_ADAPT = ("; or name the modules that write h_0 … h_L without renaming anything: "
+             "pytest_fa.adapt(model, ['embed', 'blocks.*']), your modules' names in place of these")
+
+
 def embedding(model: nn.Module) -> nn.Module:
     """The module that writes ``h_0``."""
     for name in ("embed", "patch_embed"):
@@ -41,7 +45,7 @@ def embedding(model: nn.Module) -> nn.Module:
             return module
     raise ModelInterfaceError(
         f"{type(model).__name__} has neither `embed` nor `patch_embed`; expose the module "
-        "that produces h_0 under one of those names"
+        "that produces h_0 under one of those names" + _OR_ADAPT
     )
 
 
@@ -51,7 +55,7 @@ def blocks(model: nn.Module) -> Any:
     if found is None:
         raise ModelInterfaceError(
             f"{type(model).__name__} has no `blocks`; expose the residual blocks as an "
-            "nn.ModuleList whose elements return the residual branch f_l(h_l)"
+            "nn.ModuleList whose elements return the residual branch f_l(h_l)" + _OR_ADAPT
         )
     return found
 
@@ -65,7 +69,7 @@ def readout(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
             return norm, head
     raise ModelInterfaceError(
         f"{type(model).__name__} has neither `out_head` nor `head`; expose the classifier "
-        "as `out_head` (with `out_ln`) or `head` (with `norm`)"
+        "as `out_head` (with `out_ln`) or `head` (with `norm`)" + _OR_ADAPT
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -128,9 +129,13 @@ def render_report(report: DiagnosticReport) -> str:
     partial = [r.index for r in report.layers if r.gamma_status.startswith("ok:")]
     if partial:
         lines.append(f"   at layers {partial}: {report.layers[partial[0]].gamma_status.removeprefix('ok: ')}")
-    undefined = [r.index for r in report.layers if r.gamma_status.startswith("undefined")]
-    if undefined:
-        lines.append(f"   undefined at layers {undefined}: ‖g_l‖ below the floor, no cosine is reported")
+    undefined: dict[str, list[int]] = {}  # reason -> layers
+    for r in report.layers:
+        if r.gamma_status.startswith("undefined"):
+            reason = re.sub(r"‖g_\d+‖", "‖g_l‖", r.gamma_status.removeprefix("undefined: "))
+            undefined.setdefault(reason, []).append(r.index)
+    for reason, layers in undefined.items():
+        lines.append(f"   undefined at layers {layers}: {reason}")
     lines.append("")
     for key, result in report.diagnostics.items():
         lines.append(f"({key}) {result.name:<21}{comparison(result):<36}{status(result)}")

@@ -519,6 +519,8 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
     if count == 0:
         if dropped:
             return None, "undefined: every sample's output error is below the float precision", 0
+        if not below:  # the reference is there: the credit is what is zero
+            return None, "undefined: the credit is zero at every sample; check the credit signal", 0
         return None, "undefined: every sample has a zero credit or gradient", 0
     status = "ok"
     if dropped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ def _skip_dir(path: Path) -> bool:
 def python_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The ``*.py`` files under ``paths`` (files named explicitly are taken as they are), sorted,
     without duplicates, skipping hidden folders, ``__pycache__``, virtual environments (a folder
-    with ``pyvenv.cfg``) and ``site-packages``. A path that does not exist is a FileNotFoundError."""
+    with ``pyvenv.cfg``) and ``site-packages``. A path that does not exist is a FileNotFoundError,
+    a ``.py`` symlink loop an OSError that names it."""
     found: dict[Path, Path] = {}
     for raw in paths:
         root = Path(raw)
@@ -37,8 +39,18 @@ def python_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             for name in files:
                 if name.endswith(".py") and not name.startswith("."):
                     file = here / name
+                    if _loops(file):
+                        raise OSError(f"{file} is a symlink loop; remove the link or lint another folder")
                     found.setdefault(file.resolve(), file)
     return sorted(found.values())
+
+
+def _loops(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in missing:
             print(f"fa-lint: error: no such file or folder: {p}", file=sys.stderr)
         return 2
-    files = python_files(args.paths)
+    try:
+        files = python_files(args.paths)
+    except OSError as exc:
+        print(f"fa-lint: error: {exc}", file=sys.stderr)
+        return 2
     findings = [f for file in files for f in lint_file(file)]
     for finding in findings:
         print(finding)

@@ -55,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for root in settings.lint:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
+        _check_lint_root(root)
     check_report_paths(settings)
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
@@ -64,6 +65,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
         config.pluginmanager.register(pitfall_fixtures, "fa-pitfalls")
         _add_collection_root(config, PITFALLS_DIR)
+
+
+def _check_lint_root(root: str) -> None:
+    """A ``--fa-lint`` folder whose files cannot be listed (a symlink loop) is a usage error."""
+    from pytest_fa.lint import python_files
+
+    try:
+        python_files([root])
+    except OSError as exc:
+        raise pytest.UsageError(f"--fa-lint={root}: {exc}") from None
 
 
 def _add_collection_root(config: pytest.Config, path: Path) -> None:

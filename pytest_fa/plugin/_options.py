@@ -96,7 +96,7 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
     value = config.getoption("fa_" + option.name)
     if option.repeat:
         if option.is_path:
-            return _unique(value or [_ini_path(config, p) for p in config.getini(option.ini)])
+            return _unique(value or [_ini_path(config, p) for p in config.getini(option.ini)], option.flag)
         return list(dict.fromkeys(value or config.getini(option.ini)))
     if value is not None:
         return value
@@ -113,10 +113,16 @@ def _resolve(config: pytest.Config, option: Option) -> Any:
         raise pytest.UsageError(f"ini key {option.ini} = {raw!r} is not a valid {option.type.__name__}") from None
 
 
-def _unique(paths: list[str]) -> list[str]:
-    """The paths in order, each file once however it was spelled (relative, absolute, ``..``)."""
+def _unique(paths: list[str], flag: str) -> list[str]:
+    """The paths in order, each file once however it was spelled (relative, absolute, ``..``);
+    a symlink loop is a usage error."""
     seen: dict[Path, str] = {}
     for path in paths:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise pytest.UsageError(f"{flag}={path} is a symlink loop; give the path of a real file or folder") from None
         seen.setdefault(Path(path).resolve(), path)
     return list(seen.values())
 

@@ -47,7 +47,12 @@ class FAState:
 
     def cache_dir(self) -> Path | None:
         cache = getattr(self.config, "cache", None)
-        return None if cache is None else Path(cache.mkdir("pytest-fa"))
+        if cache is None:
+            return None
+        try:
+            return Path(cache.mkdir("pytest-fa"))
+        except OSError as exc:  # a read-only project folder
+            return self.runner.temporary_cache(exc)
 
     # -- thresholds from markers -------------------------------------------------------------
     def thresholds_for(self, node: pytest.Item | None) -> DiagnosticThresholds:

@@ -21,6 +21,7 @@ import io
 import math
 import os
 import pickle
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,7 +86,13 @@ class Bundle:
     @classmethod
     def from_payload(cls, payload: dict[str, Any], source: str = "bundle") -> Bundle:
         version = payload.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, (int, type(None))):
+            raise CheckpointError(
+                f"{source} records format_version={version!r} (a {type(version).__name__}); the format "
+                f"version must be the integer {FORMAT_VERSION}. Re-save the bundle with "
+                "pytest_fa.training.checkpoint.save_bundle"
+            )
+        if version != FORMAT_VERSION:
             raise CheckpointError(
                 f"{source} has bundle format version {version!r}; this pytest-fa reads version "
                 f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle"
@@ -244,9 +251,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; point at the .pt file")
-    if not path.is_file():  # reading a FIFO waits for a writer for ever
+    if not path.is_file():  # opening a pipe blocks until something writes to it
         raise CheckpointError(
-            f"checkpoint {path} is not a regular file (a FIFO, socket or device); point at the .pt file"
+            f"checkpoint {path} is not a regular file (a pipe, socket or device); point at the .pt file"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -257,19 +264,31 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{_RESAVE}"
             ) from exc
         raise CheckpointError(
-            f"{path} is corrupt or truncated, or a pickle that needs arbitrary code to load "
-            f"(unsafe), which pytest-fa refuses ({exc}). {_RESAVE}"
+            f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): the file is "
+            f"corrupt or truncated, or not a torch checkpoint at all. {_RESAVE}"
         ) from exc
     except Exception as exc:  # torch raises many types on a damaged file
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc}); the "
-            "file is corrupt or truncated"
+            f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): "
+            "the file is corrupt or truncated, or not a torch checkpoint at all"
         ) from exc
     if not isinstance(payload, dict):
         raise CheckpointError(
             f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict"
         )
     return payload
+
+
+def _torch_reason(exc: Exception) -> str:
+    """What ``torch.load`` says is wrong, without its advice to load with ``weights_only=False``
+    (which runs the file's code: never for a file pytest-fa refused)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.DOTALL)
+    if found and found.group(1).strip():
+        return f"{type(exc).__name__}: {found.group(1).strip()}"
+    kept = [s for s in re.split(r"(?<=[.:])\s+", text)
+            if s and not re.search(r"weights_only|arbitrary code|trusted source|file an issue|documentation", s)]
+    return f"{type(exc).__name__}: {' '.join(kept)}" if kept else type(exc).__name__
 
 
 def is_bundle(payload: dict[str, Any]) -> bool:
@@ -499,9 +518,11 @@ def _call_factory(make: Callable[..., nn.Module], config: dict[str, Any], source
         model = make(**config) if config else make()
     except TypeError as exc:
         raise CheckpointError(f"{source}: the model factory rejected config {config}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 — the user's code: say whose error it is
+        name = f"{getattr(make, '__module__', '?')}:{getattr(make, '__qualname__', type(make).__name__)}"
         raise CheckpointError(
-            f"{source}: your model factory raised {type(exc).__name__}: {exc} (called with config {config})"
+            f"{source}: your model factory `{name}` ({setting('model')}) raised {type(exc).__name__}: {exc} "
+            f"(called with config {config}); fix the factory so it returns the untrained model"
         ) from exc
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{source}: the model factory returned {type(model).__name__}, not an nn.Module")

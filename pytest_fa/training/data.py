@@ -296,8 +296,9 @@ def _load_mnist1d(config: dict[str, Any]) -> Dataset:
     tensors = _read_mnist1d_cache(path)
     if tensors is None:
         tensors = _generate_mnist1d(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(tensors, path)
+        with contextlib.suppress(OSError):  # a read-only cache: generated again next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(tensors, path)
 
     generator_args = {k: v for k, v in args.items() if k != "url"}
     preprocessing = {"standardised_by": "mnist1d.make_dataset", "generator_args": generator_args}
@@ -323,10 +324,11 @@ def _mnist1d_args(config: dict[str, Any], generator_version: str) -> dict[str, A
     args = mnist1d.data.get_dataset_args(as_dict=True)
     args.update(chosen)
     if json.loads(json.dumps(args)) == args:  # index only what reads back as it was
-        index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(args, sort_keys=True))
-        os.replace(tmp, index)
+        with contextlib.suppress(OSError):  # a read-only cache: asked again next time
+            index.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(args, sort_keys=True))
+            os.replace(tmp, index)
     return args
 
 
@@ -495,7 +497,11 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
         try:
             data = FashionMNIST(str(torchvision_root), train=train, download=False)
         except (RuntimeError, AssertionError, TypeError, ValueError, KeyError, OSError) as exc:
-            raise DataError(f"cannot read Fashion-MNIST from {base}: {exc}") from exc
+            reason = str(exc) or f"torchvision's reader raised {type(exc).__name__}"
+            raise DataError(
+                f"cannot read Fashion-MNIST from {base}: {reason}; the idx files are corrupt or not Fashion-MNIST "
+                f"(re-install them, or pass {setting('data_root')} with the right files)"
+            ) from exc
         images, labels = data.data[:limit], data.targets[:limit]
         if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
             raise DataError(
