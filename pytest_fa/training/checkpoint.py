@@ -265,7 +265,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             ) from exc
         raise CheckpointError(
             f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): the file is "
-            f"corrupt or truncated, or not a torch checkpoint at all. {_RESAVE}"
+            "corrupt or truncated, not a torch checkpoint at all, or a pickle that needs arbitrary code "
+            f"to load (unsafe), which pytest-fa refuses. {_RESAVE}"
         ) from exc
     except Exception as exc:  # torch raises many types on a damaged file
         raise CheckpointError(
