@@ -570,3 +570,72 @@ def test_states_that_did_not_run_name_a_direct_forward_call_as_a_cause():
     message = str(info.value)
     assert "['layer_0', 'layer_1'] did not run" in message
     assert "`layer.forward(x)` bypasses the forward hooks" in message and "call the module, `layer(x)`" in message
+
+
+def _token_norm_medians(states):
+    """By hand: per-token L2 norms of each ``(B, T, d)`` state, median over samples and tokens."""
+    return [float(torch.linalg.vector_norm(s.detach().double(), dim=-1).flatten().median()) for s in states]
+
+
+def _check_all_tokens(model, batches, hand_states, d=16):
+    """The probe's per-layer medians of ‖h_l‖ and ‖g_l‖ equal the hand computation over
+    every token of every sample of every batch; Γ stays one cosine per sample (cls token)."""
+    feedback = init_dfa_feedback(10, [d] * 3, torch.Generator().manual_seed(1))
+    probe = run_probe(model, batches, credit=DFACredit(feedback))
+    assert probe.layout == "tokens_all"
+    hidden, grads = [], []
+    for x, y in batches:
+        logits, states = hand_states(x, y)
+        hidden.append(states)
+        grads.append(torch.autograd.grad(nn.functional.cross_entropy(logits, y), states))
+    samples, tokens = sum(len(y) for _, y in batches), hidden[0][0].shape[1]
+    for layer in range(3):
+        assert probe.hidden_norms[layer].shape == probe.grad_norms[layer].shape == (samples * tokens,)
+        h_hand = _token_norm_medians([torch.cat([b[layer] for b in hidden])])[0]
+        g_hand = _token_norm_medians([torch.cat([b[layer] for b in grads])])[0]
+        assert float(probe.hidden_norms[layer].median()) == pytest.approx(h_hand, rel=1e-9)
+        assert float(probe.grad_norms[layer].median()) == pytest.approx(g_hand, rel=1e-9, abs=1e-300)
+        assert probe.cosines[layer].shape == (samples,)
+    # the head reads the cls token alone: h_L's other tokens get no gradient, so their median is 0
+    assert float(probe.grad_norms[-1].median()) == 0.0 and tokens >= 3
+
+
+def test_vit_mini_states_read_per_token_equal_the_hand_medians():
+    torch.manual_seed(0)
+    vit = build_model("vit-mini", input_shape=[40], num_classes=10, d=16, depth=2, heads=2).eval()
+    vit.hidden_layout = "tokens_all"
+    x, y = _data([40])
+    batches = [(x[:32], y[:32]), (x[32:64], y[32:64])]
+
+    def hand_states(x, y):
+        h = vit.embed_input(x)
+        states = [h]
+        for block in vit.blocks:
+            h = h + block(h)
+            states.append(h)
+        return vit.read_logits(h), states
+
+    _check_all_tokens(vit, batches, hand_states)
+
+
+def test_a_timm_vit_adapted_with_pooling_all_equals_the_hand_medians():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=16, patch_size=8,
+                            depth=2, embed_dim=16, num_heads=2).eval()
+    model = adapt(vit, ["norm_pre", "blocks.*"], norm="norm", head="head", pooling="all")
+    x, y = _data([3, 16, 16])
+    batches = [(x[:32], y[:32]), (x[32:64], y[32:64])]
+
+    def hand_states(x, y):
+        h = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        states = [h]
+        for block in vit.blocks:
+            h = block(h)
+            states.append(h)
+        return vit.forward_head(vit.norm(h)), states
+
+    _check_all_tokens(model, batches, hand_states)
+    report = _check(model, (x, y))  # all 256 samples, 8 batches of 32
+    assert report.layout == "tokens_all" and "per token" in str(report)
+    assert report.layers[0].h_norm == pytest.approx(_token_norm_medians([hand_states(x, y)[1][0]])[0], rel=1e-9)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pytest_fa.errors import ModelInterfaceError, setting
-from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS, eval_mode
+from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLING_LAYOUTS, POOLINGS, eval_mode
 
 
 def _split_patterns(states: str | Sequence[str]) -> list[str]:
@@ -107,7 +107,8 @@ class HookedModel(nn.Module):
     module of ``h_0``, ``blocks`` the modules of ``h_1 … h_L`` (what the frozen-blocks
     baseline freezes), ``model(x, return_hidden=True)`` returns ``(logits, [h_0, …, h_L])``.
     Token states are read per sample at the cls token (``pooling="cls"``) or as the mean
-    over tokens (``"mean"``); feature maps are flattened.
+    over tokens (``"mean"``), or their norms per token with Γ at the cls token (``"all"``);
+    feature maps are flattened.
     """
 
     def __init__(
@@ -162,9 +163,9 @@ class HookedModel(nn.Module):
         return self._readout[1]
 
     def hidden_layout(self, h: torch.Tensor) -> str:
-        """By rank; token states ``(B, T, d)`` at the cls token or as the mean over tokens."""
+        """By rank; token states ``(B, T, d)`` as ``pooling`` says (:data:`POOLING_LAYOUTS`)."""
         if h.dim() == 3:
-            return "tokens_mean" if self.pooling == "mean" else "tokens"
+            return POOLING_LAYOUTS[self.pooling]
         return "vector" if h.dim() == 2 else "spatial"
 
     def read_logits(self, h_L: torch.Tensor) -> torch.Tensor:
@@ -258,10 +259,11 @@ def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> Hook
     """Wrap ``model`` so the protocol reads the residual stream at the named ``states``.
 
     Options: ``block_output`` (``"auto"``, ``"sum"``: blocks return ``h + f(h)``,
-    ``"branch"``: blocks return ``f(h)``), ``pooling`` of token states (``"cls"`` or
-    ``"mean"``), ``norm`` and ``head`` (paths of the terminal norm and the classifier, for
-    the measurements that map ``h_L`` to the logits), ``logits`` (a function picking the
-    logits out of what the model returns).
+    ``"branch"``: blocks return ``f(h)``), ``pooling`` of token states (``"cls"``,
+    ``"mean"``, or ``"all"``: norms per token, median over samples and tokens, Γ at the cls
+    token), ``norm`` and ``head`` (paths of the terminal norm and the classifier, for the
+    measurements that map ``h_L`` to the logits), ``logits`` (a function picking the logits
+    out of what the model returns).
     """
     if isinstance(model, HookedModel):
         raise ModelInterfaceError("the model is adapted already; adapt the model it wraps")

@@ -8,7 +8,8 @@ A model is diagnosable when it exposes::
     model.out_ln + model.out_head  or  model.norm + model.head
 
 Hidden states are read per sample: ``(B, d)`` as is, token states ``(B, T, d)`` at the
-cls token ``h[:, 0, :]`` (or, under ``"tokens_mean"``, as the mean over tokens), and
+cls token ``h[:, 0, :]`` (or, under ``"tokens_mean"``, as the mean over tokens; under
+``"tokens_all"`` the norms are taken per token, :func:`norm_rows`, and Γ at the cls token), and
 feature maps (a model with ``hidden_layout = "spatial"``) flattened. ``hidden_layout`` may
 also be a method ``hidden_layout(h) -> layout``.
 
@@ -28,9 +29,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-LAYOUTS = ("vector", "tokens", "tokens_mean", "spatial")
+LAYOUTS = ("vector", "tokens", "tokens_mean", "tokens_all", "spatial")
 BLOCK_OUTPUTS = ("auto", "sum", "branch")  # what an adapted model's blocks return (pytest_fa.adapt)
-POOLINGS = ("cls", "mean")  # how an adapted model's token states are read
+POOLINGS = ("cls", "mean", "all")  # how an adapted model's token states are read
+POOLING_LAYOUTS = {"cls": "tokens", "mean": "tokens_mean", "all": "tokens_all"}
 
 
 _OR_ADAPT = ("; or name the modules that write h_0 … h_L without renaming anything: "
@@ -110,11 +112,19 @@ def hidden_layout(model: nn.Module, h: torch.Tensor) -> str:
 
 def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
     """``(B, features)`` view of a hidden state or its gradient under ``layout``."""
-    if layout == "tokens":
+    if layout in ("tokens", "tokens_all"):
         return h[:, 0, :]
     if layout == "tokens_mean":
         return h.mean(dim=1)
     return h.reshape(h.shape[0], -1)
+
+
+def norm_rows(h: torch.Tensor, layout: str) -> torch.Tensor:
+    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: one per token ``(B·T, d)``, sample
+    by sample, under ``"tokens_all"``; :func:`per_sample` otherwise."""
+    if layout == "tokens_all":
+        return h.reshape(-1, h.shape[-1])
+    return per_sample(h, layout)
 
 
 def _no_return_hidden(model: nn.Module) -> ModelInterfaceError:
