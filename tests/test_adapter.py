@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -577,9 +578,10 @@ def _token_norm_medians(states):
     return [float(torch.linalg.vector_norm(s.detach().double(), dim=-1).flatten().median()) for s in states]
 
 
-def _check_all_tokens(model, batches, hand_states, d=16):
-    """The probe's per-layer medians of ‖h_l‖ and ‖g_l‖ equal the hand computation over
-    every token of every sample of every batch; Γ stays one cosine per sample (cls token)."""
+def _check_all_tokens(model, at_cls, batches, hand_states, d=16):
+    """The probe's per-layer median ‖h_l‖ equals the hand computation over every token of
+    every sample, its ‖g_l‖ the median over samples of the norm over all tokens; Γ stays one
+    cosine per sample (cls token)."""
     feedback = init_dfa_feedback(10, [d] * 3, torch.Generator().manual_seed(1))
     probe = run_probe(model, batches, credit=DFACredit(feedback))
     assert probe.layout == "tokens_all"
@@ -590,20 +592,25 @@ def _check_all_tokens(model, batches, hand_states, d=16):
         grads.append(torch.autograd.grad(nn.functional.cross_entropy(logits, y), states))
     samples, tokens = sum(len(y) for _, y in batches), hidden[0][0].shape[1]
     for layer in range(3):
-        assert probe.hidden_norms[layer].shape == probe.grad_norms[layer].shape == (samples * tokens,)
+        assert probe.hidden_norms[layer].shape == (samples * tokens,)
+        assert probe.grad_norms[layer].shape == probe.cosines[layer].shape == (samples,)
         h_hand = _token_norm_medians([torch.cat([b[layer] for b in hidden])])[0]
-        g_hand = _token_norm_medians([torch.cat([b[layer] for b in grads])])[0]
+        g_hand = _token_norm_medians([torch.cat([b[layer] for b in grads]).flatten(1)[:, None]])[0]
         assert float(probe.hidden_norms[layer].median()) == pytest.approx(h_hand, rel=1e-9)
         assert float(probe.grad_norms[layer].median()) == pytest.approx(g_hand, rel=1e-9, abs=1e-300)
-        assert probe.cosines[layer].shape == (samples,)
-    # the head reads the cls token alone: h_L's other tokens get no gradient, so their median is 0
-    assert float(probe.grad_norms[-1].median()) == 0.0 and tokens >= 3
+    # the head reads the cls token alone, so h_L's other tokens get no gradient: ‖g_L‖ over all
+    # tokens is the cls token's, where a median over tokens would read 0 and fire (b)
+    cls_probe = run_probe(at_cls, batches)
+    assert cls_probe.layout == "tokens"
+    torch.testing.assert_close(probe.grad_norms[-1], cls_probe.grad_norms[-1], rtol=1e-12, atol=0)
+    assert (probe.grad_norms[-1] > 0).all() and tokens >= 3
 
 
 def test_vit_mini_states_read_per_token_equal_the_hand_medians():
     torch.manual_seed(0)
     vit = build_model("vit-mini", input_shape=[40], num_classes=10, d=16, depth=2, heads=2).eval()
-    vit.hidden_layout = "tokens_all"
+    all_tokens = copy.deepcopy(vit)
+    all_tokens.hidden_layout = "tokens_all"
     x, y = _data([40])
     batches = [(x[:32], y[:32]), (x[32:64], y[32:64])]
 
@@ -615,7 +622,7 @@ def test_vit_mini_states_read_per_token_equal_the_hand_medians():
             states.append(h)
         return vit.read_logits(h), states
 
-    _check_all_tokens(vit, batches, hand_states)
+    _check_all_tokens(all_tokens, vit, batches, hand_states)
 
 
 def test_a_timm_vit_adapted_with_pooling_all_equals_the_hand_medians():
@@ -635,7 +642,7 @@ def test_a_timm_vit_adapted_with_pooling_all_equals_the_hand_medians():
             states.append(h)
         return vit.forward_head(vit.norm(h)), states
 
-    _check_all_tokens(model, batches, hand_states)
+    _check_all_tokens(model, adapt(vit, ["norm_pre", "blocks.*"], norm="norm", head="head"), batches, hand_states)
     report = _check(model, (x, y))  # all 256 samples, 8 batches of 32
     assert report.layout == "tokens_all" and "per token" in str(report)
     assert report.layers[0].h_norm == pytest.approx(_token_norm_medians([hand_states(x, y)[1][0]])[0], rel=1e-9)

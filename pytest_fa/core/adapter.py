@@ -107,8 +107,8 @@ class HookedModel(nn.Module):
     module of ``h_0``, ``blocks`` the modules of ``h_1 … h_L`` (what the frozen-blocks
     baseline freezes), ``model(x, return_hidden=True)`` returns ``(logits, [h_0, …, h_L])``.
     Token states are read per sample at the cls token (``pooling="cls"``) or as the mean
-    over tokens (``"mean"``), or their norms per token with Γ at the cls token (``"all"``);
-    feature maps are flattened.
+    over tokens (``"mean"``), or all tokens (``"all"``: ``‖h_l‖`` per token, ``‖g_l‖`` per
+    sample over all its tokens, Γ at the cls token); feature maps are flattened.
     """
 
     def __init__(
@@ -260,8 +260,8 @@ def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> Hook
 
     Options: ``block_output`` (``"auto"``, ``"sum"``: blocks return ``h + f(h)``,
     ``"branch"``: blocks return ``f(h)``), ``pooling`` of token states (``"cls"``,
-    ``"mean"``, or ``"all"``: norms per token, median over samples and tokens, Γ at the cls
-    token), ``norm`` and ``head`` (paths of the terminal norm and the classifier, for the
+    ``"mean"``, or ``"all"``: ``‖h_l‖`` per token, median over samples and tokens, ``‖g_l‖``
+    per sample over all its tokens, Γ at the cls token), ``norm`` and ``head`` (paths of the terminal norm and the classifier, for the
     measurements that map ``h_L`` to the logits), ``logits`` (a function picking the logits
     out of what the model returns).
     """

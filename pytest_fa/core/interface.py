@@ -9,7 +9,8 @@ A model is diagnosable when it exposes::
 
 Hidden states are read per sample: ``(B, d)`` as is, token states ``(B, T, d)`` at the
 cls token ``h[:, 0, :]`` (or, under ``"tokens_mean"``, as the mean over tokens; under
-``"tokens_all"`` the norms are taken per token, :func:`norm_rows`, and Γ at the cls token), and
+``"tokens_all"`` ``‖h_l‖`` per token and ``‖g_l‖`` over all tokens, :func:`norm_rows`, and Γ
+at the cls token), and
 feature maps (a model with ``hidden_layout = "spatial"``) flattened. ``hidden_layout`` may
 also be a method ``hidden_layout(h) -> layout``.
 
@@ -119,12 +120,14 @@ def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
     return h.reshape(h.shape[0], -1)
 
 
-def norm_rows(h: torch.Tensor, layout: str) -> torch.Tensor:
-    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: one per token ``(B·T, d)``, sample
-    by sample, under ``"tokens_all"``; :func:`per_sample` otherwise."""
+def norm_rows(t: torch.Tensor, layout: str, *, gradient: bool = False) -> torch.Tensor:
+    """The rows whose norms give ``‖h_l‖`` (or, with ``gradient``, ``‖g_l‖``); :func:`per_sample`
+    except under ``"tokens_all"``: a state one row per token ``(B·T, d)``, sample by sample, a
+    gradient one row per sample over all its tokens ``(B, T·d)`` (a head that reads the cls
+    token sends no gradient to the other tokens of ``h_L``: per token, their median would be 0)."""
     if layout == "tokens_all":
-        return h.reshape(-1, h.shape[-1])
-    return per_sample(h, layout)
+        return t.reshape(t.shape[0], -1) if gradient else t.reshape(-1, t.shape[-1])
+    return per_sample(t, layout)
 
 
 def _no_return_hidden(model: nn.Module) -> ModelInterfaceError:

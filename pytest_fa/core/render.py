@@ -91,7 +91,7 @@ LAYOUTS = {
     "vector": "",
     "tokens": "token states read at the cls token",
     "tokens_mean": "token states read as the mean over tokens",
-    "tokens_all": "token states' norms read per token (medians over samples and tokens), Γ at the cls token",
+    "tokens_all": "‖h_l‖ read per token, ‖g_l‖ over all tokens, Γ at the cls token",
     "spatial": "feature maps read flattened",
 }
 

@@ -396,14 +396,12 @@ def evaluate_frozen_margin(m: Measurement, thresholds: DiagnosticThresholds) -> 
 
 
 def layer_gains(probe: Probe) -> list[float | None]:
-    """Median over samples of the backward gain ``‖g_l‖ / ‖dCE/dlogits‖`` at each ``h_l``
-    (over samples and tokens when the norms are per token: each token's over its sample's)."""
+    """Median over samples of the backward gain ``‖g_l‖ / ‖dCE/dlogits‖`` at each ``h_l``."""
     if probe.logit_grad_norms is None:
         return [None] * probe.num_layers
     gains = []
     for norms in probe.grad_norms:
-        logit_norms = probe.logit_grad_norms.repeat_interleave(len(norms) // len(probe.logit_grad_norms))
-        gain = D.median_defined(D.backward_gain(norms, logit_norms))
+        gain = D.median_defined(D.backward_gain(norms, probe.logit_grad_norms))
         gains.append(None if math.isnan(gain) else gain)
     return gains
 

@@ -54,7 +54,8 @@ class ProtocolSettings:
         "from the forward pass, the default)", metavar="KIND"))
     pooling: str = field(default="cls", metadata=option(
         "with --fa-hidden: read token states (B, T, d) at the cls token (cls, the default), as the "
-        "mean over tokens (mean), or their norms per token with Γ at the cls token (all)", metavar="KIND"))
+        "mean over tokens (mean), or all tokens (all: ‖h_l‖ per token, ‖g_l‖ "
+        "per sample over all tokens, Γ at the cls token)", metavar="KIND"))
     credit: str | None = field(default=None, metadata=option(
         "your method's credit signal for Γ: package.module:make_credit, called as make_credit(model, "
         "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]; or own-backward: what the "
