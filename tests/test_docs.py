@@ -33,8 +33,9 @@ pytestmark = [
 
 
 # -- docs/options.md ---------------------------------------------------------------------------
-def _generator():
-    spec = importlib.util.spec_from_file_location("options_doc", ROOT / "tools" / "options_doc.py")
+def _generator(name: str = "options_doc"):
+    """The module of ``tools/<name>.py``, a script outside the package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

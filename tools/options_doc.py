@@ -59,15 +59,20 @@ def render() -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str]) -> int:
-    text = render()
+def write_or_check(doc: Path, text: str, argv: list[str], script: str) -> int:
+    """Write ``text`` to ``doc``; with ``--check`` in ``argv`` write nothing and return 1 when
+    ``doc`` differs from it."""
     if "--check" in argv:
-        if DOC.read_text(encoding="utf-8") != text:
-            print(f"{DOC} is out of date: run python tools/options_doc.py", file=sys.stderr)
+        if doc.read_text(encoding="utf-8") != text:
+            print(f"{doc} is out of date: run python tools/{script}", file=sys.stderr)
             return 1
         return 0
-    DOC.write_text(text, encoding="utf-8")
+    doc.write_text(text, encoding="utf-8")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return write_or_check(DOC, render(), argv, "options_doc.py")
 
 
 if __name__ == "__main__":
