@@ -851,6 +851,8 @@ def test_plain_state_dict_with_model_factory(pytester, plain_checkpoint, bp_trut
     assert "1 epochs" in report["context"]["frozen_baseline"]
     # nothing records the model's budget: the session says so beside the result
     assert "FABudgetWarning: the frozen-blocks baseline of plain.pt is trained for 1 epochs" in output(result)
+    # under pytest the warning names the option, not the library's setting
+    assert "--fa-frozen-acc=ACC" in output(result) and "setting `frozen_acc" not in output(result)
 
 
 def test_frozen_epochs_below_one_is_a_clear_error(pytester, plain_checkpoint):

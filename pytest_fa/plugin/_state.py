@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_fa.errors import as_flags
+from pytest_fa.errors import FABudgetWarning, FACacheWarning, as_flags
 from pytest_fa.core.settings import SessionSettings
 from pytest_fa.core.thresholds import DiagnosticThresholds
 
@@ -122,7 +124,8 @@ class FAState:
         if key in self._errors:
             raise self._errors[key]
         try:
-            return self.runner.report(key[0], key[1], cache_dir=self.cache_dir())
+            with _warnings_as_flags():
+                return self.runner.report(key[0], key[1], cache_dir=self.cache_dir())
         except Exception as exc:
             self._errors[key] = exc
             raise
@@ -180,3 +183,21 @@ class FAState:
 
         for entry in entries:
             self._worker_reports.setdefault(entry["path"], DiagnosticReport.from_dict(entry["report"]))
+
+
+@contextlib.contextmanager
+def _warnings_as_flags():
+    """pytest-fa's own warnings name settings as ``setting `frozen_acc=ACC```; under pytest
+    they are given again naming the option, ``--fa-frozen-acc=ACC``. Other warnings pass as
+    they came."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for warning in caught:
+            if issubclass(warning.category, (FABudgetWarning, FACacheWarning)):
+                warnings.warn(warning.category(as_flags(str(warning.message))), stacklevel=3)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
