@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# pytester's in-process runs drop the modules first imported inside them, and numpy's C
+# extensions (reached from mnist1d through scipy) cannot be loaded twice in one process:
+# import them here, outside every run.
 import mnist1d.data  # noqa: F401
 import pytest
 
@@ -10,9 +13,6 @@ import pytest
 from pytest_fa.pitfalls import fixtures as pitfall_fixtures
 from pytest_fa.pitfalls.fixtures import fa_realisation  # noqa: F401
 
-# pytester's in-process runs drop the modules first imported inside them, and numpy's C
-# extensions (reached from mnist1d through scipy) cannot be loaded twice in one process:
-# import them here, outside every run.
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # under --fa-pitfalls the pitfall suite's own hook parametrises these tests already

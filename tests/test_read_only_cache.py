@@ -19,8 +19,11 @@ WARNING = "FACacheWarning: cannot write the pytest-fa cache"
 
 
 def run(pytester: pytest.Pytester, checkpoint, *args: str) -> tuple[pytest.RunResult, str]:
+    # the items judge a small BP bundle against a baseline trained on this machine (a margin of
+    # 3.5-4.2 pp seen); a threshold far below it keeps every item passing on any realisation,
+    # so an item fails only for the cache
     result = pytester.runpytest_subprocess("--fa-device=cpu", f"--fa-checkpoint={checkpoint}", "--fa-report-json=out.json",
-                                           *args)
+                                           "--fa-frozen-margin-pp=-50", *args)
     text = result.stdout.str() + "\n" + result.stderr.str()
     assert "Traceback" not in text and "INTERNALERROR" not in text, text
     return result, text

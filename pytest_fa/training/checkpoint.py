@@ -89,8 +89,7 @@ class Bundle:
         if isinstance(version, bool) or not isinstance(version, (int, type(None))):
             raise CheckpointError(
                 f"{source} records format_version={version!r} (a {type(version).__name__}); the format "
-                f"version must be the integer {FORMAT_VERSION}. Re-save the bundle with "
-                "pytest_fa.training.checkpoint.save_bundle"
+                f"version must be the integer {FORMAT_VERSION}. {_RESAVE_BUNDLE}"
             )
         if version != FORMAT_VERSION:
             raise CheckpointError(

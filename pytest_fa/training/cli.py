@@ -20,7 +20,9 @@ from pytest_fa.core.settings import SettingError, check_device
 
 DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 #: each architecture's parameters among ``d`` (``--width``) and ``depth`` (``--depth``)
-ARCH_PARAMETERS = {"resmlp": ("d", "depth"), "smallcnn": ("depth",), "studentnet": ("d", "depth"), "vit-mini": ("d", "depth")}
+ARCH_PARAMETERS = {
+    "resmlp": ("d", "depth"), "smallcnn": ("depth",), "studentnet": ("d", "depth"), "vit-mini": ("d", "depth"),
+}
 METHODS = ("bp", "credit_bridge", "dfa", "ep", "fa", "frozen", "state_bridge")
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = (42,)
