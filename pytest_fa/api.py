@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from pytest_fa.core import interface
-from pytest_fa.core.credit import OWN_BACKWARD, CreditSignal, OwnBackwardCredit
+from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.probe import at_least_float32
+from pytest_fa.core.reference import CreditSignal
 from pytest_fa.core.report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
 from pytest_fa.core.settings import ProtocolSettings, SettingError
 from pytest_fa.core.thresholds import DiagnosticThresholds

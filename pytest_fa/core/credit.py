@@ -1,7 +1,7 @@
 """Credit signals ``a_l``: what a method uses in place of the true gradient at ``h_l``.
 
-A credit signal is any callable ``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` whose
-entries are per-sample rows ``(B, F)`` in the same layout the protocol reads ``h_l`` in
+Each is a :class:`~pytest_fa.core.reference.CreditSignal`: ``credit(x, y, logits, hiddens)
+-> [a_0, ..., a_L]``, per-sample rows ``(B, F)`` in the layout the protocol reads ``h_l`` in
 (cls token for token models), or ``None`` at a layer where the method assigns no credit.
 It is always evaluated on the very forward pass that produced the reference gradient, so
 credit and reference see the same batch, mode and dropout mask.
@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from pytest_fa.core import interface
+from pytest_fa.core.backprop import training_loss_gradient
+from pytest_fa.core.reference import ce_grads
 from pytest_fa.errors import FeedbackError
-
-
-class CreditSignal(Protocol):
-    """``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` (entries ``(B, F)`` or None)."""
-
-    def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, hiddens: list[torch.Tensor]
-    ) -> Sequence[torch.Tensor | None]: ...
 
 
 def output_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -41,8 +34,6 @@ class BPCredit:
         self._read = read
 
     def __call__(self, x, y, logits, hiddens):
-        from pytest_fa.core.reference import ce_grads
-
         return [self._read(g) for g in ce_grads(logits, y, hiddens, retain_graph=True)]
 
 
@@ -63,9 +54,6 @@ class OwnBackwardCredit:
         self.model = model
 
     def __call__(self, x, y, logits, hiddens):
-        from pytest_fa.core.backprop import training_loss_gradient
-        from pytest_fa.core.reference import ce_grads
-
         reached = [i for i, h in enumerate(hiddens) if h.requires_grad]
         with training_loss_gradient(self.model, logits, y):
             grads = ce_grads(logits, y, [hiddens[i] for i in reached], retain_graph=True, allow_unused=True)

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_fa.core import interface
-from pytest_fa.core.credit import CreditSignal
-from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.reference import CreditSignal, reference_pass
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from pytest_fa.core import interface
-from pytest_fa.core.credit import CreditSignal, output_error
+from pytest_fa.core.credit import output_error
 from pytest_fa.core.diagnostics import cosine_per_sample, output_error_rel_error, per_sample_norms
 from pytest_fa.errors import DataError, NonFiniteError
-from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.reference import CreditSignal, reference_pass
 
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,14 @@ from pytest_fa.core import interface
 from pytest_fa.core.backprop import BackpropCheck, check_twin
 from pytest_fa.errors import CreditSignalError, FAError, ModelInterfaceError, NonFiniteError, setting
 
-if TYPE_CHECKING:
-    from pytest_fa.core.credit import CreditSignal
+
+class CreditSignal(Protocol):
+    """``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` (entries ``(B, F)`` or None): a
+    method's credit, evaluated on the reference pass (:data:`CREDIT_CONTRACT`)."""
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, hiddens: list[torch.Tensor]
+    ) -> Sequence[torch.Tensor | None]: ...
 
 
 @dataclass

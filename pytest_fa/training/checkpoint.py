@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from pytest_fa.core.credit import CreditSignal
+from pytest_fa.core.reference import CreditSignal
 from pytest_fa.errors import CheckpointError, FeedbackError, setting
 from pytest_fa.training.methods import METHODS, MethodState, get_method
 
@@ -436,7 +436,7 @@ class CreditFactory(Protocol):
     ``hidden`` setting names its states. ``checkpoint`` is the :class:`LoadedCheckpoint`:
     ``path``, ``bundle`` (None for a plain state dict), ``state.feedback`` and ``state.config``
     (the bundle's feedback matrices and method config) and ``method``. The returned
-    :class:`~pytest_fa.core.credit.CreditSignal` ``credit(x, y, logits, hiddens)`` returns
+    :class:`~pytest_fa.core.reference.CreditSignal` ``credit(x, y, logits, hiddens)`` returns
     ``[a_0, …, a_L]``: one ``(B, F_l)`` row per state ``h_l`` of ``hiddens``, or None where
     the method assigns no credit; it is evaluated on the forward pass of the reference.
     """

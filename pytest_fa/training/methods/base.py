@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_fa.core import interface
-from pytest_fa.core.credit import CreditSignal
+from pytest_fa.core.reference import CreditSignal
 
 
 @dataclass
