@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.core import registry
 from pytest_fa.core.interface import per_sample
-from pytest_fa.core.render import MEANING
-from pytest_fa.core.report import DiagnosticReport, frozen_ceiling_reason
+from pytest_fa.core.report import DiagnosticReport
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import NonFiniteError
 from pytest_fa.training.frozen import check_budget
@@ -31,7 +31,7 @@ def _rows(t: torch.Tensor, layout: str | None) -> torch.Tensor:
 
 
 def _fail(title: str, lines: Sequence[str], key: str) -> None:
-    body = "\n".join([title, *lines, f"Meaning: {MEANING[key]}"])
+    body = "\n".join([title, *lines, f"Meaning: {registry.get(key).meaning}"])
     raise AssertionError(body)
 
 
@@ -97,7 +97,8 @@ def assert_grad_above_floor(
         g, b, layer, gain = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None, None
         rule = "paper"
     restated = D.grad_at_reference_batch(g, b, ref)
-    if D.floor_fires(restated, gain, floor, limits.gain_floor, rule):
+    fires, submode = D.floor_rule(restated, gain, floor, limits.gain_floor, rule)
+    if fires:
         where = f"h_{layer}" if layer is not None else "h_L"
         lines = [
             f"Median per-sample ‖g‖ at {where}: {g:.4g} at batch size {b} "
@@ -108,7 +109,7 @@ def assert_grad_above_floor(
             lines.append(
                 f"Backward gain ‖g‖ / ‖dCE/dlogits‖ at {where}: {gain:.4g} "
                 f"(gain_floor {limits.gain_floor:g}): "
-                f"{D.floor_submode(restated, gain, floor, limits.gain_floor)}; rule: {rule}"
+                f"{submode}; rule: {rule}"
             )
         lines.append("Any cosine to this reference is against noise; Γ at this layer is undefined.")
         _fail("BP reference gradient at the numerical floor: diagnostic (b) fires.", lines, "b")
@@ -183,9 +184,9 @@ def assert_beats_frozen(
     ]
     if D.frozen_at_ceiling(trained_acc, frozen_acc, margin_pp, samples):
         raise AssertionError("\n".join([
-            f"Diagnostic (d) is {D.FROZEN_CEILING}: it cannot say whether trained blocks beat random frozen blocks.",
+            f"Diagnostic (d) is {registry.FROZEN_CEILING}: it cannot say whether trained blocks beat random frozen blocks.",
             *measured,
-            f"Rule: {frozen_ceiling_reason(trained_acc, frozen_acc, margin_pp, samples)}.",
+            f"Rule: {D.frozen_ceiling_reason(trained_acc, frozen_acc, margin_pp, samples)}.",
         ]))
     if not margin >= margin_pp:
         _fail("Trained blocks do not beat random frozen blocks: diagnostic (d) fires.", measured, "d")

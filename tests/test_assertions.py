@@ -25,7 +25,7 @@ from pytest_fa.assertions import (
     assert_trustworthy,
 )
 from pytest_fa.core.credit import DFACredit
-from pytest_fa.core.render import MEANING
+from pytest_fa.core import registry
 from pytest_fa.core.report import DiagnosticReport, diagnose
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.training.data import eval_batches
@@ -131,7 +131,7 @@ def dfa_report(dfa_trained, small_batches) -> DiagnosticReport:
 
 
 def assert_meaning(message: str, key: str) -> None:
-    assert MEANING[key] in message, message
+    assert registry.get(key).meaning in message, message
 
 
 def g4(x: float) -> str:
@@ -437,7 +437,7 @@ def test_beats_frozen_at_the_ceiling_fails_as_not_informative_not_as_d_firing():
     assert message.startswith("Diagnostic (d) is not informative (both accuracies at the ceiling): it cannot say")
     assert "Trained accuracy 1.0000 − frozen-blocks accuracy 1.0000 = +0.00 pp, sample count not known" in message
     assert "Rule: trained 1.0000 − frozen 1.0000, both within 2 pp of 1.0: the margin is at most" in message
-    assert "fires" not in message and MEANING["d"] not in message
+    assert "fires" not in message and registry.get("d").meaning not in message
     with pytest.raises(AssertionError) as info:
         assert_beats_frozen(1.0, 0.999, samples=12000)
     message = str(info.value)

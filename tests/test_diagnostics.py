@@ -159,11 +159,10 @@ def test_frozen_margin_is_in_points_and_rejects_non_fractions():
 
 @pytest.mark.parametrize("read", [
     lambda: D.grad_floor(math.nan, 128),
-    lambda: D.floor_submode(math.nan, 1.0),
-    lambda: D.floor_fires(math.nan, 1.0),
-    lambda: D.floor_fires(math.nan, None),
-    lambda: D.floor_fires(math.nan, 1e-9, rule="paper"),
-], ids=["grad_floor", "floor_submode", "decomposed", "no-gain", "paper"])
+    lambda: D.floor_rule(math.nan, 1.0),
+    lambda: D.floor_rule(math.nan, None),
+    lambda: D.floor_rule(math.nan, 1e-9, rule="paper"),
+], ids=["grad_floor", "decomposed", "no-gain", "paper"])
 def test_a_nan_reference_is_not_a_measurement_under_any_rule(read):
     """Before, a NaN was above the floor in one reading and at it in another."""
     with pytest.raises(NonFiniteError, match=r"‖g_L‖ is NaN, which is not a measurement: \(b\) cannot say"):

@@ -200,8 +200,10 @@ def test_the_float32_output_error_is_exact_to_the_roundoff_over_its_norm(seed, m
     floor=st.floats(1e-12, 1e-3), gain_floor=st.floats(1e-8, 1.0),
 )
 def test_the_sub_modes_partition_the_floor(g_ref, gain, floor, gain_floor):
-    submode = D.floor_submode(g_ref, gain, floor, gain_floor)
+    fires, submode = D.floor_rule(g_ref, gain, floor, gain_floor)
     assert (submode == D.FLOOR_SUBMODES[0]) == (g_ref >= floor)
     if g_ref < floor:
         assert (submode == D.FLOOR_SUBMODES[1]) == (gain < gain_floor)
-    assert D.floor_submode(g_ref, math.nan, floor, gain_floor) in (D.FLOOR_SUBMODES[0], D.FLOOR_SUBMODES[2])
+    assert fires == (submode == D.FLOOR_SUBMODES[1])
+    assert D.floor_rule(g_ref, gain, floor, gain_floor, "paper") == (g_ref < floor, submode)
+    assert D.floor_rule(g_ref, math.nan, floor, gain_floor)[1] in (D.FLOOR_SUBMODES[0], D.FLOOR_SUBMODES[2])

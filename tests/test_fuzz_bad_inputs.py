@@ -45,8 +45,8 @@ import pytest_fa.training.trainer as trainer
 from pytest_fa import __version__
 from pytest_fa.core import registry
 from pytest_fa.core.markdown import markdown_report
-from pytest_fa.core.render import seed_table, summary_table
-from pytest_fa.core.seeds import seed_groups
+from pytest_fa.core.report import summary_table
+from pytest_fa.core.seeds import seed_groups, seed_table
 from pytest_fa.core.settings import ProtocolSettings, SessionSettings
 from pytest_fa.errors import CreditSignalError, FAError, as_flags
 from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, session_settings

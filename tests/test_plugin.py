@@ -27,7 +27,7 @@ import pytest_fa
 import pytest_fa.assertions  # noqa: F401
 import pytest_fa.protocol  # noqa: F401
 import pytest_fa.training.trainer  # noqa: F401
-from pytest_fa.core.render import MEANING
+from pytest_fa.core import registry
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.training.checkpoint import load_bundle, load_checkpoint
 from pytest_fa.training.data import dataset_from_spec, eval_batches
@@ -270,10 +270,10 @@ def test_failing_growth_item_shows_value_threshold_layer_meaning_verdict(pyteste
     assert f"fires > {threshold:.3g}×" in text
     assert f"at block {bp_truth['a_block']}" in text
     assert f"‖h_{bp_truth['a_block'] + 1}‖ / ‖h_{bp_truth['a_block']}‖" in text
-    assert f"meaning: {MEANING['a']}" in text
+    assert f"meaning: {registry.get('a').meaning}" in text
     assert "verdict: needs walk-back: (a)" in text
     assert_no_internal_traceback(output(result))
-    result.stdout.fnmatch_lines(["VERDICT: needs walk-back: (a)", f"  (a) {MEANING['a']}"])
+    result.stdout.fnmatch_lines(["VERDICT: needs walk-back: (a)", f"  (a) {registry.get('a').meaning}"])
 
 
 def test_failing_margin_item(pytester, bp_bundle, bp_truth):
@@ -288,7 +288,7 @@ def test_failing_margin_item(pytester, bp_bundle, bp_truth):
     margin = 100 * bp_truth["headline"]
     assert f"{margin:.3g} pp (fires < 99 pp)" in text
     assert f"trained {bp_truth['headline']:.4f} − frozen 0.0000" in text
-    assert f"meaning: {MEANING['d']}" in text
+    assert f"meaning: {registry.get('d').meaning}" in text
     assert "verdict: needs walk-back: (d)" in text
     assert_no_internal_traceback(output(result))
 
@@ -608,7 +608,7 @@ def test_marker_and_fixtures_once_per_checkpoint(pytester, bp_bundle, dfa_bundle
         assert rep.failed
         assert dict(rep.user_properties)["thresholds"] == (1.0, 50.0, 1.0)
         text = str(rep.longrepr)
-        assert "Floor: 1 (grad_floor" in text and f"h_{depth}" in text and MEANING["b"] in text
+        assert "Floor: 1 (grad_floor" in text and f"h_{depth}" in text and registry.get("b").meaning in text
 
     bad = user["test_user.py::test_unknown_kwarg"]
     assert bad.failed and "unknown threshold(s) ['bogus']" in str(bad.longrepr)

@@ -9,8 +9,7 @@ import torch
 import pytest_fa
 from pytest_fa.core import registry
 from pytest_fa.core.markdown import markdown_report
-from pytest_fa.core.render import MEANING, summary_table
-from pytest_fa.core.report import DiagnosticResult
+from pytest_fa.core.report import DiagnosticResult, summary_table
 from pytest_fa.core.thresholds import DiagnosticThresholds, threshold_fields
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,7 +37,6 @@ def test_the_four_diagnostics_are_the_registry():
     assert registry.walk_back_keys() == ("a", "b", "d")
     fields = {f.name for f in threshold_fields()}
     assert all(d.threshold in fields for d in registry.DIAGNOSTICS)
-    assert dict(MEANING) == {d.key: d.meaning for d in registry.DIAGNOSTICS}
     with pytest.raises(KeyError, match="no diagnostic 'z'"):
         registry.get("z")
     with pytest.raises(ValueError, match="exists"):
@@ -69,8 +67,7 @@ def test_a_fifth_diagnostic_reaches_the_seed_table_and_the_comparison():
     import copy
 
     from pytest_fa.core.compare import CROSSED, compare_reports, figures, parse_fail_spec
-    from pytest_fa.core.render import seed_columns, seed_table
-    from pytest_fa.core.seeds import SeedGroup, statistic_names
+    from pytest_fa.core.seeds import SeedGroup, seed_columns, seed_table, statistic_names
 
     assert statistic_names() == ("headline_acc", "growth", "grad_ref", "margin_pp", "deep_gamma")
     assert seed_columns()[3:6] == ("(a) growth", "(b) ‖g_L‖", "(d) margin pp")

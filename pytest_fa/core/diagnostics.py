@@ -100,34 +100,6 @@ def grad_at_reference_batch(
     return grad_norm * batch_size / reference_batch_size
 
 
-def measured_reference(g_ref: float) -> float:
-    """``g_ref`` when it is a measurement: the one NaN rule of diagnostic (b).
-
-    A NaN reference gradient norm is not a measurement, neither above the floor nor at it:
-    :class:`~pytest_fa.errors.NonFiniteError`. Every reading of the floor
-    (:func:`grad_floor`, :func:`floor_submode`, :func:`floor_fires`, the report's (b)) goes
-    through here, so no caller can give a verdict on it.
-    """
-    if math.isnan(g_ref):
-        raise NonFiniteError(
-            "the reference gradient norm ‖g_L‖ is NaN, which is not a measurement: (b) cannot say "
-            "whether it is at the floor; measure it again on a model and eval batches whose "
-            "backward pass is finite"
-        )
-    return g_ref
-
-
-def grad_floor(
-    grad_norm: float,
-    batch_size: int,
-    floor: float = 1e-7,
-    reference_batch_size: int = REFERENCE_BATCH_SIZE,
-) -> bool:
-    """Diagnostic (b): True when ``‖g_L‖`` restated at ``B_ref`` is below ``floor``
-    (:class:`~pytest_fa.errors.NonFiniteError` on a NaN, see :func:`measured_reference`)."""
-    return measured_reference(grad_at_reference_batch(grad_norm, batch_size, reference_batch_size)) < floor
-
-
 OUTPUT_ERROR_TOLERANCE = 1e-2
 """Largest relative error of a sample's output error ``e_i`` (as the backward pass carried
 it) for which its reference gradient still counts as a direction: beyond it, the
@@ -176,36 +148,52 @@ def median_defined(values: torch.Tensor) -> float:
 FLOOR_SUBMODES = ("above the floor", "Mode 1: backward gain collapsed", "error-saturated")
 
 
-def floor_submode(g_ref: float, gain: float, floor: float = 1e-7, gain_floor: float = 1e-3) -> str:
-    """Sub-mode of diagnostic (b) from the decomposition ``‖g_L‖·B = gain · ‖e‖``.
-
-    ``above the floor`` when ``g_ref ≥ floor``; below it, ``Mode 1`` when the median gain is
-    below ``gain_floor`` (the terminal norm and head no longer pass the error back) and
-    ``error-saturated`` when the gain is healthy and the error itself vanished (also when no
-    gain is defined because every ``e_i`` is exactly zero). A NaN ``g_ref`` has no sub-mode
-    (:func:`measured_reference`).
-    """
-    if measured_reference(g_ref) >= floor:
-        return FLOOR_SUBMODES[0]
-    if gain < gain_floor:
-        return FLOOR_SUBMODES[1]
-    # a healthy gain, or none defined because every error is exactly zero
-    return FLOOR_SUBMODES[2]
-
-
-def floor_fires(
+def floor_rule(
     g_ref: float, gain: float | None, floor: float = 1e-7, gain_floor: float = 1e-3, rule: str = "decomposed"
-) -> bool:
-    """Whether diagnostic (b) fires on a reference ``g_ref`` (restated at the floor's batch).
+) -> tuple[bool, str]:
+    """Diagnostic (b): whether it fires, and its sub-mode, on the reference ``g_ref`` (the median
+    ``‖g_L‖`` restated at the floor's batch size, :func:`grad_at_reference_batch`) and the
+    median backward gain ``‖g_L‖ / ‖dCE/dlogits‖`` at ``h_L``.
 
-    ``rule="paper"``, or no gain measured (``gain is None``): the floor alone.
-    ``"decomposed"``: only in Mode 1 (:func:`floor_submode`); a gain that is NaN because every
-    error is exactly zero counts as error-saturated. A NaN ``g_ref`` is refused under either
-    rule (:func:`measured_reference`).
+    With a batch-mean CE, ``‖g_L‖ · B = gain · ‖e‖``, so a reference below ``floor`` has one
+    of two causes:
+
+    - ``gain < gain_floor``: *Mode 1: backward gain collapsed*, the terminal norm and head no
+      longer pass the error back. (b) fires.
+    - a healthy gain, or none defined (NaN) because every error ``e_i`` is exactly zero:
+      *error-saturated*, the model became confident. (b) does not fire.
+
+    At or above ``floor``: *above the floor*, and (b) does not fire. ``rule="paper"`` fires on
+    the floor alone, as the reference implementation does (same sub-modes); so does a
+    reference measured without a gain (``gain=None``: sub-mode *at the floor* below it).
+    A NaN ``g_ref`` is not a measurement, neither above the floor nor at it:
+    :class:`~pytest_fa.errors.NonFiniteError`, under every rule.
     """
-    if rule == "paper" or gain is None:
-        return measured_reference(g_ref) < floor
-    return floor_submode(g_ref, gain, floor, gain_floor) == FLOOR_SUBMODES[1]
+    if math.isnan(g_ref):
+        raise NonFiniteError(
+            "the reference gradient norm ‖g_L‖ is NaN, which is not a measurement: (b) cannot say "
+            "whether it is at the floor; measure it again on a model and eval batches whose "
+            "backward pass is finite"
+        )
+    below = g_ref < floor
+    if gain is None:
+        return below, "at the floor" if below else FLOOR_SUBMODES[0]
+    if not below:
+        submode = FLOOR_SUBMODES[0]
+    else:  # NaN < gain_floor is False: an undefined gain counts as error-saturated
+        submode = FLOOR_SUBMODES[1] if gain < gain_floor else FLOOR_SUBMODES[2]
+    return (below if rule == "paper" else submode == FLOOR_SUBMODES[1]), submode
+
+
+def grad_floor(
+    grad_norm: float,
+    batch_size: int,
+    floor: float = 1e-7,
+    reference_batch_size: int = REFERENCE_BATCH_SIZE,
+) -> bool:
+    """Whether ``‖g_L‖`` restated at ``B_ref`` is below ``floor``: the floor alone, the paper's
+    (b) (:func:`floor_rule` without a gain)."""
+    return floor_rule(grad_at_reference_batch(grad_norm, batch_size, reference_batch_size), None, floor)[0]
 
 
 def direction_stability(batch_mean_grads: torch.Tensor) -> float:
@@ -243,12 +231,6 @@ def frozen_margin_pp(trained_acc: float, frozen_acc: float) -> float:
         if not 0.0 <= acc <= 1.0:
             raise ValueError(f"{name} accuracy {acc} is not a fraction in [0, 1]")
     return 100.0 * (trained_acc - frozen_acc)
-
-
-NOT_INFORMATIVE = "not informative"
-"""How the sub-mode of a diagnostic that was measured but cannot give a verdict begins."""
-FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
-"""The sub-mode of a (d) that cannot be measured: see :func:`frozen_at_ceiling`."""
 
 
 CEILING_Z = 2.0
@@ -293,6 +275,21 @@ def frozen_at_ceiling(trained_acc: float, frozen_acc: float, margin_pp: float = 
     Without ``n`` the observed headroom: ``100·(1 − acc) < margin_pp``.
     """
     return headroom_lower_bound_pp(frozen_acc, n) < margin_pp and headroom_lower_bound_pp(trained_acc, n) < margin_pp
+
+
+def frozen_ceiling_reason(trained_acc: float, frozen_acc: float, margin_pp: float, n: int | None = None) -> str:
+    """Why (d) cannot show ``margin_pp`` at the ceiling (:func:`frozen_at_ceiling`), with both
+    accuracies, ``n`` and the rule's numbers."""
+    shown = f"trained {trained_acc:.4f} − frozen {frozen_acc:.4f}"
+    if n is None:
+        why = (f"{shown}, both within {margin_pp:g} pp of 1.0: the margin is at most 100·(1 − frozen) = "
+               f"{100 * (1 - frozen_acc):.2f} pp, so it cannot reach {margin_pp:g} pp")
+    else:
+        why = (f"{shown} on n = {n} samples: the Wilson lower bound (z = {CEILING_Z:g}) of each error rate is "
+               f"below {margin_pp:g} pp (trained {headroom_lower_bound_pp(trained_acc, n):.2f} pp, frozen "
+               f"{headroom_lower_bound_pp(frozen_acc, n):.2f} pp), so {n} samples cannot show a {margin_pp:g} pp margin")
+    return (f"{why} whatever the blocks learned; run (d) on a task or split the frozen-blocks model does not solve"
+            + ("" if n is None else ", or measure both accuracies on more samples"))
 
 
 def mean_defined(values: torch.Tensor) -> tuple[float, int]:

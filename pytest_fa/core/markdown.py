@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pytest_fa.core import registry
+from pytest_fa.core.render import comparison, fmt, fmt_gamma, fmt_null
+from pytest_fa.core.report import DiagnosticReport, measured_on, saturation_note
+from pytest_fa.core.seeds import seed_columns, seed_groups, seed_rows
 
-from pytest_fa.core.render import (
-    comparison,
-    fmt,
-    fmt_gamma,
-    fmt_null,
-    layout_note,
-    saturation_note,
-    seed_columns,
-    seed_rows,
-)
-from pytest_fa.core.seeds import seed_groups
-
-if TYPE_CHECKING:
-    from pytest_fa.core.report import DiagnosticReport
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
@@ -37,8 +25,7 @@ def _conditions(report: DiagnosticReport) -> list[list[str]]:
         ["seed / epochs", f"{context.get('seed', '—')} / {context.get('epochs', '—')}"],
         ["headline accuracy", fmt(report.headline_acc, ".4f")],
         ["frozen-blocks baseline", str(context.get("frozen_baseline") or fmt(report.frozen_acc, ".4f"))],
-        ["measured on", f"{report.num_batches} × {report.batch_size} eval samples, {report.dtype}, "
-                        f"{report.mode} mode, {report.device}; batch-mean CE{layout_note(report)}"],
+        ["measured on", measured_on(report)],
         ["thresholds", ", ".join(f"{k} {v}" for k, v in vars(report.thresholds).items())],
     ]
     return rows

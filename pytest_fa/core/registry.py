@@ -1,24 +1,84 @@
-"""The diagnostics of the protocol, each defined once (no torch import: the plugin reads
-the item names at collection).
+"""The diagnostics of the protocol: each one defined once, with the function that decides it.
 
 A :class:`Diagnostic` holds everything the report, the renderers, the assertions, the
 plugin items and the comparison need: its key and names, the threshold it is read against
 and in which direction it fires, its unit, what firing means and what to do, whether it
 takes part in the verdict, and ``evaluate(measurement, thresholds) -> DiagnosticResult``.
-Adding a diagnostic is one :func:`register` call.
+The protocol's four are :data:`DIAGNOSTICS`, decided by :func:`growth_result`,
+:func:`floor_result`, :func:`stability_result` and :func:`frozen_result`; adding a
+diagnostic is one :func:`register` call.
+
+No torch import here: the plugin and the comparison read the names at start-up, so each
+evaluator imports the formulas of :mod:`pytest_fa.core.diagnostics` when it runs.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.errors import NonFiniteError
+
 if TYPE_CHECKING:
-    from pytest_fa.core.report import DiagnosticResult, Measurement
-    from pytest_fa.core.thresholds import DiagnosticThresholds
+    import torch
+
+    from pytest_fa.core.probe import Probe
+
+NOT_INFORMATIVE = "not informative"
+"""How the sub-mode of a diagnostic that was measured but cannot give a verdict begins."""
+FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
+"""The sub-mode of a (d) that cannot be measured: see :func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`."""
+
+
+@dataclass
+class DiagnosticResult:
+    """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated).
+
+    ``submode`` names the regime the statistic points to ((b): above the floor, Mode 1 or
+    error-saturated; (c): drift- or noise-dominated); ``components`` holds the numbers it
+    was decomposed into ((b): backward gain and output-error norm).
+    """
+
+    key: str
+    value: float | None
+    threshold: float
+    fires: bool | None
+    layer: int | None = None
+    detail: str = ""
+    submode: str = ""
+    components: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return get(self.key).name
+
+    @property
+    def evaluated(self) -> bool:
+        return self.fires is not None
+
+    @property
+    def not_informative(self) -> bool:
+        """Measured, but unable to give a verdict (its sub-mode says why), so not evaluated."""
+        return self.fires is None and self.submode.startswith(NOT_INFORMATIVE)
+
+
+@dataclass
+class Measurement:
+    """What a diagnostic is evaluated on: the probe, the per-layer medians of ``‖h_l‖`` and
+    ``‖g_l‖``, the backward gains, the numerically sound samples, and the accuracies."""
+
+    probe: Probe
+    h_med: torch.Tensor
+    g_med: torch.Tensor
+    gains: list[float | None]
+    sound: torch.Tensor | None
+    headline_acc: float | None = None
+    frozen_acc: float | None = None
+    frozen_unavailable: str | None = None
+    accuracy_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -31,8 +91,7 @@ class Diagnostic:
     ``threshold`` names a field of :class:`~pytest_fa.core.thresholds.DiagnosticThresholds`, or,
     for a diagnostic added outside the package, any name with its ``default``.
     ``fires_above``: the statistic fires above the threshold (else below). ``walk_back``:
-    firing walks the checkpoint back (else it only names a sub-mode). ``evaluate`` is a
-    callable or a ``"module:function"`` path, loaded on first use.
+    firing walks the checkpoint back (else it only names a sub-mode).
     """
 
     key: str
@@ -41,7 +100,7 @@ class Diagnostic:
     threshold: str
     fires_above: bool
     meaning: str
-    evaluate: str | Callable[[Measurement, DiagnosticThresholds], DiagnosticResult]
+    evaluate: Callable[[Measurement, DiagnosticThresholds], DiagnosticResult]
     unit: str = ""
     what_to_do: str = ""
     walk_back: bool = True
@@ -58,23 +117,105 @@ class Diagnostic:
     def threshold_value(self, thresholds: DiagnosticThresholds) -> Any:
         return getattr(thresholds, self.threshold, self.default)
 
-    def run(self, measurement: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-        evaluate = self.evaluate
-        if isinstance(evaluate, str):
-            module, _, attr = evaluate.partition(":")
-            evaluate = getattr(importlib.import_module(module), attr)
-        return evaluate(measurement, thresholds)
-
     def crosses(self, value: float, threshold: float) -> bool:
         """Whether ``value`` is on the firing side of ``threshold``."""
         return value > threshold if self.fires_above else value < threshold
+
+
+def growth_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(a): the largest per-block growth of the median ``‖h_l‖`` (not evaluated where a growth
+    is undefined: :func:`~pytest_fa.core.diagnostics.residual_growth`)."""
+    from pytest_fa.core.diagnostics import residual_growth
+
+    try:
+        max_growth, block = residual_growth(m.h_med)
+    except NonFiniteError as exc:  # no verdict on an undefined growth
+        return DiagnosticResult("a", None, thresholds.max_growth, None, detail=f"not evaluated: {exc}")
+    return DiagnosticResult(
+        "a", max_growth, thresholds.max_growth, max_growth > thresholds.max_growth,
+        layer=block, detail=f"‖h_{block + 1}‖ / ‖h_{block}‖ (medians over samples)",
+    )
+
+
+def floor_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(b): the median ``‖g_L‖`` restated at the floor's batch size, judged with the median
+    backward gain by :func:`~pytest_fa.core.diagnostics.floor_rule`; the detail gives the
+    decomposition ``‖g_L‖ · B = gain · ‖e‖``. A probe that measured no output errors has no
+    gain: the floor alone decides."""
+    from pytest_fa.core.diagnostics import OUTPUT_ERROR_TOLERANCE, floor_rule, grad_at_reference_batch
+
+    probe, deepest = m.probe, m.probe.num_layers - 1
+    errors = probe.logit_grad_norms
+    g = float(m.g_med[deepest])
+    g_ref = grad_at_reference_batch(g, probe.batch_size, thresholds.floor_batch_size)
+    gain = m.gains[deepest]
+    components: dict[str, Any] = {"rule": thresholds.b_rule, "gain": gain, "gain_floor": thresholds.gain_floor}
+    # a gain that is None with the errors measured is undefined (every error exactly zero): NaN
+    read_gain = None if errors is None else float("nan") if gain is None else gain
+    try:
+        fires, submode = floor_rule(g_ref, read_gain, thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule)
+    except NonFiniteError as exc:  # the one NaN rule: no verdict on it
+        return DiagnosticResult("b", None, thresholds.grad_floor, None, layer=deepest,
+                                detail=f"not evaluated: {exc}", components=components)
+    detail = (
+        f"median ‖g_{deepest}‖ = {g:.3g} at eval batch {probe.batch_size}, "
+        f"restated at batch {thresholds.floor_batch_size}"
+    )
+    if errors is not None:
+        error_norm = float((errors * probe.batch_size).median())
+        saturated = int((probe.error_rel_errors > OUTPUT_ERROR_TOLERANCE).sum())
+        components.update(error_norm=error_norm, saturated_samples=saturated, samples=len(errors))
+        detail += (
+            f" ≈ gain {'—' if gain is None else format(gain, '.3g')} × median ‖e‖ {error_norm:.3g} / B "
+            f"(Mode 1 when the gain < {thresholds.gain_floor:g}); {saturated}/{len(errors)} samples' "
+            f"errors inexact in {probe.dtype} (relative error > {OUTPUT_ERROR_TOLERANCE:g})"
+        )
+        if thresholds.b_rule == "paper":
+            detail += "; paper rule: fires on the floor alone"
+    return DiagnosticResult(
+        "b", g_ref, thresholds.grad_floor, fires,
+        layer=deepest, detail=detail, submode=submode, components=components,
+    )
+
+
+def stability_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}`` (not evaluated
+    where a batch mean is zero: :func:`~pytest_fa.core.diagnostics.direction_stability`)."""
+    from pytest_fa.core.diagnostics import direction_stability, stability_submode
+
+    probe, ceiling = m.probe, thresholds.drift_ceiling
+    try:
+        stability = direction_stability(probe.mid_batch_means)
+    except NonFiniteError as exc:  # no sub-mode of an undefined stability
+        return DiagnosticResult("c", None, ceiling, None, layer=probe.mid_layer, detail=f"not evaluated: {exc}")
+    submode = stability_submode(stability, ceiling)
+    return DiagnosticResult(
+        "c", stability, ceiling, stability > ceiling, layer=probe.mid_layer, submode=submode,
+        detail=f"{submode}: {probe.num_batches} disjoint batches, reference read at h_{probe.mid_layer}",
+    )
+
+
+def frozen_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
+    """(d): trained − frozen accuracy in points (not evaluated without both; not informative,
+    and not evaluated either, when both sit at the ceiling: :func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`)."""
+    from pytest_fa.core.diagnostics import frozen_at_ceiling, frozen_ceiling_reason, frozen_margin_pp
+
+    trained, frozen, threshold = m.headline_acc, m.frozen_acc, thresholds.frozen_margin_pp
+    if trained is None or frozen is None:
+        missing = "headline accuracy" if trained is None else "frozen-blocks accuracy"
+        return DiagnosticResult("d", None, threshold, None, detail=f"not evaluated: {m.frozen_unavailable or 'no ' + missing}")
+    margin = frozen_margin_pp(trained, frozen)
+    if frozen_at_ceiling(trained, frozen, threshold, m.accuracy_samples):
+        reason = frozen_ceiling_reason(trained, frozen, threshold, m.accuracy_samples)
+        return DiagnosticResult("d", margin, threshold, None, submode=FROZEN_CEILING, detail=f"{FROZEN_CEILING}: {reason}")
+    return DiagnosticResult("d", margin, threshold, margin < threshold, detail=f"trained {trained:.4f} − frozen {frozen:.4f}")
 
 
 DIAGNOSTICS: list[Diagnostic] = [
     Diagnostic(
         "a", "residual growth", "residual_growth", "max_growth", True,
         "the residual stream explodes; the network is in a degenerate regime",
-        "pytest_fa.core.report:evaluate_growth", unit="×",
+        growth_result, unit="×",
         what_to_do="report the run as degenerate and do not quote its Γ; a scale penalty on the "
         "branches (λ Σ‖f_l‖²) or an earlier checkpoint keeps the stream bounded",
         column="(a) growth", statistic="growth",
@@ -83,7 +224,7 @@ DIAGNOSTICS: list[Diagnostic] = [
         "b", "gradient floor", "grad_floor", "grad_floor", False,
         "the BP reference is at the numerical floor because the backward gain through the "
         "terminal norm and head collapsed (Mode 1); Γ against it is not interpretable",
-        "pytest_fa.core.report:evaluate_floor",
+        floor_result,
         what_to_do="quote per-layer Γ only from checkpoints before (b) fires (fa-train "
         "--stop-at-floor, or the temporal replay of the monitor)",
         column="(b) ‖g_L‖", submode_in_verdict=True, statistic="grad_ref",
@@ -91,13 +232,13 @@ DIAGNOSTICS: list[Diagnostic] = [
     Diagnostic(
         "c", "direction stability", "direction_stability", "drift_ceiling", True,
         "sub-mode only: a drift-dominated reference is sample-invariant",
-        "pytest_fa.core.report:evaluate_stability", walk_back=False,
+        stability_result, walk_back=False,
         column="(c) stab.", column_format="+.2f", statistic="stability",
     ),
     Diagnostic(
         "d", "frozen-blocks margin", "frozen_margin", "frozen_margin_pp", False,
         "the trained blocks do not beat random frozen blocks; depth is not used",
-        "pytest_fa.core.report:evaluate_frozen_margin", unit=" pp",
+        frozen_result, unit=" pp",
         what_to_do="report the frozen control beside the headline accuracy, and do not claim "
         "that the method trains the blocks",
         column="(d) margin", column_format="+.1f", statistic="margin_pp",

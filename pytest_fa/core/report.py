@@ -1,8 +1,10 @@
-"""``diagnose(...) -> DiagnosticReport``: the four diagnostics, per-layer Γ and the verdict."""
+"""``diagnose(...) -> DiagnosticReport``: the four diagnostics, per-layer Γ and the verdict;
+the report's JSON and text forms and the summary table of several reports."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,44 +14,15 @@ from torch import nn
 
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
+from pytest_fa.core.registry import DiagnosticResult, Measurement
 from pytest_fa.core.calibration import NullCalibration, null_gamma
-from pytest_fa.core.credit import CreditSignal, DFACredit
-from pytest_fa.errors import DataError, NonFiniteError, setting
+from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.reference import CreditSignal
+from pytest_fa.core.render import comparison, fmt, fmt_gamma, fmt_null, status, text_table
+from pytest_fa.errors import DataError, setting
 from pytest_fa.core.probe import Probe, run_probe
 from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.core.thresholds import DiagnosticThresholds
-
-
-@dataclass
-class DiagnosticResult:
-    """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated).
-
-    ``submode`` names the regime the statistic points to ((b): above the floor, Mode 1 or
-    error-saturated; (c): drift- or noise-dominated); ``components`` holds the numbers it
-    was decomposed into ((b): backward gain and output-error norm).
-    """
-
-    key: str
-    value: float | None
-    threshold: float
-    fires: bool | None
-    layer: int | None = None
-    detail: str = ""
-    submode: str = ""
-    components: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return registry.get(self.key).name
-
-    @property
-    def evaluated(self) -> bool:
-        return self.fires is not None
-
-    @property
-    def not_informative(self) -> bool:
-        """Measured, but unable to give a verdict (its sub-mode says why), so not evaluated."""
-        return self.fires is None and self.submode.startswith(D.NOT_INFORMATIVE)
 
 
 @dataclass
@@ -208,9 +181,114 @@ class DiagnosticReport:
         )
 
     def __str__(self) -> str:
-        from pytest_fa.core.render import render_report
+        """The text report: conditions, the per-layer table, each diagnostic and the verdict."""
+        title = f"pytest-fa protocol: {self.label}" if self.label else "pytest-fa protocol"
+        lines = [title, f"measured on {measured_on(self)}", ""]
+        lines.append(
+            f"{'layer':<6}{'‖h_l‖':>11}{'growth':>10}{'‖g_l‖':>11}"
+            f"{'‖g_l‖@' + str(self.thresholds.floor_batch_size):>11}{'gain':>10}{'Γ_l':>11}"
+            + (f"{'null (n=' + str(self.null_draws) + ')':>18}" if self.null_draws else "")
+        )
+        for row in self.layers:
+            lines.append(
+                f"h_{row.index:<4}{fmt(row.h_norm):>11}{fmt(row.growth):>10}{fmt(row.g_norm):>11}"
+                f"{fmt(row.g_norm_at_reference):>11}{fmt(row.gain):>10}{fmt_gamma(row.gamma, row.gamma_status):>11}"
+                + (f"{fmt_null(row.null_mean, row.null_std):>18}" if self.null_draws else "")
+            )
+        lines.append("gain = ‖g_l‖ / ‖dCE/dlogits‖, the backward gain from the logits (median over samples)")
+        lines.append(f"Γ: {self.credit_status}")
+        partial = [r.index for r in self.layers if r.gamma_status.startswith("ok:")]
+        if partial:
+            lines.append(f"   at layers {partial}: {self.layers[partial[0]].gamma_status.removeprefix('ok: ')}")
+        undefined: dict[str, list[int]] = {}  # reason -> layers
+        for r in self.layers:
+            if r.gamma_status.startswith("undefined"):
+                reason = re.sub(r"‖g_\d+‖", "‖g_l‖", r.gamma_status.removeprefix("undefined: "))
+                undefined.setdefault(reason, []).append(r.index)
+        for reason, layers in undefined.items():
+            lines.append(f"   undefined at layers {layers}: {reason}")
+        lines.append("")
+        for key, result in self.diagnostics.items():
+            lines.append(f"({key}) {result.name:<21}{comparison(result):<36}{status(result)}")
+            if result.detail:
+                lines.append(f"    {result.detail}")
+        if self.headline_acc is not None:
+            lines.append(f"headline accuracy {self.headline_acc:.4f}" + (
+                f", frozen-blocks baseline {self.frozen_acc:.4f}" if self.frozen_acc is not None else ""
+            ))
+        lines.append("")
+        lines.append(f"VERDICT: {self.verdict}")
+        for key in self.fired:
+            lines.append(f"  ({key}) {registry.get(key).meaning}")
+        note = saturation_note(self)
+        if note:
+            lines.append(f"  {note}")
+        return "\n".join(lines)
 
-        return render_report(self)
+
+LAYOUTS = {
+    "vector": "",
+    "tokens": "token states read at the cls token",
+    "tokens_mean": "token states read as the mean over tokens",
+    "tokens_all": "‖h_l‖ read per token, ‖g_l‖ over all tokens, Γ at the cls token",
+    "spatial": "feature maps read flattened",
+}
+
+
+def measured_on(report: DiagnosticReport) -> str:
+    """The samples, dtype, mode and device the numbers were measured on; how one sample of
+    ``h_l`` was read, when it is not a plain vector; and the states named."""
+    parts = [LAYOUTS.get(report.layout, report.layout)]
+    states = report.context.get("states")
+    if states:
+        parts.append(f"states h_0..h_{len(states) - 1} = {', '.join(states)}")
+    return (f"{report.num_batches} × {report.batch_size} eval samples, {report.dtype}, {report.mode} mode, "
+            f"{report.device}; batch-mean CE" + "".join(f"; {p}" for p in parts if p))
+
+
+def saturation_note(report: DiagnosticReport) -> str | None:
+    """What an error-saturated (b) means and what to do about it (None when (b) is not)."""
+    floor = report.diagnostics.get("b")
+    if floor is None or floor.submode != "error-saturated":
+        return None
+    rule = (
+        f"it fires only under the paper's rule ({setting('b_rule', 'paper')})" if floor.fires
+        else "so (b) does not fire"
+    )
+    return (
+        "(b) error-saturated: the reference is below the floor because the model is confident "
+        "(‖e‖ = ‖softmax − onehot‖ → 0), not because the stream exploded — the backward gain "
+        f"is healthy, {rule}. Γ_l is averaged over the samples whose error the backward pass "
+        "carries soundly; for Γ over more samples, evaluate on held-out samples the model gets "
+        f"wrong, on more eval batches ({setting('eval_batches')}), or on an earlier checkpoint."
+    )
+
+
+def summary_table(reports: list[DiagnosticReport]) -> str:
+    """One line per checkpoint: the four statistics and the verdict."""
+    diagnostics = registry.DIAGNOSTICS
+    header = ("checkpoint", "method", "acc", "frozen", *(d.column or f"({d.key}) {d.name}" for d in diagnostics),
+              "Γ mean", "verdict")
+    rows = [header]
+    for r in reports:
+        rows.append((
+            r.label,
+            str(r.context.get("method") or "?"),
+            fmt(r.headline_acc, ".4f"),
+            fmt(r.frozen_acc, ".4f"),
+            *(_cell(d, r.diagnostics.get(d.key)) for d in diagnostics),
+            fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a",
+            r.verdict,
+        ))
+    return text_table(rows)
+
+
+def _cell(diagnostic: registry.Diagnostic, result: DiagnosticResult | None) -> str:
+    """A summary-table cell: the statistic with its unit, ``!`` when it walks the run back."""
+    if result is None or not result.evaluated:
+        return "—"
+    text = fmt(result.value, diagnostic.column_format) + diagnostic.unit
+    return f"{text} !" if result.fires and diagnostic.walk_back else text
 
 
 def _json_safe(value: Any) -> Any:
@@ -342,7 +420,7 @@ def report_from_probe(
     measurement = Measurement(
         probe, h_med, g_med, gains, sound, headline_acc, frozen_acc, frozen_unavailable, accuracy_samples
     )
-    results = {d.key: d.run(measurement, thresholds) for d in registry.DIAGNOSTICS}
+    results = {d.key: d.evaluate(measurement, thresholds) for d in registry.DIAGNOSTICS}
     return DiagnosticReport(
         label=label,
         layers=layers,
@@ -363,38 +441,6 @@ def report_from_probe(
     )
 
 
-@dataclass
-class Measurement:
-    """What a diagnostic is evaluated on: the probe, the per-layer medians of ``‖h_l‖`` and
-    ``‖g_l‖``, the backward gains, the numerically sound samples, and the accuracies."""
-
-    probe: Probe
-    h_med: torch.Tensor
-    g_med: torch.Tensor
-    gains: list[float | None]
-    sound: torch.Tensor | None
-    headline_acc: float | None = None
-    frozen_acc: float | None = None
-    frozen_unavailable: str | None = None
-    accuracy_samples: int | None = None
-
-
-def evaluate_growth(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return growth_result(m.h_med, thresholds)
-
-
-def evaluate_floor(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return floor_result(m.probe, m.g_med, m.gains, m.sound, thresholds)
-
-
-def evaluate_stability(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return _stability_result(m.probe, thresholds)
-
-
-def evaluate_frozen_margin(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    return _frozen_result(m.headline_acc, m.frozen_acc, thresholds, m.frozen_unavailable, m.accuracy_samples)
-
-
 def layer_gains(probe: Probe) -> list[float | None]:
     """Median over samples of the backward gain ``‖g_l‖ / ‖dCE/dlogits‖`` at each ``h_l``."""
     if probe.logit_grad_norms is None:
@@ -412,80 +458,6 @@ def sound_reference_samples(probe: Probe, thresholds: DiagnosticThresholds) -> t
     if probe.error_rel_errors is None or thresholds.b_rule == "paper":
         return None
     return probe.error_rel_errors <= D.OUTPUT_ERROR_TOLERANCE
-
-
-def growth_result(h_med: torch.Tensor, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(a): the largest per-block growth of the median ``‖h_l‖`` (not evaluated where a growth
-    is undefined: :func:`diagnostics.residual_growth`)."""
-    try:
-        max_growth, block = D.residual_growth(h_med)
-    except NonFiniteError as exc:  # no verdict on an undefined growth
-        return DiagnosticResult("a", None, thresholds.max_growth, None, detail=f"not evaluated: {exc}")
-    return DiagnosticResult(
-        "a", max_growth, thresholds.max_growth, max_growth > thresholds.max_growth,
-        layer=block, detail=f"‖h_{block + 1}‖ / ‖h_{block}‖ (medians over samples)",
-    )
-
-
-def floor_result(probe: Probe, g_med, gains, sound, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(b): the median ``‖g_L‖`` restated at the floor's batch size, with its decomposition
-    ``‖g_L‖ · B = gain · ‖e‖`` and the sub-mode it points to."""
-    deepest = probe.num_layers - 1
-    g = float(g_med[deepest])
-    g_ref = D.grad_at_reference_batch(g, probe.batch_size, thresholds.floor_batch_size)
-    gain = gains[deepest]
-    components: dict[str, Any] = {"rule": thresholds.b_rule, "gain": gain, "gain_floor": thresholds.gain_floor}
-    try:
-        at_floor = D.grad_floor(g, probe.batch_size, thresholds.grad_floor, thresholds.floor_batch_size)
-    except NonFiniteError as exc:  # the one NaN rule: no verdict on it
-        return DiagnosticResult("b", None, thresholds.grad_floor, None, layer=deepest,
-                                detail=f"not evaluated: {exc}", components=components)
-    detail = (
-        f"median ‖g_{deepest}‖ = {g:.3g} at eval batch {probe.batch_size}, "
-        f"restated at batch {thresholds.floor_batch_size}"
-    )
-    if probe.logit_grad_norms is None:
-        submode = "at the floor" if at_floor else D.FLOOR_SUBMODES[0]
-        fires = at_floor
-    else:
-        error_norm = float((probe.logit_grad_norms * probe.batch_size).median())
-        saturated = int((probe.error_rel_errors > D.OUTPUT_ERROR_TOLERANCE).sum())
-        components.update(error_norm=error_norm, saturated_samples=saturated, samples=len(probe.logit_grad_norms))
-        submode = D.floor_submode(g_ref, float("nan") if gain is None else gain, thresholds.grad_floor, thresholds.gain_floor)
-        fires = D.floor_fires(
-            g_ref, float("nan") if gain is None else gain, thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule
-        )
-        detail += (
-            f" ≈ gain {_fmt(gain)} × median ‖e‖ {error_norm:.3g} / B (Mode 1 when the gain < "
-            f"{thresholds.gain_floor:g}); {saturated}/{len(probe.logit_grad_norms)} samples' "
-            f"errors inexact in {probe.dtype} (relative error > {D.OUTPUT_ERROR_TOLERANCE:g})"
-        )
-        if thresholds.b_rule == "paper":
-            detail += "; paper rule: fires on the floor alone"
-    return DiagnosticResult(
-        "b", g_ref, thresholds.grad_floor, fires,
-        layer=deepest, detail=detail, submode=submode, components=components,
-    )
-
-
-def _stability_result(probe: Probe, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}`` (not evaluated
-    where a batch mean is zero: :func:`diagnostics.direction_stability`)."""
-    try:
-        stability = D.direction_stability(probe.mid_batch_means)
-    except NonFiniteError as exc:  # no sub-mode of an undefined stability
-        return DiagnosticResult("c", None, thresholds.drift_ceiling, None, layer=probe.mid_layer,
-                                detail=f"not evaluated: {exc}")
-    submode = D.stability_submode(stability, thresholds.drift_ceiling)
-    return DiagnosticResult(
-        "c", stability, thresholds.drift_ceiling, stability > thresholds.drift_ceiling,
-        layer=probe.mid_layer, submode=submode,
-        detail=f"{submode}: {probe.num_batches} disjoint batches, reference read at h_{probe.mid_layer}",
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
 
 
 def _check_batch_count(num_batches: int) -> None:
@@ -528,37 +500,3 @@ def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> t
     if below:
         status = f"ok: error-saturated reference; {dropped} samples left out" if dropped else "ok: error-saturated reference"
     return mean, status, count
-
-
-def _frozen_result(headline_acc, frozen_acc, thresholds, unavailable=None, samples=None) -> DiagnosticResult:
-    """(d): trained − frozen accuracy in points (not evaluated without both; not informative,
-    and not evaluated either, when both sit at the ceiling: :func:`diagnostics.frozen_at_ceiling`)."""
-    if headline_acc is None or frozen_acc is None:
-        missing = "headline accuracy" if headline_acc is None else "frozen-blocks accuracy"
-        return DiagnosticResult(
-            "d", None, thresholds.frozen_margin_pp, None,
-            detail=f"not evaluated: {unavailable or 'no ' + missing}",
-        )
-    margin = D.frozen_margin_pp(headline_acc, frozen_acc)
-    threshold = thresholds.frozen_margin_pp
-    if D.frozen_at_ceiling(headline_acc, frozen_acc, threshold, samples):
-        return DiagnosticResult(
-            "d", margin, threshold, None, submode=D.FROZEN_CEILING,
-            detail=f"{D.FROZEN_CEILING}: {frozen_ceiling_reason(headline_acc, frozen_acc, threshold, samples)}",
-        )
-    return DiagnosticResult("d", margin, threshold, margin < threshold, detail=f"trained {headline_acc:.4f} − frozen {frozen_acc:.4f}")
-
-
-def frozen_ceiling_reason(trained_acc: float, frozen_acc: float, margin_pp: float, n: int | None = None) -> str:
-    """Why (d) cannot show ``margin_pp`` at the ceiling (:func:`diagnostics.frozen_at_ceiling`),
-    with both accuracies, ``n`` and the rule's numbers."""
-    shown = f"trained {trained_acc:.4f} − frozen {frozen_acc:.4f}"
-    if n is None:
-        why = (f"{shown}, both within {margin_pp:g} pp of 1.0: the margin is at most 100·(1 − frozen) = "
-               f"{100 * (1 - frozen_acc):.2f} pp, so it cannot reach {margin_pp:g} pp")
-    else:
-        why = (f"{shown} on n = {n} samples: the Wilson lower bound (z = {D.CEILING_Z:g}) of each error rate is "
-               f"below {margin_pp:g} pp (trained {D.headroom_lower_bound_pp(trained_acc, n):.2f} pp, frozen "
-               f"{D.headroom_lower_bound_pp(frozen_acc, n):.2f} pp), so {n} samples cannot show a {margin_pp:g} pp margin")
-    return (f"{why} whatever the blocks learned; run (d) on a task or split the frozen-blocks model does not solve"
-            + ("" if n is None else ", or measure both accuracies on more samples"))

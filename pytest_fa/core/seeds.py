@@ -1,4 +1,5 @@
-"""Several seeds of one configuration: mean ± sd of the protocol's numbers and a verdict count.
+"""Several seeds of one configuration: mean ± sd of the protocol's numbers and a verdict count,
+and their table.
 
 Checkpoints belong to one group when everything they were trained as but the seed is the
 same (architecture and its config, method and its config, data, epochs, recipe), as
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_fa.core import registry
+from pytest_fa.core.render import fmt_mean_sd, text_table
 
 if TYPE_CHECKING:
     from pytest_fa.core.report import DiagnosticReport
@@ -90,3 +92,30 @@ def seed_groups(reports: list[DiagnosticReport]) -> list[SeedGroup]:
         if len({r.context.get("seed") for r in members}) >= 2:
             groups.append(SeedGroup(json.loads(key), members))
     return groups
+
+
+def seed_columns() -> tuple[str, ...]:
+    """The seed table's header; a diagnostic's column carries its unit when the unit is a
+    word (`` pp``), not when it is a sign glued to the number (``×``)."""
+    named = tuple(d.column + (d.unit if d.unit.startswith(" ") else "") for d in registry.seed_table_diagnostics())
+    return ("configuration", "seeds", "acc", *named, "deep Γ", "verdicts")
+
+
+def seed_rows(groups: list[SeedGroup]) -> list[tuple[str, ...]]:
+    """Per configuration: mean ± sd over its seeds and how many seeds got each verdict."""
+    rows = []
+    for group in groups:
+        stats = group.statistics()
+        rows.append((
+            group.name,
+            ", ".join(str(s) for s in group.seeds),
+            fmt_mean_sd(stats["headline_acc"], ".4f"),
+            *(fmt_mean_sd(stats[d.statistic], d.column_format.replace("+", "")) for d in registry.seed_table_diagnostics()),
+            fmt_mean_sd(stats["deep_gamma"], "+.3f"),
+            "; ".join(f"{verdict} ×{count}" for verdict, count in group.verdicts().items()),
+        ))
+    return rows
+
+
+def seed_table(groups: list[SeedGroup]) -> str:
+    return text_table([seed_columns(), *seed_rows(groups)])

@@ -184,7 +184,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def _protocol_summary(terminalreporter, state: FAState) -> None:
     """The table of every measured checkpoint, its seed groups, its reports and comparisons."""
-    from pytest_fa.core.render import summary_table
+    from pytest_fa.core.report import summary_table
 
     from pytest_fa.core.seeds import seed_groups
 
@@ -193,7 +193,7 @@ def _protocol_summary(terminalreporter, state: FAState) -> None:
     terminalreporter.write_line(summary_table(reports))
     groups = seed_groups(reports)
     if groups:
-        from pytest_fa.core.render import seed_table
+        from pytest_fa.core.seeds import seed_table
 
         terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
         terminalreporter.write_line(seed_table(groups))

@@ -50,7 +50,7 @@ class ProtocolItem(pytest.Item):
         return self.parent.checkpoint
 
     def runtest(self) -> None:
-        from pytest_fa.core.render import MEANING, comparison, status
+        from pytest_fa.core.render import comparison, status
 
         report = self.config.stash[STATE_KEY].report(self.checkpoint)
         result = report.diagnostics[self.key]
@@ -60,7 +60,7 @@ class ProtocolItem(pytest.Item):
             raise ProtocolFailure(as_flags(
                 f"({self.key}) {result.name} fires on {self.checkpoint}{layer}: {comparison(result)}\n"
                 f"    {result.detail}\n"
-                f"    meaning: {MEANING[self.key]}\n"
+                f"    meaning: {registry.get(self.key).meaning}\n"
                 f"    verdict: {report.verdict}"
             ))
         if not result.evaluated:

@@ -32,13 +32,14 @@ def growth_and_floor(model: nn.Module, batches, thresholds: DiagnosticThresholds
     """``‖h_L‖``, ``max_growth`` (a) and ``g_L`` (also restated at the reference batch, (b)),
     the backward gain and output-error norm (b) is decomposed into, and the verdicts of (a)
     and (b) under ``thresholds`` (its floor rule included)."""
-    from pytest_fa.core.report import floor_result, growth_result, layer_gains, sound_reference_samples
+    from pytest_fa.core.report import layer_gains, sound_reference_samples
 
     probe = run_probe(model, batches)
     h = D.layer_medians(probe.hidden_norms)
     g = D.layer_medians(probe.grad_norms)
-    growth = growth_result(h, thresholds)
-    floor = floor_result(probe, g, layer_gains(probe), sound_reference_samples(probe, thresholds), thresholds)
+    measured = registry.Measurement(probe, h, g, layer_gains(probe), sound_reference_samples(probe, thresholds))
+    growth = registry.growth_result(measured, thresholds)
+    floor = registry.floor_result(measured, thresholds)
     return {
         "h_L": float(h[-1]),
         "max_growth": growth.value,
@@ -129,4 +130,4 @@ def temporal_replay(history: Sequence[dict[str, Any]], thresholds: DiagnosticThr
 def floor_fires(record: dict[str, Any], thresholds: DiagnosticThresholds) -> bool:
     """Whether (b) fires on one monitor record under ``thresholds``."""
     g_ref = D.grad_at_reference_batch(record["g_L"], record["batch_size"], thresholds.floor_batch_size)
-    return D.floor_fires(g_ref, record.get("gain_L"), thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule)
+    return D.floor_rule(g_ref, record.get("gain_L"), thresholds.grad_floor, thresholds.gain_floor, thresholds.b_rule)[0]
