@@ -18,14 +18,16 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from pytest_fa.core.adapter import HookedModel
+from pytest_fa.core.adapter import HookedModel, adapt
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
+from pytest_fa.core.interface import has_terminal_norm
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
 from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
 from pytest_fa.errors import (
     CheckpointError, CreditSignalError, DataError, FABudgetWarning, FACacheWarning, FAError, ModelInterfaceError,
     setting,
 )
+from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import (
     Bundle,
     CreditFactory,
@@ -37,12 +39,8 @@ from pytest_fa.training.checkpoint import (
     read_checkpoint,
     save_bundle,
 )
-from pytest_fa.training.data import (
-    Dataset,
-    dataset_from_spec,
-    eval_batches,
-    load_dataset,
-)
+from pytest_fa.training.data import Dataset, dataset_from_spec, eval_batches, load_dataset
+from pytest_fa.training.data import cache_dir as data_cache_dir
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
 
@@ -109,12 +107,18 @@ class ProtocolRunner:
         self.root = root
         self.device = resolve_device(settings.device)
         self._runs: dict[str, CheckpointRun] = {}
+        self._contents: dict[str, dict[str, Any]] = {}
         self._data: dict[str, Dataset] = {}
         self._baselines: dict[str, FrozenBaseline] = {}
         self._reports: dict[tuple[str, DiagnosticThresholds], DiagnosticReport] = {}
         self._temporary: tempfile.TemporaryDirectory | None = None
 
     # -- checkpoint and data -----------------------------------------------------------------
+    def read(self, path: str) -> None:
+        """Read checkpoint ``path`` now (:func:`read_checkpoint`: a file that cannot be read
+        raises here) and keep what it holds for :meth:`run`, so the file is read once."""
+        self._contents[str(path)] = read_checkpoint(path)
+
     def run(self, path: str) -> CheckpointRun:
         key = str(path)
         if key not in self._runs:
@@ -122,13 +126,14 @@ class ProtocolRunner:
         return self._runs[key]
 
     def _load(self, path: str) -> CheckpointRun:
-        payload = read_checkpoint(path)
+        contents = self._contents.pop(path) if path in self._contents else read_checkpoint(path)
         # a malformed bundle is refused before its data spec is read
-        data = self._dataset_for(path, Bundle.from_payload(payload, path).data if is_bundle(payload) else None)
+        bundle = Bundle.from_payload(contents, path) if is_bundle(contents) else None
+        data = self._dataset_for(path, bundle.data if bundle else None)
         loaded = load_checkpoint(
             path, factory=self._model_factory(), input_shape=data.input_shape,
             num_classes=data.num_classes, allow_unknown_method=self.credit_spec(path) is not None,
-            adapt=self._adapted,
+            adapt=self._adapted, contents=bundle or contents,
         )
         model = loaded.model.to(self.device)
         _check_model_accepts(model, data, path)
@@ -187,7 +192,7 @@ class ProtocolRunner:
         key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
         if key in self._baselines:
             return self._baselines[key]
-        file = Path(cache_dir or self.settings.cache_dir or _default_cache()) / f"frozen-{key[:24]}.pt"
+        file = Path(cache_dir or self.settings.cache_dir or data_cache_dir() / "frozen") / f"frozen-{key[:24]}.pt"
         try:
             lock = _locked(file)
         except OSError as exc:  # a read-only cache: its baseline is still read, a new one goes elsewhere
@@ -341,8 +346,6 @@ class ProtocolRunner:
         if arch == "custom":
             make = self._model_factory()
             return self._adapted(make(**config) if config else make())
-        from pytest_fa.models import build_model
-
         return build_model(arch, **config)
 
     def _model_factory(self):
@@ -354,8 +357,6 @@ class ProtocolRunner:
         """``model`` read through forward hooks at the ``hidden`` states, when they are named."""
         if not self.settings.hidden:
             return model
-        from pytest_fa.core.adapter import adapt
-
         return adapt(model, self.settings.hidden, block_output=self.settings.block_output, pooling=self.settings.pooling)
 
     # -- diagnosis ---------------------------------------------------------------------------
@@ -431,8 +432,6 @@ def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | No
 
 
 def _terminal_norm(model: nn.Module) -> bool | None:
-    from pytest_fa.core.interface import has_terminal_norm
-
     try:
         return has_terminal_norm(model)
     except FAError:
@@ -464,10 +463,3 @@ def _locked(file: Path) -> FileLock:
     lock = FileLock(f"{file}.lock")
     lock.acquire()
     return lock
-
-
-def _default_cache() -> Path:
-    from pytest_fa.training.data import cache_dir
-
-    return cache_dir() / "frozen"
-

@@ -243,6 +243,21 @@ def test_single_checkpoint_items_terminal_and_frozen_cache(pytester, bp_bundle):
     assert cached[0].stat().st_mtime_ns == stamp  # not rewritten
 
 
+def test_a_checkpoint_run_reads_the_checkpoint_file_once(pytester, bp_bundle, monkeypatch):
+    """The read before collection (an unreadable file fails first) is the read the run loads."""
+    reads = []
+    load = torch.load
+
+    def counted(f, *args, **kwargs):
+        reads.append(Path(f).resolve() if isinstance(f, (str, os.PathLike)) else f)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0.1")
+    assert len(item_reports(result)) == len(ITEM_NAMES)
+    assert reads.count(Path(bp_bundle).resolve()) == 1, reads
+
+
 def test_without_cache_provider_the_baseline_goes_to_the_package_cache(pytester, bp_bundle, isolated_cache):
     result = run(pytester, f"--fa-checkpoint={bp_bundle}", "-k", "frozen_margin")
     assert len(item_reports(result)) == 1

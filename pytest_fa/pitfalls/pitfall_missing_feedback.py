@@ -29,7 +29,7 @@ pytestmark = pytest.mark.fa_pitfall("6.5")
 
 
 def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False,
-                           adapt=None):
+                           adapt=None, contents=None):
     """The post-hoc loader: weights in, whatever feedback happens to be there (maybe none)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     bundle = Bundle.from_payload(payload, str(path))

@@ -44,7 +44,7 @@ def regenerate_feedback(num_classes: int, dims: list[int], seed: int) -> list[to
 
 
 def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=None, allow_unknown_method=False,
-                           adapt=None):
+                           adapt=None, contents=None):
     """Load the weights, ignore the stored B and regenerate them from the recorded seed."""
     bundle = C.load_bundle(path)
     model = build_model(bundle.arch, **bundle.arch_config)

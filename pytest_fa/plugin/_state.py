@@ -133,13 +133,12 @@ class FAState:
     def unreadable_checkpoints(self) -> list[str]:
         """Read every checkpoint file once, before any data is loaded or baseline trained;
         the error of each one that cannot be read is kept for its items."""
-        from pytest_fa.training.checkpoint import read_checkpoint
         from pytest_fa.errors import CheckpointError
 
         unreadable = []
         for path in self.checkpoints:
             try:
-                read_checkpoint(path)
+                self.runner.read(path)
             except CheckpointError as exc:
                 self._errors[(path, self.thresholds)] = exc
                 unreadable.append(path)

@@ -33,6 +33,7 @@ from torch import nn
 
 from pytest_fa.core.reference import CreditSignal
 from pytest_fa.errors import CheckpointError, FeedbackError, setting
+from pytest_fa.models import build_model, load_weights
 from pytest_fa.training.methods import METHODS, MethodState, get_method
 
 _RESAVE = (
@@ -363,55 +364,6 @@ def _import(module_name: str, root: str | os.PathLike | None):
         sys.path.remove(folder)
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> nn.Module:
-    """``model.load_state_dict(state_dict, strict=True)`` with the mismatch spelled out."""
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(
-            f"{source}: the state dict is a {type(state_dict).__name__}, not a dict of tensors; "
-            "save model.state_dict()"
-        )
-    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{source}: the state dict holds values that are not tensors")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
-    cut = [
-        f"{k}: checkpoint {state_dict[k].dtype} into model {expected[k].dtype}"
-        for k in expected
-        if k in state_dict and _lossy(state_dict[k].dtype, expected[k].dtype)
-    ]
-    if missing or unexpected or mismatched or cut:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
-        if mismatched:
-            parts.append("shape mismatch " + "; ".join(mismatched[:3]))
-        if cut:
-            parts.append("a dtype the copy would cut (the imaginary part, the fraction) " + "; ".join(cut[:3]))
-        raise CheckpointError(
-            f"{source}: the state dict does not match {type(model).__name__}: "
-            + ", ".join(parts)
-            + f". Check the architecture config (or {setting('model')}) against the one that was trained"
-        )
-    model.load_state_dict(state_dict, strict=True)
-    return model
-
-
-def _lossy(source: torch.dtype, target: torch.dtype) -> bool:
-    """Whether copying values of ``source`` into ``target`` drops part of each: complex into
-    real, floating point into integer."""
-    return (source.is_complex and not target.is_complex) or (
-        source.is_floating_point and not (target.is_floating_point or target.is_complex)
-    )
-
-
 @dataclass
 class LoadedCheckpoint:
     """A model ready for diagnosis, with what is known about how it was trained."""
@@ -451,6 +403,7 @@ def load_checkpoint(
     num_classes: int | None = None,
     allow_unknown_method: bool = False,
     adapt: Callable[[nn.Module], nn.Module] | None = None,
+    contents: dict[str, Any] | Bundle | None = None,
 ) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
@@ -460,22 +413,22 @@ def load_checkpoint(
     pytest-fa does not know (its credit then comes from the caller, e.g. the ``credit`` setting).
     ``adapt`` wraps the model once its weights are in (e.g. ``lambda m: pytest_fa.adapt(m,
     "embed, blocks.*")``), before the method's state is checked against the states it reads.
+    ``contents``: what the file holds when it was read already (:func:`read_checkpoint`, or
+    the :class:`Bundle` made of it), so it is not read again.
     """
-    from pytest_fa.models import build_model
-
     source = str(path)
-    payload = read_checkpoint(path)
+    contents = read_checkpoint(path) if contents is None else contents
     make = import_factory(factory) if isinstance(factory, str) else factory
-    if not is_bundle(payload):
+    if not isinstance(contents, Bundle) and not is_bundle(contents):
         if make is None:
             raise CheckpointError(
                 f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
                 f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
             )
-        model = load_weights(_call_factory(make, {}, source), payload, source)
+        model = load_weights(_call_factory(make, {}, source), contents, source)
         return LoadedCheckpoint(source, adapt(model) if adapt else model, None, MethodState(), None)
 
-    bundle = Bundle.from_payload(payload, source)
+    bundle = contents if isinstance(contents, Bundle) else Bundle.from_payload(contents, source)
     if make is not None:
         model = _call_factory(make, bundle.arch_config, source)
     else:
