@@ -3,7 +3,8 @@
 Every model computes ``h_0 = embed(x)``, ``h_{l+1} = h_l + f_l(h_l)`` for its blocks and
 ``logits = head(norm(h_L))``; ``model(x, return_hidden=True)`` returns
 ``(logits, [h_0, ..., h_L])``. ``build_model(name, **config)`` rebuilds one from the
-configuration a checkpoint bundle records (``model.config``).
+configuration a checkpoint bundle records (``model.config``); ``load_weights`` puts a state
+dict into a model, any model, and says what does not fit.
 """
 
 from __future__ import annotations
@@ -228,3 +229,52 @@ def build_model(arch: str, **config: Any) -> ReferenceModel:
         return cls(**config)
     except (TypeError, ValueError, RuntimeError, KeyError, AssertionError) as exc:
         raise CheckpointError(f"cannot build {arch!r} from config {config!r}: {exc}") from exc
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> nn.Module:
+    """``model.load_state_dict(state_dict, strict=True)`` with the mismatch spelled out."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{source}: the state dict is a {type(state_dict).__name__}, not a dict of tensors; "
+            "save model.state_dict()"
+        )
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{source}: the state dict holds values that are not tensors")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    cut = [
+        f"{k}: checkpoint {state_dict[k].dtype} into model {expected[k].dtype}"
+        for k in expected
+        if k in state_dict and _lossy(state_dict[k].dtype, expected[k].dtype)
+    ]
+    if missing or unexpected or mismatched or cut:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+        if mismatched:
+            parts.append("shape mismatch " + "; ".join(mismatched[:3]))
+        if cut:
+            parts.append("a dtype the copy would cut (the imaginary part, the fraction) " + "; ".join(cut[:3]))
+        raise CheckpointError(
+            f"{source}: the state dict does not match {type(model).__name__}: "
+            + ", ".join(parts)
+            + f". Check the architecture config (or {setting('model')}) against the one that was trained"
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _lossy(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether copying values of ``source`` into ``target`` drops part of each: complex into
+    real, floating point into integer."""
+    return (source.is_complex and not target.is_complex) or (
+        source.is_floating_point and not (target.is_floating_point or target.is_complex)
+    )

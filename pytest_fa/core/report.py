@@ -14,15 +14,15 @@ from torch import nn
 
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
-from pytest_fa.core.registry import DiagnosticResult, Measurement
 from pytest_fa.core.calibration import NullCalibration, null_gamma
 from pytest_fa.core.credit import DFACredit
-from pytest_fa.core.reference import CreditSignal
-from pytest_fa.core.render import comparison, fmt, fmt_gamma, fmt_null, status, text_table
-from pytest_fa.errors import DataError, setting
 from pytest_fa.core.probe import Probe, run_probe
+from pytest_fa.core.reference import CreditSignal
+from pytest_fa.core.registry import DiagnosticResult, Measurement
+from pytest_fa.core.render import comparison, fmt, fmt_gamma, fmt_null, status, text_table
 from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.errors import DataError, setting
 
 
 @dataclass

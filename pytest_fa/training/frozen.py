@@ -18,6 +18,7 @@ from torch import nn
 from pytest_fa.core import interface
 from pytest_fa.core.adapter import HookedModel, match_path
 from pytest_fa.errors import FABudgetWarning, ModelInterfaceError, setting
+from pytest_fa.models import load_weights
 
 
 def frozen_control(
@@ -41,8 +42,6 @@ def frozen_control(
     control = copy.deepcopy(model)
     inner = control.model if isinstance(control, HookedModel) else control
     if init_state is not None:
-        from pytest_fa.training.checkpoint import load_weights  # checkpoint imports the methods, which import this
-
         load_weights(inner, init_state, "init_state")
     else:
         _draw_again(inner, seed)
