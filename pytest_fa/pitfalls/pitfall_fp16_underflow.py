@@ -33,9 +33,8 @@ from pytest_fa.core import probe as P
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.interface import forward_hidden
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("3")
 
