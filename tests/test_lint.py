@@ -738,19 +738,22 @@ def test_plugin_without_the_entry_point_is_a_usage_error(pytester, monkeypatch):
 
 def test_plugin_fails_a_file_flake8_cannot_read_parse_or_check(pytester, entry_point):
     """A file that does not parse is flake8's E999, a symlink loop its E902, a file that makes a
-    check crash (a sum of 600 terms: pyflakes recurses once per term) flake8's own message."""
+    check crash (a sum of 600 terms: pyflakes recurses once per term) flake8's own message, one
+    too deep for Python's parser a message that says so."""
     folder = pytester.mkdir("src")
     (folder / "bad.py").write_text("def f(:\n    return 1\n")
     os.symlink("loop.py", folder / "loop.py")
     (folder / "deep.py").write_text("x = " + " + ".join(["a"] * 600) + "\n")
+    (folder / "deeper.py").write_text("x = " + " + ".join(["a"] * 20_000) + "\n")  # too deep for ast.parse
     result = pytester.runpytest(*QUIET, "--fa-lint=src")
     text = result.stdout.str()
-    result.assert_outcomes(failed=3)
+    result.assert_outcomes(failed=4)
     assert f"{folder / 'bad.py'}:1:" in text and ": E999 SyntaxError:" in text
     assert f"{folder / 'loop.py'}:0:1: E902 OSError:" in text and "Too many levels of symbolic links" in text
     assert "flake8 could not check this file: see its output below" in text
     assert "failed during execution due to RecursionError" in text
-    assert "INTERNALERROR" not in text
+    assert f"{folder / 'deeper.py'}: flake8 cannot check this file: an expression is nested too deeply" in text
+    assert "INTERNALERROR" not in text and "during ast construction" not in text  # no raw RecursionError
 
 
 def test_a_symlink_loop_as_the_path_is_a_usage_error(pytester):

@@ -122,7 +122,11 @@ class LintItem(pytest.Item):
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp, "findings")
-            status = main(["--select=FA,E9", "--format=default", "--color=never", f"--output-file={out}", str(self.path)])
+            try:
+                status = main(["--select=FA,E9", "--format=default", "--color=never", f"--output-file={out}", str(self.path)])
+            except RecursionError:  # raised by ast.parse inside flake8
+                raise LintFindings(f"{self.path}: flake8 cannot check this file: an expression is nested too deeply "
+                                   "for Python's parser; split it") from None
             findings = out.read_text().strip() if out.exists() else ""
         if status or findings:
             raise LintFindings(findings or "flake8 could not check this file: see its output below")
