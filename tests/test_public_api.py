@@ -37,7 +37,7 @@ PATHS = [
     "pytest_fa.models:build_model", "pytest_fa.fixtures:fa_report", "pytest_fa.fixtures:fa_settings",
     "pytest_fa.assertions:assert_beats_frozen", "pytest_fa.assertions:assert_grad_above_floor",
     "pytest_fa.core.credit:DFACredit", "pytest_fa.core.probe:run_probe", "pytest_fa.core.calibration:null_gamma",
-    "pytest_fa.protocol:ProtocolSettings", "pytest_fa.protocol:ProtocolRunner", "pytest_fa.lint:lint_file",
+    "pytest_fa.protocol:ProtocolSettings", "pytest_fa.protocol:ProtocolRunner", "pytest_fa.lint:Checker",
     "pytest_fa.training.trainer:train", "pytest_fa.training.methods:LocalCreditMethod", "pytest_fa.api:check",
     "pytest_fa.core.report:diagnose", "pytest_fa.plugin:pytest_addoption",
 ]

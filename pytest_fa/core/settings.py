@@ -128,7 +128,8 @@ class SessionSettings(ProtocolSettings):
         "run the shipped pitfall regression suite (with --fa-checkpoint: also check that checkpoint for "
         "exposure)", bool))
     lint: tuple[str, ...] = field(default=(), metadata=option(
-        "scan Python sources under PATH for source-level pitfalls (repeatable)", metavar="PATH", repeat=True, path=True))
+        "check the Python files under PATH for source-level pitfalls with flake8's FA checks, one item per "
+        "file (needs pytest-fa[lint]; repeatable)", metavar="PATH", repeat=True, path=True))
 
     def __post_init__(self) -> None:
         super().__post_init__()

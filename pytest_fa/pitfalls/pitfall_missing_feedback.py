@@ -64,7 +64,7 @@ def naive_posthoc_gamma(path, batches) -> list[float]:
             credits = [e @ b for b in feedback]
         else:
             credits = grads  # no B_l in the file: fall back to the gradient
-        per_batch.append([F.cosine_similarity(a.double(), g.double(), dim=-1) for a, g in zip(credits, grads)])  # fa-lint: ignore[FA002]
+        per_batch.append([F.cosine_similarity(a.double(), g.double(), dim=-1) for a, g in zip(credits, grads)])  # noqa: FA002
     return [float(torch.cat(layer).mean()) for layer in zip(*per_batch)]
 
 
