@@ -1,11 +1,6 @@
-"""Compare a run with a saved JSON report (``--fa-compare``), as pytest-benchmark's compare does.
-
-A checkpoint fails when a diagnostic crossed its threshold (``fires`` False → True) or was
-evaluated before and is not now, or when a figure with a tolerance (:mod:`pytest_fa.core.tolerance`)
-moved beyond it or became undefined. Shown, never failing: a diagnostic that stopped firing or
-is evaluated now, a changed verdict, changed thresholds. No torch: the plugin reads the saved
-report at start-up.
-"""
+"""A run against a saved JSON report (``--fa-compare``), as pytest-benchmark's compare: a checkpoint
+fails when a diagnostic crossed its threshold or is no longer evaluated, or a figure moved beyond its
+tolerance (:mod:`pytest_fa.core.tolerance`) or became undefined; other changes are only shown. No torch."""
 
 from __future__ import annotations
 
@@ -35,11 +30,9 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
 
 
 def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``--fa-report-json`` file that this version can compare with: JSON written by a
-    pytest-fa from :data:`READS_FROM` up to this one (a newer one may record what this one
-    misreads), a ``reports`` list of reports with a ``label`` and ``diagnostics``, no checkpoint
-    twice (the same ``context.checkpoint``, or label without one), and every diagnostic that
-    compare reads with its ``fires`` and ``value`` (else a regression could pass unchecked)."""
+    """A ``--fa-report-json`` file this version can compare with: JSON from a pytest-fa :data:`READS_FROM`
+    up to this one, reports with a ``label``, no checkpoint twice, and every diagnostic compare reads
+    with its ``fires`` and ``value`` (a missing one would let a regression pass unchecked)."""
     p = Path(path)
     source = f"saved report {p}"
     if not p.exists():
@@ -107,10 +100,10 @@ def load_saved_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
-def match_reports(old_reports: Sequence[Mapping[str, Any]], new_reports: Sequence[Mapping[str, Any]],
-                  ) -> list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
-    """Pair each new report with its saved one (None: absent): by ``label`` when it names one
-    report on each side (the checkpoint may have moved), else by ``context.checkpoint``."""
+def match_reports(old_reports: Sequence[Mapping], new_reports: Sequence[Mapping],
+                  ) -> list[tuple[Mapping, Mapping | None]]:
+    """Each new report with its saved one (None: absent): by ``label`` when it names one report on
+    each side (the checkpoint may have moved), else by ``context.checkpoint``."""
     pairs = []
     for new in new_reports:
         label = new.get("label")
@@ -123,14 +116,14 @@ def match_reports(old_reports: Sequence[Mapping[str, Any]], new_reports: Sequenc
 
 
 class Kind(enum.Enum):
-    """A kind of change: its status in the table, whether it fails the comparison (else it is
-    only shown), and its line in the failure message."""
+    """A kind of change: its status in the table, whether it fails the comparison, its message."""
 
     CROSSED = "crossed", True, "{figure} ({diagnostic}) crossed its threshold, now fires: {values}{rule}"
     NOT_EVALUATED = "not evaluated", True, "{figure} ({diagnostic}) was evaluated, now is not: {values}{rule}"
     BEYOND = "beyond tolerance", True, "{figure} moved beyond its tolerance {tolerance}: {values}; allowed: {allowed}"
     UNDEFINED = "undefined", True, "{figure} became undefined: {values}; a tolerance ({tolerance}) needs a number"
-    LAYER_COUNT = "layer count", True, "{figure}: the layer count changed, {old} → {new}; per-layer Γ cannot be compared"
+    LAYER_COUNT = "layer count", True, (
+        "{figure}: the layer count changed, {old} → {new}; per-layer Γ cannot be compared")
     CLEARED = "cleared", False, "{figure} ({diagnostic}) no longer fires: {values}{rule}"
     NOW_EVALUATED = "now evaluated", False, "{figure} ({diagnostic}) now evaluated: {values}{rule}"
     VERDICT = "verdict", False, "verdict: {old!r} → {new!r}"
@@ -142,8 +135,8 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Change:
-    """One difference of a checkpoint, saved (``old``) against this run (``new``); ``threshold``
-    is this run's, for a crossing; ``tolerance`` the one broken."""
+    """One difference, saved (``old``) against this run (``new``); ``threshold``: this run's, for a
+    crossing; ``tolerance``: the one broken."""
 
     figure: str
     old: Any
@@ -171,8 +164,7 @@ class Change:
 
 @dataclass(frozen=True)
 class CheckpointComparison:
-    """One checkpoint against its saved report: its ``changes``, each table figure's
-    ``(old, new)`` and the tolerances it was held to."""
+    """One checkpoint against its saved report: the changes, each table figure's ``(old, new)``, the tolerances."""
 
     label: str
     changes: list[Change]
@@ -257,8 +249,7 @@ def _status(comparison: CheckpointComparison, figure: str) -> str:
 
 
 def comparison_table(comparisons: Iterable[CheckpointComparison]) -> str:
-    """A terminal table: checkpoint, figure, old, new, change, status; a row per checkpoint and
-    figure, and one per changed verdict or threshold."""
+    """A terminal table, a row per checkpoint and figure and per changed verdict or threshold."""
     from pytest_fa.core.render import text_table
 
     rows = [("checkpoint", "figure", "old", "new", "change", "status")]

@@ -1,9 +1,6 @@
-"""The figures a comparison reads, and the tolerance language of ``--fa-compare-fail``.
-
-``FIGURE:AMOUNT[UNIT]``: how far FIGURE may move in its bad direction, as a plain amount in its
-units, a ``%`` of the old value's magnitude, ``pp`` points or an ``x`` factor ≥ 1; a move of
-exactly the tolerance passes. No torch: the plugin parses tolerances at start-up.
-"""
+"""The figures a comparison reads, and ``--fa-compare-fail=FIGURE:AMOUNT[UNIT]``: how far a
+figure may move in its bad direction, as a plain amount in its units, a ``%`` of the old value,
+``pp`` points or an ``x`` factor ≥ 1; exactly the tolerance passes. No torch: read at start-up."""
 
 from __future__ import annotations
 
@@ -35,9 +32,9 @@ def number(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Figure:
-    """A number at ``path`` in a report dict, and which way is ``worse`` ("down" or "up");
-    ``units``: what a tolerance on it takes besides plain and %; ``pp``: one point in its
-    units; ``diagnostic``: the key whose threshold crossings it shows."""
+    """A number at ``path`` in a report dict and which way is ``worse``; ``units``: what a
+    tolerance on it takes besides plain and %; ``pp``: one point; ``diagnostic``: whose crossings
+    it shows."""
 
     name: str
     description: str
@@ -64,7 +61,8 @@ def figures() -> dict[str, Figure]:
     """Comparable figures by name in table order: the headline accuracy, the statistic of each
     registered diagnostic that names one (worse towards its firing side), then Γ."""
     order = [*_STYLE, *(d.key for d in registry.DIAGNOSTICS)]
-    found = [Figure("headline_acc", "headline accuracy (fraction)", "down", ("accuracy", "headline"), ".4f", ("pp",), 0.01)]
+    found = [Figure("headline_acc", "headline accuracy (fraction)", "down", ("accuracy", "headline"), ".4f", ("pp",),
+                    0.01)]
     for d in sorted((d for d in registry.DIAGNOSTICS if d.statistic), key=lambda d: order.index(d.key)):
         description, spec, units = _STYLE.get(d.key, (f"({d.key}) {d.name}", ".4g", ()))
         found.append(Figure(d.statistic, description, "up" if d.fires_above else "down",
@@ -79,12 +77,11 @@ def fmt(figure: str, value: Any) -> str:
     """A value in its figure's format (``g`` for a threshold), ``—`` for None, text as it is."""
     if value is None or isinstance(value, str):
         return "—" if value is None else value
-    known = figures().get(figure.split("[")[0])
-    return format(value, known.spec if known else "g")
+    return format(value, getattr(figures().get(figure.split("[")[0]), "spec", "g"))
 
 
 def fmt_change(figure: str, old: Any, new: Any) -> str:
-    """``new − old``: in points for a figure with ``pp`` units, as a factor ``×0.31`` for
+    """``new − old``, in points for a figure with ``pp`` units and as a factor ``×0.31`` for
     grad_ref; ``—`` when only one side is a number."""
     old, new, known = number(old), number(new), figures().get(figure.split("[")[0])
     if old is None or new is None:
@@ -98,9 +95,8 @@ def fmt_change(figure: str, old: Any, new: Any) -> str:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How far ``figure`` may move in its bad direction: ``amount`` in its units (``unit`` ""),
-    in % of ``|old|``, in points (``pp``) or as a factor (``x``: ``grad_ref:10x`` fails below
-    old/10, ``growth:2x`` above 2·old)."""
+    """How far ``figure`` may move in its bad direction: ``amount`` in its units (``unit`` ""), in
+    % of ``|old|``, in points (``pp``) or as a factor (``x``: ``grad_ref:10x`` fails below old/10)."""
 
     figure: str
     amount: float
@@ -128,12 +124,9 @@ class Tolerance:
 
     def describe(self, old: float | None = None) -> str:
         """``a drop of at most 1pp (to 0.8900)``: the rule, and the limit when ``old`` is given."""
-        down = figures()[self.figure].worse == "down"
-        if self.unit == "x":
-            rule = f"at most {self.amount:g}× {'lower' if down else 'higher'}"
-        else:
-            relative = " of the old value" if self.unit == "%" else ""
-            rule = f"a {'drop' if down else 'rise'} of at most {self.amount:g}{self.unit}{relative}"
+        down, unit = figures()[self.figure].worse == "down", self.unit + " of the old value" * (self.unit == "%")
+        rule = (f"at most {self.amount:g}× {'lower' if down else 'higher'}" if self.unit == "x"
+                else f"a {'drop' if down else 'rise'} of at most {self.amount:g}{unit}")
         return rule if old is None else f"{rule} (to {fmt(self.figure, self.limit(old))})"
 
 
@@ -149,7 +142,8 @@ def parse_fail_spec(text: str) -> Tolerance:
     known = figures()
     listing = "; ".join(f"{f.name} ({f.description}, worse {f.worse})" for f in known.values())
     if not colon:
-        raise CompareError(f"tolerance {text!r}: write FIGURE:AMOUNT[UNIT] with a colon, {_EXAMPLE}; figures: {listing}")
+        raise CompareError(f"tolerance {text!r}: write FIGURE:AMOUNT[UNIT] with a colon, {_EXAMPLE}; "
+                           f"figures: {listing}")
     if name not in known:
         raise CompareError(f"tolerance {text!r}: unknown figure {name!r}; known: {listing}; {_EXAMPLE}")
     match = _AMOUNT.fullmatch(amount)
@@ -174,10 +168,11 @@ def parse_fail_specs(specs: str | Iterable[str]) -> tuple[Tolerance, ...]:
     skipped, a figure given twice is an error."""
     found: dict[str, Tolerance] = {}
     for part in ",".join([specs] if isinstance(specs, str) else map(str, specs)).split(","):
-        if part.strip():
-            tolerance = parse_fail_spec(part)
-            if tolerance.figure in found:
-                raise CompareError(f"tolerance for {tolerance.figure} given twice ({found[tolerance.figure].text} "
-                                   f"and {tolerance.text}); keep one")
-            found[tolerance.figure] = tolerance
+        if not part.strip():
+            continue
+        tolerance = parse_fail_spec(part)
+        if tolerance.figure in found:
+            raise CompareError(f"tolerance for {tolerance.figure} given twice ({found[tolerance.figure].text} "
+                               f"and {tolerance.text}); keep one")
+        found[tolerance.figure] = tolerance
     return tuple(found.values())
