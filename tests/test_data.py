@@ -275,6 +275,15 @@ def test_eval_batches_bad_sizes(num_batches, batch_size):
         eval_batches(toy_dataset(100), num_batches, batch_size)
 
 
+def test_eval_batches_of_a_pair_are_those_of_the_test_split():
+    ds = toy_dataset(300)
+    pairs = eval_batches((ds.x_test, ds.y_test), 4, 50, seed=3)
+    for (x, y), (dx, dy) in zip(pairs, eval_batches(ds, 4, 50, seed=3), strict=True):
+        assert torch.equal(x, dx) and torch.equal(y, dy)
+    with pytest.raises(DataError, match="the data has 300 samples but 8 batches of 128 need 1024; pass more samples"):
+        eval_batches((ds.x_test, ds.y_test))
+
+
 # MNIST-1D
 
 

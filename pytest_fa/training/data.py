@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.errors import DataError, setting
 
 DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
@@ -194,24 +195,28 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
 
 
 def eval_batches(
-    dataset: Dataset, num_batches: int = 8, batch_size: int = 128, *, seed: int = 0
+    data: Dataset | tuple[torch.Tensor, torch.Tensor],
+    num_batches: int = MIN_EVAL_BATCHES,
+    batch_size: int = 128,
+    *,
+    seed: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``num_batches`` disjoint batches of ``batch_size`` test samples, the same for a seed."""
-    _check_int("num_batches", num_batches, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, None)
-    available = len(dataset.y_test)
+    """``num_batches`` disjoint batches of ``batch_size`` samples of ``data`` (a :class:`Dataset`'s
+    test split, or an ``(x, y)`` pair of tensors), drawn by a permutation seeded with ``seed``."""
+    for key, value, minimum in (("num_batches", num_batches, 1), ("batch_size", batch_size, 1), ("seed", seed, None)):
+        _check_int(key, value, minimum)
+    if isinstance(data, Dataset):
+        x, y = data.x_test, data.y_test
+        has, advice = f"{data.name!r} has {len(y)} test samples", "use fewer or smaller batches, or a larger data set"
+    else:
+        x, y = data
+        has = f"the data has {len(y)} samples"
+        advice = f"pass more samples, or a smaller batch_size (the protocol needs at least {MIN_EVAL_BATCHES} batches)"
     needed = num_batches * batch_size
-    if available < needed:
-        raise DataError(
-            f"{dataset.name!r} has {available} test samples but {num_batches} batches of "
-            f"{batch_size} need {needed}; use fewer or smaller batches, or a larger data set"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(available, generator=generator)[:needed].to(dataset.y_test.device)
-    return [
-        (dataset.x_test[index], dataset.y_test[index]) for index in order.split(batch_size)
-    ]
+    if len(y) < needed:
+        raise DataError(f"{has} but {num_batches} batches of {batch_size} need {needed}; {advice}")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:needed].to(y.device)
+    return [(x[index], y[index]) for index in order.split(batch_size)]
 
 
 def _check_int(key: str, value: Any, minimum: int | None, maximum: int | None = None) -> None:
