@@ -21,7 +21,7 @@ from torch import nn
 from pytest_fa.core.adapter import HookedModel
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
-from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
+from pytest_fa.core.settings import ProtocolSettings, credit_map_entries, resolve_device
 from pytest_fa.errors import (
     CheckpointError, CreditSignalError, DataError, FABudgetWarning, FACacheWarning, FAError, ModelInterfaceError,
     setting,
@@ -44,7 +44,7 @@ from pytest_fa.training.data import (
     load_dataset,
 )
 from pytest_fa.training.methods import get_method
-from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
+from pytest_fa.training.trainer import Recipe, accuracy, train
 
 _FROZEN_BASELINE_VERSION = 1
 
