@@ -24,13 +24,14 @@ from pytest_fa.core import registry
 from pytest_fa.core.calibration import null_gamma
 from pytest_fa.core.perturbation import perturbation_correlation
 from pytest_fa.core.reference import reference_pass
+from pytest_fa.core.settings import resolve_device
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
 from pytest_fa.training.checkpoint import load_bundle, load_checkpoint, save_bundle
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.monitor import temporal_replay
-from pytest_fa.training.trainer import DEFAULT_EPOCHS, Recipe, resolve_device, train
+from pytest_fa.training.trainer import DEFAULT_EPOCHS, Recipe, train
 
 Log = Callable[[str], None]
 AUDIT_METHODS = ("bp", "ep", "dfa", "state_bridge", "credit_bridge")

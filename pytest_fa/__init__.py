@@ -8,11 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pytest_fa import _moved
-
 __version__ = "0.1.0"
-
-_moved.install()
 
 _EXPORTS = {
     "adapt": "pytest_fa.core.adapter",

@@ -29,12 +29,11 @@ from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.probe import at_least_float32
 from pytest_fa.core.reference import CreditSignal
 from pytest_fa.core.report import MIN_EVAL_BATCHES, DiagnosticReport, diagnose
-from pytest_fa.core.settings import ProtocolSettings, SettingError
+from pytest_fa.core.settings import ProtocolSettings, SettingError, resolve_device
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import DataError, ModelInterfaceError
-from pytest_fa.training.data import Dataset
-from pytest_fa.training.data import eval_batches as dataset_eval_batches
-from pytest_fa.training.trainer import accuracy, resolve_device
+from pytest_fa.training.data import Dataset, eval_batches
+from pytest_fa.training.trainer import accuracy
 
 
 def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,23 +75,6 @@ def _check_samples(x: torch.Tensor, y: torch.Tensor) -> None:
         )
     if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
         raise DataError("the inputs contain NaN or inf; clean the data before measuring the model on it")
-
-
-def batches_from(
-    data: Any, num_batches: int = MIN_EVAL_BATCHES, batch_size: int = 128, *, seed: int = 0
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``num_batches`` disjoint eval batches of ``batch_size`` samples from ``data``."""
-    if isinstance(data, Dataset):
-        return dataset_eval_batches(data, num_batches, batch_size, seed=seed)
-    x, y = _eval_samples(data)
-    needed = num_batches * batch_size
-    if len(y) < needed:
-        raise DataError(
-            f"the data has {len(y)} samples but {num_batches} batches of {batch_size} need {needed}; "
-            f"pass more samples, or a smaller batch_size (the protocol needs at least {MIN_EVAL_BATCHES} batches)"
-        )
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:needed]
-    return [(x[index], y[index]) for index in order.split(batch_size)]
 
 
 def check(
@@ -142,7 +124,7 @@ def check(
         device = resolve_device(device)
     x_all, y_all = _eval_samples(data)
     context: dict[str, Any] = {"eval_source": type(data).__name__, "samples_given": len(y_all)}
-    batches = batches_from((x_all, y_all), num_batches, batch_size, seed=seed)
+    batches = eval_batches((x_all, y_all), int(num_batches), int(batch_size), seed=seed)
     measured_acc = _measure(model, x_all, y_all, headline_acc is None)  # labels: all samples given
     _check_two_classes(batches)
     if headline_acc is None:

@@ -22,7 +22,7 @@ from pytest_fa.core.adapter import HookedModel, adapt
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.interface import has_terminal_norm
 from pytest_fa.core.report import DiagnosticReport, DiagnosticThresholds, diagnose
-from pytest_fa.core.settings import ProtocolSettings, credit_map_entries
+from pytest_fa.core.settings import ProtocolSettings, credit_map_entries, resolve_device
 from pytest_fa.errors import (
     CheckpointError, CreditSignalError, DataError, FABudgetWarning, FACacheWarning, FAError, ModelInterfaceError,
     setting,
@@ -42,7 +42,7 @@ from pytest_fa.training.checkpoint import (
 from pytest_fa.training.data import Dataset, dataset_from_spec, eval_batches, load_dataset
 from pytest_fa.training.data import cache_dir as data_cache_dir
 from pytest_fa.training.methods import get_method
-from pytest_fa.training.trainer import Recipe, accuracy, resolve_device, train
+from pytest_fa.training.trainer import Recipe, accuracy, train
 
 _FROZEN_BASELINE_VERSION = 1
 

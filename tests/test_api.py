@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 import pytest_fa
-from pytest_fa.api import batches_from
+from pytest_fa.api import _eval_samples
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.report import diagnose
 from pytest_fa.errors import DataError, ModelInterfaceError
+from pytest_fa.training.data import eval_batches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,7 +39,7 @@ def numbers(report):
 def test_check_on_tensors_is_diagnose_on_the_same_batches(dfa, tensors):
     credit = DFACredit(dfa.state.feedback)
     report = pytest_fa.check(dfa.model, tensors, credit=credit, frozen_acc=0.3, headline_acc=0.4)
-    expected = diagnose(dfa.model, batches_from(tensors), credit=credit, frozen_acc=0.3, headline_acc=0.4)
+    expected = diagnose(dfa.model, eval_batches(tensors), credit=credit, frozen_acc=0.3, headline_acc=0.4)
     assert numbers(report) == numbers(expected)
     assert report.verdict == expected.verdict and report.num_batches == 8 and report.batch_size == 128
 
@@ -72,7 +73,7 @@ def test_without_frozen_acc_the_verdict_is_incomplete_and_says_what_to_pass(dfa,
 @given(loader_batch=st.integers(1, 400), seed=st.integers(0, 3))
 def test_the_loaders_batching_does_not_change_the_eval_batches(tensors, loader_batch, seed):
     loader = DataLoader(TensorDataset(*tensors), batch_size=loader_batch)
-    for (xa, ya), (xb, yb) in zip(batches_from(loader, seed=seed), batches_from(tensors, seed=seed)):
+    for (xa, ya), (xb, yb) in zip(eval_batches(_eval_samples(loader), seed=seed), eval_batches(tensors, seed=seed)):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -111,8 +112,9 @@ def test_a_frozen_accuracy_that_is_not_a_fraction_is_refused(dfa, tensors, froze
         ({"num_batches": 4}, "num_batches=4: diagnostic (c) needs at least 8 disjoint batches"),
         ({"num_batches": 8.0}, "num_batches=8.0: give a whole number"),
         ({"device": "cudax"}, "device='cudax': use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)"),
+        ({"seed": "1"}, "seed must be an integer, got '1'"),
     ],
-    ids=["batch-of-one", "batch-of-none", "four-batches", "float-count", "device-name"],
+    ids=["batch-of-one", "batch-of-none", "four-batches", "float-count", "device-name", "seed-text"],
 )
 def test_check_applies_the_command_lines_rules(dfa, tensors, options, phrase):
     with pytest.raises(DataError) as info:

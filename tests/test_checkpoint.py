@@ -167,6 +167,15 @@ def test_save_bundle_refuses_objects_weights_only_cannot_read(dfa_bundle, tmp_pa
     assert not target.exists() and not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_bundle_that_cannot_be_written_is_a_clear_error(dfa_bundle, tmp_path):
+    from pytest_fa.core.files import WriteError
+
+    blocker = tmp_path / "afile"  # a file where the bundle's folder goes: refused as root too
+    blocker.write_text("")
+    message = error_of(WriteError, save_bundle, blocker / "b.pt", load_bundle(dfa_bundle))
+    assert message.startswith("cannot write <path>: ") and "nothing was written" in message
+
+
 def test_load_checkpoint_of_dfa_bundle_restores_model_and_feedback(dfa_trained):
     result, path = dfa_trained
     loaded = load_checkpoint(path)

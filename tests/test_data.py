@@ -166,7 +166,7 @@ def test_a_generated_data_set_beyond_the_maximum_is_refused_before_generating(na
     def generate(*args):
         raise AssertionError("generation started")
 
-    monkeypatch.setattr(data, "_mnist1d_args", generate)
+    monkeypatch.setattr(data, "_generate_mnist1d", generate)
     monkeypatch.setattr(torch, "randn", generate)
     for n in (data.MAX_SAMPLES + 1, 2**70):
         with pytest.raises(DataError, match=f"num_samples must be at most {data.MAX_SAMPLES}, got {n}"):
@@ -275,6 +275,15 @@ def test_eval_batches_bad_sizes(num_batches, batch_size):
         eval_batches(toy_dataset(100), num_batches, batch_size)
 
 
+def test_eval_batches_of_a_pair_are_those_of_the_test_split():
+    ds = toy_dataset(300)
+    pairs = eval_batches((ds.x_test, ds.y_test), 4, 50, seed=3)
+    for (x, y), (dx, dy) in zip(pairs, eval_batches(ds, 4, 50, seed=3), strict=True):
+        assert torch.equal(x, dx) and torch.equal(y, dy)
+    with pytest.raises(DataError, match="the data has 300 samples but 8 batches of 128 need 1024; pass more samples"):
+        eval_batches((ds.x_test, ds.y_test))
+
+
 # MNIST-1D
 
 
@@ -287,7 +296,7 @@ def test_mnist1d_small(fa_cache):
     assert set(torch.unique(ds.y_train).tolist()) == set(range(10))
     assert ds.spec["config"] == {"num_samples": 500, "seed": 42}
     assert ds.spec["preprocessing"]["standardised_by"] == "mnist1d.make_dataset"
-    assert len(list((fa_cache / "mnist1d").glob("*.pt"))) == 1
+    assert [path.suffix for path in (fa_cache / "mnist1d").iterdir()] == [".pt"]  # one file: tensors and arguments
 
 
 def test_mnist1d_cache_hit_skips_generation(monkeypatch):
@@ -379,8 +388,7 @@ def test_fashion_mnist_layouts(tmp_path, fa_cache, layout):
     assert ds.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert ds.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
     assert ds.spec["preprocessing"] == {"divide_by": 255, "mean": [0.2860], "std": [0.3530]}
-    staged = fa_cache / "fashion-mnist"
-    assert staged.is_dir() == (layout != "torchvision")
+    assert not fa_cache.exists()  # read in place: nothing copied to the cache
     assert_same_tensors(ds, dataset_from_spec(json.loads(json.dumps(ds.spec)), root=root))
 
 
@@ -394,7 +402,7 @@ def test_fashion_mnist_limits(tmp_path):
     assert_same_tensors(ds, dataset_from_spec(ds.spec, root=root))
 
 
-def test_fashion_mnist_staging_follows_the_source(tmp_path):
+def test_fashion_mnist_is_read_from_the_root_given(tmp_path):
     first = write_fashion(tmp_path / "one", fake_fashion(seed=1), compressed=True)
     second = write_fashion(tmp_path / "two", fake_fashion(seed=2), compressed=True)
     a = load_dataset("fashion-mnist", root=first)
@@ -439,6 +447,13 @@ def test_fashion_mnist_corrupt_files(tmp_path):
     root = write_fashion(tmp_path / "idx", fake_fashion(), compressed=False)
     (root / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x00\x00")
     with pytest.raises(DataError, match="cannot read"):
+        load_dataset("fashion-mnist", root=root)
+
+    root = write_fashion(tmp_path / "deflate", fake_fashion(), compressed=True)
+    packed = bytearray((root / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    packed[10:14] = b"\xff\xff\xff\xff"  # the compressed stream itself, past gzip's header
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(packed))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: .*the idx files are corrupt"):
         load_dataset("fashion-mnist", root=root)
 
 
@@ -574,14 +589,15 @@ def test_a_cached_mnist1d_loads_without_importing_the_generator(small_data, isol
     assert out == ["False", repr(float(small_data.x_test.sum())), "40"]
 
 
-def test_a_damaged_mnist1d_index_is_rebuilt_from_the_generator(fa_cache):
+def test_damaged_mnist1d_arguments_are_rebuilt_from_the_generator(fa_cache):
     first = load_dataset("mnist1d", num_samples=500)
-    (index,) = (fa_cache / "mnist1d").glob("args-*.json")
-    index.write_text("{not json")
-    again = load_dataset("mnist1d", num_samples=500)
-    assert_same_tensors(again, first)
-    assert again.spec == first.spec
-    assert json.loads(index.read_text())["num_samples"] == 500
+    (path,) = (fa_cache / "mnist1d").glob("*.pt")
+    for args in ("{not json", json.dumps({"num_samples": 400, "seed": 42, "final_seq_length": 40})):
+        torch.save({**torch.load(path, weights_only=True), "args": args}, path)
+        again = load_dataset("mnist1d", num_samples=500)
+        assert_same_tensors(again, first)
+        assert again.spec == first.spec
+        assert json.loads(torch.load(path, weights_only=True)["args"])["num_samples"] == 500
 
 
 def test_fashion_mnist_files_of_random_bytes_get_a_reason(tmp_path):

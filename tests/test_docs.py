@@ -36,7 +36,7 @@ pytestmark = [
 def _generator(name: str = "options_doc"):
     """The module of ``tools/<name>.py``, a script outside the package."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # where dataclasses look it up
     spec.loader.exec_module(module)
     return module
 

@@ -59,6 +59,12 @@ def test_the_layer_check_sees_a_violation(tmp_path, monkeypatch):
 def test_only_the_public_surface_and_the_layers_sit_at_the_top():
     top = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.startswith("."))
     assert top == [
-        "__init__.py", "_moved.py", "api.py", "assertions.py", "core", "errors.py", "fixtures.py", "lint",
+        "__init__.py", "api.py", "assertions.py", "core", "errors.py", "fixtures.py", "lint",
         "models.py", "pitfalls", "plugin", "protocol.py", "py.typed", "strategies.py", "training",
     ]
+
+
+def test_the_pitfalls_package_holds_the_suite_and_no_developer_tool():
+    """The guard-removal harness and the CHECKLIST.md generator live in tools/, outside the wheel."""
+    modules = sorted(p.name for p in (PACKAGE / "pitfalls").glob("*.py") if not p.name.startswith("pitfall_"))
+    assert modules == ["__init__.py", "fixtures.py", "regimes.py"]

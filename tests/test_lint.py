@@ -1,13 +1,16 @@
-"""Tests of the static checker ``pytest_fa.lint`` (``--fa-lint`` / ``python -m pytest_fa.lint``).
+"""Tests of the FA checks (``pytest_fa.lint``, a flake8 plugin) and of ``--fa-lint``.
 
 Per rule: parametrised snippets that must be flagged (the expected line is the one marked
-``# <-``) and look-alikes that must not. Then the planted sample ``tests/data/lint_sample.py``
-(findings == its ``# expect:`` markers, line for line), the package itself (clean), the
-command line, and the pytest plugin through ``pytester``.
+``# <-``) and look-alikes that must not, through the checker itself. Then, through flake8 with
+pytest-fa's entry point: ``# noqa``, the planted sample ``tests/data/lint_sample.py`` (findings ==
+its ``# expect:`` markers, line for line), the package itself (clean), and the pytest plugin
+through ``pytester``.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import re
 import shutil
@@ -16,14 +19,17 @@ import sys
 import textwrap
 import tokenize
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from flake8.main.cli import main as flake8_main
 
 import pytest_fa
-from pytest_fa import lint
-from pytest_fa.lint import Finding, lint_file, lint_source, python_files
+from pytest_fa.lint import PITFALL, Checker
+from pytest_fa.lint.rules import RULES
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 SAMPLE = HERE / "data" / "lint_sample.py"
 PACKAGE = Path(pytest_fa.__file__).resolve().parent
 
@@ -31,11 +37,28 @@ HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n
 MARK = "# <-"
 
 
-def check(snippet: str) -> tuple[set[tuple[int, str]], list[Finding]]:
+class Found(NamedTuple):
+    line: int
+    col: int  # 1-based, as flake8 prints it
+    code: str
+    pitfall: str
+    message: str
+
+
+def lint_source(source: str) -> list[Found]:
+    """The checker's findings in ``source`` (no ``# noqa``: that is flake8's), by line and column."""
+    found = []
+    for line, col, text, _ in Checker(ast.parse(source), source.splitlines(True)).run():
+        code, pitfall, message = re.fullmatch(r"(FA\d{3}) \[pitfall (\w+)\] (.*)", text, re.S).groups()
+        found.append(Found(line, col + 1, code, pitfall, message))
+    return sorted(found)
+
+
+def check(snippet: str) -> tuple[set[tuple[int, str]], list[Found]]:
     """Lint ``HEADER + snippet``; return {(line, code)} and the findings, lines counted in the snippet."""
     source = HEADER + textwrap.dedent(snippet)
     offset = HEADER.count("\n")
-    findings = lint_source(source, "snippet.py")
+    findings = lint_source(source)
     return {(f.line - offset, f.code) for f in findings}, findings
 
 
@@ -111,11 +134,11 @@ def test_fa001_leaves_explicit_norms_alone(snippet):
 
 
 def test_fa001_message_names_the_pitfall_and_the_fix():
-    (finding,) = lint_source("def f(x):\n    return x.norm(-1)\n", "a.py")
-    assert (finding.path, finding.line, finding.col, finding.code, finding.pitfall) == ("a.py", 2, 14, "FA001", "1")
+    (finding,) = lint_source("def f(x):\n    return x.norm(-1)\n")
+    assert (finding.line, finding.col, finding.code, finding.pitfall) == (2, 14, "FA001", "1")
     assert "whole flattened tensor" in finding.message
     assert "x.norm(dim=-1)" in finding.message and "torch.linalg.vector_norm(x, dim=-1)" in finding.message
-    assert str(finding).startswith("a.py:2:14: FA001 [pitfall 1] `x.norm(-1)`")
+    assert finding.message.startswith("`x.norm(-1)`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,78 +548,105 @@ def test_fa004_message_names_both_batches():
     assert "same forward pass" in finding.message
 
 
-# --------------------------------------------------------------------------------------------
-# suppression comments, ordering, FA000
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("comment", "kept"),
-    [
-        ("", {"FA001", "FA002"}),
-        ("  # fa-lint: ignore", set()),
-        ("  # fa-lint: ignore[FA001]", {"FA002"}),
-        ("  # fa-lint: ignore[FA001, FA002]", set()),
-        ("  # fa-lint: ignore[FA003]", {"FA001", "FA002"}),
-        ("  # noqa: E501  # fa-lint: ignore[fa002]", {"FA001"}),
-        ("  # fa-lint: ignore -- but not at the end", {"FA001", "FA002"}),
-    ],
-)
-def test_suppression_comment(comment, kept):
-    source = HEADER + f"F.cosine_similarity(x.norm(-1), p.grad){comment}\n"
-    assert {f.code for f in lint_source(source)} == kept
-
-
-def test_suppression_on_the_last_line_of_a_multi_line_call():
-    source = HEADER + "c = F.cosine_similarity(\n    a,\n    p.grad)  # fa-lint: ignore\n"
-    assert lint_source(source) == []
-
-
-def test_a_suppression_inside_a_string_does_not_count():
-    source = HEADER + "n = x.norm(-1); s = '# fa-lint: ignore'\n"
-    assert [f.code for f in lint_source(source)] == ["FA001"]
-
-
 def test_findings_are_sorted_and_columns_are_one_based_characters():
     source = "é = 'ü'; n = x.norm(-1)\nm = y.norm(2); k = z.norm(-1)\n"
     findings = lint_source(source)
     assert [(f.line, f.col) for f in findings] == [(1, 16), (2, 7), (2, 22)]
 
 
-def test_a_file_that_does_not_parse_is_one_fa000_finding(tmp_path):
-    bad = tmp_path / "bad.py"
-    bad.write_text("def f(:\n    return 1\n")
-    (finding,) = lint_file(bad)
-    assert (finding.path, finding.line, finding.code) == (str(bad), 1, "FA000")
-    assert finding.col >= 1 and "cannot parse" in finding.message
-    undecodable = tmp_path / "latin.py"
-    undecodable.write_bytes(b"x = '\xe9'\n")
-    (finding,) = lint_file(undecodable)
-    assert finding.code == "FA000"
-    with pytest.raises(SyntaxError):
-        lint_source("def f(:\n")
+def test_each_pitfall_lint_code_has_one_rule():
+    assert [rule.code for rule in RULES] == sorted(PITFALL) == ["FA001", "FA002", "FA003", "FA004"]
 
 
-def test_deeply_nested_expressions_are_checked_not_crashed(tmp_path):
-    source = "x = " + " + ".join(["a"] * 600) + " + h.norm(-1)\n"
-    assert [f.code for f in lint_source(source)] == ["FA001"]
-    too_deep = tmp_path / "deep.py"
-    too_deep.write_text("x = " + "(" * 5000 + "1" + ")" * 5000 + "\n")
-    assert [f.code for f in lint_file(too_deep)] == ["FA000"]
+def test_no_torch_import():
+    code = ("import ast, sys; from pytest_fa.lint import Checker; "
+            "print(len(list(Checker(ast.parse('x.norm(-1)'), ['x.norm(-1)']).run())), 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["1", "False"], run.stderr
 
 
-def test_encoding_cookie_and_bom_are_honoured(tmp_path):
+# --------------------------------------------------------------------------------------------
+# through flake8: the entry point, # noqa, the planted sample, the package itself
+# --------------------------------------------------------------------------------------------
+
+
+def entry_point_dist(folder: Path) -> Path:
+    """A folder holding pytest-fa's metadata with the ``flake8.extension`` entry points that
+    pyproject.toml declares. First on the path, it is the pytest-fa flake8 loads (flake8 takes
+    one distribution per name), whatever metadata an earlier install left."""
+    text = (ROOT / "pyproject.toml").read_text()
+    header = '[project.entry-points."flake8.extension"]\n'
+    assert header in text, "pyproject.toml registers no flake8 plugin"
+    entries = text.split(header, 1)[1].split("\n\n", 1)[0].replace('"', "")
+    assert entries.strip() == "FA = pytest_fa.lint:Checker"
+    info = folder / "pytest_fa-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-fa\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[flake8.extension]\n{entries}\n")
+    return folder
+
+
+@pytest.fixture
+def entry_point(tmp_path, monkeypatch):
+    """pytest-fa's flake8 entry point on ``sys.path`` and ``PYTHONPATH``."""
+    folder = entry_point_dist(tmp_path / "entry-point")
+    monkeypatch.syspath_prepend(folder)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return folder
+
+
+@pytest.fixture
+def flake8(entry_point, tmp_path):
+    """``flake8 --isolated --select=FA,E9 ARGS`` in this process: (exit status, output lines)."""
+    def run(*args) -> tuple[int, list[str]]:
+        out = tmp_path / "flake8.txt"
+        out.unlink(missing_ok=True)
+        status = flake8_main(["--isolated", "--select=FA,E9", "--jobs=1", f"--output-file={out}", *map(str, args)])
+        return status, out.read_text().splitlines()
+    return run
+
+
+def codes(lines: list[str]) -> set[tuple[int, str]]:
+    """(line, code) of each ``path:line:col: CODE text`` line."""
+    return {(int(m[1]), m[2]) for m in (re.match(r".*?:(\d+):\d+: (\w+) ", line) for line in lines)}
+
+
+def test_flake8_prints_the_findings_of_the_checker(flake8, tmp_path):
+    file = tmp_path / "a.py"
+    file.write_text("def f(x):\n    return x.norm(-1)\n")
+    status, lines = flake8(file)
+    (finding,) = lint_source(file.read_text())
+    assert status == 1
+    assert lines == [f"{file}:2:14: FA001 [pitfall 1] {finding.message}"]
+
+
+@pytest.mark.parametrize(
+    ("comment", "kept"),
+    [
+        ("", {"FA001", "FA002"}),
+        ("  # noqa", set()),
+        ("  # noqa: FA001", {"FA002"}),
+        ("  # noqa: FA001, FA002", set()),
+        ("  # noqa: FA003", {"FA001", "FA002"}),
+        ("  # noqa: E501,FA002", {"FA001"}),
+        ("  # noqa: FA", set()),
+    ],
+)
+def test_noqa(flake8, tmp_path, comment, kept):
+    file = tmp_path / "snippet.py"
+    file.write_text(HEADER + f"F.cosine_similarity(x.norm(-1), p.grad){comment}\n")
+    status, lines = flake8(file)
+    assert codes(lines) == {(4, code) for code in kept}
+    assert status == (1 if kept else 0)
+
+
+def test_encoding_cookie_and_bom_are_honoured(flake8, tmp_path):
     latin = tmp_path / "latin.py"
     latin.write_bytes(b"# -*- coding: latin-1 -*-\ns = '\xe9'\nn = x.norm(-1)\n")
     bom = tmp_path / "bom.py"
     bom.write_bytes(b"\xef\xbb\xbfn = x.norm(-1)\n")
-    assert [(f.line, f.code) for f in lint_file(latin)] == [(3, "FA001")]
-    assert [(f.line, f.code) for f in lint_file(bom)] == [(1, "FA001")]
-
-
-# --------------------------------------------------------------------------------------------
-# the planted sample
-# --------------------------------------------------------------------------------------------
+    assert codes(flake8(latin)[1]) == {(3, "FA001")}
+    assert codes(flake8(bom)[1]) == {(1, "FA001")}
 
 
 def expect_markers(path: Path) -> set[tuple[int, str]]:
@@ -611,9 +661,9 @@ def expect_markers(path: Path) -> set[tuple[int, str]]:
     return out
 
 
-def test_sample_findings_are_exactly_the_planted_pitfalls():
+def test_sample_findings_are_exactly_the_planted_pitfalls(flake8):
     expected = expect_markers(SAMPLE)
-    found = {(f.line, f.code) for f in lint_file(SAMPLE)}
+    found = codes(flake8(SAMPLE)[1])
     assert {code for _, code in expected} == {"FA001", "FA002", "FA003", "FA004"}
     for code in ("FA001", "FA002", "FA003", "FA004"):
         assert sum(c == code for _, c in expected) >= 3, f"too few planted {code}"
@@ -625,77 +675,13 @@ def test_sample_is_not_collected_as_a_test():
     assert not SAMPLE.name.startswith("test_") and not SAMPLE.stem.endswith("_test")
 
 
-# --------------------------------------------------------------------------------------------
-# the package itself
-# --------------------------------------------------------------------------------------------
-
-
-def test_the_package_is_clean():
+def test_the_package_is_clean(flake8):
     """pytest_fa/ has no finding: the pitfall modules' deliberate naive reproducers carry
-    ``# fa-lint: ignore[...]``, so anything found is a real pitfall in pytest-fa's own code."""
-    files = python_files([PACKAGE])
-    assert len(files) > 10 and any(f.name.startswith("pitfall_") for f in files)
-    findings = [str(f) for file in files for f in lint_file(file)]
-    assert not findings, "\n".join(findings)
-
-
-# --------------------------------------------------------------------------------------------
-# file discovery and the command line
-# --------------------------------------------------------------------------------------------
-
-
-def test_python_files_walks_sorted_and_skips_what_is_not_source(tmp_path):
-    for rel in (
-        "b.py", "a.py", "notes.txt", "pkg/c.py", ".hidden/h.py", "pkg/__pycache__/c.cpython-311.py",
-        "venv/lib/v.py", "lib/site-packages/s.py", ".hidden.py",
-    ):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("x = 1\n")
-    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
-    script = tmp_path / "run_eval"
-    script.write_text("x = 1\n")
-    files = python_files([tmp_path, tmp_path / "a.py", script])
-    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.py", "b.py", "pkg/c.py", "run_eval"]
-    with pytest.raises(FileNotFoundError):
-        python_files([tmp_path / "missing"])
-
-
-def test_main_exit_codes(tmp_path, capsys):
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    (clean / "ok.py").write_text("def f(x):\n    return x.norm(dim=-1)\n")
-    assert lint.main([str(clean)]) == 0
-    assert capsys.readouterr().out == ""
-
-    dirty = tmp_path / "dirty"
-    dirty.mkdir()
-    shutil.copy(SAMPLE, dirty / SAMPLE.name)
-    assert lint.main([str(clean), str(dirty)]) == 1
-    out, err = capsys.readouterr()
-    lines = out.splitlines()
-    assert len(lines) == len(lint_file(SAMPLE))
-    assert all(re.match(rf"{re.escape(str(dirty / SAMPLE.name))}:\d+:\d+: FA00[1-4] \[pitfall (1|2|3|B3)\] ", l)
-               for l in lines)
-    assert "1 of 2 file(s)" in err
-
-    assert lint.main([str(tmp_path / "missing")]) == 2
-    assert "no such file or folder" in capsys.readouterr().err
-    assert lint.main([]) == 2
-
-
-def test_python_dash_m(tmp_path):
-    (tmp_path / "bad.py").write_text("x = x.norm(-1)\n")
-    run = subprocess.run([sys.executable, "-m", "pytest_fa.lint", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 1, run.stderr
-    assert run.stdout.startswith(f"{tmp_path / 'bad.py'}:1:7: FA001 [pitfall 1] ")
-    assert "torch" not in run.stderr
-
-
-def test_no_torch_import():
-    code = "import sys, pytest_fa.lint as l; l.lint_source('x.norm(-1)'); print('torch' in sys.modules)"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert run.stdout.strip() == "False", run.stderr
+    ``# noqa: FA00N``, so anything found is a real pitfall in pytest-fa's own code. (flake8 runs
+    on the files the checker flags; on the others it has nothing to report.)"""
+    flagged = sorted(f.name for f in PACKAGE.rglob("*.py") if lint_source(f.read_text(encoding="utf-8")))
+    assert flagged == ["pitfall_fp16_underflow.py", "pitfall_missing_feedback.py", "pitfall_norm_minus_one.py"]
+    assert flake8(*(PACKAGE / "pitfalls" / name for name in flagged)) == (0, [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -707,19 +693,20 @@ def test_no_torch_import():
 QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 
-def test_plugin_fails_on_the_sample_with_the_findings(pytester):
+def test_plugin_fails_on_the_sample_with_the_findings(pytester, flake8):
     folder = pytester.mkdir("src")
-    shutil.copy(SAMPLE, folder / SAMPLE.name)
+    copied = folder / SAMPLE.name
+    shutil.copy(SAMPLE, copied)
+    (folder / "ok.py").write_text("def f(x):\n    return x.norm(dim=-1)\n")
     result = pytester.runpytest(*QUIET, "--fa-lint=src")
     assert result.ret == 1
-    result.assert_outcomes(failed=1)
-    copied = folder / SAMPLE.name
-    expected = sorted(lint_file(copied), key=lambda f: (f.line, f.col))
-    result.stdout.re_match_lines([re.escape(str(f)) + "$" for f in expected], consecutive=True)
-    assert {(f.line, f.code) for f in expected} == expect_markers(SAMPLE)
+    result.assert_outcomes(failed=1, passed=1)
+    status, expected = flake8(copied.resolve())
+    assert status == 1 and codes(expected) == expect_markers(SAMPLE)
+    result.stdout.re_match_lines([re.escape(line) + "$" for line in expected], consecutive=True)
 
 
-def test_plugin_passes_on_a_clean_folder(pytester):
+def test_plugin_passes_on_a_clean_folder(pytester, entry_point):
     pytester.makepyfile(**{"clean/ok": "def f(x):\n    return x.norm(dim=-1)\n"})
     result = pytester.runpytest(*QUIET, "--fa-lint=clean")
     assert result.ret == 0
@@ -732,17 +719,44 @@ def test_plugin_reports_a_missing_path_as_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--fa-lint=missing/: no such file or folder*"])
 
 
-def test_a_symlink_loop_is_named_by_the_command_line_and_is_a_usage_error_of_the_plugin(pytester, capsys):
-    folder = pytester.mkdir("src")
-    (folder / "ok.py").write_text("x = 1\n")
-    os.symlink("loop.py", folder / "loop.py")
-    assert lint.main([str(folder)]) == 2
-    assert f"fa-lint: error: {folder / 'loop.py'} is a symlink loop; remove the link or lint another folder" in capsys.readouterr().err
-    result = pytester.runpytest_subprocess(*QUIET, "--fa-lint=src")
-    text = result.stdout.str() + result.stderr.str()
+def test_plugin_without_flake8_is_a_usage_error_that_says_what_to_install(pytester, monkeypatch):
+    pytester.makepyfile(**{"src/ok": "x = 1\n"})
+    monkeypatch.setitem(sys.modules, "flake8", None)  # import flake8 fails
+    result = pytester.runpytest(*QUIET, "--fa-lint=src")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--fa-lint=src: src/loop.py is a symlink loop; remove the link or lint another folder" in text
-    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert "--fa-lint runs flake8, which is not installed: pip install pytest-fa[lint]" in result.stderr.str()
+
+
+def test_plugin_without_the_entry_point_is_a_usage_error(pytester, monkeypatch):
+    """An install that predates the entry point would pass every file: flake8 runs no FA check."""
+    pytester.makepyfile(**{"src/ok": "x = 1\n"})
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    result = pytester.runpytest(*QUIET, "--fa-lint=src")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--fa-lint: flake8 does not know pytest-fa's FA checks; reinstall pytest-fa*"])
+
+
+def test_plugin_fails_a_file_flake8_cannot_read_parse_or_check(pytester, entry_point):
+    """A file that does not parse is flake8's E999, a symlink loop its E902, a file that makes a
+    check crash (a sum of 600 terms: pyflakes recurses once per term) flake8's own message, one
+    too deep for Python's parser a message that says so."""
+    folder = pytester.mkdir("src")
+    (folder / "bad.py").write_text("def f(:\n    return 1\n")
+    os.symlink("loop.py", folder / "loop.py")
+    (folder / "deep.py").write_text("x = " + " + ".join(["a"] * 600) + "\n")
+    (folder / "deeper.py").write_text("x = " + " + ".join(["a"] * 20_000) + "\n")  # too deep for ast.parse
+    result = pytester.runpytest(*QUIET, "--fa-lint=src")
+    text = result.stdout.str()
+    result.assert_outcomes(failed=4)
+    assert f"{folder / 'bad.py'}:1:" in text and ": E999 SyntaxError:" in text
+    assert f"{folder / 'loop.py'}:0:1: E902 OSError:" in text and "Too many levels of symbolic links" in text
+    assert "flake8 could not check this file: see its output below" in text
+    assert "failed during execution due to RecursionError" in text
+    assert f"{folder / 'deeper.py'}: flake8 cannot check this file: an expression is nested too deeply" in text
+    assert "INTERNALERROR" not in text and "during ast construction" not in text  # no raw RecursionError
+
+
+def test_a_symlink_loop_as_the_path_is_a_usage_error(pytester):
     os.symlink("self", pytester.path / "self")
     result = pytester.runpytest_subprocess(*QUIET, "--fa-lint=self")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

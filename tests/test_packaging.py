@@ -42,10 +42,12 @@ def test_entry_point_and_classifier(wheel):
     info = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
     entry_points = wheel.read(info).decode()
     assert "[pytest11]" in entry_points and "fa = pytest_fa.plugin" in entry_points
+    assert "[flake8.extension]" in entry_points and "FA = pytest_fa.lint:Checker" in entry_points
     metadata = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     assert "Classifier: Framework :: Pytest" in metadata
     for dependency in ("pytest", "torch", "torchvision", "numpy", "hypothesis", "mnist1d"):
         assert f"Requires-Dist: {dependency}" in metadata
+    assert "Provides-Extra: lint" in metadata and 'Requires-Dist: flake8>=6; extra == "lint"' in metadata
 
 
 def test_the_pluggy_floor_covers_the_hook_wrappers_the_plugin_uses(wheel):

@@ -66,8 +66,9 @@ def test_a_fifth_diagnostic_is_one_registry_entry(pytester, bp_bundle):
 def test_a_fifth_diagnostic_reaches_the_seed_table_and_the_comparison():
     import copy
 
-    from pytest_fa.core.compare import CROSSED, compare_reports, figures, parse_fail_spec
+    from pytest_fa.core.compare import Kind, compare_reports
     from pytest_fa.core.seeds import SeedGroup, seed_columns, seed_table, statistic_names
+    from pytest_fa.core.tolerance import figures, parse_fail_spec
 
     assert statistic_names() == ("headline_acc", "growth", "grad_ref", "margin_pp", "deep_gamma")
     assert seed_columns()[3:6] == ("(a) growth", "(b) ‖g_L‖", "(d) margin pp")
@@ -91,7 +92,7 @@ def test_a_fifth_diagnostic_reaches_the_seed_table_and_the_comparison():
         assert list(figures())[-4:] == ["eval_acc_pp", "deep_gamma", "all_gamma", "layer_gamma"]
         assert figures()["eval_acc_pp"].description == "(e) eval accuracy" and figures()["eval_acc_pp"].worse == "down"
         comparison = compare_reports(old, new, [parse_fail_spec("eval_acc_pp:1")])
-        assert [(c.figure, c.kind) for c in comparison.changes][:1] == [("eval_acc_pp", CROSSED)]
+        assert [(c.figure, c.kind) for c in comparison.changes][:1] == [("eval_acc_pp", Kind.CROSSED)]
         assert comparison.failed and "eval_acc_pp" in comparison.figures
     assert "eval_acc_pp" not in statistic_names() and "eval_acc_pp" not in figures()
     assert DiagnosticThresholds().updated(max_growth=10).max_growth == 10

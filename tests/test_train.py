@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from conftest import SMALL_ARCH
 
 from pytest_fa.core.interface import block_weights
-from pytest_fa.core.settings import SettingError
+from pytest_fa.core.settings import SettingError, resolve_device
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle
 from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
-from pytest_fa.training.trainer import Recipe, accuracy, main, resolve_device, train
+from pytest_fa.training.trainer import Recipe, accuracy, main, train
 from pytest_fa.pitfalls.regimes import torch_threads
 
 

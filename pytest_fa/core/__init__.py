@@ -9,6 +9,6 @@ Torch-free to import; every module below loads what it needs itself.
 - ``reference``, ``credit``: the backprop reference pass and the credit signals compared to it.
 - ``diagnostics``, ``probe``, ``calibration``, ``perturbation``: per-sample formulas, the
   probe over eval batches, the random-feedback null band, the perturbation correlation.
-- ``report``, ``render``, ``markdown``, ``plot``, ``seeds``, ``compare``: the verdict, its
-  text / Markdown / figure forms, multi-seed statistics and report-to-report comparison.
+- ``report``, ``render``, ``markdown``, ``plot``, ``seeds``, ``compare``, ``tolerance``: the verdict,
+  its text / Markdown / figure forms, multi-seed statistics, report-to-report comparison and its tolerances.
 """

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_fa.errors import setting
 from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLINGS
 from pytest_fa.core.thresholds import DiagnosticThresholds
+
+if TYPE_CHECKING:
+    import torch
 
 MIN_EVAL_BATCHES = 8
 
@@ -100,7 +103,7 @@ class ProtocolSettings:
                 raise SettingError(name, getattr(self, name), f"use one of {', '.join(choices)}")
         if self.hidden is not None and not self.hidden.replace(",", "").strip():
             raise SettingError("hidden", self.hidden, "name the modules of h_0..h_L, e.g. 'embed,blocks.*'")
-        check_device(self.device)
+        resolve_device(self.device, check_only=True)
         credit_map_entries(self.credit_map)
 
 
@@ -128,7 +131,8 @@ class SessionSettings(ProtocolSettings):
         "run the shipped pitfall regression suite (with --fa-checkpoint: also check that checkpoint for "
         "exposure)", bool))
     lint: tuple[str, ...] = field(default=(), metadata=option(
-        "scan Python sources under PATH for source-level pitfalls (repeatable)", metavar="PATH", repeat=True, path=True))
+        "check the Python files under PATH for source-level pitfalls with flake8's FA checks, one item per "
+        "file (needs pytest-fa[lint]; repeatable)", metavar="PATH", repeat=True, path=True))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,13 +166,20 @@ def credit_map_entries(lines: tuple[str, ...]) -> list[tuple[str, str]]:
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
-def check_device(device: str) -> None:
-    """The device names pytest-fa takes: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU
-    index, 0, 1, …); a CUDA device only where torch sees a GPU."""
-    if not (isinstance(device, str) and _DEVICE.fullmatch(device)):
-        raise SettingError("device", device, "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)")
-    if device.startswith("cuda"):
-        import torch
+def resolve_device(name: str | None, *, check_only: bool = False) -> torch.device | None:
+    """The torch device of a name pytest-fa takes: ``auto`` (or None) is cuda where torch sees a
+    GPU, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU index, 0, 1, …), a CUDA device only
+    where torch sees a GPU. Any other name is a :class:`SettingError`. ``check_only``: only check
+    the name (None back), importing torch for a CUDA name alone."""
+    name = "auto" if name is None else name
+    if not (isinstance(name, str) and _DEVICE.fullmatch(name)):
+        raise SettingError("device", name, "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)")
+    if check_only and not name.startswith("cuda"):
+        return None
+    import torch
 
-        if not torch.cuda.is_available():
-            raise SettingError("device", device, "torch sees no CUDA GPU on this machine; use cpu or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingError("device", name, "torch sees no CUDA GPU on this machine; use cpu or auto")
+    if check_only:
+        return None
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)

@@ -1,4 +1,4 @@
-"""What every rule of :mod:`pytest_fa.lint` shares: the walk, its dataflow, reporting, suppression.
+"""What every rule of :mod:`pytest_fa.lint` shares: the walk, its dataflow, reporting.
 
 Names are resolved through the file's imports (``import torch.nn.functional as F``,
 ``from torch.linalg import norm``); the usual ``torch``/``F``/``nn`` work in snippets that do not
@@ -24,60 +24,22 @@ constant index) are two origins. Origins flow through every expression (calls, a
 subscripts, ``zip``/``enumerate`` unpacking, ``.append``); an assignment replaces a
 variable's origins in straight-line code and adds to them under ``if``/``try``/``while``.
 
-The rules live in :mod:`pytest_fa.lint.rules`, one module each; a module builds a :class:`Rule`
-with its hooks and passes it to :func:`register`. The walk calls ``on_call`` on every call,
-``on_cosine`` on every cosine (:meth:`Linter.cosine`) and ``on_wrap`` on the ``with`` items and
-the decorators of a function together with the body they wrap.
-
-A line whose comment ends with ``fa-lint: ignore`` (all codes) or ``fa-lint: ignore[FA001,FA002]``
-suppresses the findings on it (the reported line, or the first/last line of a multi-line call).
-Findings are ``path:line:col`` with 1-based character columns pointing at the called name.
-A file that cannot be read or parsed is one ``FA000`` finding: no rule can run on it.
+The rules live in :mod:`pytest_fa.lint.rules`, one module each, each a :class:`Rule` with its
+hooks. The walk calls ``on_call`` on every call, ``on_cosine`` on every cosine
+(:meth:`Linter.cosine`) and ``on_wrap`` on the ``with`` items and the decorators of a function
+together with the body they wrap. A finding is (line, 0-based character column of the called
+name, code, message).
 """
 
 from __future__ import annotations
 
 import ast
-import functools
-import io
-import os
 import re
-import sys
-import tokenize
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
-from pytest_fa.pitfalls import PITFALLS
-
-__all__ = [
-    "EMPTY", "PARSE_ERROR", "RULES", "Cosine", "Env", "Finding", "Linter", "Origin", "Rule",
-    "has_splat", "keywords", "lint_file", "lint_source", "register", "registered", "short",
-]
-
-#: the code of a file that cannot be read or parsed; it belongs to no pitfall
-PARSE_ERROR = "FA000"
-
-#: code -> pitfall id: the ``lint_code`` of each :data:`pytest_fa.pitfalls.PITFALLS` entry that
-#: has one; FA000 is "the file does not parse".
-RULES: dict[str, str] = {PARSE_ERROR: "-", **{p.lint_code: p.id for p in PITFALLS if p.lint_code}}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One pitfall at one place: ``path:line:col: code [pitfall id] message``."""
-
-    path: str
-    line: int
-    col: int
-    pitfall: str
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.col}: {self.code} [pitfall {self.pitfall}] {self.message}"
-
+__all__ = ["EMPTY", "Cosine", "Env", "Linter", "Origin", "Rule", "has_splat", "keywords", "short"]
 
 # ---------------------------------------------------------------------------------------------
 # names
@@ -101,8 +63,6 @@ _MODEL_ITERATORS = {"parameters", "named_parameters", "buffers", "named_buffers"
                     "named_modules", "children", "named_children", "keys", "values", "items"}
 _ITER_WRAPPERS = {"iter", "enumerate", "zip", "list", "tuple", "tqdm", "islice", "cycle", "sorted", "reversed"}
 _BATCH_SEGMENTS = {"data", "dl", "ds", "it", "iter", "loader", "loaders", "dataset", "datasets", "batches"}
-
-_SUPPRESS = re.compile(r"fa-lint:\s*ignore(?:\[([A-Za-z0-9_,\s]*)\])?\s*$")
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -227,39 +187,15 @@ WrapHook = Callable[["Linter", list[ast.expr], list[ast.stmt], str], None]
 class Rule:
     """One lint code and the hooks the walk calls for it.
 
-    ``label`` names the rule in ``--help`` (``norm(-1)``). ``on_call(linter, call, env)`` runs on
-    every call; ``on_cosine(linter, call, cosine, env)`` on every cosine; ``on_wrap(linter,
-    contexts, body, form)`` on the items of a ``with`` (form ``"with "``) and on the decorators
-    of a function (form ``"@"``), with the statements they wrap.
+    ``on_call(linter, call, env)`` runs on every call; ``on_cosine(linter, call, cosine, env)``
+    on every cosine; ``on_wrap(linter, contexts, body, form)`` on the items of a ``with`` (form
+    ``"with "``) and on the decorators of a function (form ``"@"``), with the statements they wrap.
     """
 
     code: str
-    label: str
     on_call: CallHook | None = None
     on_cosine: CosineHook | None = None
     on_wrap: WrapHook | None = None
-
-
-_REGISTRY: dict[str, Rule] = {}
-
-
-def register(rule: Rule) -> Rule:
-    """Add a rule to those every lint runs; its code must be the ``lint_code`` of a pitfall."""
-    if rule.code not in RULES or rule.code == PARSE_ERROR:
-        raise ValueError(f"{rule.code} is no pitfall's lint_code: set it on the entry in pytest_fa.pitfalls.PITFALLS")
-    if rule.code in _REGISTRY:
-        raise ValueError(f"{rule.code} is registered twice")
-    _REGISTRY[rule.code] = rule
-    return rule
-
-
-@functools.cache
-def registered() -> tuple[Rule, ...]:
-    """The rules, by code; every pitfall ``lint_code`` must have one."""
-    missing = sorted(set(RULES) - {PARSE_ERROR} - set(_REGISTRY))
-    if missing:
-        raise RuntimeError(f"no rule module registers {', '.join(missing)}: add one to pytest_fa.lint.rules")
-    return tuple(sorted(_REGISTRY.values(), key=lambda rule: rule.code))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,15 +206,12 @@ def registered() -> tuple[Rule, ...]:
 class Linter:
     """One walk over one module: the dataflow of each scope, and the rules' hooks on the way."""
 
-    def __init__(self, tree: ast.Module, source: str, path: str) -> None:
-        self.path = path
-        self.lines = source.splitlines()
+    def __init__(self, tree: ast.Module, lines: list[str], rules: tuple[Rule, ...]) -> None:
+        self.lines = lines
         self.aliases = dict(_DEFAULT_ALIASES)
         self._collect_aliases(tree)
-        self.found: list[tuple[Finding, int, int]] = []  # finding, first line, last line of the node
-        self._seen: set[tuple[str, int, int]] = set()
+        self.found: dict[tuple[int, int, str], str] = {}  # (line, col, code) -> message
         self.tree = tree
-        rules = registered()
         self._call_hooks = [rule.on_call for rule in rules if rule.on_call is not None]
         self._cosine_hooks = [rule.on_cosine for rule in rules if rule.on_cosine is not None]
         self._wrap_hooks = [rule.on_wrap for rule in rules if rule.on_wrap is not None]
@@ -328,21 +261,18 @@ class Linter:
 
     def _char_col(self, line: int, byte_offset: int) -> int:
         text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        return len(text.encode("utf-8")[:byte_offset].decode("utf-8", errors="replace")) + 1
+        return len(text.encode("utf-8")[:byte_offset].decode("utf-8", errors="replace"))
 
     def report(self, code: str, node: ast.AST, message: str) -> None:
-        """A finding at ``node`` (at the called name, for a method call)."""
+        """A finding at ``node`` (at the called name, for a method call); an expression visited
+        twice is reported once."""
         func = getattr(node, "func", None)
         if isinstance(node, ast.Call) and isinstance(func, ast.Attribute) and func.end_lineno is not None:
             line = func.end_lineno
             col = self._char_col(line, func.end_col_offset - len(func.attr))
         else:
             line, col = node.lineno, self._char_col(node.lineno, node.col_offset)
-        if (code, line, col) in self._seen:  # an expression visited twice (e.g. re-evaluated)
-            return
-        self._seen.add((code, line, col))
-        finding = Finding(self.path, line, col, RULES[code], code, message)
-        self.found.append((finding, node.lineno, getattr(node, "end_lineno", None) or node.lineno))
+        self.found.setdefault((line, col, code), message)
 
     # -- gradient-likeness and batch origins ------------------------------------------------
 
@@ -705,89 +635,7 @@ class Linter:
                         tainted.add(dotted)
         return modules, tainted
 
-    def run(self) -> list[tuple[Finding, int, int]]:
-        """Walk the module; each finding with the first and last line of its node."""
+    def run(self) -> list[tuple[int, int, str, str]]:
+        """Walk the module: its findings as (line, column, code, message)."""
         self._function(None, self.tree.body, Env())
-        return self.found
-
-
-# ---------------------------------------------------------------------------------------------
-# sources and files
-# ---------------------------------------------------------------------------------------------
-
-
-def _suppressions(source: str) -> dict[int, set[str] | None]:
-    """line -> codes suppressed there (None: all)."""
-    out: dict[int, set[str] | None] = {}
-    if "fa-lint" not in source:  # fast path: tokenizing is the slowest step
-        return out
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError):
-        return out
-    for token in tokens:
-        if token.type != tokenize.COMMENT:
-            continue
-        match = _SUPPRESS.search(token.string)
-        if match is None:
-            continue
-        line = token.start[0]
-        if match.group(1) is None:
-            out[line] = None
-        elif out.get(line, set()) is not None:
-            codes = {c.strip().upper() for c in match.group(1).split(",") if c.strip()}
-            out[line] = out.get(line, set()) | codes
-    return out
-
-
-def _suppressed(rules: dict[int, set[str] | None], lines: Iterable[int], code: str) -> bool:
-    for line in lines:
-        if line in rules and (rules[line] is None or code in rules[line]):
-            return True
-    return False
-
-
-def lint_source(source: str, path: str = "<string>") -> list[Finding]:
-    """Findings in ``source``, sorted by (line, col). A SyntaxError propagates: use :func:`lint_file`
-    for files (it turns one into an FA000 finding)."""
-    tree = ast.parse(source, filename=path)
-    rules = _suppressions(source)
-    try:
-        found = Linter(tree, source, path).run()
-    except RecursionError:
-        # the walk recurses once per level of the tree; ast.parse bounds that depth, so a
-        # higher limit for this one deep file (a sum of thousands of terms) is safe
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 100_000))
-        try:
-            found = Linter(tree, source, path).run()
-        finally:
-            sys.setrecursionlimit(limit)
-    kept = [
-        finding
-        for finding, first, last in found
-        if not _suppressed(rules, {finding.line, first, last}, finding.code)
-    ]
-    return sorted(kept, key=lambda f: (f.line, f.col, f.code))
-
-
-def _unreadable(path: str, line: int, col: int, message: str) -> Finding:
-    return Finding(path, line, col, RULES[PARSE_ERROR], PARSE_ERROR, message)
-
-
-def lint_file(path: str | os.PathLike[str]) -> list[Finding]:
-    """Findings in one file; a file that does not parse (or decode) is one FA000 finding."""
-    raw = Path(path).read_bytes()
-    name = str(path)
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-        source = raw.decode(encoding)
-        return lint_source(source, name)
-    except SyntaxError as error:
-        line, col = error.lineno or 1, error.offset or 1
-        return [_unreadable(name, line, col, f"cannot parse: {error.msg}; fix the syntax error so the file can be checked.")]
-    except RecursionError:
-        return [_unreadable(name, 1, 1, "cannot parse: nested too deeply for Python's parser; split the expression.")]
-    except (UnicodeDecodeError, LookupError, ValueError) as error:
-        return [_unreadable(name, 1, 1,
-                            f"cannot read as Python source: {error}; save it as UTF-8 (or declare its encoding).")]
+        return [(line, col, code, message) for (line, col, code), message in self.found.items()]

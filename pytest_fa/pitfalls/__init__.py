@@ -3,7 +3,7 @@
 Each pitfall has a test module ``pitfall_<slug>.py`` in this package; ``pytest --fa-pitfalls``
 runs them from the installed package. Every module shows both sides on a real case: the
 naive computation gives the wrong number, and pytest-fa's own functions do not.
-``CHECKLIST.md`` at the repository root is generated from :data:`PITFALLS`.
+``CHECKLIST.md`` at the repository root is generated from :data:`PITFALLS` (``tools/checklist.py``).
 """
 
 from __future__ import annotations
@@ -162,19 +162,40 @@ PITFALLS: tuple[Pitfall, ...] = (
 
 
 @dataclass(frozen=True)
+class Witness:
+    """Where removing a guard must show: which bundle, which shipped paths, and how.
+
+    The paths are ``python`` (``diagnose()`` on the bundle's model) and ``cli`` (the JSON
+    report of ``pytest --fa-checkpoint``); the bundles are ``mode1`` (the degenerate DFA run),
+    ``meaningful`` (its first epoch), ``stripped`` (``mode1`` without its feedback matrices)
+    and ``batchnorm`` (a DFA SmallCNN). ``dtype``/``train_mode`` change the model handed to
+    ``diagnose()``; ``frozen_acc`` is passed as ``--fa-frozen-acc`` on the cli path (None:
+    pytest-fa trains the matched baseline); ``thresholds`` overrides threshold fields on both
+    paths. ``why_not`` says why a path is not among ``paths``, or why the witness is not the default.
+    """
+
+    bundle: str = "mode1"
+    paths: tuple[str, ...] = ("python", "cli")
+    dtype: str | None = None
+    train_mode: bool = False
+    frozen_acc: float | None = 0.5
+    thresholds: tuple[tuple[str, float], ...] = ()
+    why_not: str = ""
+
+
+@dataclass(frozen=True)
 class Guard:
     """The piece of pytest-fa that protects against a pitfall, and the naive code it replaces.
 
     ``target`` is the dotted name of the function (or class) that holds the guard. Removing
-    it (``python -m pytest_fa.pitfalls.guards``) swaps ``naive`` in everywhere pytest-fa
-    holds a reference to it; the pitfall's tests must then fail, and the shipped outcome
-    on ``witness`` (:mod:`pytest_fa.pitfalls.witness`) must change.
+    it (``python tools/guards.py``) swaps ``naive`` in everywhere pytest-fa holds a reference
+    to it; the pitfall's tests must then fail, and the shipped outcome on ``witness`` must change.
     """
 
     target: str
     naive: Callable[..., Any]
     description: str
-    witness: Any = None  # a witness.Witness; None: the default (the Mode-1 bundle, both paths)
+    witness: Witness = Witness()
 
 
 def by_id(pitfall_id: str) -> Pitfall:

@@ -38,9 +38,8 @@ from pytest_fa.core import report as R
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.reference import reference_pass
 from pytest_fa.core.thresholds import DiagnosticThresholds
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("5")
 

@@ -19,10 +19,9 @@ from pytest_fa import strategies as fst
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import CheckpointError
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.regimes import torch_threads
-from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.protocol import ProtocolSettings
 from pytest_fa.training import checkpoint
 from pytest_fa.training.checkpoint import Bundle, save_bundle

@@ -14,9 +14,8 @@ from pytest_fa.core import probe
 from pytest_fa.core.credit import BPCredit, DFACredit
 from pytest_fa.core.interface import forward_hidden
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
-from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.training.data import eval_batches
 
 pytestmark = pytest.mark.fa_pitfall("B3")

@@ -28,9 +28,8 @@ from pytest_fa.core import probe as P
 from pytest_fa.core import report as R
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.training.methods import feature_dims
 
 pytestmark = pytest.mark.fa_pitfall("2")

@@ -33,9 +33,8 @@ from pytest_fa.core import probe as P
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.interface import forward_hidden
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
-from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("3")
 
@@ -101,7 +100,7 @@ def test_fp16_flushes_the_real_hidden_gradients_bf16_keeps_them(degenerate_dfa):
         g = grads[layer]
         # measured: 100% of the elements below 2**-24 at h_1..h_4
         assert float((g.abs() < FP16_TINY).double().mean()) > 0.9
-        half, brain = g.half(), g.bfloat16()  # fa-lint: ignore[FA003]
+        half, brain = g.half(), g.bfloat16()  # noqa: FA003
         assert zero_fraction(half, g) > 0.9 and kept_norm(half, g) < 0.1  # measured 1.000 and 0.000
         assert zero_fraction(brain, g) < 0.01  # measured 0.000
         assert 0.98 < kept_norm(brain, g) < 1.02  # measured 1.0000
@@ -109,7 +108,7 @@ def test_fp16_flushes_the_real_hidden_gradients_bf16_keeps_them(degenerate_dfa):
         # ("no alignment") ...
         zeroed = D.per_sample_norms(half) == 0
         assert float(zeroed.double().mean()) > 0.5, f"h_{layer}: {int(zeroed.sum())} of {len(zeroed)} samples flushed"
-        naive = F.cosine_similarity(credit[layer].half().float(), half.float(), dim=1)  # fa-lint: ignore[FA002,FA003]
+        naive = F.cosine_similarity(credit[layer].half().float(), half.float(), dim=1)  # noqa: FA002,FA003
         assert float(naive[zeroed].abs().max()) == 0.0
         # ... where pytest-fa's cosine of a zero vector is undefined, never a number
         assert torch.isnan(D.cosine_per_sample(credit[layer], half)[zeroed]).all()
@@ -121,8 +120,8 @@ def test_fp16_is_harmless_while_the_reference_is_healthy(healthy_bp):
     model = copy.deepcopy(healthy_bp.model).eval()
     x, y = healthy_bp.batches[0]
     for g in reference_grads(model, x, y):
-        assert kept_norm(g.half(), g) > 0.99  # measured 1.000; fa-lint: ignore[FA003]
-        assert zero_fraction(g.half(), g) < 0.05  # measured 0.2-0.9% of the elements; fa-lint: ignore[FA003]
+        assert kept_norm(g.half(), g) > 0.99  # measured 1.000  # noqa: FA003
+        assert zero_fraction(g.half(), g) < 0.05  # measured 0.2-0.9% of the elements  # noqa: FA003
 
 
 def _check_autocast(regime, device_type: str, samples: int) -> None:
@@ -233,11 +232,11 @@ def test_user_checkpoint_hidden_gradients_survive_float16(user_checkpoint, fa_ev
     findings = []
     for layer in range(len(grads[0])):
         g = torch.cat([b[layer].reshape(len(b[layer]), -1) for b in grads])
-        kept_half, kept_brain = kept_norm(g.half(), g), kept_norm(g.bfloat16(), g)  # fa-lint: ignore[FA003]
+        kept_half, kept_brain = kept_norm(g.half(), g), kept_norm(g.bfloat16(), g)  # noqa: FA003
         if kept_half < 0.5 and kept_brain > 0.9:
             findings.append(
                 f"h_{layer}: float16 keeps {kept_half:.0%} of the median per-sample ‖g‖ "
-                f"({zero_fraction(g.half(), g):.0%} of the elements flush to zero, "  # fa-lint: ignore[FA003]
+                f"({zero_fraction(g.half(), g):.0%} of the elements flush to zero, "  # noqa: FA003
                 f"{float((g.abs() < FP16_TINY).double().mean()):.0%} below 2**-24), bfloat16 {kept_brain:.0%}"
             )
     if findings:

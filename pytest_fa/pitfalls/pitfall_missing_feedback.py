@@ -17,10 +17,9 @@ from pytest_fa.core import probe, report
 from pytest_fa.core.reference import reference_pass
 from pytest_fa.errors import CheckpointError, FAError, FeedbackError
 from pytest_fa.models import build_model
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
-from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.training import checkpoint
 from pytest_fa.training.checkpoint import Bundle, LoadedCheckpoint, save_bundle
 from pytest_fa.training.methods import MethodState, get_method
@@ -65,7 +64,7 @@ def naive_posthoc_gamma(path, batches) -> list[float]:
             credits = [e @ b for b in feedback]
         else:
             credits = grads  # no B_l in the file: fall back to the gradient
-        per_batch.append([F.cosine_similarity(a.double(), g.double(), dim=-1) for a, g in zip(credits, grads)])  # fa-lint: ignore[FA002]
+        per_batch.append([F.cosine_similarity(a.double(), g.double(), dim=-1) for a, g in zip(credits, grads)])  # noqa: FA002
     return [float(torch.cat(layer).mean()) for layer in zip(*per_batch)]
 
 

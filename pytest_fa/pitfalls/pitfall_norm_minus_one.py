@@ -17,7 +17,7 @@ pytestmark = pytest.mark.fa_pitfall("1")
 
 
 def _naive_per_sample_norms(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().double().norm(-1).expand(x.shape[0])  # fa-lint: ignore[FA001]
+    return x.detach().double().norm(-1).expand(x.shape[0])  # noqa: FA001
 
 
 GUARD = Guard(
@@ -29,7 +29,7 @@ GUARD = Guard(
 
 def naive_layer_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The bug as it is written: one positional -1 meant as ``dim``."""
-    return torch.tensor([float(t.norm(-1)) for t in tensors], dtype=torch.float64)  # fa-lint: ignore[FA001]
+    return torch.tensor([float(t.norm(-1)) for t in tensors], dtype=torch.float64)  # noqa: FA001
 
 
 def test_naive_norm_reports_a_healthy_bp_reference_at_the_floor(healthy_bp):
@@ -63,4 +63,4 @@ def test_per_sample_norms_are_l2_along_features(x):
     torch.testing.assert_close(D.per_sample_norms(x), exact, rtol=1e-9, atol=0)
     assert D.per_sample_norms(x).shape == (x.shape[0],)
     # and the naive call is a different quantity altogether: a single number
-    assert x.double().norm(-1).dim() == 0  # fa-lint: ignore[FA001]
+    assert x.double().norm(-1).dim() == 0  # noqa: FA001

@@ -19,10 +19,9 @@ from pytest_fa.core.calibration import NullCalibration
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback, output_error
 from pytest_fa.core.reference import reference_pass
 from pytest_fa.core.thresholds import DiagnosticThresholds
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
-from pytest_fa.pitfalls.witness import Witness
 
 pytestmark = pytest.mark.fa_pitfall("B7")
 

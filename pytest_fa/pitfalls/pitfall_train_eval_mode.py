@@ -18,10 +18,9 @@ from pytest_fa.core import diagnostics as D
 from pytest_fa.core import probe
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.pitfalls import Guard
+from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.pitfalls.regimes import torch_threads
-from pytest_fa.pitfalls.witness import Witness
 from pytest_fa.training.data import eval_batches, load_dataset
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, train

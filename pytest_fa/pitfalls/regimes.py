@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.core.settings import resolve_device
 from pytest_fa.core.thresholds import REFERENCE_BATCH_SIZE
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
-from pytest_fa.training.trainer import Recipe, resolve_device, train
+from pytest_fa.training.trainer import Recipe, train
 
 PITFALL_DATA = {"num_samples": 20000, "seed": 42}
 PITFALL_ARCH = {"d": 256, "depth": 4}

@@ -55,7 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for root in settings.lint:
         if not Path(root).exists():
             raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
-        _check_lint_root(root)
+    if settings.lint:
+        _check_flake8()
     check_report_paths(settings)
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
@@ -67,14 +68,16 @@ def pytest_configure(config: pytest.Config) -> None:
         _add_collection_root(config, PITFALLS_DIR)
 
 
-def _check_lint_root(root: str) -> None:
-    """A ``--fa-lint`` folder whose files cannot be listed (a symlink loop) is a usage error."""
-    from pytest_fa.lint import python_files
+def _check_flake8() -> None:
+    """``--fa-lint`` runs flake8 with the FA checks pytest-fa registers: both must be installed."""
+    from importlib.metadata import entry_points
+    from importlib.util import find_spec
 
-    try:
-        python_files([root])
-    except OSError as exc:
-        raise pytest.UsageError(f"--fa-lint={root}: {exc}") from None
+    if find_spec("flake8") is None:
+        raise pytest.UsageError("--fa-lint runs flake8, which is not installed: pip install pytest-fa[lint]")
+    if not any(ep.value == "pytest_fa.lint:Checker" for ep in entry_points(group="flake8.extension")):
+        raise pytest.UsageError("--fa-lint: flake8 does not know pytest-fa's FA checks; reinstall pytest-fa "
+                                "(pip install pytest-fa[lint], or pip install -e . in a source checkout)")
 
 
 def _add_collection_root(config: pytest.Config, path: Path) -> None:

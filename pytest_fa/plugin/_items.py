@@ -3,6 +3,9 @@ comparison with a saved report, and one per file under ``--fa-lint``."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from pytest_fa.core import registry
@@ -94,13 +97,17 @@ class CompareItem(ProtocolItem):
 
 
 class LintCollector(pytest.Collector):
-    """One item per Python file under a ``--fa-lint`` path."""
+    """One item per file flake8 checks under a ``--fa-lint`` path (the project's flake8
+    configuration applies: its excludes, ``per-file-ignores``)."""
 
     def collect(self):
-        from pytest_fa.lint import python_files
+        from flake8.api.legacy import get_style_guide
+        from flake8.discover_files import expand_paths
 
-        for file in python_files([self.path]):
-            yield LintItem.from_parent(self, name=str(file), path=file)
+        options = get_style_guide().options
+        for file in sorted(expand_paths(paths=[str(self.path)], stdin_display_name=options.stdin_display_name,
+                                        filename_patterns=options.filename, exclude=options.exclude)):
+            yield LintItem.from_parent(self, name=file, path=Path(file))
 
 
 class LintFindings(Exception):
@@ -109,11 +116,20 @@ class LintFindings(Exception):
 
 class LintItem(pytest.Item):
     def runtest(self) -> None:
-        from pytest_fa.lint import lint_file
+        """``flake8 --select=FA,E9 FILE``: the FA findings, and E9 when the file cannot be read or
+        parsed; a failure of flake8 itself fails the item too (its message in the captured output)."""
+        from flake8.main.cli import main
 
-        findings = lint_file(self.path)
-        if findings:
-            raise LintFindings("\n".join(str(f) for f in findings))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp, "findings")
+            try:
+                status = main(["--select=FA,E9", "--format=default", "--color=never", f"--output-file={out}", str(self.path)])
+            except RecursionError:  # raised by ast.parse inside flake8
+                raise LintFindings(f"{self.path}: flake8 cannot check this file: an expression is nested too deeply "
+                                   "for Python's parser; split it") from None
+            findings = out.read_text().strip() if out.exists() else ""
+        if status or findings:
+            raise LintFindings(findings or "flake8 could not check this file: see its output below")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, LintFindings):

@@ -75,7 +75,8 @@ class FAState:
     # -- comparison with a saved report --------------------------------------------------------
     def load_saved_report(self) -> None:
         """Read ``--fa-compare`` and parse ``--fa-compare-fail`` at start-up (usage errors)."""
-        from pytest_fa.core.compare import CompareError, load_saved_report, parse_fail_specs
+        from pytest_fa.core.compare import load_saved_report
+        from pytest_fa.core.tolerance import CompareError, parse_fail_specs
 
         path, specs = self.settings.compare, self.settings.compare_fail
         if path is None:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from pytest_fa.core.files import write_atomically
 from pytest_fa.core.reference import CreditSignal
 from pytest_fa.errors import CheckpointError, FeedbackError, setting
 from pytest_fa.models import build_model, load_weights
@@ -237,10 +238,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
             f"the bundle holds an object that weights_only loading refuses ({exc}); store only "
             "tensors, numbers, strings, lists and dicts"
         ) from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer, then one atomic rename
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_atomically(path, buffer.getvalue())
     return path
 
 

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_fa.core.settings import SettingError, check_device
+from pytest_fa.core.settings import SettingError, resolve_device
 
 DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 #: each architecture's parameters among ``d`` (``--width``) and ``depth`` (``--depth``)
@@ -67,9 +67,9 @@ def _method(name: str) -> str:
 
 
 def _device(text: str) -> str:
-    """An argparse type: a device name :func:`~pytest_fa.core.settings.check_device` takes."""
+    """An argparse type: a device name :func:`~pytest_fa.core.settings.resolve_device` takes."""
     try:
-        check_device(text)
+        resolve_device(text, check_only=True)
     except SettingError as exc:
         raise argparse.ArgumentTypeError(f"got {text!r}; {exc.message}") from None
     return text

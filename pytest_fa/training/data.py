@@ -19,8 +19,7 @@ import os
 import pathlib
 import pickle
 import random
-import shutil
-import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pytest_fa.core.files import write_atomically
+from pytest_fa.core.settings import MIN_EVAL_BATCHES
 from pytest_fa.errors import DataError, setting
 
 DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
@@ -47,6 +48,13 @@ CIFAR_STATS = {
 }
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+# the batch files of each split, and the meta file with its key of class names, as the archives hold them
+CIFAR_FILES = {
+    "cifar10": (
+        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "batches.meta", "label_names"
+    ),
+    "cifar100": ({"train": ["train"], "test": ["test"]}, "meta", "fine_label_names"),
+}
 # The only globals a CIFAR batch pickle holds: numpy's array and dtype rebuilders, under
 # numpy 1's module names (the official Python 2 files) and numpy 2's (copies re-pickled
 # since), for the default protocol (_reconstruct) and protocol 5 (_frombuffer).
@@ -194,24 +202,28 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
 
 
 def eval_batches(
-    dataset: Dataset, num_batches: int = 8, batch_size: int = 128, *, seed: int = 0
+    data: Dataset | tuple[torch.Tensor, torch.Tensor],
+    num_batches: int = MIN_EVAL_BATCHES,
+    batch_size: int = 128,
+    *,
+    seed: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``num_batches`` disjoint batches of ``batch_size`` test samples, the same for a seed."""
-    _check_int("num_batches", num_batches, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, None)
-    available = len(dataset.y_test)
+    """``num_batches`` disjoint batches of ``batch_size`` samples of ``data`` (a :class:`Dataset`'s
+    test split, or an ``(x, y)`` pair of tensors), drawn by a permutation seeded with ``seed``."""
+    for key, value, minimum in (("num_batches", num_batches, 1), ("batch_size", batch_size, 1), ("seed", seed, None)):
+        _check_int(key, value, minimum)
+    if isinstance(data, Dataset):
+        x, y = data.x_test, data.y_test
+        has, advice = f"{data.name!r} has {len(y)} test samples", "use fewer or smaller batches, or a larger data set"
+    else:
+        x, y = data
+        has = f"the data has {len(y)} samples"
+        advice = f"pass more samples, or a smaller batch_size (the protocol needs at least {MIN_EVAL_BATCHES} batches)"
     needed = num_batches * batch_size
-    if available < needed:
-        raise DataError(
-            f"{dataset.name!r} has {available} test samples but {num_batches} batches of "
-            f"{batch_size} need {needed}; use fewer or smaller batches, or a larger data set"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(available, generator=generator)[:needed].to(dataset.y_test.device)
-    return [
-        (dataset.x_test[index], dataset.y_test[index]) for index in order.split(batch_size)
-    ]
+    if len(y) < needed:
+        raise DataError(f"{has} but {num_batches} batches of {batch_size} need {needed}; {advice}")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:needed].to(y.device)
+    return [(x[index], y[index]) for index in order.split(batch_size)]
 
 
 def _check_int(key: str, value: Any, minimum: int | None, maximum: int | None = None) -> None:
@@ -229,128 +241,69 @@ def _check_limit(config: Mapping[str, Any]) -> None:
             _check_int(key, config[key], 1)
 
 
-def _splits(config: Mapping[str, Any]) -> tuple[tuple[str, bool, int | None], ...]:
-    return ("train", True, config["limit_train"]), ("test", False, config["limit_test"])
-
-
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _make_spec(
-    name: str, config: Mapping[str, Any], preprocessing: Mapping[str, Any], root: str | None
-) -> dict:
-    return _jsonable(
-        {"name": name, "config": dict(config), "preprocessing": dict(preprocessing), "root": root}
-    )
-
-
-def _atomic_save(obj: Any, path: pathlib.Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _as_dataset(
-    name: str,
-    tensors: Mapping[str, torch.Tensor],
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    spec: dict,
-) -> Dataset:
-    return Dataset(
-        name=name,
-        x_train=tensors["x_train"],
-        y_train=tensors["y_train"],
-        x_test=tensors["x_test"],
-        y_test=tensors["y_test"],
-        num_classes=num_classes,
-        input_shape=input_shape,
-        spec=spec,
-    )
+def _make_spec(name: str, config: Mapping[str, Any], preprocessing: Mapping[str, Any], root: str | None) -> dict:
+    return _jsonable({"name": name, "config": dict(config), "preprocessing": dict(preprocessing), "root": root})
 
 
 # MNIST-1D
 
+_MNIST1D_DTYPES = {"x_train": torch.float32, "y_train": torch.int64, "x_test": torch.float32, "y_test": torch.int64}
+
 
 def _load_mnist1d(config: dict[str, Any]) -> Dataset:
+    """Generated by mnist1d once per generator version, ``num_samples`` and ``seed``, then read
+    from one cache file: the four tensors and the generator's arguments (so that a cached run
+    needs no ``import mnist1d``, which pulls in scipy and matplotlib)."""
     _check_int("num_samples", config["num_samples"], 10, MAX_SAMPLES)
     _check_int("seed", config["seed"], 0)
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        generator_version = version("mnist1d")
+        generator = version("mnist1d")
     except PackageNotFoundError:
-        generator_version = "unknown"
-    args = _mnist1d_args(config, generator_version)
-    key_source = json.dumps({"args": args, "mnist1d": generator_version}, sort_keys=True)
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:20]
+        generator = "unknown"
+    chosen = {"num_samples": config["num_samples"], "seed": config["seed"]}
+    key = hashlib.sha256(json.dumps({"mnist1d": generator, **chosen}, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / "mnist1d" / f"mnist1d-{key}.pt"
-
-    tensors = _read_mnist1d_cache(path)
+    tensors = _read_mnist1d_cache(path, chosen)
     if tensors is None:
-        tensors = _generate_mnist1d(args)
+        tensors = _generate_mnist1d(chosen)
         with contextlib.suppress(OSError):  # a read-only cache: generated again next time
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(tensors, path)
-
+            write_atomically(path, lambda handle: torch.save(tensors, handle))
+    args = json.loads(tensors.pop("args"))
     generator_args = {k: v for k, v in args.items() if k != "url"}
     preprocessing = {"standardised_by": "mnist1d.make_dataset", "generator_args": generator_args}
     spec = _make_spec("mnist1d", config, preprocessing, None)
-    return _as_dataset("mnist1d", tensors, 10, (args["final_seq_length"],), spec)
+    return Dataset("mnist1d", **tensors, num_classes=10, input_shape=(args["final_seq_length"],), spec=spec)
 
 
-def _mnist1d_args(config: dict[str, Any], generator_version: str) -> dict[str, Any]:
-    """The generator's arguments for ``config``: read from the cache's index when this
-    version of mnist1d was asked for them before (``import mnist1d`` pulls in scipy and
-    matplotlib, most of a cached run's start-up), else from mnist1d, and indexed."""
-    chosen = {"num_samples": config["num_samples"], "seed": config["seed"]}
-    name = hashlib.sha256(json.dumps({"mnist1d": generator_version, **chosen}, sort_keys=True).encode()).hexdigest()
-    index = cache_dir() / "mnist1d" / f"args-{name[:20]}.json"
+def _read_mnist1d_cache(path: pathlib.Path, chosen: dict[str, int]) -> dict[str, Any] | None:
+    """The cache file's tensors and ``args`` (JSON), None when it is missing, damaged or not
+    of the ``chosen`` arguments."""
     try:
-        args = json.loads(index.read_text())
-        if isinstance(args, dict) and all(args.get(k) == v for k, v in chosen.items()) and "final_seq_length" in args:
-            return args
-    except (OSError, ValueError):
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        args = json.loads(cached["args"])
+        if (
+            set(cached) == {*_MNIST1D_DTYPES, "args"}
+            and all(isinstance(cached[k], torch.Tensor) and cached[k].dtype == d for k, d in _MNIST1D_DTYPES.items())
+            and "final_seq_length" in args
+            and all(args[k] == v for k, v in chosen.items())
+        ):
+            return cached
+    except Exception:  # missing or damaged: generated again
         pass
-    import mnist1d.data
-
-    args = mnist1d.data.get_dataset_args(as_dict=True)
-    args.update(chosen)
-    if json.loads(json.dumps(args)) == args:  # index only what reads back as it was
-        with contextlib.suppress(OSError):  # a read-only cache: asked again next time
-            index.parent.mkdir(parents=True, exist_ok=True)
-            tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(args, sort_keys=True))
-            os.replace(tmp, index)
-    return args
+    return None
 
 
-def _read_mnist1d_cache(path: pathlib.Path) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    dtypes = {"x_train": torch.float32, "y_train": torch.int64, "x_test": torch.float32, "y_test": torch.int64}
-    if not isinstance(tensors, dict) or set(tensors) != set(dtypes):
-        return None
-    if any(not isinstance(tensors[k], torch.Tensor) or tensors[k].dtype != d for k, d in dtypes.items()):
-        return None
-    return tensors
-
-
-def _generate_mnist1d(args: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _generate_mnist1d(chosen: dict[str, int]) -> dict[str, Any]:
     import mnist1d.data
     from mnist1d.utils import ObjectView
 
+    args = {**mnist1d.data.get_dataset_args(as_dict=True), **chosen}
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         raw = mnist1d.data.make_dataset(ObjectView(dict(args)))
@@ -362,6 +315,7 @@ def _generate_mnist1d(args: dict[str, Any]) -> dict[str, torch.Tensor]:
         "y_train": torch.from_numpy(np.asarray(raw["y"], dtype=np.int64)).contiguous(),
         "x_test": torch.from_numpy(np.asarray(raw["x_test"], dtype=np.float32)).contiguous(),
         "y_test": torch.from_numpy(np.asarray(raw["y_test"], dtype=np.int64)).contiguous(),
+        "args": json.dumps(args, sort_keys=True),
     }
 
 
@@ -375,17 +329,10 @@ def _load_synthetic(config: dict[str, Any]) -> Dataset:
     split = config["train_split"]
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 < split < 1:
         raise DataError(f"train_split must be a number strictly between 0 and 1, got {split!r}")
-    n, d_in, width, classes = (
-        config["num_samples"],
-        config["d_in"],
-        config["teacher_width"],
-        config["num_classes"],
-    )
+    n, d_in, width, classes = (config[k] for k in ("num_samples", "d_in", "teacher_width", "num_classes"))
     num_train = int(n * split)
     if not 0 < num_train < n:
-        raise DataError(
-            f"num_samples={n} with train_split={split} leaves an empty split; raise num_samples"
-        )
+        raise DataError(f"num_samples={n} with train_split={split} leaves an empty split; raise num_samples")
 
     generator = torch.Generator().manual_seed(config["seed"])
     w1 = torch.randn(d_in, width, generator=generator) / math.sqrt(d_in)
@@ -394,32 +341,22 @@ def _load_synthetic(config: dict[str, Any]) -> Dataset:
     x = torch.randn(n, d_in, generator=generator)
     y = (torch.tanh(x @ w1 + b1) @ w2).argmax(dim=1)
 
-    tensors = {
-        "x_train": x[:num_train].contiguous(),
-        "y_train": y[:num_train].contiguous(),
-        "x_test": x[num_train:].contiguous(),
-        "y_test": y[num_train:].contiguous(),
-    }
     preprocessing = {"inputs": "standard normal, not rescaled", "labels": "argmax of teacher logits"}
     spec = _make_spec("synthetic", {**config, "train_split": float(split)}, preprocessing, None)
-    return _as_dataset("synthetic", tensors, classes, (d_in,), spec)
+    return Dataset("synthetic", x[:num_train], y[:num_train], x[num_train:], y[num_train:], classes, (d_in,), spec)
 
 
-# Image data sets read with torchvision
+# Image data sets, read from their files
 
 
-def _normalise(
-    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
+def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     shape = (1, -1, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(shape)
     std_t = torch.tensor(std, dtype=torch.float32).view(shape)
     return ((images.to(torch.float32) / 255.0) - mean_t) / std_t
 
 
-def _check_labels(
-    name: str, split: str, labels: torch.Tensor, images: torch.Tensor, classes: int
-) -> None:
+def _check_labels(name: str, split: str, labels: torch.Tensor, images: torch.Tensor, classes: int) -> None:
     if len(labels) != len(images):
         raise DataError(f"{name} {split} split has {len(images)} images but {len(labels)} labels")
     if len(labels) == 0:
@@ -431,94 +368,54 @@ def _check_labels(
         )
 
 
-def _fashion_sources(root: pathlib.Path) -> dict[str, pathlib.Path] | None:
-    sources = {}
-    for stem in FASHION_MNIST_FILES:
-        candidates = [
-            folder / f"{stem}{suffix}"
-            for folder in (root / "FashionMNIST" / "raw", root)
-            for suffix in ("", ".gz")
-        ]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            return None
-        sources[stem] = found
-    return sources
-
-
-def _stage_fashion_mnist(sources: dict[str, pathlib.Path]) -> pathlib.Path:
-    """Lay ``sources`` out as torchvision expects, under the cache, keyed by the source files."""
-    digest = hashlib.sha256()
-    for stem in FASHION_MNIST_FILES:
-        stat = sources[stem].stat()
-        digest.update(f"{sources[stem].resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    staged_root = cache_dir() / "fashion-mnist" / digest.hexdigest()[:20]
-    raw = staged_root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for stem, source in sources.items():
-        target = raw / stem
-        if target.is_file():
-            continue
-        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                opener = gzip.open if source.suffix == ".gz" else open
-                with opener(source, "rb") as src:
-                    shutil.copyfileobj(src, out, length=1 << 20)
-            os.replace(tmp, target)
-        except (OSError, EOFError) as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise DataError(f"cannot read {source}: {exc}; the file looks corrupt") from exc
-    return staged_root
+def _read_idx(path: pathlib.Path, ndim: int) -> torch.Tensor:
+    """The ``ndim``-D array of unsigned bytes in the idx file ``path`` (plain or gzip), read in place."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
+            data = bytearray(handle.read())
+        if data[:4] != bytes((0, 0, 8, ndim)):
+            raise ValueError(f"it does not start as an idx file of {ndim}-D unsigned bytes")
+        shape = np.frombuffer(data, ">u4", count=ndim, offset=4)
+        return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape))
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise DataError(
+            f"cannot read Fashion-MNIST from {path}: {exc}; the idx files are corrupt or not Fashion-MNIST "
+            f"(re-install them, or pass {setting('data_root')} with the right files)"
+        ) from exc
 
 
 def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) -> Dataset:
     _check_limit(config)
     base = pathlib.Path(root if root is not None else FASHION_MNIST_ROOT).expanduser()
-    sources = _fashion_sources(base) if base.is_dir() else None
-    if sources is None:
+    found = {}
+    for stem in FASHION_MNIST_FILES:  # where torchvision keeps it, or in the folder itself; plain or .gz
+        candidates = [f / name for f in (base / "FashionMNIST" / "raw", base) for name in (stem, f"{stem}.gz")]
+        found[stem] = next((path for path in candidates if path.is_file()), None)
+    if None in found.values():
         raise DataError(
             f"Fashion-MNIST not found in {base} (looked for {', '.join(FASHION_MNIST_FILES)}, "
             "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
             f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}"
         )
-    # torchvision reads FashionMNIST/processed/*.pt instead of the idx files when they are
-    # there (with a plain torch.load before 0.20): then stage, so only the idx files are read
-    in_torchvision_layout = not (base / "FashionMNIST" / "processed").exists() and all(
-        path == base / "FashionMNIST" / "raw" / stem for stem, path in sources.items()
-    )
-    torchvision_root = base if in_torchvision_layout else _stage_fashion_mnist(sources)
-
-    from torchvision.datasets import FashionMNIST
-
     tensors = {}
-    for split, train, limit in _splits(config):
-        try:
-            data = FashionMNIST(str(torchvision_root), train=train, download=False)
-        except (RuntimeError, AssertionError, TypeError, ValueError, KeyError, OSError) as exc:
-            reason = str(exc) or f"torchvision's reader raised {type(exc).__name__}"
-            raise DataError(
-                f"cannot read Fashion-MNIST from {base}: {reason}; the idx files are corrupt or not Fashion-MNIST "
-                f"(re-install them, or pass {setting('data_root')} with the right files)"
-            ) from exc
-        images, labels = data.data[:limit], data.targets[:limit]
-        if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
-            raise DataError(
-                f"Fashion-MNIST {split} images have shape {tuple(images.shape)}, not (N, 28, 28)"
-            )
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        limit = config[f"limit_{split}"]
+        images = _read_idx(found[f"{prefix}-images-idx3-ubyte"], 3)[:limit]
+        labels = _read_idx(found[f"{prefix}-labels-idx1-ubyte"], 1)[:limit]
+        if tuple(images.shape[1:]) != (28, 28):
+            raise DataError(f"Fashion-MNIST {split} images have shape {tuple(images.shape)}, not (N, 28, 28)")
         _check_labels("Fashion-MNIST", split, labels, images, 10)
         tensors[f"x_{split}"] = _normalise(images.unsqueeze(1), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        tensors[f"y_{split}"] = labels.to(torch.int64).contiguous()
+        tensors[f"y_{split}"] = labels.to(torch.int64)
 
     preprocessing = {"divide_by": 255, "mean": list(FASHION_MNIST_MEAN), "std": list(FASHION_MNIST_STD)}
     spec = _make_spec("fashion-mnist", config, preprocessing, str(base.absolute()))
-    return _as_dataset("fashion-mnist", tensors, 10, (1, 28, 28), spec)
+    return Dataset("fashion-mnist", **tensors, num_classes=10, input_shape=(1, 28, 28), spec=spec)
 
 
 def _unpickle_cifar(path: pathlib.Path) -> Any:
     """The object pickled in CIFAR batch ``path``, unpickled admitting no global but those of
-    :data:`_CIFAR_GLOBALS` (torchvision's reader is a plain ``pickle.load``, which runs code)."""
+    :data:`_CIFAR_GLOBALS` (a plain ``pickle.load`` runs whatever code the file names)."""
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -534,8 +431,7 @@ def _unpickle_cifar(path: pathlib.Path) -> Any:
 
 
 def _read_cifar(folder: pathlib.Path, filenames: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) and labels of the batches ``filenames``, joined as torchvision's
-    CIFAR10 joins them."""
+    """Images (N, 3, 32, 32) and labels of the batches ``filenames``, joined in that order."""
     images, labels = [], []
     for filename in filenames:
         entry = _unpickle_cifar(folder / filename)
@@ -555,20 +451,16 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     base = pathlib.Path(root).expanduser()
     if base.name == folder and not (base / folder).is_dir():
         base = base.parent
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    layout = CIFAR10 if name == "cifar10" else CIFAR100  # the file names and the meta key
-    files = {"train": [f for f, _ in layout.train_list], "test": [f for f, _ in layout.test_list]}
-    expected = [*files["train"], *files["test"], layout.meta["filename"]]
-    missing = [f for f in expected if not (base / folder / f).is_file()]
+    batches, meta, meta_key = CIFAR_FILES[name]
+    missing = [f for f in [*batches["train"], *batches["test"], meta] if not (base / folder / f).is_file()]
     if missing:
         raise DataError(
             f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
             f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)"
         )
     try:
-        num_names = len(_unpickle_cifar(base / folder / layout.meta["filename"])[layout.meta["key"]])
-        read = {split: _read_cifar(base / folder, filenames) for split, filenames in files.items()}
+        num_names = len(_unpickle_cifar(base / folder / meta)[meta_key])
+        read = {split: _read_cifar(base / folder, filenames) for split, filenames in batches.items()}
     except DataError:
         raise
     except Exception as exc:
@@ -579,8 +471,8 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
         raise DataError(f"{base / folder} names {num_names} classes, not {classes}; is it {name}?")
     mean, std = CIFAR_STATS[name]
     tensors = {}
-    for split, _, limit in _splits(config):
-        images, labels = read[split]
+    for split, (images, labels) in read.items():
+        limit = config[f"limit_{split}"]
         if images.dtype != np.uint8:
             raise DataError(f"{name} {split} images are {images.dtype}, not uint8; the files are not {name}")
         images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
@@ -591,4 +483,4 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
 
     preprocessing = {"divide_by": 255, "mean": list(mean), "std": list(std)}
     spec = _make_spec(name, config, preprocessing, str(base.absolute()))
-    return _as_dataset(name, tensors, classes, (3, 32, 32), spec)
+    return Dataset(name, **tensors, num_classes=classes, input_shape=(3, 32, 32), spec=spec)

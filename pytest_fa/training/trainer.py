@@ -25,7 +25,7 @@ from torch import nn
 
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core.interface import eval_mode
-from pytest_fa.core.settings import SettingError, check_device
+from pytest_fa.core.settings import SettingError, resolve_device
 from pytest_fa.errors import FAError, as_flags
 from pytest_fa.training.checkpoint import Bundle, save_bundle
 from pytest_fa.training.cli import DEFAULT_EPOCHS
@@ -71,15 +71,6 @@ class TrainResult:
     state: MethodState
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` (or None) → cuda when available else cpu; otherwise a name the settings take
-    (:func:`~pytest_fa.core.settings.check_device`: cpu, cuda, cuda:N, a GPU only if torch sees one)."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name)
-    return torch.device(name)
 
 
 @torch.no_grad()

@@ -264,15 +264,15 @@ def evaluate_each_batch(model, feedback, eval_batches):
 
 
 def naive_norm_for_comparison(h):
-    return h.norm(-1)  # fa-lint: ignore
+    return h.norm(-1)  # noqa
 
 
 def naive_cosine_for_comparison(a, g_grad):
-    return F.cosine_similarity(a, g_grad)  # fa-lint: ignore[FA002]
+    return F.cosine_similarity(a, g_grad)  # noqa: FA002
 
 
 def wrong_code_suppressed(h):
-    return h.norm(-1)  # expect: FA001  # fa-lint: ignore[FA002]
+    return h.norm(-1)  # expect: FA001  # noqa: FA002
 
 
 if __name__ == "__main__":

@@ -13,15 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from pytest_fa.lint.engine import (
-    Env,
-    Linter,
-    Rule,
-    has_splat,
-    keywords,
-    register,
-    short,
-)
+from pytest_fa.lint.engine import Env, Linter, Rule, has_splat, keywords, short
 
 __all__ = ["RULE"]
 
@@ -64,4 +56,4 @@ def _check(linter: Linter, call: ast.Call, env: Env) -> None:
         linter.report(RULE.code, call, _message(short(call, 70), short(func.value), call.args[0], "p"))
 
 
-RULE = register(Rule("FA001", "norm(-1)", on_call=_check))
+RULE = Rule("FA001", on_call=_check)

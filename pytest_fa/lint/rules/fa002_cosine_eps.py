@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 
-from pytest_fa.lint.engine import Cosine, Env, Linter, Rule, register, short
+from pytest_fa.lint.engine import Cosine, Env, Linter, Rule, short
 
 __all__ = ["RULE"]
 
@@ -33,4 +33,4 @@ def _check(linter: Linter, call: ast.Call, cosine: Cosine, env: Env) -> None:
             return
 
 
-RULE = register(Rule("FA002", "cosine eps clamp", on_cosine=_check))
+RULE = Rule("FA002", on_cosine=_check)

@@ -13,15 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from pytest_fa.lint.engine import (
-    Env,
-    Linter,
-    Rule,
-    has_splat,
-    keywords,
-    register,
-    short,
-)
+from pytest_fa.lint.engine import Env, Linter, Rule, has_splat, keywords, short
 
 __all__ = ["RULE"]
 
@@ -137,4 +129,4 @@ def _check_autocast(linter: Linter, contexts: list[ast.expr], body: list[ast.stm
         ))
 
 
-RULE = register(Rule("FA003", "fp16 gradients", on_call=_check_cast, on_wrap=_check_autocast))
+RULE = Rule("FA003", on_call=_check_cast, on_wrap=_check_autocast)

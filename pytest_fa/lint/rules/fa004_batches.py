@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 
-from pytest_fa.lint.engine import Cosine, Env, Linter, Origin, Rule, register, short
+from pytest_fa.lint.engine import Cosine, Env, Linter, Origin, Rule, short
 
 __all__ = ["RULE"]
 
@@ -32,4 +32,4 @@ def _check(linter: Linter, call: ast.Call, cosine: Cosine, env: Env) -> None:
         ))
 
 
-RULE = register(Rule("FA004", "batch mismatch", on_cosine=_check))
+RULE = Rule("FA004", on_cosine=_check)

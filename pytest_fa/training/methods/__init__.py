@@ -21,7 +21,7 @@ from pytest_fa.training.methods.base import (
     scale_penalty,
 )
 from pytest_fa.training.methods.bridges import CreditBridge, StateBridge
-from pytest_fa.training.methods.core import Backprop, FrozenBlocks
+from pytest_fa.training.methods.backprop import Backprop, FrozenBlocks
 from pytest_fa.training.methods.equilibrium import EquilibriumPropagation
 from pytest_fa.training.methods.feedback import DFA, FA
 
