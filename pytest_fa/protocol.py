@@ -196,14 +196,14 @@ class ProtocolRunner:
         try:
             lock = _locked(file)
         except OSError as exc:  # a read-only cache: its baseline is still read, a new one goes elsewhere
-            baseline = self._cached_baseline(file, key, arch)
+            baseline = self._cached_baseline(file, key)
             if baseline is not None:
                 self._baselines[key] = baseline
                 return baseline
             file = self.temporary_cache(exc) / file.name
             lock = _locked(file)
         try:
-            baseline = self._cached_baseline(file, key, arch) or self._train_baseline(run, spec, key, file)
+            baseline = self._cached_baseline(file, key) or self._train_baseline(run, spec, key, file)
         finally:
             lock.release()
         self._baselines[key] = baseline
@@ -262,7 +262,7 @@ class ProtocolRunner:
         arch, config = (bundle.arch, bundle.arch_config) if bundle is not None else ("custom", {})
         return recipe or asdict(Recipe()), given, 42, arch, config
 
-    def _cached_baseline(self, file: Path, key: str, arch: str) -> FrozenBaseline | None:
+    def _cached_baseline(self, file: Path, key: str) -> FrozenBaseline | None:
         if not file.exists():
             return None
         try:
@@ -276,17 +276,13 @@ class ProtocolRunner:
         return FrozenBaseline(bundle.metrics["test_acc"], model, key, True, bundle.epochs, "cache")
 
     def _train_baseline(self, run: CheckpointRun, spec: dict[str, Any], key: str, file: Path) -> FrozenBaseline:
-        factory = None
-        if spec["arch"] == "custom":
-            make = self._model_factory()
-            config = spec["arch_config"]
-            factory = lambda: self._adapted(make(**config) if config else make())  # noqa: E731
+        custom = spec["arch"] == "custom"
         result = train(
             run.data,
             get_method("frozen"),
             arch=spec["arch"],
             arch_config=spec["arch_config"],
-            model_factory=factory,
+            model_factory=(lambda: self._build("custom", spec["arch_config"])) if custom else None,
             epochs=spec["planned_epochs"],
             seed=spec["seed"],
             recipe=Recipe(**spec["recipe"]),
@@ -295,7 +291,7 @@ class ProtocolRunner:
             on_epoch=lambda model, record: record["epoch"] >= spec["epochs"],
         )
         result.bundle.metrics["baseline_key"] = key
-        if spec["arch"] == "custom":
+        if custom:
             result.bundle.arch_config = spec["arch_config"]
         save_bundle(file, result.bundle)
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
