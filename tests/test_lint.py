@@ -762,3 +762,13 @@ def test_a_symlink_loop_as_the_path_is_a_usage_error(pytester):
     result = pytester.runpytest_subprocess(*QUIET, "--fa-lint=self")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--fa-lint=self is a symlink loop; give the path of a real file or folder" in result.stderr.str()
+
+
+@pytest.mark.parametrize("index", ["-math.inf", "+float('nan')", "float('inf')"])
+def test_a_batches_index_that_is_not_a_literal_is_read_not_a_crash(index):
+    """``literal_eval`` refuses ``-math.inf``: the index is named by its source text."""
+    lines, _ = check(f"""
+    first = eval_batches[{index}]
+    second = eval_batches[{index}]
+    """)
+    assert lines == set()

@@ -582,7 +582,10 @@ class Checker(ast.NodeVisitor):
             inner, dotted, index = self.origins(node.value, env), _dotted(node.value), node.slice
             if (not inner and dotted is not None and re.search("batches|batch_?list", dotted.split(".")[-1].lower())
                     and isinstance(index, (ast.Constant, ast.UnaryOp)) and self.is_number(index)):
-                value = ast.literal_eval(index)
+                try:
+                    value = ast.literal_eval(index)
+                except ValueError:  # -math.inf, +float("nan"): named by their source text
+                    value = ast.unparse(index)
                 return frozenset({Origin(("index", dotted, value), f"`{dotted}[{value}]`")})
             return inner | self.origins(index, env)
         if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
