@@ -26,7 +26,6 @@ from flake8.main.cli import main as flake8_main
 
 import pytest_fa
 from pytest_fa.lint import PITFALL, Checker
-from pytest_fa.lint.rules import RULES
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -554,8 +553,10 @@ def test_findings_are_sorted_and_columns_are_one_based_characters():
     assert [(f.line, f.col) for f in findings] == [(1, 16), (2, 7), (2, 22)]
 
 
-def test_each_pitfall_lint_code_has_one_rule():
-    assert [rule.code for rule in RULES] == sorted(PITFALL) == ["FA001", "FA002", "FA003", "FA004"]
+def test_each_pitfall_lint_code_is_reported_under_its_pitfall():
+    findings = lint_source(SAMPLE.read_text(encoding="utf-8"))
+    assert sorted({f.code for f in findings}) == sorted(PITFALL) == ["FA001", "FA002", "FA003", "FA004"]
+    assert all(f.pitfall == PITFALL[f.code] for f in findings)
 
 
 def test_no_torch_import():
@@ -761,3 +762,13 @@ def test_a_symlink_loop_as_the_path_is_a_usage_error(pytester):
     result = pytester.runpytest_subprocess(*QUIET, "--fa-lint=self")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--fa-lint=self is a symlink loop; give the path of a real file or folder" in result.stderr.str()
+
+
+@pytest.mark.parametrize("index", ["-math.inf", "+float('nan')", "float('inf')"])
+def test_a_batches_index_that_is_not_a_literal_is_read_not_a_crash(index):
+    """``literal_eval`` refuses ``-math.inf``: the index is named by its source text."""
+    lines, _ = check(f"""
+    first = eval_batches[{index}]
+    second = eval_batches[{index}]
+    """)
+    assert lines == set()

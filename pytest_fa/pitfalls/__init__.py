@@ -21,8 +21,7 @@ class Pitfall:
     """One pitfall: what a reader sees, why it happens, how pytest-fa catches it, the fix.
 
     ``lint_code`` is the code ``pytest_fa.lint`` reports the pitfall under where it can be seen
-    in the source (``FA001``), None where it cannot; each one has its rule module in
-    ``pytest_fa/lint/rules/``.
+    in the source (``FA001``), None where it cannot.
     """
 
     id: str
