@@ -20,7 +20,7 @@ import pytest_fa
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
 from pytest_fa.errors import FAError
 from pytest_fa.plugin._options import check_report_path, session_settings
-from pytest_fa.training import trainer
+from pytest_fa.training import cli, trainer
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle, load_checkpoint, save_bundle
 from pytest_fa.training.data import load_dataset
@@ -145,7 +145,7 @@ def _fa_train(*argv):
     def provoke(tmp_path, fx):
         file = tmp_path / "afile"
         file.write_text("not a folder")
-        trainer.main(["--out", str(tmp_path / "runs"), "--quiet", *(a.format(file=file) for a in argv)])
+        cli.main(["--out", str(tmp_path / "runs"), "--quiet", *(a.format(file=file) for a in argv)])
     return provoke
 
 

@@ -17,7 +17,8 @@ from pytest_fa.errors import DataError
 from pytest_fa.protocol import ProtocolRunner, ProtocolSettings
 from pytest_fa.training.checkpoint import save_bundle
 from pytest_fa.training.data import dataset_from_spec, load_dataset
-from pytest_fa.training.trainer import main, train
+from pytest_fa.training.cli import main
+from pytest_fa.training.trainer import train
 
 SYSTEM = f"{os.system.__module__}.system"
 

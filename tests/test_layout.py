@@ -68,3 +68,45 @@ def test_the_pitfalls_package_holds_the_suite_and_no_developer_tool():
     """The guard-removal harness and the CHECKLIST.md generator live in tools/, outside the wheel."""
     modules = sorted(p.name for p in (PACKAGE / "pitfalls").glob("*.py") if not p.name.startswith("pitfall_"))
     assert modules == ["__init__.py", "fixtures.py", "regimes.py"]
+
+
+def module_name(path: Path) -> str:
+    parts = ["pytest_fa", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_circles(package: Path = PACKAGE) -> list[list[str]]:
+    """Circles among the package's modules, counting imports at any depth of a file (a lazy
+    import still ties the two modules together for a reader)."""
+    paths = {module_name(p): p for p in package.rglob("*.py")}
+    graph = {name: sorted({m for m in imported_modules(path) if m in paths and m != name}) for name, path in paths.items()}
+    circles, done = [], set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            circles.append(trail[trail.index(name):] + [name])
+            return
+        if name in done:
+            return
+        for other in graph[name]:
+            visit(other, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    return circles
+
+
+def test_no_module_of_the_package_imports_itself_through_another():
+    assert import_circles() == []
+
+
+def test_the_circle_check_sees_a_circle(tmp_path):
+    (tmp_path / "a.py").write_text("from pytest_fa.b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    import pytest_fa.a\n")
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, tmp_path
+    try:
+        assert import_circles(tmp_path) == [["pytest_fa.a", "pytest_fa.b", "pytest_fa.a"]]
+    finally:
+        PACKAGE = saved

@@ -8,3 +8,5 @@
 
 The reference architectures are ``pytest_fa.models``, at the package top.
 """
+
+DEFAULT_EPOCHS = 10  # fa-train's and train()'s budget, here so the torch-free CLI and the trainer share it

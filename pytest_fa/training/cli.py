@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_fa.core.settings import SettingError, resolve_device
+from pytest_fa.training import DEFAULT_EPOCHS
 
 DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 #: each architecture's parameters among ``d`` (``--width``) and ``depth`` (``--depth``)
@@ -24,7 +25,6 @@ ARCH_PARAMETERS = {
     "resmlp": ("d", "depth"), "smallcnn": ("depth",), "studentnet": ("d", "depth"), "vit-mini": ("d", "depth"),
 }
 METHODS = ("bp", "credit_bridge", "dfa", "ep", "fa", "frozen", "state_bridge")
-DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = (42,)
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +27,7 @@ from pytest_fa.core.interface import eval_mode
 from pytest_fa.core.settings import SettingError, resolve_device
 from pytest_fa.errors import FAError, as_flags
 from pytest_fa.training.checkpoint import Bundle, save_bundle
-from pytest_fa.training.cli import DEFAULT_EPOCHS
+from pytest_fa.training import DEFAULT_EPOCHS
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
 from pytest_fa.training.methods import Method, MethodState, get_method
 from pytest_fa.models import build_model
@@ -248,16 +247,3 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, arch_config: 
                 flush=True,
             )
     return 0
-
-
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fa-train`` (:func:`pytest_fa.training.cli.main`)."""
-    from pytest_fa.training.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
