@@ -1,4 +1,5 @@
-"""Tests of ``pytest_fa.core.compare``: a run against a saved JSON report (``--fa-compare``).
+"""Tests of ``pytest_fa.core.compare`` and ``pytest_fa.core.report_json``'s reading: a run against a
+saved JSON report (``--fa-compare``).
 
 Payloads are built here, modelled on a real ``--fa-report-json`` file of three checkpoints
 (bp_s42.pt, dfa_s42.pt, dfa_s43.pt): tolerance parsing and its error paths, the units,
@@ -17,15 +18,8 @@ import sys
 import pytest
 
 from pytest_fa import __version__
-from pytest_fa.core.compare import (
-    READS_FROM,
-    CheckpointComparison,
-    Kind,
-    compare_reports,
-    comparison_table,
-    load_saved_report,
-    match_reports,
-)
+from pytest_fa.core.compare import CheckpointComparison, Kind, compare_reports, comparison_table, match_reports
+from pytest_fa.core.report_json import READS_FROM, load_saved_report
 from pytest_fa.core.tolerance import CompareError, Tolerance, figures, parse_fail_spec, parse_fail_specs
 from pytest_fa.errors import FAError
 

@@ -4,7 +4,6 @@ the terminal table and the JSON report. torch is imported only once a checkpoint
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -268,17 +267,9 @@ def _write_report_files(state: FAState, reports: list, missing: list[str]) -> No
 
         attempt("--fa-plot", write_report_plots, reports, settings.plot)
     if settings.report_json:
-        from pytest_fa.core.seeds import seed_groups
+        from pytest_fa.core.report_json import report_json
 
-        payload = {
-            "pytest_fa": __version__,
-            "partial": bool(missing),
-            "not_measured": missing,
-            "reports": [report.to_dict() for report in reports],
-            "seed_groups": [group.to_dict() for group in seed_groups(reports)],
-        }
-        attempt("--fa-report-json", write_atomically, settings.report_json,
-                json.dumps(payload, indent=2, ensure_ascii=False))
+        attempt("--fa-report-json", write_atomically, settings.report_json, report_json(reports, missing))
 
 
 def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:

@@ -75,7 +75,7 @@ class FAState:
     # -- comparison with a saved report --------------------------------------------------------
     def load_saved_report(self) -> None:
         """Read ``--fa-compare`` and parse ``--fa-compare-fail`` at start-up (usage errors)."""
-        from pytest_fa.core.compare import load_saved_report
+        from pytest_fa.core.report_json import load_saved_report
         from pytest_fa.core.tolerance import CompareError, parse_fail_specs
 
         path, specs = self.settings.compare, self.settings.compare_fail
