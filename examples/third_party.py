@@ -6,8 +6,8 @@ Each model is built by its own library and checked as a user would check it, fro
 ``pytest_fa.adapt`` and ``pytest_fa.check`` (docs/frameworks.md):
 
 - biotorch 0.0.16 (``BioModule(resmlp, mode="fa" | "dfa")``, the project's ResMLP, d = 256,
-  4 blocks), trained in a plain loop by biotorch's own backward, checked with its BP twin (``bp_twin``) as the reference and
-  ``credit="own-backward"`` (what biotorch's backward delivers at each state);
+  4 blocks), trained in a plain loop by biotorch's own backward, checked with its BP twin
+  (``bp_twin``) as the reference and ``credit="own-backward"`` (what biotorch's backward delivers at each state);
 - a timm ``VisionTransformer`` (d = 64, 4 blocks, 4 heads) trained by BP, and by DFA with
   pytest-fa's DFA method (one fixed ``B_l`` per state, the credit given at every token),
   checked with ``DFACredit`` on the training feedback; on MNIST-1D (10 patches of 4) and on
@@ -213,8 +213,8 @@ def row(name: str, data_name: str, model: nn.Module, data, frozen_acc: float, **
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | data | test acc | frozen acc | (a) growth | (b) ‖g_L‖@128 | (d) margin | Γ_l min … max | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | data | test acc | frozen acc | (a) growth | (b) ‖g_L‖@128 | (d) margin | Γ_l min … max "
+             "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gamma = "unavailable" if r["gamma"] is None else f"{r['gamma'][0]:+.3f} … {r['gamma'][1]:+.3f}"
         lines.append(

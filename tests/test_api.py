@@ -193,7 +193,8 @@ def test_a_model_without_the_named_modules_is_told_what_is_looked_for_and_how_to
 
 
 def test_a_control_trained_for_fewer_epochs_than_the_model_is_named(dfa, tensors):
-    with pytest.warns(FABudgetWarning, match=r"check\(\): the frozen-blocks control was trained for 2 epochs but the model for 10"):
+    budgets = r"check\(\): the frozen-blocks control was trained for 2 epochs but the model for 10"
+    with pytest.warns(FABudgetWarning, match=budgets):
         pytest_fa.check(dfa.model, tensors, frozen_acc=0.3, trained_epochs=10, frozen_epochs=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FABudgetWarning)
