@@ -7,9 +7,8 @@ with DFA (``pytest_fa.training.trainer.train``), and a tiny timm ``VisionTransfo
 ``(1, 1, 40)``, ``(1, 4)`` patches, cls token read by its head) with BP in a plain loop. Each
 model is then read on 8 eval batches of 128 test samples under the three readings of its
 token states ``(B, T, d)``: the cls token (``pooling="cls"``), the mean over tokens
-(``"mean"``) and every token (``"all"``: ``‖h_l‖`` per token, median over samples and
-tokens; ``‖g_l‖`` per sample over all its tokens), plus, for comparison, the whole sample's
-state flattened to ``T·d`` (the ``"spatial"`` reading). For each: ``‖h_0‖`` (median), (a) the largest block growth of the median ``‖h_l‖``
+(``"mean"``) and all tokens (``"all"``, the default: ``‖h_l‖`` and ``‖g_l‖`` per sample
+over its ``T·d`` values). For each: ``‖h_0‖`` (median), (a) the largest block growth of the median ``‖h_l‖``
 and (b) the median ``‖g_L‖`` restated at batch 128, with the verdict of each at the
 default thresholds (50×, 1e-7). Prints a Markdown table; one torch thread unless told.
 """
@@ -29,7 +28,7 @@ from pytest_fa.core.report import diagnose
 from pytest_fa.training.data import eval_batches, load_dataset
 from pytest_fa.training.trainer import Recipe, train
 
-READINGS = (("cls", "tokens"), ("mean", "tokens_mean"), ("all", "tokens_all"), ("flattened T·d", "spatial"))
+READINGS = (("cls", "tokens"), ("mean", "tokens_mean"), ("all", "tokens_all"))
 
 
 def timm_vit(num_classes: int, d: int, depth: int):
@@ -71,11 +70,9 @@ def readings(name: str, model, batches, acc: float, timm_model: bool) -> list[di
     rows = []
     for pooling, layout in READINGS:
         if timm_model:
-            read = adapt(model, ["norm_pre", "blocks.*"], norm="norm", head="head",
-                         pooling="cls" if layout == "spatial" else pooling)
+            read = adapt(model, ["norm_pre", "blocks.*"], norm="norm", head="head", pooling=pooling)
         else:
             read = model
-        if layout == "spatial" or not timm_model:
             read.hidden_layout = layout  # the duck-typed contract: a declared layout wins
         report = diagnose(read, batches, null_draws=0)
         a, b = report.diagnostics["a"], report.diagnostics["b"]

@@ -33,6 +33,7 @@ from pytest_fa.core.settings import ProtocolSettings, SettingError, resolve_devi
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import DataError, ModelInterfaceError
 from pytest_fa.training.data import Dataset, eval_batches
+from pytest_fa.training.frozen import check_budget
 from pytest_fa.training.trainer import accuracy
 
 
@@ -84,6 +85,8 @@ def check(
     credit: CreditSignal | str | None = None,
     frozen_acc: float | None = None,
     headline_acc: float | None = None,
+    trained_epochs: int | None = None,
+    frozen_epochs: int | None = None,
     thresholds: DiagnosticThresholds | None = None,
     num_batches: int = MIN_EVAL_BATCHES,
     batch_size: int = 128,
@@ -97,8 +100,9 @@ def check(
     ``headline_acc`` defaults to the model's accuracy on every sample of ``data`` (recorded
     in ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched
     frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
-    ``trustworthy``. ``credit`` is your method's ``credit(x, y, logits, hiddens)``; without it
-    Γ is reported unavailable, never ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads
+    ``trustworthy``; with ``trained_epochs`` and ``frozen_epochs`` both given and different, an
+    ``FABudgetWarning`` says the control's budget differs from the model's. ``credit`` is your
+    method's ``credit(x, y, logits, hiddens)``; without it Γ is reported unavailable, never ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads
     it from the model's own backward (:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
     ``reference_model`` is a twin that backpropagates truly with the same weights, for a
     model whose autograd is its method's backward (biotorch:
@@ -120,6 +124,7 @@ def check(
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
     _check_settings(num_batches, batch_size, device)
+    check_budget(trained_epochs, frozen_epochs, "check()")
     if isinstance(device, str):
         device = resolve_device(device)
     x_all, y_all = _eval_samples(data)

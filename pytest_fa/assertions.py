@@ -15,7 +15,7 @@ import torch
 
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
-from pytest_fa.core.interface import per_sample
+from pytest_fa.core.interface import norm_rows
 from pytest_fa.core.report import DiagnosticReport
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.errors import NonFiniteError
@@ -26,8 +26,8 @@ _DEFAULTS = DiagnosticThresholds()
 
 def _rows(t: torch.Tensor, layout: str | None) -> torch.Tensor:
     if layout is None:
-        layout = {2: "vector", 3: "tokens"}.get(t.dim(), "spatial")
-    return per_sample(t, layout)
+        layout = {2: "vector", 3: "tokens_all"}.get(t.dim(), "spatial")
+    return norm_rows(t, layout)
 
 
 def _fail(title: str, lines: Sequence[str], key: str) -> None:

@@ -130,7 +130,7 @@ class ViTMini(ReferenceModel):
     """
 
     arch = "vit-mini"
-    hidden_layout = "tokens"
+    hidden_layout = "tokens_all"
 
     def __init__(
         self,

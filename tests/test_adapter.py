@@ -142,19 +142,20 @@ def test_branch_mode_reads_the_exact_stream_and_its_gradient():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_a_torchvision_vision_transformer_is_read_at_the_cls_token_or_the_mean():
+def test_a_torchvision_vision_transformer_is_read_over_all_tokens_at_the_cls_token_or_the_mean():
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(
         image_size=16, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
     ).eval()
     nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision starts the head at zero
     data = _data([3, 16, 16])
-    cls = _check(adapt(vit, ["encoder.dropout", "encoder.layers.*"]), data)
+    every = _check(adapt(vit, ["encoder.dropout", "encoder.layers.*"]), data)
+    cls = _check(adapt(vit, ["encoder.dropout", "encoder.layers.*"], pooling="cls"), data)
     mean = _check(adapt(vit, ["encoder.dropout", "encoder.layers.*"], pooling="mean"), data)
-    assert len(cls.layers) == len(mean.layers) == 4
-    assert (cls.layout, mean.layout) == ("tokens", "tokens_mean")
-    assert "cls token" in str(cls) and "mean over tokens" in str(mean)
-    assert cls.layers[0].h_norm != pytest.approx(mean.layers[0].h_norm)
+    assert len(every.layers) == len(cls.layers) == len(mean.layers) == 4
+    assert (every.layout, cls.layout, mean.layout) == ("tokens_all", "tokens", "tokens_mean")
+    assert "over all tokens" in str(every) and "cls token" in str(cls) and "mean over tokens" in str(mean)
+    assert len({every.layers[0].h_norm, cls.layers[0].h_norm, mean.layers[0].h_norm}) == 3
     assert all(row.g_norm > 0 for row in cls.layers)
 
 
@@ -574,14 +575,13 @@ def test_states_that_did_not_run_name_a_direct_forward_call_as_a_cause():
 
 
 def _token_norm_medians(states):
-    """By hand: per-token L2 norms of each ``(B, T, d)`` state, median over samples and tokens."""
-    return [float(torch.linalg.vector_norm(s.detach().double(), dim=-1).flatten().median()) for s in states]
+    """By hand: the L2 norm of each sample's ``(T, d)`` state, median over samples."""
+    return [float(torch.linalg.vector_norm(s.detach().double().flatten(1), dim=-1).median()) for s in states]
 
 
 def _check_all_tokens(model, at_cls, batches, hand_states, d=16):
-    """The probe's per-layer median ‖h_l‖ equals the hand computation over every token of
-    every sample, its ‖g_l‖ the median over samples of the norm over all tokens; Γ stays one
-    cosine per sample (cls token)."""
+    """The probe's per-layer median ‖h_l‖ and ‖g_l‖ equal the hand computation, the median
+    over samples of the norm over all tokens; Γ stays one cosine per sample (cls token)."""
     feedback = init_dfa_feedback(10, [d] * 3, torch.Generator().manual_seed(1))
     probe = run_probe(model, batches, credit=DFACredit(feedback))
     assert probe.layout == "tokens_all"
@@ -592,10 +592,10 @@ def _check_all_tokens(model, at_cls, batches, hand_states, d=16):
         grads.append(torch.autograd.grad(nn.functional.cross_entropy(logits, y), states))
     samples, tokens = sum(len(y) for _, y in batches), hidden[0][0].shape[1]
     for layer in range(3):
-        assert probe.hidden_norms[layer].shape == (samples * tokens,)
+        assert probe.hidden_norms[layer].shape == (samples,)
         assert probe.grad_norms[layer].shape == probe.cosines[layer].shape == (samples,)
         h_hand = _token_norm_medians([torch.cat([b[layer] for b in hidden])])[0]
-        g_hand = _token_norm_medians([torch.cat([b[layer] for b in grads]).flatten(1)[:, None]])[0]
+        g_hand = _token_norm_medians([torch.cat([b[layer] for b in grads])])[0]
         assert float(probe.hidden_norms[layer].median()) == pytest.approx(h_hand, rel=1e-9)
         assert float(probe.grad_norms[layer].median()) == pytest.approx(g_hand, rel=1e-9, abs=1e-300)
     # the head reads the cls token alone, so h_L's other tokens get no gradient: ‖g_L‖ over all
@@ -606,11 +606,11 @@ def _check_all_tokens(model, at_cls, batches, hand_states, d=16):
     assert (probe.grad_norms[-1] > 0).all() and tokens >= 3
 
 
-def test_vit_mini_states_read_per_token_equal_the_hand_medians():
+def test_vit_mini_states_read_over_all_tokens_equal_the_hand_medians():
     torch.manual_seed(0)
     vit = build_model("vit-mini", input_shape=[40], num_classes=10, d=16, depth=2, heads=2).eval()
     all_tokens = copy.deepcopy(vit)
-    all_tokens.hidden_layout = "tokens_all"
+    vit.hidden_layout = "tokens"
     x, y = _data([40])
     batches = [(x[:32], y[:32]), (x[32:64], y[32:64])]
 
@@ -642,7 +642,8 @@ def test_a_timm_vit_adapted_with_pooling_all_equals_the_hand_medians():
             states.append(h)
         return vit.forward_head(vit.norm(h)), states
 
-    _check_all_tokens(model, adapt(vit, ["norm_pre", "blocks.*"], norm="norm", head="head"), batches, hand_states)
+    _check_all_tokens(model, adapt(vit, ["norm_pre", "blocks.*"], norm="norm", head="head", pooling="cls"),
+                      batches, hand_states)
     report = _check(model, (x, y))  # all 256 samples, 8 batches of 32
-    assert report.layout == "tokens_all" and "per token" in str(report)
+    assert report.layout == "tokens_all" and "over all tokens" in str(report)
     assert report.layers[0].h_norm == pytest.approx(_token_norm_medians([hand_states(x, y)[1][0]])[0], rel=1e-9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,7 @@ import pytest_fa
 from pytest_fa.api import _eval_samples
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.report import diagnose
-from pytest_fa.errors import DataError, ModelInterfaceError
+from pytest_fa.errors import DataError, FABudgetWarning, ModelInterfaceError
 from pytest_fa.training.data import eval_batches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -190,3 +192,13 @@ def test_a_model_without_the_named_modules_is_told_what_is_looked_for_and_how_to
     message = str(info.value)
     assert "has neither `embed` nor `patch_embed`" in message
     assert "pytest_fa.adapt(model, ['embed', 'blocks.*']), your modules' names in place of these" in message
+
+
+def test_a_control_trained_for_fewer_epochs_than_the_model_is_named(dfa, tensors):
+    budgets = r"check\(\): the frozen-blocks control was trained for 2 epochs but the model for 10"
+    with pytest.warns(FABudgetWarning, match=budgets):
+        pytest_fa.check(dfa.model, tensors, frozen_acc=0.3, trained_epochs=10, frozen_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FABudgetWarning)
+        pytest_fa.check(dfa.model, tensors, frozen_acc=0.3, trained_epochs=10, frozen_epochs=10)
+        pytest_fa.check(dfa.model, tensors, frozen_acc=0.3, trained_epochs=10)  # one budget stated: no claim

@@ -197,16 +197,20 @@ def test_growth_raw_tensors_default_threshold():
     assert_meaning(message, "a")
 
 
-def test_growth_raw_tokens_read_at_cls_token():
+def test_growth_of_raw_tokens_is_read_over_all_tokens():
+    """An explosion confined to a minority of tokens fires by default (all tokens); read at
+    the cls token (``layout="tokens"``) it is missed, which is why that is not the default."""
     gen = torch.Generator().manual_seed(2)
-    h0 = torch.randn(16, 5, 8, generator=gen)
+    h0 = torch.randn(16, 11, 8, generator=gen)
     h1 = h0.clone()
-    h1[:, 1:, :] *= 1e6  # only non-cls tokens explode
-    assert_no_residual_explosion([h0, h1])
+    h1[:, 3:5, :] *= 1e3  # 2 of 11 tokens explode; the cls token and the other 8 do not
+    with pytest.raises(AssertionError, match=r"Largest per-block growth: [0-9.]+× at block 0"):
+        assert_no_residual_explosion([h0, h1])
+    assert_no_residual_explosion([h0, h1], layout="tokens")  # the cls token reads 1×
     h2 = h0.clone()
     h2[:, 0, :] *= 1e3
     with pytest.raises(AssertionError, match="block 0"):
-        assert_no_residual_explosion([h0, h2])
+        assert_no_residual_explosion([h0, h2], layout="tokens")
 
 
 @PROPERTY

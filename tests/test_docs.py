@@ -176,7 +176,7 @@ def test_the_torchvision_recipe_reads_a_vit_and_a_resnet(monkeypatch):
     vit_report, resnet_report = done["reports"]
     assert vit_report.context["states"] == ["encoder.dropout", "encoder.layers.encoder_layer_0",
                                             "encoder.layers.encoder_layer_1"]
-    assert (vit_report.layout, resnet_report.layout) == ("tokens", "spatial")
+    assert (vit_report.layout, resnet_report.layout) == ("tokens_all", "spatial")
     assert vit_report.diagnostics["b"].fires and "Mode 1" in vit_report.diagnostics["b"].submode  # zero head
     assert len(resnet_report.layers) == 9 and resnet_report.context["states"][:2] == ["maxpool", "layer1.0"]
 
@@ -189,7 +189,7 @@ def test_the_timm_recipe_reads_a_vit_and_a_resnet(monkeypatch):
     resnet = timm.create_model("resnet18", num_classes=10).eval()
     done = run_recipe("timm", vit=vit, resnet=resnet, test_loader=loader([3, 32, 32]), frozen_acc=0.1)
     vit_report, resnet_report = done["reports"]
-    assert vit_report.context["states"] == ["norm_pre", "blocks.0", "blocks.1"] and vit_report.layout == "tokens"
+    assert vit_report.context["states"] == ["norm_pre", "blocks.0", "blocks.1"] and vit_report.layout == "tokens_all"
     assert all(row.g_norm > 0 for row in vit_report.layers)
     credit = DFACredit(init_dfa_feedback(10, [vit.embed_dim] * 3, torch.Generator().manual_seed(1)))
     with_credit = pytest_fa.check(done["vit"], loader([3, 32, 32]), credit=credit, frozen_acc=0.1)

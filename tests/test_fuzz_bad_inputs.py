@@ -417,7 +417,7 @@ _SPECS = ["", "x", ":", "a:", ":b", "a:b:c", ".x:y", "..:y", "x.:y", "math:pi", 
 _CHOICES = {
     "device": ["auto", "cpu", "cuda", "cuda:0", "cuda:x", "mps", "CPU", "", "cpu:0", "meta"],
     "block_output": ["auto", "sum", "branch", "", "Sum"],
-    "pooling": ["cls", "mean", "max", ""],
+    "pooling": ["cls", "mean", "all", "max", ""],
     "b_rule": ["decomposed", "paper", "", "Paper"],
     "data": ["mnist1d", "synthetic", "cifar10", "nope", "", "MNIST1D"],
     "hidden": ["embed,blocks.*", "embed,blocks", "embed", "*", "[", ",", " ", "blocks.*", "embed,blocks.[0-"],

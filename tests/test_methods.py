@@ -162,3 +162,22 @@ def test_perturbation_correlation_has_its_controls(dfa_trained, batches):
     assert all(abs(c) < 0.1 for c in rho.random_control)
     assert all(-1 <= r <= 1 for r in rho.rho)
     assert next(result.model.parameters()).dtype == torch.float32  # put back as it was
+
+
+def test_dfa_on_token_states_gives_each_token_the_samples_credit():
+    """vit-mini's DFA update: ⟨f_l(h_l), a_l⟩ with the sample's ``a_l = e B_l`` at every token,
+    under the default all-tokens reading as under the cls reading."""
+    from pytest_fa.training.methods import get_method
+    from pytest_fa.training.methods.base import credit_loss, local_forward
+
+    torch.manual_seed(0)
+    vit = build_model("vit-mini", input_shape=[40], num_classes=10, d=16, depth=2, heads=2)
+    dfa = get_method("dfa")
+    state = dfa.setup(vit, 10, [40], torch.Generator().manual_seed(1))
+    x, y = torch.randn(8, 40), torch.arange(8) % 10
+    logits, outputs = local_forward(vit, x)
+    credits = dfa.training_credits(vit, state, x, y, logits, outputs)
+    assert all(a.shape == (8, 16) for a in credits)
+    by_hand = sum((out * a[:, None, :]).sum() / 8 for out, a in zip(outputs, credits))
+    for layout in ("tokens_all", "tokens"):
+        torch.testing.assert_close(credit_loss(outputs, credits, layout), by_hand)

@@ -26,7 +26,7 @@ SMALL_CONFIGS = {
     "smallcnn": {"channels": 6, "depth": 3, "fc": 12},
     "studentnet": {"d": 20, "depth": 3},
 }
-EXPECTED_LAYOUT = {"resmlp": "vector", "vit-mini": "tokens", "smallcnn": "spatial", "studentnet": "vector"}
+EXPECTED_LAYOUT = {"resmlp": "vector", "vit-mini": "tokens_all", "smallcnn": "spatial", "studentnet": "vector"}
 EXPECTED_TERMINAL_NORM = {"resmlp": True, "vit-mini": True, "smallcnn": False, "studentnet": False}
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -169,15 +169,16 @@ def test_interface_helpers_on_reference_models(arch, shape):
     assert layout == EXPECTED_LAYOUT[arch]
     for h in hiddens:
         rows = interface.per_sample(h, layout)
-        if layout == "tokens":
+        if layout == "tokens_all":
             assert rows.shape == (BATCH, h.shape[-1])
-            torch.testing.assert_close(rows, h[:, 0, :])  # the cls token
+            torch.testing.assert_close(rows, h[:, 0, :])  # Γ's rows: the cls token
+            torch.testing.assert_close(interface.norm_rows(h, layout), h.flatten(1))  # the norms: all tokens
         else:
             assert rows.shape == (BATCH, math.prod(h.shape[1:]))
             torch.testing.assert_close(rows.reshape(h.shape), h)
     assert interface.per_sample(hiddens[0], layout).shape[1] == {
         "vector": SMALL_CONFIGS[arch].get("d"),
-        "tokens": SMALL_CONFIGS[arch].get("d"),
+        "tokens_all": SMALL_CONFIGS[arch].get("d"),
         "spatial": math.prod(expected_hidden_shape(arch, shape)[1:]),
     }[layout]
 

@@ -344,8 +344,8 @@ def _vit(layout: str | None = None) -> nn.Module:
     ids=["cls", "mean"],
 )
 def test_token_states_are_read_per_layout(layout, read):
-    """(B, T, d) states: at the cls token by default, as the token mean under ``tokens_mean``."""
-    model = _vit(None if layout == "tokens" else layout)
+    """(B, T, d) states: at the cls token under ``tokens``, as the token mean under ``tokens_mean``."""
+    model = _vit(layout)
     batches = _batches(k=2)
     feedback = _feedback([D] * 3)
     probe = run_probe(model, batches, credit=DFACredit(feedback))
@@ -474,3 +474,19 @@ def test_credit_with_nan_is_a_non_finite_error():
 
     with pytest.raises(NonFiniteError, match=r"a_1 contains NaN"):
         run_probe(_resmlp(), _batches(k=1), credit=credit)
+
+
+def test_token_states_are_read_over_all_tokens_by_default():
+    """vit-mini's default, ``tokens_all``: ‖h_l‖ and ‖g_l‖ over the sample's T·d values, Γ at the cls token."""
+    model = _vit()
+    batches = _batches(k=2)
+    feedback = _feedback([D] * 3)
+    probe = run_probe(model, batches, credit=DFACredit(feedback))
+    flat = _by_hand(model, batches, feedback=None)
+    cls = _by_hand(model, batches, read=lambda t: t[:, 0, :], feedback=feedback)
+    assert probe.layout == "tokens_all"
+    for l in range(3):
+        torch.testing.assert_close(probe.hidden_norms[l], flat["h"][l], **TIGHT)
+        torch.testing.assert_close(probe.grad_norms[l], flat["g"][l], **TIGHT)
+        torch.testing.assert_close(probe.cosines[l], cls["cos"][l], rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(probe.hidden_norms[l], cls["h"][l])  # not the cls token's norm

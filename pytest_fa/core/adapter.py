@@ -106,9 +106,9 @@ class HookedModel(nn.Module):
     It speaks the duck-typed contract of :mod:`pytest_fa.core.interface`: ``embed`` is the
     module of ``h_0``, ``blocks`` the modules of ``h_1 … h_L`` (what the frozen-blocks
     baseline freezes), ``model(x, return_hidden=True)`` returns ``(logits, [h_0, …, h_L])``.
-    Token states are read per sample at the cls token (``pooling="cls"``) or as the mean
-    over tokens (``"mean"``), or all tokens (``"all"``: ``‖h_l‖`` per token, ``‖g_l‖`` per
-    sample over all its tokens, Γ at the cls token); feature maps are flattened.
+    Token states are read per sample over all tokens (``pooling="all"``, the default: ``‖h_l‖``
+    and ``‖g_l‖`` of the sample's ``T·d`` values, Γ at the cls token), at the cls token
+    (``"cls"``) or as the mean over tokens (``"mean"``); feature maps are flattened.
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class HookedModel(nn.Module):
         states: str | Sequence[str],
         *,
         block_output: str = "auto",
-        pooling: str = "cls",
+        pooling: str = "all",
         norm: str | None = None,
         head: str | None = None,
         logits: Callable[[Any], torch.Tensor] | None = None,

@@ -7,11 +7,11 @@ A model is diagnosable when it exposes::
     model.blocks                                       # block l returns f_l(h_l), not h_l + f_l(h_l)
     model.out_ln + model.out_head  or  model.norm + model.head
 
-Hidden states are read per sample: ``(B, d)`` as is, token states ``(B, T, d)`` at the
-cls token ``h[:, 0, :]`` (or, under ``"tokens_mean"``, as the mean over tokens; under
-``"tokens_all"`` ``‖h_l‖`` per token and ``‖g_l‖`` over all tokens, :func:`norm_rows`, and Γ
-at the cls token), and
-feature maps (a model with ``hidden_layout = "spatial"``) flattened. ``hidden_layout`` may
+Hidden states are read per sample: ``(B, d)`` as is; token states ``(B, T, d)`` over all
+tokens by default (``"tokens_all"``: ``‖h_l‖`` and ``‖g_l‖`` of the sample's ``T·d`` values,
+:func:`norm_rows`, and Γ at the cls token ``h[:, 0, :]``), at the cls token alone
+(``"tokens"``) or as the mean over tokens (``"tokens_mean"``); feature maps (a model with
+``hidden_layout = "spatial"``) flattened. ``hidden_layout`` may
 also be a method ``hidden_layout(h) -> layout``.
 
 A model written otherwise is adapted with :func:`pytest_fa.adapt`, which reads the states
@@ -107,7 +107,7 @@ def hidden_layout(model: nn.Module, h: torch.Tensor) -> str:
     if h.dim() == 2:
         return "vector"
     if h.dim() == 3:
-        return "tokens"
+        return "tokens_all"
     return "spatial"
 
 
@@ -120,13 +120,12 @@ def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
     return h.reshape(h.shape[0], -1)
 
 
-def norm_rows(t: torch.Tensor, layout: str, *, gradient: bool = False) -> torch.Tensor:
-    """The rows whose norms give ``‖h_l‖`` (or, with ``gradient``, ``‖g_l‖``); :func:`per_sample`
-    except under ``"tokens_all"``: a state one row per token ``(B·T, d)``, sample by sample, a
-    gradient one row per sample over all its tokens ``(B, T·d)`` (a head that reads the cls
-    token sends no gradient to the other tokens of ``h_L``: per token, their median would be 0)."""
+def norm_rows(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: :func:`per_sample`, except under
+    ``"tokens_all"``, one row per sample over all its tokens ``(B, T·d)``: a stream whose
+    explosion is confined to a few tokens still grows by their share of ``‖h_l‖²``."""
     if layout == "tokens_all":
-        return t.reshape(t.shape[0], -1) if gradient else t.reshape(-1, t.shape[-1])
+        return t.reshape(t.shape[0], -1)
     return per_sample(t, layout)
 
 

@@ -29,8 +29,7 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 class Probe:
     """Per-sample measurements gathered over ``num_batches`` eval batches of ``batch_size``.
 
-    ``hidden_norms`` hold one norm per sample, or per token, sample by sample, under the
-    ``"tokens_all"`` layout; ``grad_norms`` one per sample (:func:`interface.norm_rows`).
+    ``hidden_norms`` and ``grad_norms`` hold one norm per sample (:func:`interface.norm_rows`).
 
     ``logit_grad_norms`` is ``‖∂CE/∂z_i‖ = ‖e_i‖ / B`` at the logits, from the same backward
     pass as the ``‖g_l‖``; ``error_rel_errors`` the relative error of that ``e_i`` in the
@@ -161,7 +160,7 @@ def probe_batches(
         layout, rows_g, logits = ref.layout, ref.rows, ref.logits.detach()
         mid = (len(rows_g) - 1) // 2  # h_{L/2} of h_0..h_L
         hidden_norms.append([per_sample_norms(interface.norm_rows(h.detach(), layout)) for h in ref.hiddens])
-        grad_norms.append([per_sample_norms(interface.norm_rows(g, layout, gradient=True)) for g in ref.grads])
+        grad_norms.append([per_sample_norms(interface.norm_rows(g, layout)) for g in ref.grads])
         mid_means.append(rows_g[mid].to(torch.float64).mean(dim=0))
         logit_rows = ref.logit_grad.reshape(len(y), -1)
         logit_grads.append(per_sample_norms(logit_rows))

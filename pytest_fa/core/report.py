@@ -230,7 +230,7 @@ LAYOUTS = {
     "vector": "",
     "tokens": "token states read at the cls token",
     "tokens_mean": "token states read as the mean over tokens",
-    "tokens_all": "‖h_l‖ read per token, ‖g_l‖ over all tokens, Γ at the cls token",
+    "tokens_all": "token states read over all tokens (‖h_l‖, ‖g_l‖ per sample), Γ at the cls token",
     "spatial": "feature maps read flattened",
 }
 

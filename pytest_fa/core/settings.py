@@ -55,10 +55,10 @@ class ProtocolSettings:
     block_output: str = field(default="auto", metadata=option(
         "with --fa-hidden: the named blocks return h + f(h) (sum), only f(h) (branch), or auto (read "
         "from the forward pass, the default)", metavar="KIND"))
-    pooling: str = field(default="cls", metadata=option(
-        "with --fa-hidden: read token states (B, T, d) at the cls token (cls, the default), as the "
-        "mean over tokens (mean), or all tokens (all: ‖h_l‖ per token, ‖g_l‖ "
-        "per sample over all tokens, Γ at the cls token)", metavar="KIND"))
+    pooling: str = field(default="all", metadata=option(
+        "with --fa-hidden: read token states (B, T, d) over all tokens (all, the default: ‖h_l‖ and "
+        "‖g_l‖ per sample over its T·d values, Γ at the cls token), at the cls token (cls), or as "
+        "the mean over tokens (mean)", metavar="KIND"))
     credit: str | None = field(default=None, metadata=option(
         "your method's credit signal for Γ: package.module:make_credit, called as make_credit(model, "
         "checkpoint) -> credit(x, y, logits, hiddens) -> [a_0, ..., a_L]; or own-backward: what the "

@@ -70,7 +70,7 @@ def credit_loss(outputs: Sequence[torch.Tensor], credits: Sequence[torch.Tensor]
     total = outputs[0].new_zeros(())
     for out, a in zip(outputs, credits):
         a = a.detach()
-        if layout == "tokens":
+        if layout in ("tokens", "tokens_all"):
             a = a[:, None, :]
         else:
             a = a.reshape(out.shape)
