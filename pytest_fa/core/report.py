@@ -323,15 +323,8 @@ def diagnose(
     if getattr(model, "state_names", None):
         context = {**(context or {}), "states": list(model.state_names)}
     report = report_from_probe(
-        probe,
-        thresholds=thresholds,
-        headline_acc=headline_acc,
-        frozen_acc=frozen_acc,
-        accuracy_samples=accuracy_samples,
-        credit_unavailable=credit_unavailable,
-        frozen_unavailable=frozen_unavailable,
-        label=label,
-        context=context,
+        probe, thresholds=thresholds, headline_acc=headline_acc, frozen_acc=frozen_acc, accuracy_samples=accuracy_samples,
+        credit_unavailable=credit_unavailable, frozen_unavailable=frozen_unavailable, label=label, context=context,
     )
     if with_null:
         # the null band reuses the probe's reference: no second forward/backward pass
@@ -367,27 +360,18 @@ def report_from_probe(
     layers = []
     for i in range(probe.num_layers):
         gamma, status, count = _layer_gamma(probe, i, g_ref[i], gains[i], sound, thresholds, credit_unavailable)
-        layers.append(LayerRow(i, float(h_med[i]), None if i == 0 else float(growth[i - 1]), float(g_med[i]),
-                               g_ref[i], gamma, status, count, gains[i]))
+        layers.append(LayerRow(
+            index=i, h_norm=float(h_med[i]), growth=None if i == 0 else float(growth[i - 1]), g_norm=float(g_med[i]),
+            g_norm_at_reference=g_ref[i], gamma=gamma, gamma_status=status, gamma_samples=count, gain=gains[i],
+        ))
     measurement = Measurement(
         probe, h_med, g_med, gains, sound, headline_acc, frozen_acc, frozen_unavailable, accuracy_samples
     )
     results = {d.key: d.evaluate(measurement, thresholds) for d in registry.DIAGNOSTICS}
     return DiagnosticReport(
-        label=label,
-        layers=layers,
-        diagnostics=results,
-        thresholds=thresholds,
-        batch_size=probe.batch_size,
-        num_batches=probe.num_batches,
-        dtype=probe.dtype,
-        device=probe.device,
-        mode=probe.mode,
-        layout=probe.layout,
-        headline_acc=headline_acc,
-        frozen_acc=frozen_acc,
-        eval_acc=probe.eval_accuracy,
-        accuracy_samples=accuracy_samples,
+        label=label, layers=layers, diagnostics=results, thresholds=thresholds, batch_size=probe.batch_size,
+        num_batches=probe.num_batches, dtype=probe.dtype, device=probe.device, mode=probe.mode, layout=probe.layout,
+        headline_acc=headline_acc, frozen_acc=frozen_acc, eval_acc=probe.eval_accuracy, accuracy_samples=accuracy_samples,
         credit_status="computed" if probe.cosines is not None else f"unavailable: {credit_unavailable}",
         context=dict(context or {}),
     )
