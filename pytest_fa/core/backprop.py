@@ -81,12 +81,7 @@ def non_backprop_parts(
     parts += sorted(set(loose))
     if torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks:
         parts.append("a global module backward hook (torch.nn.modules.module.register_module_*backward*_hook)")
-    parts += _tensor_hook_parts(model, logits, states, between, owner, names, tensor_hooks)
-    return parts
-
-
-def _tensor_hook_parts(model, logits, states, between, owner, names, tensor_hooks) -> list[str]:
-    parts = [f"a tensor hook on {state_name(model, i)}" for i, h in enumerate(states) if h._backward_hooks]
+    parts += [f"a tensor hook on {state_name(model, i)}" for i, h in enumerate(states) if h._backward_hooks]
     if logits._backward_hooks:
         parts.append("a tensor hook on the logits")
     for node, tensor in tensor_hooks:
