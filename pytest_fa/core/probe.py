@@ -126,18 +126,9 @@ def probe_batches(
     reference_model: nn.Module | None = None,
 ) -> Probe:
     """The loop of :func:`run_probe`: one :func:`reference_pass` per batch, in the model's current mode and dtype."""
-    hidden_norms: list[list[torch.Tensor]] = []
-    grad_norms: list[list[torch.Tensor]] = []
-    cosines: list[list[torch.Tensor | None]] = []
-    credit_norms: list[list[torch.Tensor | None]] = []
-    mid_means = []
-    logit_grads: list[torch.Tensor] = []
-    rel_errors: list[torch.Tensor] = []
-    kept_rows: list[list[torch.Tensor]] = []
-    kept_errors: list[torch.Tensor] = []
-    correct = 0
-    layout = "vector"
-    mid = 0
+    hidden_norms, grad_norms, cosines, credit_norms, kept_rows = [], [], [], [], []  # per batch, per layer
+    mid_means, logit_grads, rel_errors, kept_errors = [], [], [], []  # per batch
+    correct, layout, mid = 0, "vector", 0
     for x, y in eval_batches:
         ref = reference_pass(model, x, y, credit, reference_model=reference_model)
         layout, rows_g, logits = ref.layout, ref.rows, ref.logits.detach()
