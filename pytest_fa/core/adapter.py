@@ -3,29 +3,12 @@
     model = pytest_fa.adapt(vit, ["encoder.dropout", "encoder.layers.*"])
     report = pytest_fa.check(model, test_loader, frozen_acc=0.61)
 
-``states`` are module paths or glob patterns, matched against ``model.named_modules()``
-one dotted segment at a time (``*`` and ``[0-3]`` within a segment, ``**`` for any number
-of segments); the patterns are taken in the order given, each one's matches in module
-order. The first named module writes ``h_0``; every later one is a block ``l`` and
-writes ``h_{l+1}``. A block either returns the stream itself, ``h + f(h)`` (``"sum"``), or
-only its branch ``f(h)`` that its parent adds (``"branch"``; then
-``h_{l+1} = input + output``); ``"auto"`` reads which from the first forward pass and
-refuses a chain that is neither.
-
-The named states must be one residual stream, ``h_{l+1} = h_l + f_l(h_l)``; the first
-forward pass checks it on its autograd graph and refuses the chain otherwise. Rule: a block
-is never a normalisation layer (a terminal norm is named with ``norm=``, its input is
-``h_L``), and ``h_{l+1}`` is an addition that joins two paths from ``h_l``: for a
-``"sum"`` block, inside the block's own forward (``h + f(h)``, possibly followed by an
-activation, as in a ResNet block); for a ``"branch"`` block, downstream, where one operand
-comes through the block's output and the other from its input around it. A plain stack of
-layers, each feeding the next, has no such addition and is refused.
-
-The states are captured with forward hooks; the reference ``g_l = dCE/dh_l`` then comes
-from ordinary autograd on the captured tensors (in ``"branch"`` mode on an exact copy of
-``h_{l+1}`` spliced into the graph), never from module backward hooks. Hooks are active
-only inside ``model(x, return_hidden=True)``; ``model(x)`` is the wrapped model's output
-(through ``logits=`` when given).
+``states`` are module paths or glob patterns matched one dotted segment at a time (``**``
+spans segments). The first module writes ``h_0``, each later one, a block, ``h_{l+1}``:
+either ``h + f(h)`` (``"sum"``) or its branch ``f(h)`` that the parent adds (``"branch"``).
+The first forward pass refuses states that are not one residual stream: a block is never a
+norm, and each ``h_{l+1}`` is an addition joining two paths from ``h_l``. States are read
+with forward hooks, only inside ``model(x, return_hidden=True)``; ``g_l`` is plain autograd.
 """
 
 from __future__ import annotations
@@ -101,15 +84,8 @@ class _Splice(torch.autograd.Function):
 
 
 class HookedModel(nn.Module):
-    """A model whose residual stream is read through forward hooks on named modules.
-
-    It speaks the duck-typed contract of :mod:`pytest_fa.core.interface`: ``embed`` is the
-    module of ``h_0``, ``blocks`` the modules of ``h_1 … h_L`` (what the frozen-blocks
-    baseline freezes), ``model(x, return_hidden=True)`` returns ``(logits, [h_0, …, h_L])``.
-    Token states are read per sample over all tokens (``pooling="all"``, the default: ``‖h_l‖``
-    and ``‖g_l‖`` of the sample's ``T·d`` values, Γ at the cls token), at the cls token
-    (``"cls"``) or as the mean over tokens (``"mean"``); feature maps are flattened.
-    """
+    """A model whose residual stream is read through forward hooks on named modules, speaking
+    the duck-typed contract of :mod:`pytest_fa.core.interface`."""
 
     def __init__(
         self,
@@ -141,7 +117,6 @@ class HookedModel(nn.Module):
         self._chain_checked = False
         self._rooted = False
 
-    # -- the duck-typed contract -------------------------------------------------------------
     @property
     def state_names(self) -> list[str]:
         return [name for name, _ in self._states]
@@ -177,7 +152,6 @@ class HookedModel(nn.Module):
             )
         return head(norm(h_L) if norm is not None else h_L)
 
-    # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
         if not return_hidden:
             out = self.model(x)
@@ -189,9 +163,7 @@ class HookedModel(nn.Module):
         return logits, [entry["state"] for entry in record]
 
     def _check_stream(self, x: torch.Tensor) -> None:
-        """One pass on the first batch, with a graph that starts at ``h_0``: the states ran in
-        order, the blocks return what ``block_output`` says (``"auto"``: reads which), and each
-        ``h_{l+1}`` joins ``h_l`` and a branch at an addition (module docstring)."""
+        """One pass on the first batch, in a graph rooted at ``h_0``: the chain and its mode."""
         self._rooted = True
         try:  # in eval mode: no running statistics updated, no random numbers drawn
             with torch.enable_grad(), eval_mode(self.model):
@@ -258,12 +230,9 @@ class HookedModel(nn.Module):
 def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> HookedModel:
     """Wrap ``model`` so the protocol reads the residual stream at the named ``states``.
 
-    Options: ``block_output`` (``"auto"``, ``"sum"``: blocks return ``h + f(h)``,
-    ``"branch"``: blocks return ``f(h)``), ``pooling`` of token states (``"cls"``,
-    ``"mean"``, or ``"all"``: ``‖h_l‖`` per token, median over samples and tokens, ``‖g_l‖``
-    per sample over all its tokens, Γ at the cls token), ``norm`` and ``head`` (paths of the terminal norm and the classifier, for the
-    measurements that map ``h_L`` to the logits), ``logits`` (a function picking the logits
-    out of what the model returns).
+    Options: ``block_output`` (``"auto"``, ``"sum"``, ``"branch"``), ``pooling`` of token
+    states (``"all"``, ``"cls"``, ``"mean"``), ``norm`` and ``head`` (paths of the terminal
+    norm and the classifier), ``logits`` (picks the logits out of what the model returns).
     """
     if isinstance(model, HookedModel):
         raise ModelInterfaceError("the model is adapted already; adapt the model it wraps")
@@ -275,34 +244,6 @@ def _named(model: nn.Module, path: str, role: str) -> nn.Module:
     if path not in modules:
         raise ModelInterfaceError(f"{role}={path!r} is not a module of {type(model).__name__}")
     return modules[path]
-
-
-def _block_output_of(record: list[dict[str, Any]], names: list[str]) -> str:
-    """``"sum"`` when each block's input is the previous block's output, ``"branch"`` when it
-    is the previous block's input plus output; a clear error when it is neither."""
-    _check_count(record, names)
-    _check_first_block(record, names)
-    if len(record) < 3:
-        raise ModelInterfaceError(
-            f"with one block ({names[1]!r}) the forward pass cannot tell whether it returns h + f(h) "
-            "or f(h): set block_output='sum' or 'branch'"
-        )
-    modes = {_link(before, after) for before, after in zip(record[1:], record[2:])}
-    if len(modes) == 1 and "neither" not in modes:
-        return modes.pop()
-    raise ModelInterfaceError(
-        f"the named states {names} are not one residual stream: the input of each block should be "
-        "the output of the block before (blocks returning h + f(h)) or that block's input plus its "
-        "output (blocks returning f(h)); name the modules whose outputs are consecutive states"
-    )
-
-
-def _check_first_block(record: list[dict[str, Any]], names: list[str]) -> None:
-    if not _same(record[1]["input"], record[0]["output"]):
-        raise ModelInterfaceError(
-            f"the input of the first block {names[1]!r} is not the output of {names[0]!r}: name the "
-            "module that writes h_0, the state the first block reads"
-        )
 
 
 def _link(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -319,7 +260,8 @@ def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
     return a is not None and (a is b or (a.shape == b.shape and bool(torch.equal(a, b))))
 
 
-def _check_count(record: list[dict[str, Any]], names: list[str]) -> None:
+def _check_record(record: list[dict[str, Any]], names: list[str], batch: int) -> None:
+    """Every call: each state ran once, in order, batch first, and was not overwritten."""
     ran = [names[entry["index"]] for entry in record]
     if ran != names:
         missing = [n for n in names if n not in ran]
@@ -336,11 +278,6 @@ def _check_count(record: list[dict[str, Any]], names: list[str]) -> None:
             f"the forward pass must run each named state module once, in order {names}; {problem}{hint}. "
             "Name modules on the forward path, each used once, in the order the stream passes them"
         )
-
-
-def _check_record(record: list[dict[str, Any]], names: list[str], batch: int) -> None:
-    """Every call: each state ran once, in order, batch first, and was not overwritten."""
-    _check_count(record, names)
     for entry in record:
         name, state = names[entry["index"]], entry["state"]
         if state.dim() < 2 or state.shape[0] != batch:
@@ -356,11 +293,28 @@ def _check_record(record: list[dict[str, Any]], names: list[str], batch: int) ->
 
 
 def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> str:
-    """Once: the first block reads h_0, and the blocks return what ``mode`` says; the mode."""
-    if len(record) < 3 and mode != "auto":
-        _check_first_block(record, names)
-        return mode
-    found = _block_output_of(record, names)
+    """Once: the first block reads h_0, and each block's input is the previous block's output
+    (``"sum"``) or its input plus output (``"branch"``), as ``mode`` says; the mode."""
+    if not _same(record[1]["input"], record[0]["output"]):
+        raise ModelInterfaceError(
+            f"the input of the first block {names[1]!r} is not the output of {names[0]!r}: name the "
+            "module that writes h_0, the state the first block reads"
+        )
+    if len(record) < 3:
+        if mode != "auto":
+            return mode
+        raise ModelInterfaceError(
+            f"with one block ({names[1]!r}) the forward pass cannot tell whether it returns h + f(h) "
+            "or f(h): set block_output='sum' or 'branch'"
+        )
+    modes = {_link(before, after) for before, after in zip(record[1:], record[2:])}
+    if len(modes) != 1 or "neither" in modes:
+        raise ModelInterfaceError(
+            f"the named states {names} are not one residual stream: the input of each block should be "
+            "the output of the block before (blocks returning h + f(h)) or that block's input plus its "
+            "output (blocks returning f(h)); name the modules whose outputs are consecutive states"
+        )
+    found = modes.pop()
     if mode not in ("auto", found):
         shown = {"sum": "h + f(h)", "branch": "f(h)"}
         raise ModelInterfaceError(
@@ -375,8 +329,7 @@ _NORM_NAME = re.compile(r"(RMS|Layer|Batch|Group|Instance)Norm(\dd)?$")  # nn.RM
 
 
 def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
-    """A block is never a normalisation layer: it rescales the stream instead of adding a
-    branch to it (``h_0`` may be a norm's output: an embedding that ends in one)."""
+    """A block is never a normalisation layer (``h_0`` may be one: an embedding ending in a norm)."""
     for name, module in states[1:]:
         if isinstance(module, _NORM_TYPES) or _NORM_NAME.search(type(module).__name__):
             raise ModelInterfaceError(
@@ -389,10 +342,8 @@ def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
 
 
 def _check_residual(record: list[dict[str, Any]], logits: torch.Tensor, names: list[str], mode: str) -> None:
-    """Each ``h_{l+1}`` is an addition joining two paths from ``h_l`` (module docstring).
-
-    Blocks whose input or output is not in the graph are left to the reference pass, which
-    names a detached state or one off the path to the logits."""
+    """Each ``h_{l+1}`` is an addition joining two paths from ``h_l`` (blocks off the graph are
+    left to the reference pass)."""
     for entry in record[1:]:
         into, out = entry["nodes"]
         if into is None or out is None:

@@ -1,29 +1,8 @@
 """Is autograd on a model backprop? The reference ``g_l = dCE/dh_l`` is autograd's gradient,
-so it is backprop only where the backward from the logits down to the states is the chain
-rule of the forward pass. A method that lives in the backward (feedback alignment, DFA,
-sign symmetry: custom ``autograd.Function`` nodes, backward hooks, feedback weights) makes
-autograd *the method's* backward; a reference taken from it compares the method with itself.
-
-:class:`BackpropCheck` watches one forward pass and refuses (:class:`NotBackpropError`) a
-model whose backward between the states and the logits can differ from backprop:
-
-- a custom ``autograd.Function`` node (the adapter's splice and torch's checkpoint and
-  sync batch norm, which pass exact gradients, are allowed);
-- a backward hook or pre-hook (full or not) on a module between the states and the logits,
-  or a global module backward hook;
-- a tensor hook (``Tensor.register_hook``) on a state, on the logits or on a tensor between;
-- a module between the states and the logits that carries a feedback weight
-  (``weight_backward``, ``feedback``, ``B``, … beside ``weight``), as biotorch's layers do.
-
-A module is between when the grad_fn of its output is on a path from the logits down to a
-state, above that state (the module that writes ``h_0`` is not: its backward only consumes
-``g_0``). Hooks set on autograd nodes directly (``grad_fn.register_hook``) are invisible to
-Python; a layer that sets them is caught by its feedback weight or not at all.
-
-The way forward is a twin that backpropagates truly with the same weights
-(:func:`bp_twin` builds it for biotorch models; :func:`check_twin` compares its forward
-pass with the model's) and, for the method's credit, its own backward
-(:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
+so a method that lives in the backward (custom ``autograd.Function`` nodes, backward or
+tensor hooks, feedback weights beside ``weight``) between the states and the logits would be
+compared with itself. :class:`BackpropCheck` refuses such a model; the way forward is a
+true-backprop twin (:func:`bp_twin` for biotorch models, checked by :func:`check_twin`).
 """
 
 from __future__ import annotations
@@ -56,7 +35,6 @@ _EXACT_FUNCTIONS = (_Splice, CheckpointFunction, SyncBatchNorm)
 _BACKPROP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models checked: autograd is backprop
 
 
-# -- the check ---------------------------------------------------------------------------------
 def non_backprop_parts(
     model: nn.Module,
     logits: torch.Tensor,
@@ -65,13 +43,9 @@ def non_backprop_parts(
     outputs: Sequence[tuple[nn.Module, Any]] | None = None,
     tensor_hooks: Sequence[tuple[Any, torch.Tensor]] = (),
 ) -> list[str]:
-    """Where autograd from ``logits`` down to ``states`` can differ from backprop: one entry
-    per module, custom Function or hook (empty: it is backprop).
-
-    ``outputs`` are ``(module, grad_fn of its output)`` of the forward pass that gave
-    ``logits``; they place the modules (None: every module of ``model`` counts as between).
-    ``tensor_hooks`` are ``(grad_fn, tensor)`` of each ``Tensor.register_hook`` call in it.
-    """
+    """Where autograd from ``logits`` down to ``states`` can differ from backprop (empty: it is
+    backprop). ``outputs``: ``(module, grad_fn of its output)`` of the pass (None: every module
+    is between); ``tensor_hooks``: ``(grad_fn, tensor)`` of each ``Tensor.register_hook``."""
     between = _between(logits.grad_fn, states) if logits.grad_fn is not None else set()
     names = _module_names(model)
     owner: dict[Any, nn.Module] = {}
@@ -102,16 +76,12 @@ def non_backprop_parts(
     groups: dict[tuple, list[str]] = {}  # modules of one type with the same reasons, in module order
     for module, why in sorted(reasons.items(), key=lambda item: order.get(item[0], len(order))):
         groups.setdefault((type(module), *dict.fromkeys(why)), []).append(names.get(module, "a module"))
-    parts = [f"{_listed(paths)} ({_qualified(cls)}): {', '.join(why)}" for (cls, *why), paths in groups.items()]
+    parts = [f"{', '.join(paths[:3])}{f' and {len(paths) - 3} more modules' if len(paths) > 3 else ''} "
+             f"({_qualified(cls)}): {', '.join(why)}" for (cls, *why), paths in groups.items()]
     parts += sorted(set(loose))
     if torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks:
         parts.append("a global module backward hook (torch.nn.modules.module.register_module_*backward*_hook)")
-    parts += _tensor_hook_parts(model, logits, states, between, owner, names, tensor_hooks)
-    return parts
-
-
-def _tensor_hook_parts(model, logits, states, between, owner, names, tensor_hooks) -> list[str]:
-    parts = [f"a tensor hook on {state_name(model, i)}" for i, h in enumerate(states) if h._backward_hooks]
+    parts += [f"a tensor hook on {state_name(model, i)}" for i, h in enumerate(states) if h._backward_hooks]
     if logits._backward_hooks:
         parts.append("a tensor hook on the logits")
     for node, tensor in tensor_hooks:
@@ -136,8 +106,7 @@ def _custom_function(node: Any) -> type | None:
 
 
 def _between(top: Any, states: Sequence[torch.Tensor]) -> set:
-    """The autograd nodes on a path from ``top`` down to a state's node, above it: the nodes
-    whose backward computes some ``g_l``."""
+    """The autograd nodes on a path from ``top`` down to a state, above it (they compute a ``g_l``)."""
     targets = {h.grad_fn for h in states if h.grad_fn is not None}
     leaves = [h for h in states if h.grad_fn is None]
     reach: dict[Any, bool] = {}
@@ -163,12 +132,6 @@ def _module_names(model: nn.Module) -> dict[nn.Module, str]:
     if root is not model:
         names[model] = "the adapted model"
     return names
-
-
-def _listed(paths: list[str], shown: int = 3) -> str:
-    """``'a', 'b', 'c'`` or ``'a', 'b', 'c' and 6 more modules``."""
-    more = f" and {len(paths) - shown} more modules" if len(paths) > shown else ""
-    return ", ".join(paths[:shown]) + more
 
 
 def _qualified(cls: type) -> str:
@@ -255,9 +218,8 @@ def check_twin(
     forward: tuple[torch.Tensor, Sequence[torch.Tensor]],
     twin_forward: tuple[torch.Tensor, Sequence[torch.Tensor]],
 ) -> None:
-    """Refuse a reference model whose logits or states differ from ``model``'s on the same
-    batch by more than float tolerance (``sqrt(eps)`` of the dtype, relative to the largest
-    entry)."""
+    """Refuse a reference model whose logits or states differ from ``model``'s on the same batch
+    by more than ``sqrt(eps)`` of the dtype, relative to the largest entry."""
     (logits, states), (twin_logits, twin_states) = forward, twin_forward
     if len(twin_states) != len(states):
         raise NotBackpropError(
@@ -307,12 +269,8 @@ class Unwrapped(nn.Module):
 
 
 def bp_twin(model: nn.Module) -> nn.Module:
-    """A copy of a biotorch model that backpropagates truly with the same weights.
-
-    Each converted layer goes back to its ``torch.nn`` layer with the forward weight and bias
-    (its feedback weights and hooks dropped), each ``BioModule`` to :class:`Unwrapped`; an
-    adapted model's twin is adapted at the same states. ``model`` is left as it is.
-    """
+    """A copy of a biotorch model that backpropagates truly with the same weights: each layer
+    back to its ``torch.nn`` layer, each ``BioModule`` to :class:`Unwrapped`."""
     if isinstance(model, HookedModel):
         paths = {m: n for n, m in model.model.named_modules()}
         return HookedModel(
@@ -358,10 +316,8 @@ def _plain_layer(layer: nn.Module) -> nn.Module | None:
 
 @contextmanager
 def training_loss_gradient(model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> Iterator[None]:
-    """While open, the layers of each biotorch DFA ``BioModule`` in ``model`` hold
-    ``dCE/dlogits`` of this batch as ``loss_gradient``, as its training forward sets it (their
-    backward hooks read it; outside training it is the last training batch's). Put back after.
-    """
+    """While open, the layers of each biotorch DFA ``BioModule`` hold this batch's ``dCE/dlogits``
+    as ``loss_gradient`` (their backward hooks read it), as its training forward sets it."""
     wrappers = [m for m in model.modules() if _is_bio_wrapper(m) and getattr(m, "mode", None) == "dfa"]
     if not wrappers:
         yield

@@ -41,10 +41,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``cos(a_i, g_i) = ⟨a_i, g_i⟩ / (‖a_i‖ ‖g_i‖)`` per row, float64, no eps clamp.
-
-    NaN where either row is zero: the cosine is undefined there, not 0 and not 1.
-    """
+    """``cos(a_i, g_i)`` per row, float64, no eps clamp: NaN where either row is zero."""
     if a.shape != g.shape:
         raise ValueError(
             f"credit and reference gradient differ in shape: {tuple(a.shape)} vs {tuple(g.shape)}; "
@@ -67,13 +64,8 @@ def block_growth(layer_norms: torch.Tensor) -> torch.Tensor:
 
 
 def residual_growth(layer_norms: torch.Tensor) -> tuple[float, int]:
-    """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖`` and the block ``l`` where it occurs.
-
-    A growth that is not a finite number (a median ``‖h_l‖`` of 0 gives ``x/0 = inf`` or
-    ``0/0 = NaN``) is not a measurement, and the largest growth is undefined with it:
-    :class:`~pytest_fa.errors.NonFiniteError` naming the first such block, so no verdict of
-    (a) rests on it.
-    """
+    """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖`` and its block ``l``; a growth that is not
+    finite raises :class:`~pytest_fa.errors.NonFiniteError` naming the first such block."""
     growth = block_growth(layer_norms)
     undefined = (~torch.isfinite(growth)).nonzero()
     if len(undefined):
@@ -92,29 +84,17 @@ def residual_growth(layer_norms: torch.Tensor) -> tuple[float, int]:
 def grad_at_reference_batch(
     grad_norm: float, batch_size: int, reference_batch_size: int = REFERENCE_BATCH_SIZE
 ) -> float:
-    """``‖g‖ · B / B_ref``: a batch-mean-CE gradient norm restated at batch size ``B_ref``.
-
-    With a batch-mean loss each sample's gradient carries a factor ``1/B``; this removes
-    the dependence on the eval batch size so one floor serves every ``B``.
-    """
+    """``‖g‖ · B / B_ref``: a batch-mean-CE gradient norm restated at batch size ``B_ref``."""
     return grad_norm * batch_size / reference_batch_size
 
 
 OUTPUT_ERROR_TOLERANCE = 1e-2
-"""Largest relative error of a sample's output error ``e_i`` (as the backward pass carried
-it) for which its reference gradient still counts as a direction: beyond it, the
-``p_y − 1`` cancellation dominates (see :func:`output_error_rel_error`)."""
+"""Largest relative error of a sample's output error ``e_i`` for which its reference still counts."""
 
 
 def backward_gain(grad_norms: torch.Tensor, logit_grad_norms: torch.Tensor) -> torch.Tensor:
-    """``‖g_{l,i}‖ / ‖∂CE/∂z_i‖`` per sample: the backward gain from the logits ``z`` to ``h_l``.
-
-    With a batch-mean CE, ``∂CE/∂z_i = e_i / B`` (``e = softmax(z) − onehot(y)``), so
-    ``‖g_{l,i}‖ = gain_{l,i} · ‖e_i‖ / B``: the reference is small either because the
-    gain through the terminal norm and head collapsed (∝ 1/‖h_L‖ under a terminal
-    LayerNorm) or because the error ``e_i`` vanished (a confident, correct prediction).
-    The gain does not depend on ``B``. NaN where ``e_i`` is exactly zero.
-    """
+    """``‖g_{l,i}‖ / ‖∂CE/∂z_i‖`` per sample, the backward gain from the logits to ``h_l``
+    (``‖g_{l,i}‖ = gain · ‖e_i‖ / B``); NaN where ``e_i`` is exactly zero."""
     grad_norms = grad_norms.to(torch.float64)
     logit_grad_norms = logit_grad_norms.to(torch.float64)
     defined = logit_grad_norms > 0
@@ -123,13 +103,8 @@ def backward_gain(grad_norms: torch.Tensor, logit_grad_norms: torch.Tensor) -> t
 
 
 def output_error_rel_error(used: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``‖e_used,i − e_i‖ / ‖e_i‖`` per sample, with ``e_i = softmax(z_i) − onehot(y_i)`` in float64.
-
-    ``used`` is the output error the backward pass actually propagated (``B · ∂CE/∂z``, in
-    the model's dtype). In float32 the true-class entry ``p_y − 1`` cancels when ``p_y → 1``:
-    its absolute error is about the unit roundoff 6e-8, so the relative error of the
-    reference grows like ``6e-8 / ‖e_i‖``. Infinite where ``e_i`` is zero in float64 too.
-    """
+    """``‖e_used,i − e_i‖ / ‖e_i‖`` per sample, ``e_i = softmax(z_i) − onehot(y_i)`` in float64 and
+    ``used`` the error the backward pass propagated; infinite where ``e_i`` is zero."""
     z = logits.detach().to(torch.float64)
     exact = torch.softmax(z, dim=-1)
     exact[torch.arange(len(y)), y] -= 1.0
@@ -151,23 +126,9 @@ FLOOR_SUBMODES = ("above the floor", "Mode 1: backward gain collapsed", "error-s
 def floor_rule(
     g_ref: float, gain: float | None, floor: float = 1e-7, gain_floor: float = 1e-3, rule: str = "decomposed"
 ) -> tuple[bool, str]:
-    """Diagnostic (b): whether it fires, and its sub-mode, on the reference ``g_ref`` (the median
-    ``‖g_L‖`` restated at the floor's batch size, :func:`grad_at_reference_batch`) and the
-    median backward gain ``‖g_L‖ / ‖dCE/dlogits‖`` at ``h_L``.
-
-    With a batch-mean CE, ``‖g_L‖ · B = gain · ‖e‖``, so a reference below ``floor`` has one
-    of two causes:
-
-    - ``gain < gain_floor``: *Mode 1: backward gain collapsed*, the terminal norm and head no
-      longer pass the error back. (b) fires.
-    - a healthy gain, or none defined (NaN) because every error ``e_i`` is exactly zero:
-      *error-saturated*, the model became confident. (b) does not fire.
-
-    At or above ``floor``: *above the floor*, and (b) does not fire. ``rule="paper"`` fires on
-    the floor alone, as the reference implementation does (same sub-modes); so does a
-    reference measured without a gain (``gain=None``: sub-mode *at the floor* below it).
-    A NaN ``g_ref`` is not a measurement, neither above the floor nor at it:
-    :class:`~pytest_fa.errors.NonFiniteError`, under every rule.
+    """Diagnostic (b): whether it fires and its sub-mode, from the restated median ``g_ref`` and
+    the median gain at ``h_L``. Below ``floor`` it fires only in Mode 1 (``gain < gain_floor``;
+    a healthy or NaN gain is error-saturated); ``rule="paper"`` or ``gain=None``: the floor alone.
     """
     if math.isnan(g_ref):
         raise NonFiniteError(
@@ -191,19 +152,13 @@ def grad_floor(
     floor: float = 1e-7,
     reference_batch_size: int = REFERENCE_BATCH_SIZE,
 ) -> bool:
-    """Whether ``‖g_L‖`` restated at ``B_ref`` is below ``floor``: the floor alone, the paper's
-    (b) (:func:`floor_rule` without a gain)."""
+    """Whether ``‖g_L‖`` restated at ``B_ref`` is below ``floor`` (the paper's (b))."""
     return floor_rule(grad_at_reference_batch(grad_norm, batch_size, reference_batch_size), None, floor)[0]
 
 
 def direction_stability(batch_mean_grads: torch.Tensor) -> float:
-    """Diagnostic (c): mean pairwise cosine of the per-batch mean gradients ``(K, F)``.
-
-    Each batch's mean gradient is normalised, then the cosine is averaged over the
-    ``K (K - 1) / 2`` pairs of distinct batches. Near 1: the reference points the same way
-    for every batch (drift-dominated); near 0: it is noise-dominated. A batch mean that is
-    exactly zero has no direction: :class:`~pytest_fa.errors.NonFiniteError`, no number.
-    """
+    """Diagnostic (c): mean pairwise cosine of the per-batch mean gradients ``(K, F)`` (near 1:
+    drift-dominated); a zero batch mean raises :class:`~pytest_fa.errors.NonFiniteError`."""
     units = unit_rows(batch_mean_grads)
     k = units.shape[0]
     if k < 2:
@@ -238,14 +193,8 @@ CEILING_Z = 2.0
 
 
 def headroom_lower_bound_pp(acc: float, n: int | None = None) -> float:
-    """The smallest headroom ``100·(1 − acc)`` in points that ``n`` samples support.
-
-    With ``e = 1 − acc`` measured on ``n`` samples and ``z = 2`` (:data:`CEILING_Z`), the lower
-    end of the Wilson interval of the error rate, ``100·(e + z²/2n − z·sqrt(e(1 − e)/n +
-    z²/4n²)) / (1 + z²/n)``, computed as ``100·e² / (e + z²/2n + z·sqrt(…))``, the same number
-    without cancellation: between 0 (exactly, for ``acc = 1``) and the observed ``100·(1 − acc)``,
-    and closer to it the larger ``n``. Without ``n`` (``None``) the observed headroom.
-    """
+    """The smallest headroom ``100·(1 − acc)`` that ``n`` samples support: the lower end of the
+    Wilson interval (``z = 2``) of the error rate, without cancellation; the observed one without ``n``."""
     headroom = 1.0 - acc
     if n is None:
         return 100.0 * headroom
@@ -258,28 +207,13 @@ def headroom_lower_bound_pp(acc: float, n: int | None = None) -> float:
 
 
 def frozen_at_ceiling(trained_acc: float, frozen_acc: float, margin_pp: float = 2.0, n: int | None = None) -> bool:
-    """Whether (d) is not informative because both accuracies sit at the ceiling of 1.0.
-
-    The margin is bounded by the frozen model's headroom, ``100·(trained − frozen) ≤
-    100·(1 − frozen)``: when that headroom is below ``margin_pp`` no trained accuracy can show
-    the margin and (d) would fire whatever the blocks learned. When the trained model's
-    headroom is below ``margin_pp`` as well, it sits at the same ceiling, and the shortfall
-    measures the task's missing headroom, not the blocks. True when both hold; never for
-    ``margin_pp ≤ 0``. A trained accuracy further than ``margin_pp`` below 1.0 is a measured
-    shortfall, and (d) is judged as usual.
-
-    Each headroom is :func:`headroom_lower_bound_pp` of its accuracy over the ``n`` samples both
-    were measured on: at the ceiling when ``100·L(e, n) < margin_pp``, ``L`` the lower end of the
-    Wilson interval (``z = 2``) of the error rate ``e = 1 − acc``, i.e. when ``n`` samples cannot
-    show that the error rate is at least ``margin_pp``; fewer samples widen the tolerance.
-    Without ``n`` the observed headroom: ``100·(1 − acc) < margin_pp``.
-    """
+    """Whether (d) is not informative: both accuracies' headrooms (:func:`headroom_lower_bound_pp`
+    over ``n`` samples) are below ``margin_pp``, so no margin could show whatever the blocks learned."""
     return headroom_lower_bound_pp(frozen_acc, n) < margin_pp and headroom_lower_bound_pp(trained_acc, n) < margin_pp
 
 
 def frozen_ceiling_reason(trained_acc: float, frozen_acc: float, margin_pp: float, n: int | None = None) -> str:
-    """Why (d) cannot show ``margin_pp`` at the ceiling (:func:`frozen_at_ceiling`), with both
-    accuracies, ``n`` and the rule's numbers."""
+    """Why (d) cannot show ``margin_pp`` at the ceiling (:func:`frozen_at_ceiling`)."""
     shown = f"trained {trained_acc:.4f} − frozen {frozen_acc:.4f}"
     if n is None:
         why = (f"{shown}, both within {margin_pp:g} pp of 1.0: the margin is at most 100·(1 − frozen) = "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,14 +27,8 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 @dataclass
 class Probe:
-    """Per-sample measurements gathered over ``num_batches`` eval batches of ``batch_size``.
-
-    ``hidden_norms`` and ``grad_norms`` hold one norm per sample (:func:`interface.norm_rows`).
-
-    ``logit_grad_norms`` is ``‖∂CE/∂z_i‖ = ‖e_i‖ / B`` at the logits, from the same backward
-    pass as the ``‖g_l‖``; ``error_rel_errors`` the relative error of that ``e_i`` in the
-    model's dtype against float64 (see :func:`diagnostics.output_error_rel_error`).
-    """
+    """Per-sample measurements over ``num_batches`` eval batches of ``batch_size``;
+    ``logit_grad_norms`` is ``‖∂CE/∂z_i‖``, ``error_rel_errors`` its error against float64."""
 
     hidden_norms: list[torch.Tensor]
     grad_norms: list[torch.Tensor]
@@ -53,7 +47,6 @@ class Probe:
     error_rel_errors: torch.Tensor | None = None
     grad_rows: list[torch.Tensor] | None = None
     output_errors: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -94,16 +87,9 @@ def run_probe(
     keep_rows: bool = False,
     reference_model: nn.Module | None = None,
 ) -> Probe:
-    """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``.
-
-    ``keep_rows`` keeps the per-sample rows of ``g_l`` and the output errors
-    ``e = softmax − onehot`` (``probe.grad_rows``, ``probe.output_errors``), for measurements
-    that reuse the reference, such as the null band. ``reference_model``, a twin that
-    backpropagates truly with the same weights, gives ``g_l`` (:func:`reference_pass`).
-
-    Runs in eval mode (restored afterwards) and never below float32: a model stored in
-    float16 or bfloat16 is measured through a float32 copy (and a model that lives off
-    ``device`` through a copy on it); so is the reference model.
+    """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``, in
+    eval mode and at least float32 (through copies). ``keep_rows`` keeps the rows of ``g_l`` and
+    the output errors (for the null band); ``reference_model``, a true-backprop twin, gives ``g_l``.
     """
     batch_size = _check_batches(eval_batches)
     stored = next(model.parameters()).dtype
@@ -122,11 +108,9 @@ def _measured(model: nn.Module, device: torch.device | str | None) -> nn.Module:
     """``model`` checked, as the probe measures it: at least float32, on ``device``."""
     interface.check_interface(model)
     check_finite_parameters(model)
-    param = next(model.parameters())
+    stored = next(model.parameters()).device
     model = at_least_float32(model)
-    if device is not None and torch.device(device) != param.device:
-        model = copy.deepcopy(model).to(device)
-    return model
+    return model if device is None or torch.device(device) == stored else copy.deepcopy(model).to(device)
 
 
 def at_least_float32(model: nn.Module) -> nn.Module:
@@ -141,20 +125,10 @@ def probe_batches(
     model: nn.Module, eval_batches, credit: CreditSignal | None, batch_size: int, keep_rows: bool = False,
     reference_model: nn.Module | None = None,
 ) -> Probe:
-    """The measurement loop of :func:`run_probe`: one :func:`reference_pass` per batch, in
-    the model's current mode and dtype (``run_probe`` sets eval mode and float32 first)."""
-    hidden_norms: list[list[torch.Tensor]] = []
-    grad_norms: list[list[torch.Tensor]] = []
-    cosines: list[list[torch.Tensor | None]] = []
-    credit_norms: list[list[torch.Tensor | None]] = []
-    mid_means = []
-    logit_grads: list[torch.Tensor] = []
-    rel_errors: list[torch.Tensor] = []
-    kept_rows: list[list[torch.Tensor]] = []
-    kept_errors: list[torch.Tensor] = []
-    correct = 0
-    layout = "vector"
-    mid = 0
+    """The loop of :func:`run_probe`: one :func:`reference_pass` per batch, in the model's current mode and dtype."""
+    hidden_norms, grad_norms, cosines, credit_norms, kept_rows = [], [], [], [], []  # per batch, per layer
+    mid_means, logit_grads, rel_errors, kept_errors = [], [], [], []  # per batch
+    correct, layout, mid = 0, "vector", 0
     for x, y in eval_batches:
         ref = reference_pass(model, x, y, credit, reference_model=reference_model)
         layout, rows_g, logits = ref.layout, ref.rows, ref.logits.detach()
@@ -195,20 +169,12 @@ def probe_batches(
 
 
 def _layer_cosines(credits, rows_g) -> list[torch.Tensor | None]:
-    """Per layer, the per-sample cosine of ``a_l`` (checked by :func:`reference.checked_credits`) and ``g_l``."""
-    out = []
-    for index, (a, g) in enumerate(zip(credits, rows_g)):
-        if a is None:
-            out.append(None)
-            continue
-        if not torch.isfinite(a).all():
+    """Per layer, the per-sample cosine of ``a_l`` and ``g_l``."""
+    for index, a in enumerate(credits):
+        if a is not None and not torch.isfinite(a).all():
             raise NonFiniteError(f"the credit signal a_{index} contains NaN or Inf")
-        out.append(cosine_per_sample(a, g))
-    return out
+    return [None if a is None else cosine_per_sample(a, g) for a, g in zip(credits, rows_g)]
 
 
 def _concat_layers(per_batch: list[list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
-    layers = []
-    for column in zip(*per_batch):
-        layers.append(None if column[0] is None else torch.cat(column))
-    return layers
+    return [None if column[0] is None else torch.cat(column) for column in zip(*per_batch)]

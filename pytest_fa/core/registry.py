@@ -1,15 +1,8 @@
-"""The diagnostics of the protocol: each one defined once, with the function that decides it.
+"""The diagnostics of the protocol (:data:`DIAGNOSTICS`), each defined once with the function
+that decides it; adding one is one :func:`register` call.
 
-A :class:`Diagnostic` holds everything the report, the renderers, the assertions, the
-plugin items and the comparison need: its key and names, the threshold it is read against
-and in which direction it fires, its unit, what firing means and what to do, whether it
-takes part in the verdict, and ``evaluate(measurement, thresholds) -> DiagnosticResult``.
-The protocol's four are :data:`DIAGNOSTICS`, decided by :func:`growth_result`,
-:func:`floor_result`, :func:`stability_result` and :func:`frozen_result`; adding a
-diagnostic is one :func:`register` call.
-
-No torch import here: the plugin and the comparison read the names at start-up, so each
-evaluator imports the formulas of :mod:`pytest_fa.core.diagnostics` when it runs.
+No torch import here: the plugin reads the names at start-up, so each evaluator imports the
+formulas of :mod:`pytest_fa.core.diagnostics` when it runs.
 """
 
 from __future__ import annotations
@@ -35,12 +28,8 @@ FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
 
 @dataclass
 class DiagnosticResult:
-    """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated).
-
-    ``submode`` names the regime the statistic points to ((b): above the floor, Mode 1 or
-    error-saturated; (c): drift- or noise-dominated); ``components`` holds the numbers it
-    was decomposed into ((b): backward gain and output-error norm).
-    """
+    """One diagnostic: its statistic, threshold and whether it fires (None: not evaluated);
+    ``submode`` names the regime, ``components`` the numbers it was decomposed into."""
 
     key: str
     value: float | None
@@ -67,8 +56,7 @@ class DiagnosticResult:
 
 @dataclass
 class Measurement:
-    """What a diagnostic is evaluated on: the probe, the per-layer medians of ``‖h_l‖`` and
-    ``‖g_l‖``, the backward gains, the numerically sound samples, and the accuracies."""
+    """What a diagnostic is evaluated on: the probe, per-layer medians, gains, sound samples, accuracies."""
 
     probe: Probe
     h_med: torch.Tensor
@@ -83,15 +71,9 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One diagnostic of the protocol.
-
-    ``statistic`` names the value where reports are compared and averaged over seeds (the
-    ``--fa-compare`` figure, the seed table's column); walk-back diagnostics with one are
-    in the seed table.
-    ``threshold`` names a field of :class:`~pytest_fa.core.thresholds.DiagnosticThresholds`, or,
-    for a diagnostic added outside the package, any name with its ``default``.
-    ``fires_above``: the statistic fires above the threshold (else below). ``walk_back``:
-    firing walks the checkpoint back (else it only names a sub-mode).
+    """One diagnostic of the protocol. ``threshold`` names a field of
+    :class:`~pytest_fa.core.thresholds.DiagnosticThresholds` (or any name with its ``default``);
+    ``walk_back``: firing walks the checkpoint back; ``statistic``: the value compared over seeds.
     """
 
     key: str
@@ -123,8 +105,7 @@ class Diagnostic:
 
 
 def growth_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(a): the largest per-block growth of the median ``‖h_l‖`` (not evaluated where a growth
-    is undefined: :func:`~pytest_fa.core.diagnostics.residual_growth`)."""
+    """(a): the largest per-block growth of the median ``‖h_l‖`` (not evaluated where undefined)."""
     from pytest_fa.core.diagnostics import residual_growth
 
     try:
@@ -138,10 +119,8 @@ def growth_result(m: Measurement, thresholds: DiagnosticThresholds) -> Diagnosti
 
 
 def floor_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(b): the median ``‖g_L‖`` restated at the floor's batch size, judged with the median
-    backward gain by :func:`~pytest_fa.core.diagnostics.floor_rule`; the detail gives the
-    decomposition ``‖g_L‖ · B = gain · ‖e‖``. A probe that measured no output errors has no
-    gain: the floor alone decides."""
+    """(b): the median ``‖g_L‖`` at the floor's batch size, judged with the median gain by
+    :func:`~pytest_fa.core.diagnostics.floor_rule` (without output errors: the floor alone)."""
     from pytest_fa.core.diagnostics import OUTPUT_ERROR_TOLERANCE, floor_rule, grad_at_reference_batch
 
     probe, deepest = m.probe, m.probe.num_layers - 1
@@ -179,8 +158,7 @@ def floor_result(m: Measurement, thresholds: DiagnosticThresholds) -> Diagnostic
 
 
 def stability_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(c): mean pairwise cosine of the normalised batch-mean ``g`` at ``h_{L/2}`` (not evaluated
-    where a batch mean is zero: :func:`~pytest_fa.core.diagnostics.direction_stability`)."""
+    """(c): mean pairwise cosine of the batch-mean ``g`` at ``h_{L/2}`` (not evaluated where one is zero)."""
     from pytest_fa.core.diagnostics import direction_stability, stability_submode
 
     probe, ceiling = m.probe, thresholds.drift_ceiling
@@ -196,8 +174,7 @@ def stability_result(m: Measurement, thresholds: DiagnosticThresholds) -> Diagno
 
 
 def frozen_result(m: Measurement, thresholds: DiagnosticThresholds) -> DiagnosticResult:
-    """(d): trained − frozen accuracy in points (not evaluated without both; not informative,
-    and not evaluated either, when both sit at the ceiling: :func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`)."""
+    """(d): trained − frozen accuracy in points (not evaluated without both, or at the ceiling)."""
     from pytest_fa.core.diagnostics import frozen_at_ceiling, frozen_ceiling_reason, frozen_margin_pp
 
     trained, frozen, threshold = m.headline_acc, m.frozen_acc, thresholds.frozen_margin_pp

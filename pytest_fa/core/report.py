@@ -14,7 +14,7 @@ from torch import nn
 
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
-from pytest_fa.core.calibration import NullCalibration, null_gamma
+from pytest_fa.core.calibration import null_gamma
 from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.probe import Probe, run_probe
 from pytest_fa.core.reference import CreditSignal
@@ -27,8 +27,7 @@ from pytest_fa.errors import DataError, setting
 
 @dataclass
 class LayerRow:
-    """Per-layer numbers: medians over samples of ``‖h_l‖``, ``‖g_l‖`` and the backward gain
-    ``‖g_l‖ / ‖dCE/dlogits‖``, and ``Γ_l``."""
+    """Per-layer medians over samples of ``‖h_l‖``, ``‖g_l‖`` and the gain; ``Γ_l``."""
 
     index: int
     h_norm: float
@@ -45,11 +44,7 @@ class LayerRow:
 
 @dataclass
 class DiagnosticReport:
-    """Everything the protocol measured on one model, with the conditions of measurement.
-
-    ``accuracy_samples`` is the number of samples the headline and frozen-blocks accuracies
-    were measured on (None: not known); (d) reads it (:func:`diagnostics.frozen_at_ceiling`).
-    """
+    """Everything the protocol measured on one model, with the conditions of measurement."""
 
     label: str
     layers: list[LayerRow]
@@ -69,7 +64,6 @@ class DiagnosticReport:
     context: dict[str, Any] = field(default_factory=dict)
     null_draws: int = 0
 
-    # -- verdict ---------------------------------------------------------------------------
     @property
     def fired(self) -> list[str]:
         """Walk-back diagnostics that fired, among (a), (b), (d)."""
@@ -89,7 +83,8 @@ class DiagnosticReport:
     @property
     def verdict(self) -> str:
         if self.fired:
-            return "needs walk-back: " + ", ".join(self._walk_back_item(k) for k in self.fired)
+            submodes = {k: self.diagnostics[k].submode if registry.get(k).submode_in_verdict else "" for k in self.fired}
+            return "needs walk-back: " + ", ".join(f"({k}: {m})" if m else f"({k})" for k, m in submodes.items())
         if self.missing:
             # a diagnostic measured but not informative says why; the others are "not evaluated"
             why = [k for k in self.missing if k in self.diagnostics and self.diagnostics[k].not_informative]
@@ -99,11 +94,6 @@ class DiagnosticReport:
             return "incomplete: " + "; ".join(parts)
         return "trustworthy"
 
-    def _walk_back_item(self, key: str) -> str:
-        submode = self.diagnostics[key].submode if registry.get(key).submode_in_verdict else ""
-        return f"({key}: {submode})" if submode else f"({key})"
-
-    # -- alignment summaries ----------------------------------------------------------------
     @property
     def gamma_per_layer(self) -> list[float | None]:
         return [row.gamma for row in self.layers]
@@ -113,7 +103,6 @@ class DiagnosticReport:
         values = [r.gamma for r in self.layers[first_layer:] if r.gamma is not None]
         return sum(values) / len(values) if values else None
 
-    # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; non-finite floats become None."""
         out = {
@@ -236,8 +225,7 @@ LAYOUTS = {
 
 
 def measured_on(report: DiagnosticReport) -> str:
-    """The samples, dtype, mode and device the numbers were measured on; how one sample of
-    ``h_l`` was read, when it is not a plain vector; and the states named."""
+    """The samples, dtype, mode, device, layout and named states of the measurement."""
     parts = [LAYOUTS.get(report.layout, report.layout)]
     states = report.context.get("states")
     if states:
@@ -320,20 +308,10 @@ def diagnose(
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over ``eval_batches`` (≥ 8 disjoint batches of 128).
 
-    For a DFA credit (:class:`~pytest_fa.core.credit.DFACredit`) every row also carries the null
-    band: Γ_l under ``null_draws`` fresh feedback draws, mean ± sd (0 turns it off).
-
-    ``headline_acc`` and ``frozen_acc`` feed (d); without both, (d) is reported as not
-    evaluated (``frozen_unavailable`` says why) and the verdict cannot be ``trustworthy``.
-    ``accuracy_samples``, the number of samples both were measured on, lets (d) allow for their
-    sampling resolution at the ceiling (without it, the observed headroom). ``credit`` gives the method's
-    ``a_l`` for per-layer Γ; without it Γ is reported unavailable with
-    ``credit_unavailable`` as the reason, never computed against a fallback.
-
-    ``reference_model``, a twin of ``model`` that backpropagates truly with the same weights,
-    gives the reference ``g_l`` where autograd on ``model`` is its method's backward, not
-    backprop (such a model is refused without one); the states, accuracy and credit stay
-    ``model``'s.
+    (d) needs ``headline_acc`` and ``frozen_acc`` (else not evaluated: ``frozen_unavailable``);
+    Γ needs ``credit`` (else unavailable: ``credit_unavailable``); a DFA credit adds the null
+    band over ``null_draws`` fresh feedback draws. ``reference_model``, a true-backprop twin,
+    gives ``g_l`` for a model whose autograd is its method's backward.
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
@@ -345,34 +323,17 @@ def diagnose(
     if getattr(model, "state_names", None):
         context = {**(context or {}), "states": list(model.state_names)}
     report = report_from_probe(
-        probe,
-        thresholds=thresholds,
-        headline_acc=headline_acc,
-        frozen_acc=frozen_acc,
-        accuracy_samples=accuracy_samples,
-        credit_unavailable=credit_unavailable,
-        frozen_unavailable=frozen_unavailable,
-        label=label,
-        context=context,
+        probe, thresholds=thresholds, headline_acc=headline_acc, frozen_acc=frozen_acc, accuracy_samples=accuracy_samples,
+        credit_unavailable=credit_unavailable, frozen_unavailable=frozen_unavailable, label=label, context=context,
     )
     if with_null:
         # the null band reuses the probe's reference: no second forward/backward pass
         null = null_gamma(model, eval_batches, credit.feedback[-1].shape[0], n=null_draws,
                           exclude=credit.feedback, reference=(probe.grad_rows, probe.output_errors))
-        _attach_null(report, null)
-    return report
-
-
-def _attach_null(report: DiagnosticReport, null: NullCalibration) -> DiagnosticReport:
-    """Write the fresh-feedback null band (mean ± sd over draws) into each row whose Γ_l is
-    defined; Γ_l inside the band is not evidence of alignment."""
-    means, stds = null.null_mean, null.null_std
-    if len(means) != len(report.layers):
-        raise DataError(f"the null has {len(means)} layers, the report {len(report.layers)}")
-    for row, mean, std in zip(report.layers, means, stds):
-        if row.gamma is not None:
-            row.null_mean, row.null_std = mean, std
-    report.null_draws = int(null.draws.shape[0])
+        for row, mean, std in zip(report.layers, null.null_mean, null.null_std, strict=True):
+            if row.gamma is not None:  # Γ_l inside the band is not evidence of alignment
+                row.null_mean, row.null_std = mean, std
+        report.null_draws = int(null.draws.shape[0])
     return report
 
 
@@ -393,49 +354,24 @@ def report_from_probe(
     h_med = D.layer_medians(probe.hidden_norms)
     g_med = D.layer_medians(probe.grad_norms)
     growth = D.block_growth(h_med)
-    g_ref = [
-        D.grad_at_reference_batch(float(g), probe.batch_size, thresholds.floor_batch_size)
-        for g in g_med
-    ]
+    g_ref = [D.grad_at_reference_batch(float(g), probe.batch_size, thresholds.floor_batch_size) for g in g_med]
     gains = layer_gains(probe)
     sound = sound_reference_samples(probe, thresholds)
     layers = []
-    for index in range(probe.num_layers):
-        gamma, status, count = _layer_gamma(
-            probe, index, g_ref[index], gains[index], sound, thresholds, credit_unavailable
-        )
-        layers.append(
-            LayerRow(
-                index=index,
-                h_norm=float(h_med[index]),
-                growth=None if index == 0 else float(growth[index - 1]),
-                g_norm=float(g_med[index]),
-                g_norm_at_reference=g_ref[index],
-                gamma=gamma,
-                gamma_status=status,
-                gamma_samples=count,
-                gain=gains[index],
-            )
-        )
+    for i in range(probe.num_layers):
+        gamma, status, count = _layer_gamma(probe, i, g_ref[i], gains[i], sound, thresholds, credit_unavailable)
+        layers.append(LayerRow(
+            index=i, h_norm=float(h_med[i]), growth=None if i == 0 else float(growth[i - 1]), g_norm=float(g_med[i]),
+            g_norm_at_reference=g_ref[i], gamma=gamma, gamma_status=status, gamma_samples=count, gain=gains[i],
+        ))
     measurement = Measurement(
         probe, h_med, g_med, gains, sound, headline_acc, frozen_acc, frozen_unavailable, accuracy_samples
     )
     results = {d.key: d.evaluate(measurement, thresholds) for d in registry.DIAGNOSTICS}
     return DiagnosticReport(
-        label=label,
-        layers=layers,
-        diagnostics=results,
-        thresholds=thresholds,
-        batch_size=probe.batch_size,
-        num_batches=probe.num_batches,
-        dtype=probe.dtype,
-        device=probe.device,
-        mode=probe.mode,
-        layout=probe.layout,
-        headline_acc=headline_acc,
-        frozen_acc=frozen_acc,
-        eval_acc=probe.eval_accuracy,
-        accuracy_samples=accuracy_samples,
+        label=label, layers=layers, diagnostics=results, thresholds=thresholds, batch_size=probe.batch_size,
+        num_batches=probe.num_batches, dtype=probe.dtype, device=probe.device, mode=probe.mode, layout=probe.layout,
+        headline_acc=headline_acc, frozen_acc=frozen_acc, eval_acc=probe.eval_accuracy, accuracy_samples=accuracy_samples,
         credit_status="computed" if probe.cosines is not None else f"unavailable: {credit_unavailable}",
         context=dict(context or {}),
     )
@@ -445,16 +381,13 @@ def layer_gains(probe: Probe) -> list[float | None]:
     """Median over samples of the backward gain ``‖g_l‖ / ‖dCE/dlogits‖`` at each ``h_l``."""
     if probe.logit_grad_norms is None:
         return [None] * probe.num_layers
-    gains = []
-    for norms in probe.grad_norms:
-        gain = D.median_defined(D.backward_gain(norms, probe.logit_grad_norms))
-        gains.append(None if math.isnan(gain) else gain)
-    return gains
+    gains = [D.median_defined(D.backward_gain(norms, probe.logit_grad_norms)) for norms in probe.grad_norms]
+    return [None if math.isnan(gain) else gain for gain in gains]
 
 
 def sound_reference_samples(probe: Probe, thresholds: DiagnosticThresholds) -> torch.Tensor | None:
-    """Samples whose output error the backward pass carried with a relative error of at most
-    :data:`diagnostics.OUTPUT_ERROR_TOLERANCE` (None: not measured, or the paper's rule)."""
+    """Samples whose output error is within :data:`diagnostics.OUTPUT_ERROR_TOLERANCE` (None:
+    not measured, or the paper's rule)."""
     if probe.error_rel_errors is None or thresholds.b_rule == "paper":
         return None
     return probe.error_rel_errors <= D.OUTPUT_ERROR_TOLERANCE
@@ -469,12 +402,8 @@ def _check_batch_count(num_batches: int) -> None:
 
 
 def _layer_gamma(probe, index, g_ref, gain, sound, thresholds, unavailable) -> tuple[float | None, str, int]:
-    """Γ_l = mean over samples of the per-sample cosine, where the reference means something.
-
-    Paper rule: undefined when the restated median ``‖g_l‖`` is below the floor. Decomposed
-    rule: undefined below the floor only when the gain collapsed too (Mode 1); otherwise the
-    mean over the samples whose output error is numerically sound in the model's dtype.
-    """
+    """Γ_l = mean per-sample cosine; undefined below the floor (decomposed rule: only when the
+    gain collapsed too, else over the numerically sound samples)."""
     if probe.cosines is None:
         return None, f"unavailable: {unavailable}", 0
     cos = probe.cosines[index]
