@@ -14,7 +14,8 @@ from pytest_fa.core.settings import SettingError, resolve_device
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import load_bundle
 from pytest_fa.training.methods import DFA, FrozenBlocks, get_method
-from pytest_fa.training.trainer import Recipe, accuracy, main, train
+from pytest_fa.training.cli import main
+from pytest_fa.training.trainer import Recipe, accuracy, train
 from pytest_fa.pitfalls.regimes import torch_threads
 
 
