@@ -96,11 +96,8 @@ class CheckpointRun:
 
 
 class ProtocolRunner:
-    """Loads and caches everything per checkpoint path for one session.
-
-    ``root`` (pytest's rootdir) is where the ``model`` and ``credit`` factories are looked up
-    when their modules are not on ``sys.path``.
-    """
+    """Loads and caches everything per checkpoint path for one session; ``root`` (pytest's
+    rootdir) is where factory modules not on ``sys.path`` are looked up."""
 
     def __init__(self, settings: ProtocolSettings, root: str | Path | None = None) -> None:
         self.settings = settings
@@ -115,8 +112,7 @@ class ProtocolRunner:
 
     # -- checkpoint and data -----------------------------------------------------------------
     def read(self, path: str) -> None:
-        """Read checkpoint ``path`` now (:func:`read_checkpoint`: a file that cannot be read
-        raises here) and keep what it holds for :meth:`run`, so the file is read once."""
+        """Read checkpoint ``path`` now (an unreadable file raises here) and keep it for :meth:`run`."""
         self._contents[str(path)] = read_checkpoint(path)
 
     def run(self, path: str) -> CheckpointRun:
@@ -142,25 +138,23 @@ class ProtocolRunner:
 
     def _dataset_for(self, path: str, spec: dict[str, Any] | None) -> Dataset:
         asked = self.settings.data
-        if spec is not None:
-            if asked and asked != spec.get("name"):
-                raise DataError(
-                    f"{path} was trained on {spec.get('name')!r} but {setting('data', repr(asked))} asks for another; "
-                    f"the protocol must run on the checkpoint's own data set (drop {setting('data')})"
-                )
-            cache_key = json.dumps(spec, sort_keys=True, default=str)
-            if cache_key not in self._data:
-                try:
-                    dataset = dataset_from_spec(spec, root=self.settings.data_root)
-                except DataError as exc:
-                    raise DataError(f"{path}: the data set its data spec records cannot be rebuilt: {exc}") from None
-                self._data[cache_key] = dataset.to(self.device)
-        else:
+        if spec is None:
             name = asked or "mnist1d"
-            cache_key = name
-            if cache_key not in self._data:
-                self._data[cache_key] = load_dataset(name, root=self.settings.data_root).to(self.device)
-        return self._data[cache_key]
+            if name not in self._data:
+                self._data[name] = load_dataset(name, root=self.settings.data_root).to(self.device)
+            return self._data[name]
+        if asked and asked != spec.get("name"):
+            raise DataError(
+                f"{path} was trained on {spec.get('name')!r} but {setting('data', repr(asked))} asks for another; "
+                f"the protocol must run on the checkpoint's own data set (drop {setting('data')})"
+            )
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in self._data:
+            try:
+                self._data[key] = dataset_from_spec(spec, root=self.settings.data_root).to(self.device)
+            except DataError as exc:
+                raise DataError(f"{path}: the data set its data spec records cannot be rebuilt: {exc}") from None
+        return self._data[key]
 
     def eval_batches(self, path: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``K`` disjoint batches of ``B`` test samples, the same for every checkpoint."""
@@ -168,9 +162,8 @@ class ProtocolRunner:
 
     # -- frozen baseline ---------------------------------------------------------------------
     def frozen_baseline(self, path: str, cache_dir: Path | None = None) -> FrozenBaseline:
-        """Frozen-blocks control matched to the checkpoint's architecture, data, seed, recipe
-        and epochs (an early-stopped run's baseline follows the same schedule and stops at
-        the same epoch); trained once and cached under ``cache_dir`` keyed on all of those."""
+        """Frozen-blocks control matched to the checkpoint's architecture, data, seed, recipe and
+        epochs (its schedule and stopping epoch); trained once and cached under ``cache_dir``."""
         run = self.run(path)
         if self.settings.frozen_acc is not None:
             return FrozenBaseline(self.settings.frozen_acc, None, "given", False, None, "given")
@@ -210,8 +203,7 @@ class ProtocolRunner:
         return baseline
 
     def temporary_cache(self, error: OSError) -> Path:
-        """The folder for this session's frozen baselines when the cache folder cannot be
-        written (``error``); made, and warned about, once."""
+        """This session's folder for frozen baselines when the cache cannot be written; warned about once."""
         if self._temporary is None:
             self._temporary = tempfile.TemporaryDirectory(prefix="pytest-fa-cache-")
             warnings.warn(FACacheWarning(
@@ -223,8 +215,8 @@ class ProtocolRunner:
         return Path(self._temporary.name)
 
     def _baseline_budget(self, run: CheckpointRun):
-        """``(recipe, epochs, seed, arch, arch_config)`` of the frozen baseline: the checkpoint's own
-        budget, else the ``frozen_epochs`` setting with a warning that nothing checks it."""
+        """``(recipe, epochs, seed, arch, arch_config)`` of the frozen baseline: the checkpoint's own,
+        else the ``frozen_epochs`` setting with a warning that nothing checks it."""
         bundle, path, given = run.bundle, run.loaded.path, self.settings.frozen_epochs
         if bundle is not None and bundle.epochs:
             if given is not None and given != bundle.epochs:
@@ -297,16 +289,15 @@ class ProtocolRunner:
         return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
 
     def credit_spec(self, path: str) -> str | None:
-        """The credit factory of checkpoint ``path``: the first ``credit_map`` pattern that matches
-        its path or file name (fnmatch), else the ``credit`` setting; None: its bundle's method."""
+        """The credit factory of ``path``: the first ``credit_map`` pattern matching its path or
+        file name, else the ``credit`` setting (None: its bundle's method)."""
         for pattern, spec in credit_map_entries(self.settings.credit_map):
             if fnmatch(str(path), pattern) or fnmatch(Path(path).name, pattern):
                 return spec
         return self.settings.credit
 
     def credit_for(self, loaded: LoadedCheckpoint, model: nn.Module):
-        """The credit signal for Γ: the checkpoint's factory (:meth:`credit_spec`; ``own-backward``:
-        the model's own backward), else the bundle's method."""
+        """``(credit, reason)`` for Γ: the checkpoint's factory (:meth:`credit_spec`), else its method."""
         spec = self.credit_spec(loaded.path)
         if spec == OWN_BACKWARD:
             return OwnBackwardCredit(model), ""
@@ -330,8 +321,7 @@ class ProtocolRunner:
         return get_method(loaded.method, **loaded.state.config).credit(model, loaded.state)
 
     def reference_model_for(self, model: nn.Module) -> nn.Module | None:
-        """The ``reference_model`` setting's twin of ``model`` (built from the model a
-        ``--fa-model`` factory returns, adapted like it), or None."""
+        """The ``reference_model`` setting's twin of ``model`` (adapted like it), or None."""
         if self.settings.reference_model is None:
             return None
         make = import_factory(self.settings.reference_model, "reference_model", self.root)

@@ -24,7 +24,7 @@ import pickle
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,22 +68,8 @@ class Bundle:
         return self.metrics.get("test_acc")
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "arch": self.arch,
-            "arch_config": self.arch_config,
-            "state_dict": self.state_dict,
-            "method": self.method,
-            "method_config": self.method_config,
-            "feedback": list(self.feedback),
-            "aux": self.aux,
-            "data": self.data,
-            "seed": self.seed,
-            "epochs": self.epochs,
-            "recipe": self.recipe,
-            "metrics": self.metrics,
-        }
+        fields_ = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **fields_, "feedback": list(self.feedback)}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], source: str = "bundle") -> Bundle:
@@ -107,19 +93,10 @@ class Bundle:
             )
         _check_types(payload, source)
         _check_record(payload, source)
+        records = {k: dict(payload.get(k) or {}) for k in ("arch_config", "method_config", "aux", "recipe", "metrics")}
         return cls(
-            arch=payload["arch"],
-            arch_config=dict(payload.get("arch_config") or {}),
-            state_dict=payload["state_dict"],
-            method=payload["method"],
-            data=payload["data"],
-            method_config=dict(payload.get("method_config") or {}),
-            feedback=list(payload.get("feedback") or []),
-            aux=dict(payload.get("aux") or {}),
-            seed=payload.get("seed"),
-            epochs=payload.get("epochs"),
-            recipe=dict(payload.get("recipe") or {}),
-            metrics=dict(payload.get("metrics") or {}),
+            **{k: payload[k] for k in required}, **records, feedback=list(payload.get("feedback") or []),
+            seed=payload.get("seed"), epochs=payload.get("epochs"),
         )
 
 
@@ -127,13 +104,8 @@ _RECORDS = ("arch_config", "method_config", "data", "recipe", "aux")
 
 
 def _check_types(payload: dict[str, Any], source: str) -> None:
-    """Each field has the type :func:`save_bundle` writes, so no other type reaches the model,
-    the method, the data loader or the report: ``arch`` and ``method`` are names; the records
-    are dicts with string keys at every level (``arch_config`` and ``method_config`` become
-    keyword arguments, all of them JSON in the report), and the data spec is JSON, as
-    ``load_dataset`` writes it; ``feedback`` is a list; ``seed`` is a whole number torch seeds
-    with (the trainer seeds with ``seed`` and ``seed + 1``).
-    """
+    """Each field has the type :func:`save_bundle` writes: names are strings, records dicts with
+    string keys at every level (the data spec all JSON), feedback a list, the seed one torch takes."""
     for name in ("arch", "method"):
         if not isinstance(payload[name], str):
             raise CheckpointError(
@@ -192,17 +164,13 @@ def _not_json(value: Any, keys_only: bool) -> tuple[str, Any] | None:
 
 
 def _check_record(payload: dict[str, Any], source: str) -> None:
-    """The recorded budget and accuracy feed (d): refuse values that cannot be what they say.
-
-    ``epochs`` (trained) and ``metrics.planned_epochs`` (scheduled) are whole numbers ≥ 1, and a
-    run cannot have trained more epochs than it planned: the frozen baseline is trained on
-    the planned schedule and stopped at ``epochs``, so the pair is its budget.
-    """
+    """The recorded budget and accuracy feed (d): budgets are whole numbers ≥ 1 with
+    ``epochs`` ≤ ``metrics.planned_epochs``, the accuracy a fraction."""
     metrics = payload.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise CheckpointError(
             f"{source} records metrics of type {type(metrics).__name__}; metrics is a dict (test_acc, "
-            "planned_epochs, history). Re-save the bundle with pytest_fa.training.checkpoint.save_bundle"
+            f"planned_epochs, history). {_RESAVE_BUNDLE}"
         )
     epochs = payload.get("epochs")
     planned = metrics.get("planned_epochs")
@@ -306,11 +274,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 
 def import_factory(spec: str, name: str = "model", root: str | os.PathLike | None = None) -> Callable[..., Any]:
-    """Resolve ``package.module:callable``, the value of setting ``name``, to what it names.
-
-    A module that is not on ``sys.path`` is looked up in ``root`` (pytest's rootdir), which
-    joins ``sys.path`` for that import only.
-    """
+    """Resolve ``package.module:callable``, the value of setting ``name``; a module not on
+    ``sys.path`` is looked up in ``root`` (pytest's rootdir) for that import only."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         example = "package.module:build" if name == "model" else f"package.module:make_{name}"
@@ -378,18 +343,10 @@ class LoadedCheckpoint:
 
 
 class CreditFactory(Protocol):
-    """``make_credit(model, checkpoint) -> credit``: what the ``credit`` setting
-    (``--fa-credit=package.module:make_credit``) and each ``credit_map`` line name.
-
-    It is called once per checkpoint. ``model`` is the model the diagnostics run on (on the
-    protocol's device): the :class:`~pytest_fa.core.adapter.HookedModel` that wraps it when the
-    ``hidden`` setting names its states. ``checkpoint`` is the :class:`LoadedCheckpoint`:
-    ``path``, ``bundle`` (None for a plain state dict), ``state.feedback`` and ``state.config``
-    (the bundle's feedback matrices and method config) and ``method``. The returned
-    :class:`~pytest_fa.core.reference.CreditSignal` ``credit(x, y, logits, hiddens)`` returns
-    ``[a_0, …, a_L]``: one ``(B, F_l)`` row per state ``h_l`` of ``hiddens``, or None where
-    the method assigns no credit; it is evaluated on the forward pass of the reference.
-    """
+    """``make_credit(model, checkpoint) -> credit``, named by the ``credit`` setting and each
+    ``credit_map`` line, called once per checkpoint: ``model`` as diagnosed (a ``HookedModel`` under
+    ``hidden``), ``checkpoint`` the :class:`LoadedCheckpoint`; ``credit(x, y, logits, hiddens)``
+    returns ``[a_0, …, a_L]``, one ``(B, F_l)`` row (or None) per state."""
 
     def __call__(self, model: nn.Module, checkpoint: LoadedCheckpoint) -> CreditSignal: ...
 
@@ -405,14 +362,10 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
-    For a bundle whose method needs feedback matrices or auxiliary nets they must be present
-    and match the model; ``input_shape``/``num_classes`` (from the data) are used when the
-    bundle's arch_config does not record them. ``allow_unknown_method`` accepts a method
-    pytest-fa does not know (its credit then comes from the caller, e.g. the ``credit`` setting).
-    ``adapt`` wraps the model once its weights are in (e.g. ``lambda m: pytest_fa.adapt(m,
-    "embed, blocks.*")``), before the method's state is checked against the states it reads.
-    ``contents``: what the file holds when it was read already (:func:`read_checkpoint`, or
-    the :class:`Bundle` made of it), so it is not read again.
+    ``input_shape``/``num_classes`` (of the data) serve where the arch_config lacks them;
+    ``allow_unknown_method`` accepts a method pytest-fa does not know (the caller gives its
+    credit); ``adapt`` wraps the model once its weights are in; ``contents`` is what the file
+    holds when it was read already (:func:`read_checkpoint`, or its :class:`Bundle`).
     """
     source = str(path)
     contents = read_checkpoint(path) if contents is None else contents
@@ -446,13 +399,12 @@ def load_checkpoint(
     if bundle.method not in METHODS and allow_unknown_method:
         return LoadedCheckpoint(source, model, bundle, state, bundle.method)
     method = get_method(bundle.method, **bundle.method_config)
-    if method.needs_feedback:
-        if not bundle.feedback:
-            raise FeedbackError(
-                f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
-                "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
-                "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l"
-            )
+    if method.needs_feedback and not bundle.feedback:
+        raise FeedbackError(
+            f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
+            "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
+            "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l"
+        )
     shape = bundle.arch_config.get("input_shape") or input_shape
     classes = bundle.arch_config.get("num_classes") or num_classes
     if shape is None or classes is None:

@@ -30,14 +30,10 @@ def frozen_control(
 ) -> nn.Module:
     """A copy of ``model`` at its initial weights with the blocks' weights frozen: the control of (d).
 
-    Every weight goes back to its initial value: ``init_state`` (the ``state_dict()`` saved
-    before training, the trained run's own init) or, without it, each module's
-    ``reset_parameters()`` under ``torch.manual_seed(seed)`` (PyTorch's default init: a model
-    with an init of its own passes ``init_state``). The weights of ``blocks`` (module paths or
-    patterns such as ``"blocks.*"``; by default the model's ``blocks``, or those an adapted
-    model names) then get ``requires_grad_(False)``; their norm layers, the embedding, the
-    terminal norm and the head stay trainable. Train the copy with ``[p for p in
-    control.parameters() if p.requires_grad]``, the model's recipe and as many epochs.
+    The initial weights are ``init_state`` (the ``state_dict()`` saved before training) or else
+    each module's ``reset_parameters()`` under ``seed``. ``blocks``: module paths or patterns
+    (``"blocks.*"``), by default the model's blocks. Train the copy's ``requires_grad``
+    parameters with the model's recipe and as many epochs.
     """
     control = copy.deepcopy(model)
     inner = control.model if isinstance(control, HookedModel) else control

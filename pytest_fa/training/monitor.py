@@ -6,9 +6,6 @@
         if monitor.step(step):
             break                             # (a) or (b) fired: the measurement is degenerate
     print(monitor.summary())                  # first firing step of each, compute saved
-
-The reference study's temporal replay — the first epoch at which each diagnostic fires —
-is :func:`temporal_replay` over a bundle's per-epoch history.
 """
 
 from __future__ import annotations
@@ -29,9 +26,8 @@ MONITORED = ("a", "b")  # the diagnostics a training loop can afford every N ste
 
 
 def growth_and_floor(model: nn.Module, batches, thresholds: DiagnosticThresholds) -> dict[str, Any]:
-    """``‖h_L‖``, ``max_growth`` (a) and ``g_L`` (also restated at the reference batch, (b)),
-    the backward gain and output-error norm (b) is decomposed into, and the verdicts of (a)
-    and (b) under ``thresholds`` (its floor rule included)."""
+    """The measurements of (a) (``h_L``, ``max_growth``) and (b) (``g_L``, its gain and error norm)
+    and their verdicts under ``thresholds``."""
     from pytest_fa.core.report import layer_gains, sound_reference_samples
 
     probe = run_probe(model, batches)
@@ -105,16 +101,14 @@ class EarlyStopMonitor:
             lines.append(f"({key}) {registry.get(key).name}: " + (f"first fired at step {at}" if at else "never fired"))
         if self.stopped_at is not None:
             saved = self.compute_saved
-            lines.append(f"stopped at step {self.stopped_at}" + (f", {100 * saved:.0f}% of the planned compute saved" if saved is not None else ""))
+            lines.append(f"stopped at step {self.stopped_at}"
+                         + (f", {100 * saved:.0f}% of the planned compute saved" if saved is not None else ""))
         return "\n".join(lines)
 
 
 def temporal_replay(history: Sequence[dict[str, Any]], thresholds: DiagnosticThresholds | None = None) -> dict[str, int | None]:
-    """First epoch at which (a) and (b) fire in a bundle's per-epoch monitor history.
-
-    (b) follows ``thresholds.b_rule``; a history recorded without the backward gain
-    (older bundles) can only be replayed under the paper's rule, the floor alone.
-    """
+    """First epoch at which (a) and (b) fire in a bundle's per-epoch monitor history
+    (a history without the backward gain replays (b) under the paper's rule only)."""
     thresholds = thresholds or DiagnosticThresholds()
     first: dict[str, int | None] = {"a": None, "b": None}
     for record in history:

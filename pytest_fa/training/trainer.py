@@ -1,13 +1,7 @@
-"""Train reference models with a method and write checkpoint bundles.
+"""Train reference models with a method and write checkpoint bundles (``fa-train``).
 
-The paper's recipe: AdamW (lr 1e-3, weight decay 0.01), cosine schedule over all steps,
-batch 128. The data set lives on the device as tensors and batches are index slices of a
-seeded permutation, so the loop does no per-sample Python work. Each epoch records test
-accuracy and the cheap diagnostics (a) and (b) on fixed eval batches.
-
-Command line::
-
-    fa-train --data mnist1d --methods bp dfa --epochs 20 --out runs/mnist1d
+Batches are index slices of a seeded permutation of the data on the device; each epoch
+records test accuracy and the cheap diagnostics (a) and (b) on fixed eval batches.
 """
 
 from __future__ import annotations
@@ -40,9 +34,7 @@ OPTIMIZERS = ("adamw",)
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimiser and schedule; the defaults are the paper's. A learning rate is a finite
-    number > 0, a weight decay one ≥ 0, a batch size a whole number ≥ 1; the schedule and the
-    optimizer are ones :func:`train` runs (:data:`SCHEDULES`, :data:`OPTIMIZERS`)."""
+    """Optimiser and schedule; the defaults are the paper's (AdamW, cosine over all steps)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -83,13 +75,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 40
     return correct / len(x)
 
 
-def _epoch_monitor(model: nn.Module, batches) -> dict[str, float]:
-    """Diagnostics (a) and (b) on fixed batches: ``‖h_L‖``, max block growth, ``‖g_L‖`` and
-    its decomposition into the backward gain and the output-error norm."""
-    record = growth_and_floor(model, batches, DiagnosticThresholds())
-    return {k: record[k] for k in ("h_L", "max_growth", "g_L", "gain_L", "error_norm", "batch_size")}
-
-
 def train(
     data: Dataset,
     method: str | Method = "dfa",
@@ -105,12 +90,8 @@ def train(
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[nn.Module, dict[str, Any]], bool | None] | None = None,
 ) -> TrainResult:
-    """Train one model and return its bundle (not yet written to disk).
-
-    ``on_epoch(model, record)`` is called after every epoch with that epoch's record (test
-    accuracy, loss and, with ``monitor``, ``h_L``, ``max_growth``, ``g_L``); returning True
-    stops training there, and the bundle records the epochs actually trained.
-    """
+    """Train one model and return its bundle (not yet written to disk). ``on_epoch(model,
+    record)`` runs after every epoch; True stops training there (the bundle records the epochs trained)."""
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
     device = resolve_device(str(device) if device is not None else None)
@@ -128,11 +109,14 @@ def train(
     data = data.to(device)
     generator = torch.Generator().manual_seed(seed + 1)
     state = method.setup(model, data.num_classes, data.input_shape, generator)
-    params = method.parameters(model, state)
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(method.parameters(model, state), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(data.x_train) / recipe.batch_size)
-    schedule = _schedule(optimizer, recipe, epochs * steps_per_epoch)
-    monitor_batches = _monitor_batches(data) if monitor else None
+    if recipe.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    else:
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    size = min(D.REFERENCE_BATCH_SIZE, len(data.y_test) // 8)  # 8 test batches; none for a tiny split
+    monitor_batches = eval_batches(data, 8, size, seed=0) if monitor and size >= 2 else None
     order = torch.Generator(device="cpu").manual_seed(seed)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -156,7 +140,8 @@ def train(
             "seconds": time.perf_counter() - tick,
         }
         if monitor_batches is not None:
-            record.update(_epoch_monitor(model, monitor_batches))
+            measured = growth_and_floor(model, monitor_batches, DiagnosticThresholds())
+            record.update({k: measured[k] for k in ("h_L", "max_growth", "g_L", "gain_L", "error_norm", "batch_size")})
         history.append(record)
         if log:
             log(_progress_line(method.name, seed, epochs, record))
@@ -185,18 +170,6 @@ def stop_at_floor(model: nn.Module, record: dict[str, Any]) -> bool:
     return floor_fires(record, DiagnosticThresholds(b_rule="paper"))
 
 
-def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
-    if recipe.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-def _monitor_batches(data: Dataset):
-    """8 disjoint test batches of up to 128 samples; none when the test split is tiny."""
-    size = min(D.REFERENCE_BATCH_SIZE, len(data.y_test) // 8)
-    return eval_batches(data, 8, size, seed=0) if size >= 2 else None
-
-
 def _progress_line(method: str, seed: int, epochs: int, r: dict[str, Any]) -> str:
     line = (
         f"{method} s{seed} epoch {r['epoch']:>3}/{epochs}  loss {r['loss']:.4g}  "
@@ -210,9 +183,8 @@ def _progress_line(method: str, seed: int, epochs: int, r: dict[str, Any]) -> st
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace, arch_config: dict[str, int]) -> int:
-    """``fa-train`` once :mod:`pytest_fa.training.cli` has checked its arguments: load the data
-    and build the model once on its shape before any training (a misfit is a usage error),
-    then train each method and seed and write its bundle."""
+    """``fa-train`` with checked arguments: load the data, build the model once on its shape
+    (a misfit is a usage error), then train each method and seed and write its bundle."""
     data_config = {"num_samples": args.num_samples} if args.num_samples is not None else {}
     log = None if args.quiet else (lambda line: print(line, flush=True))
     print(f"loading {args.data} …", flush=True)
@@ -242,8 +214,5 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, arch_config: 
                 on_epoch=stop_at_floor if args.stop_at_floor else None,
             )
             path = save_bundle(args.out / f"{method_name}_s{seed}.pt", result.bundle)
-            print(
-                f"wrote {path}  test acc {result.bundle.headline_acc:.4f}  ({result.seconds:.0f} s)",
-                flush=True,
-            )
+            print(f"wrote {path}  test acc {result.bundle.headline_acc:.4f}  ({result.seconds:.0f} s)", flush=True)
     return 0
