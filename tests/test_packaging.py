@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory):
     pytest.importorskip("setuptools")
     out = tmp_path_factory.mktemp("wheel")
+    # from a copy without build/: setuptools reuses a checkout's build/lib, stale files included
+    source = tmp_path_factory.mktemp("source") / "pytest-fa"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns("build", ".venv*", ".git", "__pycache__", "*.egg-info"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w", str(out)],
         check=True, capture_output=True,
     )
     (path,) = out.glob("pytest_fa-*.whl")
