@@ -30,6 +30,7 @@ _EXPORTS = {
     "build_model": "pytest_fa.models",
     "frozen_control": "pytest_fa.training.frozen",
     "FABudgetWarning": "pytest_fa.errors",
+    "FACacheWarning": "pytest_fa.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -305,7 +305,7 @@ class ProtocolRunner:
             make: CreditFactory = import_factory(spec, "credit", self.root)
             try:
                 credit = make(model, loaded)
-            except Exception as exc:  # noqa: BLE001 — the user's code: say whose error it is
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 — the user's code: say whose error it is
                 raise ModelInterfaceError(
                     f"{setting('credit', spec)}: your credit factory raised {type(exc).__name__}: {exc} "
                     "(called as make_credit(model, checkpoint))"

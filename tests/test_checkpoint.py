@@ -872,6 +872,8 @@ def test_a_relative_factory_module_is_a_clear_error(plain_state_dict, spec):
         ("def make(model, checkpoint):\n    raise ValueError('no feedback here')\n",
          "setting `credit=SPEC`: your credit factory raised ValueError: no feedback here"),
         ("def make(model):\n    return None\n", "setting `credit=SPEC`: your credit factory raised TypeError"),
+        ("import sys\ndef make(model, checkpoint):\n    sys.exit('no credit for this one')\n",
+         "setting `credit=SPEC`: your credit factory raised SystemExit: no credit for this one"),
         ("def make(model, checkpoint):\n    return None\n",
          "setting `credit=SPEC`: the factory returned NoneType, not a credit signal"),
     ],

@@ -14,7 +14,7 @@ PUBLIC = {
     "__version__", "adapt", "check", "diagnose", "reference_pass", "ReferencePass", "ProtocolSettings",
     "Diagnostic", "register_diagnostic", "DiagnosticReport", "DiagnosticThresholds", "Bundle", "load_bundle",
     "load_checkpoint", "save_bundle", "load_dataset", "eval_batches", "build_model", "frozen_control",
-    "FABudgetWarning",
+    "FABudgetWarning", "FACacheWarning",
 }
 
 
