@@ -1,13 +1,8 @@
-"""Fixtures of the pitfall suite, registered by ``--fa-pitfalls``.
+"""Fixtures of the pitfall suite, registered by ``--fa-pitfalls``; the training runs are
+shared by every pitfall module, once per session.
 
-The training runs happen once per session and are shared by every pitfall module; they
-run on the GPU when there is one (``--fa-device``).
-
-A training run is one *realisation*: its seed and the number of torch threads it trains
-on (another CPU or BLAS kernel is another realisation too). The suite trains seed 42 on one
-thread; ``PYTEST_FA_REALISATIONS="42:1,123:2,..."`` (``seed:threads``, comma-separated)
-runs every test that trains on each realisation listed, so an assertion that holds for one
-draw only shows up as a failure.
+A run is one realisation (seed, torch threads); the suite trains 42:1, and
+``PYTEST_FA_REALISATIONS="42:1,123:2"`` runs every training test on each one listed.
 """
 
 from __future__ import annotations
@@ -44,11 +39,8 @@ def realisations(text: str | None) -> list[tuple[int, int]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise every test that trains over the realisations asked for; each one is marked
-    ``fa_realisation`` (``-m fa_realisation`` selects them) and, under pytest-xdist, grouped so
-    that one worker trains it. A hypothesis test asserts a property of pytest-fa's functions
-    for any model it is given, not a fact of the run: it runs on the first realisation only,
-    unmarked."""
+    """Parametrise every training test over the realisations (marked ``fa_realisation``, one
+    xdist group each); a hypothesis test asserts a property of any model: first one only."""
     if "fa_realisation" not in metafunc.fixturenames:
         return
     xdist = metafunc.config.pluginmanager.hasplugin("xdist")
@@ -88,21 +80,9 @@ def healthy_bp(fa_settings, fa_realisation):
     return run(fa_settings.device, seed, threads)
 
 
-@pytest.fixture
-def user_checkpoint_path(fa_checkpoint_path):
-    """The ``--fa-checkpoint`` path under test, unloaded (skipped without one)."""
-    return fa_checkpoint_path
-
-
-@pytest.fixture
-def user_checkpoint(fa_checkpoint):
-    """The loaded ``--fa-checkpoint`` under test (skipped without one)."""
-    return fa_checkpoint
-
-
 def loaded_or_skip(runner, path):
-    """The session runner's load of ``path`` and its eval batches; a checkpoint pytest-fa
-    cannot load is not "exposed" — the protocol items (and pitfall 6.5) say why — so skip."""
+    """The runner's load of ``path`` and its eval batches; skip a checkpoint pytest-fa cannot
+    load (the protocol items and pitfall 6.5 say why)."""
     try:
         return runner.run(path), runner.eval_batches(path)
     except FAError as exc:

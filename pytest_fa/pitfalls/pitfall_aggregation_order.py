@@ -1,23 +1,10 @@
 """Pitfall 5: the aggregation order over layers, samples and batches moves Γ — by several
 times, and across zero.
 
-Three orders the field uses, each computed here in float64 without any eps so that only the
-order differs:
-
-(i)   pytest-fa: per-sample cosine, mean over samples per layer, then mean over layers;
-(ii)  cosine of the batch-mean credit with the batch-mean gradient, averaged over batches;
-(iii) cosine of the flattened (samples × features) vectors — per layer then averaged, or
-      one global cosine over all layers concatenated.
-
-Measured on the real DFA run (fixture ``degenerate_dfa``) in its meaningful regime, where
-Γ_l is defined at every layer: at the epoch-1 snapshot (i) = -0.064 while the global cosine
-(iii) = -0.0074, 8.6x smaller; at epoch 2 (i) = -0.056 and the global cosine is +0.0067 — a
-sign flip; the paired difference over the 8 eval batches is ~20 standard errors in both, so
-none of it is noise. The global cosine is carried by layer 0, whose ‖g_0‖ is 13-70x the deep
-layers' (pitfall 6). Order (ii) also depends on how the same samples are batched (its layer-0
-value at epoch 2 moves from 0.025 to 0.121 between batches of 128 and 256). On ``healthy_bp``
-with DFA credit from a fresh B all orders are null (|Γ| < 0.02), so ratios there mean nothing;
-that is why the real case is the DFA run. pytest-fa's Γ_l does not depend on the partition.
+Orders compared (float64, no eps): (i) pytest-fa's per-sample cosine, mean over samples per
+layer, then over layers; (ii) cosine of batch means, averaged over batches; (iii) cosine of the
+flattened vectors, per layer or global. On the meaningful DFA run (iii) is several times
+smaller than (i) or of the other sign; pytest-fa's Γ_l does not depend on the partition.
 """
 
 from __future__ import annotations
@@ -189,10 +176,10 @@ def test_gamma_does_not_depend_on_how_samples_are_batched(degenerate_dfa, data):
         assert abs(value - want) < 1e-5, (layer, sizes, value, want)
 
 
-def test_user_checkpoint_gamma_does_not_hinge_on_aggregation_order(user_checkpoint, fa_eval_batches, fa_runner):
+def test_user_checkpoint_gamma_does_not_hinge_on_aggregation_order(fa_checkpoint, fa_eval_batches, fa_runner):
     """Pitfall 5: does your checkpoint's aggregate Γ change ≥ 2x or sign with the aggregation order?"""
-    model = copy.deepcopy(user_checkpoint.model).eval()
-    credit, reason = fa_runner.credit_for(user_checkpoint.loaded, model)
+    model = copy.deepcopy(fa_checkpoint.model).eval()
+    credit, reason = fa_runner.credit_for(fa_checkpoint.loaded, model)
     if credit is None:
         pytest.skip(f"no credit signal to align: {reason}")
     per_batch = credit_and_reference(model, fa_eval_batches, credit)
@@ -213,7 +200,7 @@ def test_user_checkpoint_gamma_does_not_hinge_on_aggregation_order(user_checkpoi
     if findings:
         exposed(
             "5",
-            f"{user_checkpoint.path}: (i) per-sample, per layer, then layers = {ours:+.4f}, but "
+            f"{fa_checkpoint.path}: (i) per-sample, per layer, then layers = {ours:+.4f}, but "
             + "; ".join(findings)
             + f" over {len(per_batch)} eval batches of {len(per_batch[0][0][0])}",
         )

@@ -145,10 +145,10 @@ def test_the_baseline_budget_is_whatever_the_checkpoint_records(budget_runs, epo
     assert (arch, config) == (bundle.arch, bundle.arch_config)
 
 
-def test_user_checkpoint_records_the_budget_its_baseline_must_match(user_checkpoint_path, fa_settings):
+def test_user_checkpoint_records_the_budget_its_baseline_must_match(fa_checkpoint_path, fa_settings):
     """Pitfall B4: the checkpoint under test records the full training budget (epochs, seed,
     complete recipe, data), so its frozen-blocks baseline can be matched to it."""
-    path = user_checkpoint_path
+    path = fa_checkpoint_path
     name = Path(path).name
     settings = fa_settings
     try:

@@ -1,15 +1,9 @@
 """Pitfall 2: ``F.cosine_similarity`` clamps each norm at eps = 1e-8, so against a BP
 reference below the floor it reports a shrunken number instead of a direction.
 
-``F.cosine_similarity(a, g)`` divides by ``max(‖a‖, eps) · max(‖g‖, eps)``: once
-``‖g_i‖ < 1e-8`` the value is ``cos(a_i, g_i) · ‖g_i‖ / 1e-8``. On the real Mode-1 DFA run
-(fixture ``degenerate_dfa``) every sample's ``‖g_l‖`` at h_1..h_4 is below the clamp
-(median 1.5e-9, largest 8.9e-9 at batch 128), so the clamped per-sample cosine is shrunk by
-a median factor of 7.4 and the deep-layer Γ_l of the field come out 2-10x closer to zero
-(-0.019 instead of -0.080 at h_2) — read as "no alignment" when the quantity no longer
-measures alignment at all. pytest-fa's ``diagnostics.cosine_per_sample`` has no eps (it is
-invariant to rescaling ``g`` by 2**27 ≈ 1.3e8, the clamped cosine is not), and the report marks those
-Γ_l *undefined* because ``‖g_l‖`` is below the floor.
+Once ``‖g_i‖ < 1e-8`` the clamped value is ``cos(a_i, g_i) · ‖g_i‖ / 1e-8``: on the Mode-1 DFA
+run the deep Γ_l come out 2-10x closer to zero. ``diagnostics.cosine_per_sample`` has no eps,
+and the report marks those Γ_l undefined (below the floor).
 """
 
 from __future__ import annotations
@@ -151,9 +145,9 @@ def test_cosine_per_sample_is_exact_and_scale_free(pair, exponent):
     torch.testing.assert_close(D.cosine_per_sample(a64, g64 * 10.0**exponent), exact, rtol=0, atol=1e-9)
 
 
-def test_user_checkpoint_reference_is_above_the_clamp(user_checkpoint, fa_eval_batches):
+def test_user_checkpoint_reference_is_above_the_clamp(fa_checkpoint, fa_eval_batches):
     """Pitfall 2: is any layer's median ‖g_l‖ below F.cosine_similarity's 1e-8 clamp on your checkpoint?"""
-    model = copy.deepcopy(user_checkpoint.model).eval()
+    model = copy.deepcopy(fa_checkpoint.model).eval()
     probe = P.run_probe(model, fa_eval_batches)
     medians = D.layer_medians(probe.grad_norms)
     below = [(index, float(m)) for index, m in enumerate(medians) if m < EPS]
@@ -161,7 +155,7 @@ def test_user_checkpoint_reference_is_above_the_clamp(user_checkpoint, fa_eval_b
         detail = ", ".join(f"‖g_{i}‖ = {m:.3g} (clamped cosine shrunk ~{EPS / m:.0f}x)" for i, m in below)
         exposed(
             "2",
-            f"{user_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
+            f"{fa_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
             f"{probe.batch_size}: {detail}; any Γ computed with F.cosine_similarity at these layers "
             "measures ‖g‖, not direction",
         )

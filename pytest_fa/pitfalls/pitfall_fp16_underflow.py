@@ -1,20 +1,9 @@
 """Pitfall 3: float16 underflows the hidden-layer BP gradients of a Mode-1 network; bfloat16
 keeps them.
 
-Measured on the real Mode-1 DFA run (fixture ``degenerate_dfa``, ‖g_l‖ ≈ 1.5e-9 per sample
-at h_1..h_4, so ~1e-10 per element): every element of those gradients is below float16's
-smallest subnormal 2**-24 ≈ 6e-8, and a float16 copy of the reference is exactly zero at
-every deep layer (100% of elements, 100% of the norm lost) — ‖g_L‖ reads 0 and Γ is
-NaN/undefined everywhere — while a bfloat16 copy has no zero element and keeps every
-per-sample norm to 1e-4. Under ``torch.autocast(dtype=torch.float16)`` the same network
-fails even earlier: its residual stream (‖h_L‖ ≈ 5e7) overflows float16's 65504 in the
-forward, so the hidden gradients are not finite at all; on the last snapshot whose float16
-forward still fits (epoch 1, ‖g_L‖ ≈ 9e-6) autocast flushes ~20% of the deep-layer gradient
-elements to zero. bfloat16 autocast keeps them all in both cases.
-
-pytest-fa's ``probe.run_probe`` never measures below float32: a model stored in float16 is
-measured through a float32 copy, records ``float32 (weights stored in float16)``, and gets
-the float32 numbers.
+On the Mode-1 DFA run (‖g_l‖ ≈ 1.5e-9 per sample) every deep gradient element is below
+float16's smallest subnormal 2**-24, so a float16 copy (or float16 autocast) is zero or not
+finite. ``probe.run_probe`` measures a float16 model through a float32 copy and records it.
 """
 
 from __future__ import annotations
@@ -222,9 +211,9 @@ def test_bfloat16_keeps_every_float32_scale(rows):
     assert (D.per_sample_norms(rows.half())[tiny] == 0).all()
 
 
-def test_user_checkpoint_hidden_gradients_survive_float16(user_checkpoint, fa_eval_batches):
+def test_user_checkpoint_hidden_gradients_survive_float16(fa_checkpoint, fa_eval_batches):
     """Pitfall 3: would a float16 reference lose your checkpoint's hidden gradients (bfloat16 keeping them)?"""
-    model = copy.deepcopy(user_checkpoint.model).float().eval()
+    model = copy.deepcopy(fa_checkpoint.model).float().eval()
     grads: list[list[torch.Tensor]] = []
     for x, y in fa_eval_batches:
         x = x.float() if x.is_floating_point() else x
@@ -242,5 +231,5 @@ def test_user_checkpoint_hidden_gradients_survive_float16(user_checkpoint, fa_ev
     if findings:
         exposed(
             "3",
-            f"{user_checkpoint.path} at eval batch {len(fa_eval_batches[0][0])}: " + "; ".join(findings),
+            f"{fa_checkpoint.path} at eval batch {len(fa_eval_batches[0][0])}: " + "; ".join(findings),
         )

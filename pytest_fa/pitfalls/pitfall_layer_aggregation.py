@@ -1,23 +1,8 @@
 """Pitfall 6: per-layer structure is hidden by aggregation (layer-0 dominance on the ResMLP).
 
-A global cosine over all layers concatenated is carried by the layers with the largest
-‖g_l‖; on the ResMLP under DFA that is layer 0, because the residual stream past block 0 has
-exploded and the terminal LayerNorm shrinks every deeper reference. Measured on the real
-DFA run (fixture ``degenerate_dfa``):
-
-- final weights (Mode 1): layer 0 holds > 99.99% of Σ_l ‖g_l‖² and the global cosine reads a
-  mildly positive +0.036 — while Γ_0 = +0.10 is the only defined value: h_1..h_4 have
-  ‖g_l‖ ≈ 1.5e-9, below the floor, so their Γ is undefined. The layer mean of the raw
-  per-layer cosines (-0.017) even has the opposite sign to Γ_0.
-- epoch-1 snapshot (every Γ_l defined): the global cosine (-0.007) equals layer 0's
-  Γ_0 (-0.008) to 0.002 and reads as "no alignment", while the deep layers' mean Γ is -0.078,
-  6 standard deviations outside the fresh-B null (-0.001 ± 0.013).
-
-So here the hidden structure is not a positive layer 0 above null deep layers (the paper's
-+0.42 vs ≈0 on CIFAR) but the general statement: one aggregate hides layers whose Γ is
-undefined, within the null band, or of the opposite sign. pytest-fa's report
-(``report.report_from_probe``) lists Γ_l per layer with its status, and the deep-layer mean
-separately from the all-layer mean.
+A global cosine over all layers is carried by the layers with the largest ‖g_l‖ — layer 0 on
+the ResMLP under DFA — and hides layers whose Γ is undefined, within the null band, or of the
+opposite sign. pytest-fa's report lists Γ_l per layer and the deep-layer mean separately.
 """
 
 from __future__ import annotations
@@ -187,14 +172,14 @@ def test_report_keeps_every_layer_separate(stacks, exponent):
     assert [r.gamma for r in again.layers[1:]] == [r.gamma for r in report.layers[1:]]
 
 
-def test_user_checkpoint_needs_per_layer_reporting(user_checkpoint, fa_eval_batches, fa_runner, fa_thresholds):
+def test_user_checkpoint_needs_per_layer_reporting(fa_checkpoint, fa_eval_batches, fa_runner, fa_thresholds):
     """Pitfall 6: does one aggregate Γ hide per-layer structure on your checkpoint (vs a fresh-B null)?"""
-    model = copy.deepcopy(user_checkpoint.model).eval()
-    credit, reason = fa_runner.credit_for(user_checkpoint.loaded, model)
+    model = copy.deepcopy(fa_checkpoint.model).eval()
+    credit, reason = fa_runner.credit_for(fa_checkpoint.loaded, model)
     if credit is None:
         pytest.skip(f"no credit signal to align: {reason}")
     report = R.report_from_probe(P.run_probe(model, fa_eval_batches, credit=credit), thresholds=fa_thresholds)
-    null = CAL.null_gamma(model, fa_eval_batches, user_checkpoint.data.num_classes, n=20)
+    null = CAL.null_gamma(model, fa_eval_batches, fa_checkpoint.data.num_classes, n=20)
     significant, null_like, lines = [], [], []
     for row, mu, sd in zip(report.layers, null.null_mean, null.null_std):
         if row.gamma is None:
@@ -213,7 +198,7 @@ def test_user_checkpoint_needs_per_layer_reporting(user_checkpoint, fa_eval_batc
         defined = [row.gamma for row in report.layers if row.gamma is not None]
         exposed(
             "6",
-            f"{user_checkpoint.path}: one global cosine over all layers reads {headline:+.3f} and the "
+            f"{fa_checkpoint.path}: one global cosine over all layers reads {headline:+.3f} and the "
             f"mean of the defined Γ_l {sum(defined) / len(defined):+.3f}, but the layers disagree: "
             f"{'; '.join(lines)} (z: distance from a fresh-B null of 20 draws, in its standard deviations)",
         )

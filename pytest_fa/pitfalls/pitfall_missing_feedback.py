@@ -148,10 +148,10 @@ def test_any_incomplete_or_mangled_feedback_is_refused(degenerate_dfa, kept, tra
                 checkpoint.load_checkpoint(path)
 
 
-def test_user_checkpoint_carries_what_its_credit_needs(user_checkpoint_path, fa_settings, fa_runner):
+def test_user_checkpoint_carries_what_its_credit_needs(fa_checkpoint_path, fa_settings, fa_runner):
     """Pitfall 6.5: the checkpoint under test carries the B_l / auxiliary nets its method's
     credit needs, and that credit is not the BP gradient in disguise."""
-    path = user_checkpoint_path
+    path = fa_checkpoint_path
     try:
         payload = checkpoint.read_checkpoint(path)
     except CheckpointError as exc:

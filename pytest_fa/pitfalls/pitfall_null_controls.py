@@ -146,10 +146,10 @@ def test_the_null_never_contains_the_training_feedback(degenerate_dfa, n, seed, 
     assert all(s > 0 for s in null.null_std)
 
 
-def test_user_checkpoint_deep_alignment_stands_out_of_the_null(user_checkpoint_path, fa_runner):
+def test_user_checkpoint_deep_alignment_stands_out_of_the_null(fa_checkpoint_path, fa_runner):
     """Pitfall B7: the DFA checkpoint under test has deep-layer Γ outside the fresh-B null
     band (mean ± 2 std, n = 20); inside it, no alignment claim about the deep layers holds."""
-    run, batches = loaded_or_skip(fa_runner, user_checkpoint_path)
+    run, batches = loaded_or_skip(fa_runner, fa_checkpoint_path)
     name = Path(run.path).name
     if run.method != "dfa":
         pytest.skip(f"{name} ({run.method or 'plain state dict'}): the fresh-B null is drawn for DFA feedback only")

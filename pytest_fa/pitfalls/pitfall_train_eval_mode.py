@@ -137,11 +137,11 @@ def test_the_probe_measures_in_eval_mode_whatever_mode_it_is_handed(batchnorm_ru
         torch.testing.assert_close(single[0], batch[0], rtol=1e-4, atol=0)
 
 
-def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(user_checkpoint_path, fa_runner):
+def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(fa_checkpoint_path, fa_runner):
     """Pitfall B5: the checkpoint under test gives materially the same ‖h_l‖, ‖g_l‖ and Γ_l in
     train and eval mode; if not (BatchNorm, dropout), any measurement that does not fix the
     mode reports other numbers than the protocol."""
-    run, batches = loaded_or_skip(fa_runner, user_checkpoint_path)
+    run, batches = loaded_or_skip(fa_runner, fa_checkpoint_path)
     name = Path(run.path).name
     method = get_method(run.method, **run.bundle.method_config) if run.bundle is not None else None
     credit = method.credit(run.pristine, run.loaded.state)[0] if method is not None else None

@@ -1,16 +1,9 @@
 """Pitfall 4: random feedback matrices are training-specific — Γ is not invariant to
 re-drawing them.
 
-A DFA network adapts to the particular ``B_l`` it was trained with. An analysis script that
-does not load the saved ``B_l`` and draws them again "from the run's seed" gets other
-matrices (this trainer draws them from a separate generator seeded ``seed + 1``, after the
-model init; the script has no way to know such details, and any other trainer differs again)
-and measures a null-like Γ. Measured on the real DFA run (fixture ``degenerate_dfa``) at its
-epoch-1 snapshot, where every ‖g_l‖ is still above the floor: deep-layer Γ with the training
-B is -0.078, 6 null standard deviations from the fresh-B null (-0.001 ± 0.013 over 20 draws),
-while the re-seeded B gives a null value. pytest-fa stores the training B_l in the bundle,
-``checkpoint.load_checkpoint`` validates and returns them, and Γ from the reloaded bundle is
-bit-identical to Γ in the training process.
+A script that re-draws B_l "from the run's seed" measures a null-like Γ where the training B
+gives a deep-layer Γ far outside the fresh-B null. Bundles store the training B_l,
+``checkpoint.load_checkpoint`` validates them, and Γ from the reloaded bundle is bit-identical.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Real training runs that put the network in the regime where the pitfalls bite.
 
-``degenerate_dfa`` trains DFA on the ResMLP (d = 256, L = 4) with MNIST-1D until the
-deepest BP reference is deep below the numerical floor — Mode 1 of the reference study,
-reached here in a few hundred steps by a constant learning rate of 1e-1 (the paper's 1e-3
-with a cosine schedule needs tens of thousands of steps). It trains epoch by epoch until the
-restated median ‖g_L‖ is below ``DEEP_FLOOR`` and fails, saying so, if it is not there by
-``DEGENERATE_MAX_EPOCHS``. Its ``meaningful`` run is the same network, seed and feedback
-trained for ``MEANINGFUL_EPOCHS`` epochs at 3e-2: the regime in which a paper reports Γ
-(every layer's reference above the floor). ``healthy_bp`` trains the same architecture on
-the same data with backprop and the paper's recipe.
-
-A run is one realisation: its seed and thread count (and the CPU's kernels) decide every
-number in it, and these runs are chaotic. Tests assert what holds for every realisation —
-checked by the sweep over seeds and thread counts (pytest -m sweep) — never one run's numbers.
-Each run happens once per process; tests must not change the models they are given (copy
-first).
+``degenerate_dfa``: DFA on the ResMLP with MNIST-1D at a constant lr of 1e-1, trained until the
+restated median ‖g_L‖ is below ``DEEP_FLOOR`` (Mode 1), with its ``meaningful`` run beside it
+(same seed and feedback, lr 3e-2, Γ defined at every layer). ``healthy_bp``: backprop with the
+paper's recipe. The runs are chaotic: tests assert what holds for every realisation (seed,
+threads), never one run's numbers. Each run happens once per process; copy before changing.
 """
 
 from __future__ import annotations
@@ -82,13 +72,6 @@ class Regime:
             f"the regime changed: epoch {epoch} is no longer in the meaningful regime: {record}"
         )
         return run.model_at(epoch)
-
-    def first_epoch(self, key: str, predicate) -> int | None:
-        """The first epoch whose monitor value ``key`` satisfies ``predicate``."""
-        for record in self.history:
-            if predicate(record[key]):
-                return record["epoch"]
-        return None
 
 
 @contextlib.contextmanager
