@@ -47,8 +47,7 @@ GUARD = Guard(
 
 
 def naive_gamma(model, batches, credit_of, shift: int = 1) -> list[float]:
-    """Γ_l as a script with two loaders computes it: credit from batch k, the BP reference
-    from batch k + shift (another shuffle, another augmentation — the same effect)."""
+    """Γ_l as a script with two loaders computes it: credit from batch k, reference from k + shift."""
     per_batch = []
     for k, (x, y) in enumerate(batches):
         x_ref, y_ref = batches[(k + shift) % len(batches)]
@@ -79,8 +78,7 @@ def test_mismatched_batches_turn_backprop_itself_into_a_weak_credit(healthy_bp):
 
 
 def test_mismatched_batches_erase_the_real_deep_layer_signal_of_dfa(degenerate_dfa):
-    """Pitfall B3: on real DFA, the same-batch deep Γ is about -0.08 (outside the fresh-B
-    null); credit from batch k against the reference of batch k+1 reads as ≈ 0."""
+    """Pitfall B3: on real DFA the same-batch deep Γ is clearly nonzero; across batches it reads ≈ 0."""
     model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     credit = DFACredit(degenerate_dfa.feedback)
     matched = matched_gamma(model, degenerate_dfa.batches, credit)
@@ -111,9 +109,8 @@ class RecordingCredit:
 @given(batch_size=st.integers(1, 64), num_batches=st.integers(2, 4), seed=fst.seeds())
 @settings(max_examples=10, deadline=None)
 def test_the_probe_evaluates_the_credit_on_the_reference_forward_pass(degenerate_dfa, batch_size, num_batches, seed):
-    """Pitfall B3: whatever the batch size and sample split, pytest-fa's probe hands the
-    credit the very batch (and logits) whose gradient is the reference, and per-sample Γ
-    does not depend on how the samples are batched."""
+    """Pitfall B3: pytest-fa's probe hands the credit the very batch (and logits) whose gradient
+    is the reference, and per-sample Γ does not depend on the batching."""
     model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     data = degenerate_dfa.data
     batches = eval_batches(data, num_batches, batch_size, seed=seed % 1000)

@@ -54,14 +54,9 @@ GUARD = Guard(
 
 def credit_and_reference(model, batches, feedback):
     """``(a_l, g_l)`` per layer over all batches: DFA credit and float32 BP reference, one pass each."""
-    credit = DFACredit(feedback)
-    per_batch = []
-    for x, y in batches:
-        ref = reference_pass(model, x, y, credit)
-        per_batch.append(([a.detach() for a in ref.credits], [g.detach() for g in ref.rows]))
-    layers = len(per_batch[0][0])
-    a = [torch.cat([b[0][l] for b in per_batch]) for l in range(layers)]
-    g = [torch.cat([b[1][l] for b in per_batch]) for l in range(layers)]
+    per_batch = [reference_pass(model, x, y, DFACredit(feedback)).credited_rows() for x, y in batches]
+    a = [torch.cat(layer) for layer in zip(*(b[0] for b in per_batch))]
+    g = [torch.cat(layer) for layer in zip(*(b[1] for b in per_batch))]
     return a, g
 
 

@@ -60,11 +60,9 @@ GUARD = Guard(
 def credit_and_reference(model, batches, credit):
     """Per layer with credit, over all batches: ``(a_l, g_l)`` as per-sample rows from one forward pass each."""
     per_batch = [reference_pass(model, x, y, credit).credited_rows() for x, y in batches]
-    layers = len(per_batch[0][0])
-    return (
-        [torch.cat([b[0][l] for b in per_batch]).double() for l in range(layers)],
-        [torch.cat([b[1][l] for b in per_batch]).double() for l in range(layers)],
-    )
+    a = [torch.cat(layer).double() for layer in zip(*(b[0] for b in per_batch))]
+    g = [torch.cat(layer).double() for layer in zip(*(b[1] for b in per_batch))]
+    return a, g
 
 
 def global_cosine(a: list[torch.Tensor], g: list[torch.Tensor]) -> float:

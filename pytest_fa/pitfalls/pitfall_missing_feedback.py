@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from pytest_fa.core import probe, report
 from pytest_fa.core.reference import reference_pass
-from pytest_fa.errors import CheckpointError, FAError, FeedbackError
+from pytest_fa.errors import CheckpointError, FeedbackError
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard, Witness
-from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
 from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
 from pytest_fa.training import checkpoint
 from pytest_fa.training.checkpoint import Bundle, LoadedCheckpoint, save_bundle
@@ -68,20 +68,12 @@ def naive_posthoc_gamma(path, batches) -> list[float]:
     return [float(torch.cat(layer).mean()) for layer in zip(*per_batch)]
 
 
-def _check_meaningful(regime) -> None:
-    regime.meaningful_model_at(MEANINGFUL_EPOCH)
-
-
-def _bundle_at(regime, epoch: int) -> Bundle:
-    """The meaningful run's bundle with the weights it had after ``epoch`` (a copy)."""
+def _intact_and_stripped(regime, folder: Path) -> tuple[Path, Path]:
+    """The meaningful run's bundle at ``MEANINGFUL_EPOCH``, saved with and without its B_l."""
+    regime.meaningful_model_at(MEANINGFUL_EPOCH)  # asserts the epoch is still meaningful
     run = regime.meaningful
     bundle = copy.deepcopy(run.bundle)
-    bundle.state_dict = {k: v.detach().cpu().clone() for k, v in run.snapshots[epoch].items()}
-    return bundle
-
-
-def _intact_and_stripped(regime, folder: Path) -> tuple[Path, Path]:
-    bundle = _bundle_at(regime, MEANINGFUL_EPOCH)
+    bundle.state_dict = {k: v.detach().cpu().clone() for k, v in run.snapshots[MEANINGFUL_EPOCH].items()}
     intact = save_bundle(folder / "dfa_intact.pt", bundle)
     bundle.feedback = []
     stripped = save_bundle(folder / "dfa_stripped.pt", bundle)
@@ -90,7 +82,6 @@ def _intact_and_stripped(regime, folder: Path) -> tuple[Path, Path]:
 
 def test_a_posthoc_script_reports_perfect_alignment_for_a_bundle_without_feedback(degenerate_dfa, tmp_path):
     """Pitfall 6.5: with its B_l stripped, a real DFA bundle reads as Γ = 1.000 on every layer."""
-    _check_meaningful(degenerate_dfa)
     intact, stripped = _intact_and_stripped(degenerate_dfa, tmp_path)
     honest = naive_posthoc_gamma(intact, degenerate_dfa.batches)
     fallback = naive_posthoc_gamma(stripped, degenerate_dfa.batches)
@@ -101,9 +92,8 @@ def test_a_posthoc_script_reports_perfect_alignment_for_a_bundle_without_feedbac
 
 
 def test_pytest_fa_refuses_a_bundle_without_its_feedback(degenerate_dfa, tmp_path):
-    """Pitfall 6.5: pytest-fa raises FeedbackError for the stripped bundle, rebuilds the
-    training credit from the intact one, and never computes Γ without a credit signal."""
-    _check_meaningful(degenerate_dfa)
+    """Pitfall 6.5: pytest-fa refuses the stripped bundle, rebuilds the training credit from the
+    intact one, and never computes Γ without a credit signal."""
     intact, stripped = _intact_and_stripped(degenerate_dfa, tmp_path)
     with pytest.raises(FeedbackError, match=r"cos\(BP, BP\) = 1"):
         checkpoint.load_checkpoint(stripped)
@@ -128,8 +118,7 @@ def test_pytest_fa_refuses_a_bundle_without_its_feedback(degenerate_dfa, tmp_pat
 @given(kept=st.sets(st.integers(0, 4), max_size=5), transposed=st.none() | st.integers(0, 4))
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_incomplete_or_mangled_feedback_is_refused(degenerate_dfa, kept, transposed):
-    """Pitfall 6.5: a bundle loads only with every B_l of the right shape; any subset, or a
-    transposed matrix, is a FeedbackError — never a model without its credit."""
+    """Pitfall 6.5: any subset of the B_l, or a transposed one, is a FeedbackError."""
     bundle = copy.deepcopy(degenerate_dfa.bundle)
     assert len(bundle.feedback) == 5, "the regime is a ResMLP with L = 4: five B_l"
     feedback = [bundle.feedback[i] for i in sorted(kept)]
@@ -149,15 +138,13 @@ def test_any_incomplete_or_mangled_feedback_is_refused(degenerate_dfa, kept, tra
 
 
 def test_user_checkpoint_carries_what_its_credit_needs(fa_checkpoint_path, fa_settings, fa_runner):
-    """Pitfall 6.5: the checkpoint under test carries the B_l / auxiliary nets its method's
-    credit needs, and that credit is not the BP gradient in disguise."""
+    """Pitfall 6.5: your checkpoint carries the B_l / auxiliary nets its credit needs, and that
+    credit is not the BP gradient in disguise."""
     path = fa_checkpoint_path
     try:
         payload = checkpoint.read_checkpoint(path)
     except CheckpointError as exc:
-        payload = exc
-    if isinstance(payload, CheckpointError):
-        pytest.skip(f"cannot read {path} (the protocol items report why): {payload}")
+        pytest.skip(f"cannot read {path} (the protocol items report why): {exc}")
     if not checkpoint.is_bundle(payload):
         pytest.skip(
             "a plain state dict records no method and no feedback: pytest-fa reports Γ as "
@@ -174,18 +161,12 @@ def test_user_checkpoint_carries_what_its_credit_needs(fa_checkpoint_path, fa_se
         exposed("6.5", missing)
     if unloadable:
         pytest.skip(f"cannot load {path} (the protocol items report why): {unloadable}")
-    method = get_method(loaded.method, **loaded.bundle.method_config)
     if loaded.method == "bp":
         return
-    credit, reason = method.credit(loaded.model, loaded.state)
+    credit, _ = get_method(loaded.method, **loaded.bundle.method_config).credit(loaded.model, loaded.state)
     if credit is None:
         return
-    try:
-        run, batches = fa_runner.run(path), fa_runner.eval_batches(path)
-    except FAError as exc:
-        run, batches = None, str(exc)
-    if run is None:
-        pytest.skip(f"pytest-fa cannot load {Path(path).name} with its data: {batches}")
+    run, batches = loaded_or_skip(fa_runner, path)
     measured = probe.run_probe(copy.deepcopy(run.pristine), batches, credit=credit)
     gammas = [float(c[~torch.isnan(c)].mean()) for c in measured.cosines if c is not None and (~torch.isnan(c)).any()]
     if gammas and all(g > 1 - 1e-9 for g in gammas):

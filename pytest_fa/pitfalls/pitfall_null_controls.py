@@ -47,8 +47,7 @@ GUARD = Guard(
 
 def _gamma_per_sample(model, batches, feedback) -> list[torch.Tensor]:
     """Per-sample cos(e_T B_l, g_l) over all batches, one tensor per layer."""
-    measured = probe.run_probe(model, batches, credit=DFACredit(feedback))
-    return measured.cosines
+    return probe.run_probe(model, batches, credit=DFACredit(feedback)).cosines
 
 
 def naive_significance(cosines: torch.Tensor) -> float:
@@ -72,8 +71,7 @@ def _fresh_draw_cosines(model, batches, num_classes, draws: int, seed: int) -> l
 
 
 def test_without_a_null_random_feedback_looks_significantly_aligned(degenerate_dfa):
-    """Pitfall B7: Γ against 0 with a per-sample t-test calls most freshly drawn random B
-    "significantly" aligned or anti-aligned, though they carry no adaptation by construction."""
+    """Pitfall B7: Γ against 0 with a per-sample t-test calls most fresh random B "significant"."""
     model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     draws = _fresh_draw_cosines(model, degenerate_dfa.batches, classes, NULL_DRAWS, seed=7)
@@ -88,8 +86,8 @@ def test_without_a_null_random_feedback_looks_significantly_aligned(degenerate_d
 
 
 def test_a_null_that_reuses_the_training_feedback_hides_a_real_effect(degenerate_dfa):
-    """Pitfall B7: the real DFA run's deep Γ (≈ -0.08) lies far outside the fresh-B null;
-    a "null" built from the training B sits on Γ itself, with no spread, and reports nothing."""
+    """Pitfall B7: a "null" built from the training B sits on Γ itself and hides the deep Γ that
+    the fresh-B null shows far outside it."""
     model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     trained = [D.mean_defined(c)[0] for c in _gamma_per_sample(model, degenerate_dfa.batches, degenerate_dfa.feedback)]
@@ -107,8 +105,7 @@ def test_a_null_that_reuses_the_training_feedback_hides_a_real_effect(degenerate
 
 
 def test_null_gamma_draws_fresh_feedback_on_the_real_run(degenerate_dfa):
-    """Pitfall B7: pytest-fa's null is ≈ 0 with a spread of ~0.02 per layer on the real DFA
-    run; the deep layers' Γ lie well outside it (training-specific)."""
+    """Pitfall B7: pytest-fa's null is ≈ 0 with a small spread; the deep Γ lie well outside it."""
     model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     null = calibration.null_gamma(model, degenerate_dfa.batches, classes, feedback=degenerate_dfa.feedback, n=NULL_DRAWS)
@@ -129,8 +126,8 @@ def test_null_gamma_draws_fresh_feedback_on_the_real_run(degenerate_dfa):
 @given(n=st.integers(2, 4), seed=fst.seeds(), batch_size=st.integers(2, 64))
 @settings(max_examples=10, deadline=None)
 def test_the_null_never_contains_the_training_feedback(degenerate_dfa, n, seed, batch_size):
-    """Pitfall B7: for any seed, draw count and batch size, null_gamma's draws are fresh —
-    reproducible from the seed, different from each other and from the training B."""
+    """Pitfall B7: null_gamma's draws are reproducible from the seed, and differ from each
+    other and from the training B."""
     model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     classes = degenerate_dfa.data.num_classes
     batches = [(x[:batch_size], y[:batch_size]) for x, y in degenerate_dfa.batches[:2]]
@@ -147,8 +144,7 @@ def test_the_null_never_contains_the_training_feedback(degenerate_dfa, n, seed, 
 
 
 def test_user_checkpoint_deep_alignment_stands_out_of_the_null(fa_checkpoint_path, fa_runner):
-    """Pitfall B7: the DFA checkpoint under test has deep-layer Γ outside the fresh-B null
-    band (mean ± 2 std, n = 20); inside it, no alignment claim about the deep layers holds."""
+    """Pitfall B7: your DFA checkpoint's deep-layer Γ lies outside the fresh-B null band."""
     run, batches = loaded_or_skip(fa_runner, fa_checkpoint_path)
     name = Path(run.path).name
     if run.method != "dfa":

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.fa_pitfall("B5")
 
 DATA = {"num_samples": 6000, "seed": 42}
 CNN = {"channels": 16, "depth": 3, "fc": 64}
-RECIPE = Recipe(lr=3e-2, schedule="constant")  # the recipe that drives the ResMLP into Mode 1
+RECIPE = Recipe(lr=3e-2, schedule="constant")
 EPOCHS = 2
 MATERIAL_REL = 0.10  # a per-layer median ‖h_l‖ or ‖g_l‖ that moves by more than 10 %
 MATERIAL_GAMMA = 0.05  # or a Γ_l that moves by more than 0.05
@@ -69,8 +69,7 @@ def naive_diagnostics(model, batches):
 
 @pytest.fixture(scope="session")
 def batchnorm_run(fa_realisation):
-    """DFA on SmallCNN (BatchNorm in every block) with MNIST-1D, at the high constant
-    learning rate of the degenerate regime; a few seconds on the CPU."""
+    """DFA on SmallCNN (BatchNorm in every block) with MNIST-1D, left in train mode."""
     seed, threads = fa_realisation
     data = load_dataset("mnist1d", **DATA)
     with torch_threads(threads):
@@ -83,9 +82,8 @@ def batchnorm_run(fa_realisation):
 
 
 def test_measuring_in_train_mode_moves_the_diagnostics_and_rewrites_the_model(batchnorm_run):
-    """Pitfall B5: right after training (train mode) a real BatchNorm network reads ‖g_l‖
-    off by ~35 % and its accuracy by ~8 points, and the measurement changes its weights'
-    running statistics; eval mode is what the protocol reports."""
+    """Pitfall B5: measured in train mode a BatchNorm network reads other ‖g_l‖ and accuracy,
+    and the measurement rewrites its running statistics."""
     model = copy.deepcopy(batchnorm_run.result.model)  # in train mode, as training left it
     batches = batchnorm_run.batches
     honest = probe.run_probe(copy.deepcopy(model), batches)
@@ -111,8 +109,8 @@ def test_measuring_in_train_mode_moves_the_diagnostics_and_rewrites_the_model(ba
 @given(train_mode=st.booleans(), batch_size=st.integers(1, 128), seed=fst.seeds())
 @settings(max_examples=15, deadline=None)
 def test_the_probe_measures_in_eval_mode_whatever_mode_it_is_handed(batchnorm_run, train_mode, batch_size, seed):
-    """Pitfall B5: pytest-fa measures in eval mode, records it, restores the caller's mode,
-    leaves every buffer untouched, and a sample's numbers do not depend on its batch-mates."""
+    """Pitfall B5: pytest-fa measures in eval mode, records it, restores the caller's mode and
+    leaves every buffer untouched."""
     reference_model = copy.deepcopy(batchnorm_run.result.model).eval()
     credit = DFACredit(batchnorm_run.result.state.feedback)
     batches = eval_batches(batchnorm_run.data, 2, batch_size, seed=seed % 1000)
@@ -138,9 +136,8 @@ def test_the_probe_measures_in_eval_mode_whatever_mode_it_is_handed(batchnorm_ru
 
 
 def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(fa_checkpoint_path, fa_runner):
-    """Pitfall B5: the checkpoint under test gives materially the same ‖h_l‖, ‖g_l‖ and Γ_l in
-    train and eval mode; if not (BatchNorm, dropout), any measurement that does not fix the
-    mode reports other numbers than the protocol."""
+    """Pitfall B5: your checkpoint gives materially the same ‖h_l‖, ‖g_l‖ and Γ_l in train and
+    eval mode."""
     run, batches = loaded_or_skip(fa_runner, fa_checkpoint_path)
     name = Path(run.path).name
     method = get_method(run.method, **run.bundle.method_config) if run.bundle is not None else None
