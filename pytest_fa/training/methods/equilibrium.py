@@ -42,15 +42,8 @@ def prediction_errors(model, states: Sequence[torch.Tensor], embedded: torch.Ten
     return errors
 
 
-def relax(
-    model,
-    hiddens: Sequence[torch.Tensor],
-    y: torch.Tensor,
-    beta: float,
-    steps: int,
-    step_size: float,
-    backtrack: bool = True,
-):
+def relax(model, hiddens: Sequence[torch.Tensor], y: torch.Tensor, beta: float, steps: int, step_size: float,
+          backtrack: bool = True):
     """Nudged states after ``steps`` of gradient descent on ``O = E + β·CE`` from the free states.
 
     Each sample keeps its own step size, starting at ``step_size``: a step that would raise
@@ -70,9 +63,7 @@ def relax(
             states = [s.requires_grad_(True) for s in states]
             errors = prediction_errors(model, states, free[0])
             objective = sum(0.5 * r.pow(2).flatten(1).sum(1) for r in errors)
-            objective = objective + beta * F.cross_entropy(
-                interface.readout_logits(model, states[-1]), y, reduction="none"
-            )
+            objective = objective + beta * F.cross_entropy(interface.readout_logits(model, states[-1]), y, reduction="none")
             grads = torch.autograd.grad(objective.sum(), states)
             objective, states = objective.detach(), [s.detach() for s in states]
             if best is None:
@@ -96,16 +87,8 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(_per_sample(mask, a), a, b)
 
 
-def equilibrium_credits(
-    model,
-    hiddens: Sequence[torch.Tensor],
-    y: torch.Tensor,
-    beta: float,
-    steps: int,
-    step_size: float,
-    rule: str = "prediction-error",
-    backtrack: bool = True,
-) -> list[torch.Tensor]:
+def equilibrium_credits(model, hiddens: Sequence[torch.Tensor], y: torch.Tensor, beta: float, steps: int,
+                        step_size: float, rule: str = "prediction-error", backtrack: bool = True) -> list[torch.Tensor]:
     """EP's credit ``a_l`` at each ``h_l`` (per sample, the scale of ``∂CE_i/∂h_l``)."""
     if rule not in CREDIT_RULES:
         raise ValueError(f"unknown EP credit rule {rule!r}; use one of {CREDIT_RULES}")
@@ -123,15 +106,8 @@ class EquilibriumPropagation(LocalCreditMethod):
     # bundles written before this key existed were relaxed with fixed steps
     recorded_defaults = {"backtrack": False}
 
-    def __init__(
-        self,
-        penalty: float = 0.0,
-        beta: float = 0.1,
-        steps: int = 6,
-        step_size: float = 0.5,
-        credit: str = "displacement",
-        backtrack: bool = True,
-    ) -> None:
+    def __init__(self, penalty: float = 0.0, beta: float = 0.1, steps: int = 6, step_size: float = 0.5,
+                 credit: str = "displacement", backtrack: bool = True) -> None:
         super().__init__(penalty)
         if credit not in CREDIT_RULES:
             raise ValueError(f"unknown EP credit rule {credit!r}; use one of {CREDIT_RULES}")
@@ -139,22 +115,15 @@ class EquilibriumPropagation(LocalCreditMethod):
         self.rule, self.backtrack = credit, backtrack
 
     def config(self):
-        return {
-            "penalty": self.penalty, "beta": self.beta, "steps": self.steps,
-            "step_size": self.step_size, "credit": self.rule, "backtrack": self.backtrack,
-        }
+        return {"penalty": self.penalty, "beta": self.beta, "steps": self.steps, "step_size": self.step_size,
+                "credit": self.rule, "backtrack": self.backtrack}
 
     def _credits(self, model, hiddens, y):
-        return equilibrium_credits(
-            model, hiddens, y, self.beta, self.steps, self.step_size, self.rule, self.backtrack
-        )
+        return equilibrium_credits(model, hiddens, y, self.beta, self.steps, self.step_size, self.rule, self.backtrack)
 
     def training_credits(self, model, state, x, y, logits, outputs):
         require_vector_layout(model, "EP", outputs)
         return self._credits(model, hidden_states(outputs), y)
 
     def credit(self, model, state):
-        def signal(x, y, logits, hiddens):
-            return self._credits(model, hiddens, y)
-
-        return signal, ""
+        return (lambda x, y, logits, hiddens: self._credits(model, hiddens, y)), ""
