@@ -38,18 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without "
-        "--fa-checkpoint; keyword arguments override thresholds "
-        "(" + ", ".join(f.name for f in threshold_fields()) + ")",
-    )
-    config.addinivalue_line(
-        "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
-    )
-    config.addinivalue_line(
-        "markers", "fa_realisation: a pitfall test run on one realisation (seed, threads) of its training runs"
-    )
+    for marker in (
+        "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without --fa-checkpoint; keyword "
+        "arguments override thresholds (" + ", ".join(f.name for f in threshold_fields()) + ")",
+        "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`",
+        "fa_realisation: a pitfall test run on one realisation (seed, threads) of its training runs",
+    ):
+        config.addinivalue_line("markers", marker)
     settings = session_settings(config)
     for root in settings.lint:
         if not Path(root).exists():

@@ -1,9 +1,6 @@
-"""``fa-train``: every argument is checked before torch is imported, so a refusal costs a
-Python start-up, not a torch import; then :func:`pytest_fa.training.trainer.run` trains.
-
-The names the arguments are checked against are those of the registries (data sets,
-architectures and the parameters ``--width`` and ``--depth`` set, methods), written out here
-because reading the registries imports torch; tests/test_fa_train_cli.py checks that they agree.
+"""``fa-train``: every argument is checked before torch is imported, then
+:func:`pytest_fa.training.trainer.run` trains. The registries' names are written out here (reading
+them imports torch); tests/test_fa_train_cli.py checks that they agree.
 """
 
 from __future__ import annotations
