@@ -3,16 +3,10 @@
     report = pytest_fa.check(model, test_loader, credit=DFACredit(feedback), frozen_acc=0.65)
     assert report.trustworthy, report
 
-``data`` is what a training loop already has: a ``DataLoader`` (or any iterable of
-``(x, y)`` batches), a pair of tensors ``(x, y)``, or a :class:`pytest_fa.training.data.Dataset`
-(its test split). The eval batches are ``num_batches`` disjoint batches of ``batch_size``
-samples drawn with a seeded permutation, whatever batch size the loader yields.
-
-The command line's rules hold here too: at least 8 batches of at least 2 samples, every
-label a class of the model (in ``[0, logit width)``), at least two classes in the eval
-batches, a device named auto, cpu, cuda or cuda:N. A float16 or bfloat16 model is
-measured, headline accuracy included, through a float32 copy; the model handed in is left
-as it was, each submodule's mode included.
+``data``: a ``DataLoader`` (any iterable of ``(x, y)`` batches), an ``(x, y)`` pair of tensors or a
+:class:`pytest_fa.training.data.Dataset` (its test split), drawn into ``num_batches`` disjoint batches
+of ``batch_size`` by a seeded permutation. The command line's rules hold here too; a half-precision
+model is measured through a float32 copy, and the model handed in is left as it was.
 """
 
 from __future__ import annotations
@@ -62,11 +56,6 @@ def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"tensors or a pytest_fa Dataset, not {type(data).__name__}"
             + (" (pass the inputs and labels as an (x, y) pair of tensors)" if isinstance(data, Mapping) else "")
         )
-    _check_samples(x, y)
-    return x, y
-
-
-def _check_samples(x: torch.Tensor, y: torch.Tensor) -> None:
     if len(x) != len(y):
         raise DataError(f"the data has {len(x)} inputs but {len(y)} labels; they must match one to one")
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -76,6 +65,7 @@ def _check_samples(x: torch.Tensor, y: torch.Tensor) -> None:
         )
     if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
         raise DataError("the inputs contain NaN or inf; clean the data before measuring the model on it")
+    return x, y
 
 
 def check(
@@ -131,7 +121,12 @@ def check(
     context: dict[str, Any] = {"eval_source": type(data).__name__, "samples_given": len(y_all)}
     batches = eval_batches((x_all, y_all), int(num_batches), int(batch_size), seed=seed)
     measured_acc = _measure(model, x_all, y_all, headline_acc is None)  # labels: all samples given
-    _check_two_classes(batches)
+    present = torch.cat([y for _, y in batches]).unique()
+    if len(present) < 2:
+        raise DataError(
+            f"every label in the eval batches is {int(present[0])}: accuracy and (d) mean nothing on "
+            "one class; pass samples of at least two classes"
+        )
     if headline_acc is None:
         headline_acc = measured_acc
         context["headline_acc"] = f"measured by check() on all {len(y_all)} samples given"
@@ -156,8 +151,7 @@ def check(
 
 
 def _check_settings(num_batches: Any, batch_size: Any, device: Any) -> None:
-    """The command line's rules on the eval batches and a device name, validated by
-    :class:`ProtocolSettings`."""
+    """The command line's rules on the eval batches and a device name (:class:`ProtocolSettings`)."""
     for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
         if not isinstance(value, Integral):
             raise DataError(f"{name}={value!r}: give a whole number")
@@ -185,12 +179,3 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, headline: bool)
             f"labels must lie in [0, {classes}) ({len(bad)} of the {len(y)} labels given do not)"
         )
     return accuracy(model, x, y.to(param.device)) if headline else None
-
-
-def _check_two_classes(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    present = torch.cat([y for _, y in batches]).unique()
-    if len(present) < 2:
-        raise DataError(
-            f"every label in the eval batches is {int(present[0])}: accuracy and (d) mean nothing on "
-            "one class; pass samples of at least two classes"
-        )

@@ -31,8 +31,7 @@ def _rows(t: torch.Tensor, layout: str | None) -> torch.Tensor:
 
 
 def _fail(title: str, lines: Sequence[str], key: str) -> None:
-    body = "\n".join([title, *lines, f"Meaning: {registry.get(key).meaning}"])
-    raise AssertionError(body)
+    raise AssertionError("\n".join([title, *lines, f"Meaning: {registry.get(key).meaning}"]))
 
 
 def assert_no_residual_explosion(
@@ -75,27 +74,19 @@ def assert_grad_above_floor(
 ) -> None:
     """Diagnostic (b): the BP reference at ``h_L`` is not at the numerical floor.
 
-    ``source``: a report, or ``g_L = dCE/dh_L`` of one batch under a batch-mean loss, in
-    which case ``batch_size`` defaults to that batch's size. On a report the report's rule
-    applies: under ``b_rule="decomposed"`` a median ``‖g_L‖`` (restated at
-    ``floor_batch_size``) below ``floor`` fails only when the backward gain collapsed too
-    (Mode 1); an error-saturated reference passes. Raw tensors carry no gain, so there the
-    floor alone decides.
+    ``source``: a report (its ``b_rule`` applies: under "decomposed" a low ``‖g_L‖`` fails only with
+    a collapsed backward gain), or ``g_L = dCE/dh_L`` of one batch-mean-loss batch (the floor alone decides).
     """
-    if isinstance(source, DiagnosticReport):
-        limits = source.thresholds
+    report = isinstance(source, DiagnosticReport)
+    limits = source.thresholds if report else _DEFAULTS
+    floor = floor if floor is not None else limits.grad_floor
+    ref = floor_batch_size or limits.floor_batch_size
+    if report:
         row = source.layers[-1]
-        floor = floor if floor is not None else limits.grad_floor
-        ref = floor_batch_size or limits.floor_batch_size
-        g, b, layer, gain = row.g_norm, source.batch_size, row.index, row.gain
-        rule = limits.b_rule
+        g, b, layer, gain, rule = row.g_norm, source.batch_size, row.index, row.gain, limits.b_rule
     else:
-        limits = _DEFAULTS
-        floor = floor if floor is not None else limits.grad_floor
-        ref = floor_batch_size or limits.floor_batch_size
         rows = _rows(source, layout)
-        g, b, layer, gain = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None, None
-        rule = "paper"
+        g, b, layer, gain, rule = float(D.per_sample_norms(rows).median()), batch_size or rows.shape[0], None, None, "paper"
     restated = D.grad_at_reference_batch(g, b, ref)
     fires, submode = D.floor_rule(restated, gain, floor, limits.gain_floor, rule)
     if fires:
@@ -156,11 +147,8 @@ def assert_beats_frozen(
 ) -> None:
     """Diagnostic (d): trained accuracy exceeds the frozen-blocks baseline by ``margin_pp``.
 
-    ``samples``: the number of samples both accuracies were measured on (a report's own by
-    default). Both at the ceiling (:func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`) is
-    a failure too: (d) is not informative there, neither a pass nor a walk-back.
-    ``trained_epochs``/``frozen_epochs``: the two budgets; when both are given and differ, a
-    :class:`~pytest_fa.errors.FABudgetWarning` says the margin compares unequal training.
+    ``samples``: the samples both accuracies were measured on; both at the ceiling fails too ((d) says
+    nothing there). Unequal ``trained_epochs``/``frozen_epochs`` give a :class:`~pytest_fa.errors.FABudgetWarning`.
     """
     check_budget(trained_epochs, frozen_epochs, "assert_beats_frozen")
     if isinstance(trained, DiagnosticReport):

@@ -60,6 +60,5 @@ def setting(name: str, value: str = "") -> str:
 
 
 def as_flags(message: str, prefix: str = "--fa-") -> str:
-    """``message`` with each named setting written as its command-line option, ``prefix`` and
-    the name with dashes: the plugin's ``--fa-name``, fa-train's ``--name`` (``prefix="--"``)."""
+    """``message`` with each named setting written as its option: ``--fa-name``, or ``--name`` for ``prefix="--"``."""
     return _SETTING.sub(lambda m: f"{prefix}{m.group(1).replace('_', '-')}{m.group(2)}", message)

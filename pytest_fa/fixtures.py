@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_fa.errors import FAError
 from pytest_fa.plugin._state import STATE_KEY, FAState
 
 if TYPE_CHECKING:
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 @contextmanager
 def clean_errors() -> Iterator[None]:
     """Turn pytest-fa input errors into a one-paragraph failure without a traceback."""
-    from pytest_fa.errors import FAError
-
     try:
         yield
     except FAError as exc:
@@ -67,10 +66,7 @@ def fa_checkpoint(fa_checkpoint_path: str, fa_runner: ProtocolRunner) -> Checkpo
 
 @pytest.fixture
 def fa_model(fa_checkpoint: CheckpointRun) -> torch.nn.Module:
-    """A private copy of the checkpoint's model, in eval mode on the session's device.
-
-    A test may change it freely; the protocol diagnoses its own copy.
-    """
+    """A private copy of the checkpoint's model in eval mode, free to change (the protocol diagnoses its own)."""
     return copy.deepcopy(fa_checkpoint.model).eval()
 
 

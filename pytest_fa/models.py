@@ -21,7 +21,8 @@ Shape = tuple[int, ...]
 
 
 class ReferenceModel(nn.Module):
-    """Shared forward pass over ``embed`` → ``blocks`` → ``norm`` → ``head``."""
+    """Shared forward pass over ``embed`` → ``blocks`` → ``norm`` → ``head``; by default ``embed``
+    reads the flattened input and ``head`` the last hidden state."""
 
     arch: str = ""
 
@@ -31,10 +32,10 @@ class ReferenceModel(nn.Module):
         self.config = config
 
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.embed(x.flatten(1))
 
     def read_logits(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.head(h)
 
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
         h = self.embed_input(x)
@@ -73,9 +74,6 @@ class ResMLP(ReferenceModel):
         self.out_ln = nn.LayerNorm(d)
         self.out_head = nn.Linear(d, num_classes)
 
-    def embed_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x.flatten(1))
-
     def read_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.out_head(self.out_ln(h))
 
@@ -90,12 +88,6 @@ class StudentNet(ReferenceModel):
         self.embed = nn.Linear(math.prod(input_shape), d)
         self.blocks = nn.ModuleList(MLPBlock(d) for _ in range(depth))
         self.head = nn.Linear(d, num_classes)
-
-    def embed_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x.flatten(1))
-
-    def read_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h)
 
 
 def _signal_shape(input_shape: Shape) -> Shape:
@@ -132,20 +124,10 @@ class ViTMini(ReferenceModel):
     arch = "vit-mini"
     hidden_layout = "tokens_all"
 
-    def __init__(
-        self,
-        input_shape: Shape,
-        num_classes: int,
-        d: int = 128,
-        depth: int = 4,
-        heads: int = 4,
-        patch: int = 4,
-        mlp_ratio: int = 2,
-    ) -> None:
-        super().__init__(
-            input_shape=input_shape, num_classes=num_classes, d=d, depth=depth,
-            heads=heads, patch=patch, mlp_ratio=mlp_ratio,
-        )
+    def __init__(self, input_shape: Shape, num_classes: int, d: int = 128, depth: int = 4, heads: int = 4,
+                 patch: int = 4, mlp_ratio: int = 2) -> None:
+        super().__init__(input_shape=input_shape, num_classes=num_classes, d=d, depth=depth, heads=heads,
+                         patch=patch, mlp_ratio=mlp_ratio)
         channels, *spatial = _signal_shape(input_shape)
         if any(size % patch for size in spatial):
             raise ValueError(f"input size {spatial} is not divisible by patch={patch}")
@@ -186,33 +168,22 @@ class SmallCNN(ReferenceModel):
     arch = "smallcnn"
     hidden_layout = "spatial"
 
-    def __init__(
-        self, input_shape: Shape, num_classes: int, channels: int = 32, depth: int = 3, fc: int = 128
-    ) -> None:
-        super().__init__(
-            input_shape=input_shape, num_classes=num_classes, channels=channels, depth=depth, fc=fc
-        )
+    def __init__(self, input_shape: Shape, num_classes: int, channels: int = 32, depth: int = 3, fc: int = 128) -> None:
+        super().__init__(input_shape=input_shape, num_classes=num_classes, channels=channels, depth=depth, fc=fc)
         in_channels, *spatial = _signal_shape(input_shape)
         dims = len(spatial)
         stride = 2 if dims == 2 else 1
         self.embed = _conv(dims)(in_channels, channels, kernel_size=3, stride=stride, padding=1)
         self.blocks = nn.ModuleList(ConvBlock(channels, dims) for _ in range(depth))
         pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}[dims]
-        self.head = nn.Sequential(
-            pool(1), nn.Flatten(), nn.Linear(channels, fc), nn.ReLU(), nn.Linear(fc, num_classes)
-        )
+        self.head = nn.Sequential(pool(1), nn.Flatten(), nn.Linear(channels, fc), nn.ReLU(), nn.Linear(fc, num_classes))
         self._signal = _signal_shape(input_shape)
 
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x.reshape(x.shape[0], *self._signal))
 
-    def read_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h)
 
-
-ARCHITECTURES: dict[str, type[ReferenceModel]] = {
-    cls.arch: cls for cls in (ResMLP, ViTMini, SmallCNN, StudentNet)
-}
+ARCHITECTURES: dict[str, type[ReferenceModel]] = {cls.arch: cls for cls in (ResMLP, ViTMini, SmallCNN, StudentNet)}
 
 
 def build_model(arch: str, **config: Any) -> ReferenceModel:
@@ -273,8 +244,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
 
 
 def _lossy(source: torch.dtype, target: torch.dtype) -> bool:
-    """Whether copying values of ``source`` into ``target`` drops part of each: complex into
-    real, floating point into integer."""
+    """Copying ``source`` into ``target`` drops part of each value: complex into real, float into integer."""
     return (source.is_complex and not target.is_complex) or (
         source.is_floating_point and not (target.is_floating_point or target.is_complex)
     )

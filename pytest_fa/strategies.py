@@ -21,18 +21,12 @@ import torch
 from hypothesis import strategies as st
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-SCALE_RANGE = {
-    torch.float64: (-30, 8),
-    torch.float32: (-30, 8),
-    torch.bfloat16: (-30, 8),
-    torch.float16: (-4, 4),
-}
+SCALE_RANGE = {torch.float64: (-30, 8), torch.float32: (-30, 8), torch.bfloat16: (-30, 8), torch.float16: (-4, 4)}
 
 
 def dtypes(include_float16: bool = True) -> st.SearchStrategy[torch.dtype]:
     """float32, float64, bfloat16 and (optionally) float16."""
-    options = FLOAT_DTYPES if include_float16 else FLOAT_DTYPES[:3]
-    return st.sampled_from(options)
+    return st.sampled_from(FLOAT_DTYPES if include_float16 else FLOAT_DTYPES[:3])
 
 
 def seeds() -> st.SearchStrategy[int]:
@@ -92,8 +86,7 @@ def hidden_stacks(
 ) -> list[torch.Tensor]:
     """``[h_0, ..., h_L]`` of one shape whose per-layer scales wander across the dtype's range."""
     dt = draw(dtype or dtypes(include_float16=False))
-    depth = draw(depths)
-    shape = (draw(batch_sizes), draw(features))
+    depth, shape = draw(depths), (draw(batch_sizes), draw(features))
     return [_draw_rows(draw, shape, dt) for _ in range(depth + 1)]
 
 

@@ -38,18 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without "
-        "--fa-checkpoint; keyword arguments override thresholds "
-        "(" + ", ".join(f.name for f in threshold_fields()) + ")",
-    )
-    config.addinivalue_line(
-        "markers", "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`"
-    )
-    config.addinivalue_line(
-        "markers", "fa_realisation: a pitfall test run on one realisation (seed, threads) of its training runs"
-    )
+    for marker in (
+        "fa_protocol(**thresholds): a test of the pytest-fa protocol; skipped without --fa-checkpoint; keyword "
+        "arguments override thresholds (" + ", ".join(f.name for f in threshold_fields()) + ")",
+        "fa_pitfall(id): a test of the pitfall regression suite that pins pitfall `id`",
+        "fa_realisation: a pitfall test run on one realisation (seed, threads) of its training runs",
+    ):
+        config.addinivalue_line("markers", marker)
     settings = session_settings(config)
     for root in settings.lint:
         if not Path(root).exists():
@@ -172,13 +167,13 @@ class _SessionHooks:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is not None and state.pitfall_outcomes:
+    if state is None:
+        return
+    if state.pitfall_outcomes:
         from pytest_fa.plugin._pitfall_table import pitfall_table
 
         terminalreporter.section("pytest-fa pitfalls")
         terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))
-    if state is None:
-        return
     if state.reports():
         _protocol_summary(terminalreporter, state)
     _report_files_summary(terminalreporter, state)
@@ -187,16 +182,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def _protocol_summary(terminalreporter, state: FAState) -> None:
     """The table of every measured checkpoint, its seed groups, its reports and comparisons."""
     from pytest_fa.core.report import summary_table
-
-    from pytest_fa.core.seeds import seed_groups
+    from pytest_fa.core.seeds import seed_groups, seed_table
 
     terminalreporter.section("pytest-fa protocol")
     reports = state.reports()
     terminalreporter.write_line(summary_table(reports))
     groups = seed_groups(reports)
     if groups:
-        from pytest_fa.core.seeds import seed_table
-
         terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
         terminalreporter.write_line(seed_table(groups))
     for report in reports:
@@ -246,9 +238,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _write_report_files(state: FAState, reports: list, missing: list[str]) -> None:
-    """The JSON, the Markdown and the figures, each file written whole or not at all (a
-    failure is kept for the terminal summary); with a checkpoint not measured, the JSON and
-    the Markdown say they are partial."""
+    """The JSON, the Markdown and the figures, each written whole or not at all (a failure is kept
+    for the terminal summary); the JSON and the Markdown say when a checkpoint was not measured."""
     settings = state.settings
 
     def attempt(flag: str, write, *args) -> None:
@@ -273,14 +264,9 @@ def _write_report_files(state: FAState, reports: list, missing: list[str]) -> No
 
 
 def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:
-    """Unregister hypothesis's pytest plugin before the terminal summary when nothing in the
-    session imported hypothesis.
-
-    pytest-fa depends on hypothesis, so its plugin is in every session; its terminal summary
-    imports all of hypothesis (about 0.45× an ``import torch`` here, measured in
-    ``benchmarks/RESULTS.md``) to report statistics, patches and observation files that only
-    a session which imported hypothesis can have. Sessions that did import it are untouched.
-    """
+    """Unregister hypothesis's pytest plugin when nothing in the session imported hypothesis: its
+    terminal summary would import all of it (about 0.45× an ``import torch``, benchmarks/RESULTS.md)
+    to report what only a session that imported it can have."""
     if "hypothesis" in sys.modules:
         return
     plugin = config.pluginmanager.get_plugin("hypothesispytest")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_fa.errors import FABudgetWarning, FACacheWarning, as_flags
+from pytest_fa.errors import CheckpointError, FABudgetWarning, FACacheWarning, as_flags
 from pytest_fa.core.settings import SessionSettings
 from pytest_fa.core.thresholds import DiagnosticThresholds
 
@@ -134,8 +134,6 @@ class FAState:
     def unreadable_checkpoints(self) -> list[str]:
         """Read every checkpoint file once, before any data is loaded or baseline trained;
         the error of each one that cannot be read is kept for its items."""
-        from pytest_fa.errors import CheckpointError
-
         unreadable = []
         for path in self.checkpoints:
             try:
@@ -187,9 +185,8 @@ class FAState:
 
 @contextlib.contextmanager
 def _warnings_as_flags():
-    """pytest-fa's own warnings name settings as ``setting `frozen_acc=ACC```; under pytest
-    they are given again naming the option, ``--fa-frozen-acc=ACC``. Other warnings pass as
-    they came."""
+    """pytest-fa's own warnings are given again naming the option (``--fa-frozen-acc=ACC``); other
+    warnings pass as they came."""
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:

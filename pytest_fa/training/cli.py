@@ -1,9 +1,6 @@
-"""``fa-train``: every argument is checked before torch is imported, so a refusal costs a
-Python start-up, not a torch import; then :func:`pytest_fa.training.trainer.run` trains.
-
-The names the arguments are checked against are those of the registries (data sets,
-architectures and the parameters ``--width`` and ``--depth`` set, methods), written out here
-because reading the registries imports torch; tests/test_fa_train_cli.py checks that they agree.
+"""``fa-train``: every argument is checked before torch is imported, then
+:func:`pytest_fa.training.trainer.run` trains. The registries' names are written out here (reading
+them imports torch); tests/test_fa_train_cli.py checks that they agree.
 """
 
 from __future__ import annotations
@@ -79,16 +76,13 @@ def _data_root(text: str) -> str:
     """An argparse type: an existing folder this process can read."""
     path = Path(text).expanduser()
     if not (path.is_dir() and os.access(path, os.R_OK | os.X_OK)):
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a folder you can read; pass the folder that holds the data set files"
-        )
+        raise argparse.ArgumentTypeError(f"{text} is not a folder you can read; pass the folder that holds the data set files")
     return text
 
 
 def _out(text: str) -> Path:
-    """An argparse type: a folder that exists or can be created, and can be written to. A
-    temporary file is made and removed in it, or in its nearest existing parent when it does
-    not exist yet, so a refused run leaves nothing behind."""
+    """An argparse type: a folder that exists or can be created, and can be written to (tried with a
+    temporary file in it or its nearest existing parent, so a refused run leaves nothing behind)."""
     path = Path(text).expanduser()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
@@ -98,22 +92,16 @@ def _out(text: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".fa-train-"):
             pass
     except OSError as exc:
-        raise argparse.ArgumentTypeError(
-            f"cannot create files in {existing} ({exc.strerror}); pass a folder you can write to"
-        ) from None
+        raise argparse.ArgumentTypeError(f"cannot create files in {existing} ({exc.strerror}); pass a folder you can write to") from None
     return path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fa-train", description="Train reference models and write pytest-fa checkpoint bundles."
-    )
+    parser = argparse.ArgumentParser(prog="fa-train", description="Train reference models and write pytest-fa checkpoint bundles.")
     parser.add_argument("--data", default="mnist1d", choices=DATASETS, help="data set (default mnist1d)")
     parser.add_argument("--data-root", type=_data_root, default=None, help="folder holding the data set files")
     parser.add_argument("--num-samples", type=_whole(1), default=None, help="mnist1d/synthetic: samples to generate")
-    parser.add_argument(
-        "--methods", type=_method, nargs="+", default=["bp", "dfa"], help="methods to train (default: bp dfa)"
-    )
+    parser.add_argument("--methods", type=_method, nargs="+", default=["bp", "dfa"], help="methods to train (default: bp dfa)")
     parser.add_argument("--arch", default="resmlp", choices=sorted(ARCH_PARAMETERS), help="architecture (default resmlp)")
     parser.add_argument("--width", type=_whole(1), default=None, help="model width d (resmlp, vit-mini, studentnet)")
     parser.add_argument("--depth", type=_whole(1), default=None, help="number of residual blocks L")
@@ -140,10 +128,7 @@ def _arch_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> d
             continue
         if key not in ARCH_PARAMETERS[args.arch]:
             takes = [name for name, keys in ARCH_PARAMETERS.items() if key in keys]
-            parser.error(
-                f"{flag}: {args.arch} has no parameter {key}; drop {flag} or pick an --arch that "
-                f"has one ({', '.join(takes)})"
-            )
+            parser.error(f"{flag}: {args.arch} has no parameter {key}; drop {flag} or pick an --arch that has one ({', '.join(takes)})")
         config[key] = value
     return config
 
@@ -156,10 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.penalty is not None and "dfa" not in args.methods:
         parser.error("--penalty: only dfa takes the scale penalty here; add dfa to --methods or drop --penalty")
     if args.num_samples is not None and args.data not in ("mnist1d", "synthetic"):
-        parser.error(
-            f"--num-samples: {args.data} is read whole, only mnist1d and synthetic are generated; "
-            "drop --num-samples"
-        )
+        parser.error(f"--num-samples: {args.data} is read whole, only mnist1d and synthetic are generated; drop --num-samples")
     arch_config = _arch_config(parser, args)
     from pytest_fa.training.trainer import run  # torch from here on
 

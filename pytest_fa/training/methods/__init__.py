@@ -11,14 +11,7 @@ from typing import Any
 
 from pytest_fa.errors import CheckpointError, setting
 from pytest_fa.training.methods.base import (
-    LocalCreditMethod,
-    Method,
-    MethodState,
-    credit_loss,
-    feature_dims,
-    hidden_states,
-    local_forward,
-    scale_penalty,
+    LocalCreditMethod, Method, MethodState, credit_loss, feature_dims, hidden_states, local_forward, scale_penalty,
 )
 from pytest_fa.training.methods.bridges import CreditBridge, StateBridge
 from pytest_fa.training.methods.backprop import Backprop, FrozenBlocks
@@ -26,8 +19,7 @@ from pytest_fa.training.methods.equilibrium import EquilibriumPropagation
 from pytest_fa.training.methods.feedback import DFA, FA
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (Backprop, FrozenBlocks, DFA, FA, EquilibriumPropagation, StateBridge, CreditBridge)
+    cls.name: cls for cls in (Backprop, FrozenBlocks, DFA, FA, EquilibriumPropagation, StateBridge, CreditBridge)
 }
 
 

@@ -1,9 +1,5 @@
 """The method interface: how a method computes its update and which credit signal it exposes.
 
-A method owns three things: the loss whose gradient is its update, the auxiliary state it
-needs (fixed feedback matrices, auxiliary nets) — which is saved with every checkpoint —
-and the credit signal ``a_l`` that per-layer Γ compares with backprop.
-
 Local-credit methods share the block loss ``⟨f_l(h_l), a⟩`` with ``h_l`` and the credit
 detached, so gradient descent moves each module's output along ``−a``. The module that
 writes ``h_l`` takes the credit at ``h_l``: the embedding takes ``a_0`` and block ``l``,
@@ -23,6 +19,7 @@ from torch import nn
 
 from pytest_fa.core import interface
 from pytest_fa.core.reference import CreditSignal
+from pytest_fa.errors import ModelInterfaceError
 
 
 @dataclass
@@ -49,12 +46,8 @@ def feature_dims(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
 
 
 def local_forward(model: nn.Module, x: torch.Tensor):
-    """Forward pass with every block input detached.
-
-    Returns ``(logits, [h_0, f_0(h_0), ..., f_{L-1}(h_{L-1})])``: the outputs each module
-    writes, which the local losses pair with the credit; the logits see only a detached
-    ``h_L``, so cross-entropy trains the terminal norm and head alone.
-    """
+    """``(logits, [h_0, f_0(h_0), ..., f_{L-1}(h_{L-1})])`` with every block input detached; the
+    logits see a detached ``h_L``, so cross-entropy trains the terminal norm and head alone."""
     h = model.embed_input(x)
     outputs = [h]
     h = h.detach()
@@ -69,11 +62,7 @@ def credit_loss(outputs: Sequence[torch.Tensor], credits: Sequence[torch.Tensor]
     """``Σ_l mean_i ⟨out_l[i], a_l[i]⟩``; token outputs take their credit at every token."""
     total = outputs[0].new_zeros(())
     for out, a in zip(outputs, credits):
-        a = a.detach()
-        if layout in ("tokens", "tokens_all"):
-            a = a[:, None, :]
-        else:
-            a = a.reshape(out.shape)
+        a = a.detach()[:, None, :] if layout in ("tokens", "tokens_all") else a.detach().reshape(out.shape)
         total = total + (out * a).sum() / out.shape[0]
     return total
 
@@ -114,12 +103,11 @@ class Method:
 
 
 def require_vector_layout(model: nn.Module, method: str, outputs: Sequence[torch.Tensor]) -> None:
-    from pytest_fa.errors import ModelInterfaceError
-
-    if interface.hidden_layout(model, outputs[0]) != "vector":
+    layout = interface.hidden_layout(model, outputs[0])
+    if layout != "vector":
         raise ModelInterfaceError(
             f"{method} is implemented for models with (B, d) hidden states (ResMLP, StudentNet); "
-            f"{type(model).__name__} has {interface.hidden_layout(model, outputs[0])} states"
+            f"{type(model).__name__} has {layout} states"
         )
 
 
@@ -137,13 +125,8 @@ def scale_penalty(branches: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class LocalCreditMethod(Method):
-    """A method that trains each module by ``⟨output, a⟩`` with its own credit ``a``.
-
-    Subclasses give :meth:`training_credits` (the ``a_l`` used for the update, from the
-    local forward pass) and :meth:`credit` (the same rule as a credit signal on any forward
-    pass, for Γ); :meth:`aux_loss` trains auxiliary nets. ``penalty`` adds
-    ``λ Σ_l ‖f_l(h_l)‖²`` to the block losses.
-    """
+    """Trains each module by ``⟨output, a⟩``: subclasses give :meth:`training_credits` (the update's
+    ``a_l``) and :meth:`credit` (the same rule for Γ); ``penalty`` adds ``λ Σ_l ‖f_l(h_l)‖²``."""
 
     def __init__(self, penalty: float = 0.0) -> None:
         self.penalty = penalty

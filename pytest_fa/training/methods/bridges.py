@@ -24,10 +24,6 @@ def _mlp(d_in: int, width: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, d_out))
 
 
-def _input_grad(value: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    return torch.autograd.grad(value, h)[0]
-
-
 def state_bridge_credits(model, bridges: nn.ModuleList, hiddens: Sequence[torch.Tensor], y) -> list[torch.Tensor]:
     credits = []
     with torch.enable_grad():
@@ -35,7 +31,7 @@ def state_bridge_credits(model, bridges: nn.ModuleList, hiddens: Sequence[torch.
             h = h.detach().requires_grad_(True)
             predicted = bridges[index](h) if index < len(bridges) else h
             loss = F.cross_entropy(interface.readout_logits(model, predicted), y, reduction="sum")
-            credits.append(_input_grad(loss, h))
+            credits.append(torch.autograd.grad(loss, h)[0])
     return credits
 
 
@@ -44,12 +40,12 @@ def credit_bridge_credits(values: nn.ModuleList, hiddens: Sequence[torch.Tensor]
     with torch.enable_grad():
         for net, h in zip(values, hiddens):
             h = h.detach().requires_grad_(True)
-            credits.append(_input_grad(net(h).sum(), h))
+            credits.append(torch.autograd.grad(net(h).sum(), h)[0])
     return credits
 
 
 class _Bridge(LocalCreditMethod):
-    aux_name = ""
+    """Its auxiliary nets are saved under its ``name``."""
 
     def __init__(self, penalty: float = 0.0, width: int = 128) -> None:
         super().__init__(penalty)
@@ -64,13 +60,13 @@ class _Bridge(LocalCreditMethod):
     def setup(self, model, num_classes, input_shape, generator):
         dims = feature_dims(model, input_shape)
         net = self.build(dims).to(next(model.parameters()).device)
-        return MethodState(aux={self.aux_name: net})
+        return MethodState(aux={self.name: net})
 
     def restore(self, model, state, num_classes, input_shape):
-        saved = state.aux_state.get(self.aux_name)
+        saved = state.aux_state.get(self.name)
         if saved is None:
             raise FeedbackError(
-                f"this {self.name} checkpoint carries no '{self.aux_name}' nets, so its credit "
+                f"this {self.name} checkpoint carries no '{self.name}' nets, so its credit "
                 "cannot be rebuilt and Γ would fall back to cos(BP, BP) = 1. Re-save the bundle "
                 "with its auxiliary nets (pytest_fa.training.trainer writes them to bundle.aux)"
             )
@@ -78,14 +74,13 @@ class _Bridge(LocalCreditMethod):
         try:
             net.load_state_dict(saved)
         except RuntimeError as exc:
-            raise FeedbackError(f"the saved '{self.aux_name}' nets do not match the model: {exc}") from None
-        state.aux = {self.aux_name: net}
+            raise FeedbackError(f"the saved '{self.name}' nets do not match the model: {exc}") from None
+        state.aux = {self.name: net}
         return state
 
 
 class StateBridge(_Bridge):
     name = "state_bridge"
-    aux_name = "state_bridge"
     needs_aux = ("state_bridge",)
 
     def build(self, dims):
@@ -93,23 +88,22 @@ class StateBridge(_Bridge):
 
     def training_credits(self, model, state, x, y, logits, outputs):
         require_vector_layout(model, "State Bridge", outputs)
-        return state_bridge_credits(model, state.aux[self.aux_name], hidden_states(outputs), y)
+        return state_bridge_credits(model, state.aux[self.name], hidden_states(outputs), y)
 
     def aux_loss(self, model, state, x, y, logits, outputs):
         hs = hidden_states(outputs)
         target = hs[-1]
         scale = target.pow(2).sum(1).mean()
-        errors = [(net(h) - target).pow(2).sum(1).mean() for net, h in zip(state.aux[self.aux_name], hs)]
+        errors = [(net(h) - target).pow(2).sum(1).mean() for net, h in zip(state.aux[self.name], hs)]
         return sum(errors) / scale
 
     def credit(self, model, state):
-        bridges = state.aux[self.aux_name]
+        bridges = state.aux[self.name]
         return (lambda x, y, logits, hiddens: state_bridge_credits(model, bridges, hiddens, y)), ""
 
 
 class CreditBridge(_Bridge):
     name = "credit_bridge"
-    aux_name = "credit_bridge"
     needs_aux = ("credit_bridge",)
 
     def build(self, dims):
@@ -117,13 +111,13 @@ class CreditBridge(_Bridge):
 
     def training_credits(self, model, state, x, y, logits, outputs):
         require_vector_layout(model, "Credit Bridge", outputs)
-        return credit_bridge_credits(state.aux[self.aux_name], hidden_states(outputs))
+        return credit_bridge_credits(state.aux[self.name], hidden_states(outputs))
 
     def aux_loss(self, model, state, x, y, logits, outputs):
         target = F.cross_entropy(logits.detach(), y, reduction="none")
         hs = hidden_states(outputs)
-        return sum((net(h).squeeze(-1) - target).pow(2).mean() for net, h in zip(state.aux[self.aux_name], hs))
+        return sum((net(h).squeeze(-1) - target).pow(2).mean() for net, h in zip(state.aux[self.name], hs))
 
     def credit(self, model, state):
-        values = state.aux[self.aux_name]
+        values = state.aux[self.name]
         return (lambda x, y, logits, hiddens: credit_bridge_credits(values, hiddens)), ""

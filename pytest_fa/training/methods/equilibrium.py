@@ -1,24 +1,12 @@
 """Equilibrium propagation on the residual energy.
 
-The states ``s_0 … s_L`` minimise ``E(s) = ½‖r_0‖² + Σ_l ½‖r_{l+1}‖²`` with the prediction
-errors ``r_0 = s_0 − embed(x)`` and ``r_{l+1} = s_{l+1} − s_l − f_l(s_l)``. Its minimum
-(E = 0) is the feedforward pass, so the free phase needs no relaxation. The nudged phase adds
-``β · CE(head(norm(s_L)), y)`` and relaxes the states by ``steps`` of gradient descent with
-``step_size`` from the free equilibrium.
-
-The credit at ``h_l`` is the state shift ``a_l = −(s_l^β − s_l^0) / β`` (the reference
-implementation's rule, ``credit="displacement"``). For this energy the shift accumulates the
-prediction errors of the layers below, ``s_l^β − s_l^0 = Σ_{k≤l} (Π (I + J)) r_k``: its
-direction follows ``∂CE/∂h_l`` near initialisation, at about ``l + 1`` times its norm.
-``credit="prediction-error"`` uses ``a_l = −r_l^β / β`` instead, which is what EP's parameter
-update ``−(1/β)(∂E/∂θ(s^β) − ∂E/∂θ(s^0)) = −(∂f_l/∂θ)ᵀ r_{l+1}^β / β`` pairs with each block
-and equals the per-sample ``∂CE/∂h_l`` at the nudged equilibrium as β → 0; with a few
-relaxation steps it barely reaches the lower layers.
-
-The relaxation backtracks (see :func:`relax`): with a fixed step, the relaxation becomes
-unstable as soon as the block Jacobians grow, the credit grows by orders of magnitude and
-EP drives the residual stream into Mode 1 within an epoch, whichever credit rule is used
-(``backtrack=False`` reproduces it; bundles that record no ``backtrack`` were trained so).
+The states ``s_0 … s_L`` minimise ``E(s) = ½‖r_0‖² + Σ_l ½‖r_{l+1}‖²`` with the prediction errors
+``r_0 = s_0 − embed(x)``, ``r_{l+1} = s_{l+1} − s_l − f_l(s_l)``; the free phase is the feedforward
+pass (E = 0), the nudged phase adds ``β · CE(head(norm(s_L)), y)`` and relaxes ``steps`` descent steps.
+The credit is the state shift ``a_l = −(s_l^β − s_l^0) / β`` (``credit="displacement"``) or the
+nudged prediction error ``a_l = −r_l^β / β`` (``credit="prediction-error"``, EP's parameter update).
+The relaxation backtracks: a fixed step (``backtrack=False``, what bundles that record no
+``backtrack`` were trained with) turns unstable once the block Jacobians grow, and drives EP into Mode 1.
 """
 
 from __future__ import annotations
@@ -42,24 +30,12 @@ def prediction_errors(model, states: Sequence[torch.Tensor], embedded: torch.Ten
     return errors
 
 
-def relax(
-    model,
-    hiddens: Sequence[torch.Tensor],
-    y: torch.Tensor,
-    beta: float,
-    steps: int,
-    step_size: float,
-    backtrack: bool = True,
-):
-    """Nudged states after ``steps`` of gradient descent on ``O = E + β·CE`` from the free states.
+def relax(model, hiddens: Sequence[torch.Tensor], y: torch.Tensor, beta: float, steps: int, step_size: float,
+          backtrack: bool = True):
+    """Free and nudged states after ``steps`` of gradient descent on ``O = E + β·CE`` from the free states.
 
-    Each sample keeps its own step size, starting at ``step_size``: a step that would raise
-    that sample's ``O`` is taken back and retried at half the size. The relaxation is thus
-    a descent from the free equilibrium (where ``E = 0``), so ``E(s^β) ≤ β (CE(s^0) − CE(s^β))``
-    and every prediction error obeys ``‖r_l‖ ≤ √(2 β CE(s^0))``: the credit stays bounded
-    however large the block Jacobians grow. A fixed step is unstable once they do (the
-    energy's curvature exceeds ``2 / step_size``), and the credit then blows up;
-    ``backtrack=False`` takes every step as it comes (the fixed-step dynamics).
+    A step that would raise a sample's ``O`` is taken back and that sample's step halved, so every
+    ``‖r_l‖ ≤ √(2 β CE(s^0))`` however large the block Jacobians grow; ``backtrack=False`` takes every step.
     """
     free = [h.detach() for h in hiddens]
     states = [h.clone() for h in free]
@@ -70,9 +46,7 @@ def relax(
             states = [s.requires_grad_(True) for s in states]
             errors = prediction_errors(model, states, free[0])
             objective = sum(0.5 * r.pow(2).flatten(1).sum(1) for r in errors)
-            objective = objective + beta * F.cross_entropy(
-                interface.readout_logits(model, states[-1]), y, reduction="none"
-            )
+            objective = objective + beta * F.cross_entropy(interface.readout_logits(model, states[-1]), y, reduction="none")
             grads = torch.autograd.grad(objective.sum(), states)
             objective, states = objective.detach(), [s.detach() for s in states]
             if best is None:
@@ -96,16 +70,8 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(_per_sample(mask, a), a, b)
 
 
-def equilibrium_credits(
-    model,
-    hiddens: Sequence[torch.Tensor],
-    y: torch.Tensor,
-    beta: float,
-    steps: int,
-    step_size: float,
-    rule: str = "prediction-error",
-    backtrack: bool = True,
-) -> list[torch.Tensor]:
+def equilibrium_credits(model, hiddens: Sequence[torch.Tensor], y: torch.Tensor, beta: float, steps: int,
+                        step_size: float, rule: str = "prediction-error", backtrack: bool = True) -> list[torch.Tensor]:
     """EP's credit ``a_l`` at each ``h_l`` (per sample, the scale of ``∂CE_i/∂h_l``)."""
     if rule not in CREDIT_RULES:
         raise ValueError(f"unknown EP credit rule {rule!r}; use one of {CREDIT_RULES}")
@@ -123,15 +89,8 @@ class EquilibriumPropagation(LocalCreditMethod):
     # bundles written before this key existed were relaxed with fixed steps
     recorded_defaults = {"backtrack": False}
 
-    def __init__(
-        self,
-        penalty: float = 0.0,
-        beta: float = 0.1,
-        steps: int = 6,
-        step_size: float = 0.5,
-        credit: str = "displacement",
-        backtrack: bool = True,
-    ) -> None:
+    def __init__(self, penalty: float = 0.0, beta: float = 0.1, steps: int = 6, step_size: float = 0.5,
+                 credit: str = "displacement", backtrack: bool = True) -> None:
         super().__init__(penalty)
         if credit not in CREDIT_RULES:
             raise ValueError(f"unknown EP credit rule {credit!r}; use one of {CREDIT_RULES}")
@@ -139,22 +98,15 @@ class EquilibriumPropagation(LocalCreditMethod):
         self.rule, self.backtrack = credit, backtrack
 
     def config(self):
-        return {
-            "penalty": self.penalty, "beta": self.beta, "steps": self.steps,
-            "step_size": self.step_size, "credit": self.rule, "backtrack": self.backtrack,
-        }
+        return {"penalty": self.penalty, "beta": self.beta, "steps": self.steps, "step_size": self.step_size,
+                "credit": self.rule, "backtrack": self.backtrack}
 
     def _credits(self, model, hiddens, y):
-        return equilibrium_credits(
-            model, hiddens, y, self.beta, self.steps, self.step_size, self.rule, self.backtrack
-        )
+        return equilibrium_credits(model, hiddens, y, self.beta, self.steps, self.step_size, self.rule, self.backtrack)
 
     def training_credits(self, model, state, x, y, logits, outputs):
         require_vector_layout(model, "EP", outputs)
         return self._credits(model, hidden_states(outputs), y)
 
     def credit(self, model, state):
-        def signal(x, y, logits, hiddens):
-            return self._credits(model, hiddens, y)
-
-        return signal, ""
+        return (lambda x, y, logits, hiddens: self._credits(model, hiddens, y)), ""
