@@ -42,7 +42,7 @@ from pytest_fa.core.credit import DFACredit
 from pytest_fa.models import build_model
 from pytest_fa.training.data import load_dataset
 from pytest_fa.training.methods import get_method
-from pytest_fa.training.trainer import Recipe
+from pytest_fa.training.trainer import Recipe, accuracy
 
 RECIPE = Recipe()
 
@@ -69,18 +69,11 @@ def backprop(model: nn.Module):
     return lambda x, y: F.cross_entropy(model(x), y)
 
 
-@torch.no_grad()
-def test_accuracy(model: nn.Module, data) -> float:
-    hits = sum(int((model(x).argmax(-1) == y).sum())
-               for x, y in zip(data.x_test.split(1024), data.y_test.split(1024)))
-    return hits / len(data.y_test)
-
-
 def frozen_accuracy(init: nn.Module, blocks: str, data, epochs: int, seed: int) -> float:
     """The control of (d): ``init`` (the adapted model at its initial weights) with ``blocks``
     frozen, trained by BP."""
     control = pytest_fa.frozen_control(init, blocks, init_state=init.model.state_dict())
-    return test_accuracy(fit(control, data, epochs, seed, backprop(control)), data)
+    return accuracy(fit(control, data, epochs, seed, backprop(control)), data.x_test, data.y_test)
 
 
 class Reshaped(nn.Module):

@@ -92,8 +92,8 @@ def check(
     frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
     ``trustworthy``; with ``trained_epochs`` and ``frozen_epochs`` both given and different, an
     ``FABudgetWarning`` says the control's budget differs from the model's. ``credit`` is your
-    method's ``credit(x, y, logits, hiddens)``; without it Γ is reported unavailable, never ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads
-    it from the model's own backward (:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
+    method's ``credit(x, y, logits, hiddens)``; without it Γ is reported unavailable, never
+    ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads it from the model's own backward (:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
     ``reference_model`` is a twin that backpropagates truly with the same weights, for a
     model whose autograd is its method's backward (biotorch:
     ``pytest_fa.core.backprop.bp_twin(model)``); it gives the reference, ``model`` the
