@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from pytest_fa.core.ablation import Ablation, block_ablation
 from pytest_fa.core.adapter import HookedModel, adapt
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.interface import has_terminal_norm
@@ -397,12 +398,25 @@ class ProtocolRunner:
                 device=self.device,
                 context=context,
                 reference_model=self.reference_model_for(model),
+                ablation=None if self.settings.no_ablation else self._ablation(run, model),
             )
         except CreditSignalError as exc:  # name the setting that gave the signal
             spec = self.credit_spec(path)
             if spec is None:
                 raise
             raise CreditSignalError(f"{setting('credit', spec)}: {exc}") from exc
+
+    def _ablation(self, run: CheckpointRun, model: nn.Module) -> Ablation:
+        """Each block removed and reset on the headline's test split. A bundle's initial weights
+        are rebuilt as fa-train drew them: the global generator seeded with its seed, then the model."""
+        bundle, init_state, why = run.bundle, None, "a plain state dict records no initial weights"
+        if bundle is not None and bundle.arch != "custom" and bundle.seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(bundle.seed)
+                init_state = self._build(bundle.arch, bundle.arch_config).state_dict()
+        elif bundle is not None:
+            why = "the bundle records no seed or a custom architecture, so its initial weights cannot be rebuilt"
+        return block_ablation(model, run.data.x_test, run.data.y_test, init_state=init_state, reset_unavailable=why)
 
 
 def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:

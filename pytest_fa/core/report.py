@@ -15,7 +15,9 @@ from torch import nn
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core import registry
 from pytest_fa.core.calibration import null_gamma
-from pytest_fa.core.credit import DFACredit
+from pytest_fa.core.ablation import Ablation
+from pytest_fa.core.credit import DFACredit, FACredit
+from pytest_fa.core.feedback_angle import feedback_angles, weight_backward_angles
 from pytest_fa.core.probe import Probe, run_probe
 from pytest_fa.core.reference import CreditSignal
 from pytest_fa.core.registry import DiagnosticResult, Measurement
@@ -40,6 +42,12 @@ class LayerRow:
     gain: float | None = None
     null_mean: float | None = None
     null_std: float | None = None
+    removed_drop_pp: float | None = None  # the block writing h_l: accuracy drop with its branch removed
+    removed_status: str = ""
+    reset_drop_pp: float | None = None  # ... with it reset to its initial weights
+    reset_status: str = ""
+    wb_angle_deg: float | None = None  # B_l against the forward weight it stands in for
+    wb_status: str = ""
 
 
 @dataclass
@@ -63,6 +71,8 @@ class DiagnosticReport:
     credit_status: str = ""
     context: dict[str, Any] = field(default_factory=dict)
     null_draws: int = 0
+    ablation: dict[str, Any] = field(default_factory=dict)  # status, accuracy, samples; {}: not measured
+    weight_backward: list[dict[str, Any]] = field(default_factory=list)  # module, angle_deg, state
 
     @property
     def fired(self) -> list[str]:
@@ -138,6 +148,8 @@ class DiagnosticReport:
                 "eval_batches": self.eval_acc,
                 "samples": self.accuracy_samples,
             },
+            "ablation": self.ablation,
+            "weight_backward": self.weight_backward,
             "context": self.context,
         }
         return _json_safe(out)
@@ -167,24 +179,30 @@ class DiagnosticReport:
             credit_status=gamma["status"],
             null_draws=gamma["null_draws"],
             context=dict(data["context"]),
+            ablation=dict(data.get("ablation") or {}),
+            weight_backward=list(data.get("weight_backward") or []),
         )
 
     def __str__(self) -> str:
         """The text report: conditions, the per-layer table, each diagnostic and the verdict."""
         title = f"pytest-fa protocol: {self.label}" if self.label else "pytest-fa protocol"
         lines = [title, f"measured on {measured_on(self)}", ""]
+        extras = layer_extras(self)
         lines.append(
             f"{'layer':<6}{'‖h_l‖':>11}{'growth':>10}{'‖g_l‖':>11}"
             f"{'‖g_l‖@' + str(self.thresholds.floor_batch_size):>11}{'gain':>10}{'Γ_l':>11}"
             + (f"{'null (n=' + str(self.null_draws) + ')':>18}" if self.null_draws else "")
+            + "".join(f"{header:>12}" for header, _ in extras)
         )
         for row in self.layers:
             lines.append(
                 f"h_{row.index:<4}{fmt(row.h_norm):>11}{fmt(row.growth):>10}{fmt(row.g_norm):>11}"
                 f"{fmt(row.g_norm_at_reference):>11}{fmt(row.gain):>10}{fmt_gamma(row.gamma, row.gamma_status):>11}"
                 + (f"{fmt_null(row.null_mean, row.null_std):>18}" if self.null_draws else "")
+                + "".join(f"{cell(row):>12}" for _, cell in extras)
             )
         lines.append("gain = ‖g_l‖ / ‖dCE/dlogits‖, the backward gain from the logits (median over samples)")
+        lines += layer_extra_notes(self)
         lines.append(f"Γ: {self.credit_status}")
         partial = [r.index for r in self.layers if r.gamma_status.startswith("ok:")]
         if partial:
@@ -213,6 +231,55 @@ class DiagnosticReport:
         if note:
             lines.append(f"  {note}")
         return "\n".join(lines)
+
+
+def fmt_drop(value: float | None, status: str) -> str:
+    """A block's accuracy drop in pp; ``—`` where no block writes the state."""
+    if value is not None:
+        return f"{value:+.2f} pp"
+    return "—" if not status else status.partition(":")[0]
+
+
+def fmt_angle(value: float | None, status: str) -> str:
+    if value is not None:
+        return f"{value:.1f}°"
+    return "—" if not status else status.partition(":")[0]
+
+
+def layer_extras(report: DiagnosticReport) -> list[tuple[str, Any]]:
+    """The per-layer columns beside Γ_l that were measured: ``(header, row -> text)``."""
+    extras: list[tuple[str, Any]] = []
+    if report.ablation:
+        extras += [("drop rm", lambda r: fmt_drop(r.removed_drop_pp, r.removed_status)),
+                   ("drop reset", lambda r: fmt_drop(r.reset_drop_pp, r.reset_status))]
+    if any(r.wb_status for r in report.layers):
+        extras.append(("∠(W,B_l)", lambda r: fmt_angle(r.wb_angle_deg, r.wb_status)))
+    return extras
+
+
+def layer_extra_notes(report: DiagnosticReport) -> list[str]:
+    """What the columns of :func:`layer_extras` mean, and why a cell holds no number."""
+    lines = []
+    if report.ablation:
+        samples = report.ablation.get("samples")
+        lines.append(
+            "drop rm / drop reset = acc − acc with the block writing h_l removed (h_l = h_{l-1}) / reset to "
+            f"its initial weights, in pp of the accuracy on {samples} samples"
+            + ("" if report.ablation.get("status") == "ok" else f"; {report.ablation.get('status')}")
+        )
+    if any(r.wb_status for r in report.layers):
+        lines.append("∠(W,B_l) = degrees between B_l and the forward weight it stands in for (the head's for l = L, "
+                     "block l's Linear product below)")
+    reasons: dict[str, list[int]] = {}
+    for r in report.layers:
+        for column, status in (("drop rm", r.removed_status), ("drop reset", r.reset_status), ("∠(W,B_l)", r.wb_status)):
+            if status and status != "ok":
+                reasons.setdefault(f"{column} {status}", []).append(r.index)
+    lines += [f"   {text.partition(':')[0]} at layers {layers}:{text.partition(':')[2]}" for text, layers in reasons.items()]
+    if report.weight_backward:
+        lines.append("∠(weight, weight_backward): " + ", ".join(
+            f"{e['module']} {fmt_angle(e['angle_deg'], 'not defined')}" for e in report.weight_backward))
+    return lines
 
 
 LAYOUTS = {
@@ -305,13 +372,16 @@ def diagnose(
     context: dict[str, Any] | None = None,
     null_draws: int = 20,
     reference_model: nn.Module | None = None,
+    ablation: Ablation | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over ``eval_batches`` (≥ 8 disjoint batches of 128).
 
     (d) needs ``headline_acc`` and ``frozen_acc`` (else not evaluated: ``frozen_unavailable``);
     Γ needs ``credit`` (else unavailable: ``credit_unavailable``); a DFA credit adds the null
     band over ``null_draws`` fresh feedback draws. ``reference_model``, a true-backprop twin,
-    gives ``g_l`` for a model whose autograd is its method's backward.
+    gives ``g_l`` for a model whose autograd is its method's backward. ``ablation``
+    (:func:`~pytest_fa.core.ablation.block_ablation`) fills the per-block accuracy drops; an FA or
+    DFA credit adds the angle of each ``B_l`` with its forward weight.
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
@@ -334,7 +404,35 @@ def diagnose(
             if row.gamma is not None:  # Γ_l inside the band is not evidence of alignment
                 row.null_mean, row.null_std = mean, std
         report.null_draws = int(null.draws.shape[0])
+    if ablation is not None:
+        add_ablation(report, ablation)
+    add_feedback_angles(report, model, credit)
     return report
+
+
+def add_ablation(report: DiagnosticReport, ablation: Ablation) -> None:
+    """Block ``l``'s drops on the row of ``h_{l+1}``, the state it writes."""
+    report.ablation = {"status": ablation.status, "accuracy": ablation.accuracy, "samples": ablation.samples}
+    for block in ablation.blocks:
+        if block.block + 1 < len(report.layers):
+            row = report.layers[block.block + 1]
+            row.removed_drop_pp, row.removed_status = block.removed_drop_pp, block.removed_status
+            row.reset_drop_pp, row.reset_status = block.reset_drop_pp, block.reset_status
+
+
+def add_feedback_angles(report: DiagnosticReport, model: nn.Module, credit: CreditSignal | None) -> None:
+    """``∠(W, B_l)`` per row for an FA or DFA credit; every ``weight``/``weight_backward`` pair."""
+    if isinstance(credit, (FACredit, DFACredit)) and len(credit.feedback) == len(report.layers):
+        method = "fa" if isinstance(credit, FACredit) else "dfa"
+        for row, (angle, status) in zip(report.layers, feedback_angles(model, credit.feedback, method)):
+            row.wb_angle_deg, row.wb_status = angle, status
+    inner = model.model if isinstance(getattr(model, "state_names", None), list) else model
+    states = list(getattr(model, "state_names", None) or [])
+    report.weight_backward = [
+        {"module": name, "angle_deg": angle,
+         "state": next((i for i, s in enumerate(states) if name == s or name.startswith(s + ".")), None)}
+        for name, angle in weight_backward_angles(inner)
+    ]
 
 
 def report_from_probe(

@@ -81,6 +81,9 @@ class ProtocolSettings:
         "accuracy of your frozen-blocks control; skips training one", float, metavar="ACC"))
     frozen_epochs: int | None = field(default=None, metadata=option(
         "train budget of the frozen baseline for a plain state dict", int, metavar="N"))
+    no_ablation: bool = field(default=False, metadata=option(
+        "skip the per-block accuracy with each block removed (h_{l+1} = h_l) and reset to its initial "
+        "weights (2·L extra accuracy passes over the test split)", bool))
     thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
     cache_dir: str | None = None
     credit_map: tuple[str, ...] = field(default=(), metadata=option(

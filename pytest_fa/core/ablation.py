@@ -1,0 +1,159 @@
+"""Which block learned, without training: the accuracy with one block removed or reset.
+
+For each block ``l`` (its branch lands in ``h_{l+1}``)::
+
+    drop_l = acc − acc(branch l removed)      h_{l+1} = h_l: the block's output replaced by its input
+    reset_l = acc − acc(block l reset)         block l at its initial weights, the others as trained
+
+``acc`` is the top-1 accuracy on the samples given, measured here as the headline is (eval
+mode, chunks), both in percentage points. A block the accuracy leans on has a large
+``drop_l``; a block whose trained weights do no better than their random start has
+``reset_l ≈ 0``. Removal is undefined where a block's output shape differs from its input;
+a model whose blocks cannot be found gets no rows, with the reason. The model is left
+exactly as it was: hooks removed, reset weights copied back, modes restored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_fa.core import interface
+from pytest_fa.errors import FAError
+
+NOT_GIVEN = "no initial weights given (init_state)"
+
+
+@dataclass
+class BlockAblation:
+    """Block ``block`` (writes ``h_{block+1}``): the drops in pp, or None with the status saying why."""
+
+    block: int
+    removed_drop_pp: float | None
+    removed_status: str
+    reset_drop_pp: float | None
+    reset_status: str
+
+
+@dataclass
+class Ablation:
+    """The accuracy ``accuracy`` on ``samples`` samples and one row per block; ``status`` is
+    ``"ok"`` or ``"not defined: …"`` (no rows) for a model whose blocks cannot be found."""
+
+    accuracy: float | None
+    samples: int
+    status: str
+    blocks: list[BlockAblation] = field(default_factory=list)
+
+
+class _ShapeChange(Exception):
+    """A block whose output shape differs from its input: its removal is not defined."""
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -> float:
+    """Top-1 accuracy in chunks, as the headline is measured."""
+    correct = 0
+    for start in range(0, len(x), chunk):
+        logits = model(x[start:start + chunk])
+        correct += int((logits.argmax(-1) == y[start:start + chunk]).sum())
+    return correct / len(x)
+
+
+def block_ablation(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    init_state: dict[str, Any] | None = None,
+    reset_unavailable: str = NOT_GIVEN,
+    chunk: int = 4096,
+) -> Ablation:
+    """Per block, ``drop_l = acc − acc(branch l removed)`` and ``acc − acc(block l reset to
+    init_state)`` in pp, on ``(x, y)`` in eval mode: 2·L + 1 accuracy passes.
+
+    ``init_state`` is the model's ``state_dict()`` at initialisation (for an adapted model also
+    the wrapped model's); without it the reset is ``not available: reset_unavailable``. The model
+    is restored exactly afterwards, also when a pass raises.
+    """
+    try:
+        blocks = list(interface.blocks(model))
+        if not blocks:
+            raise FAError(f"{type(model).__name__}.blocks is empty")
+        mode = _block_output(model, x)
+    except FAError as exc:
+        return Ablation(None, len(y), f"not defined: the blocks cannot be found ({exc})")
+    with interface.eval_mode(model):
+        acc = _accuracy(model, x, y, chunk)
+        rows = []
+        for index, block in enumerate(blocks):
+            removed, removed_status = _removed(model, block, mode, x, y, chunk)
+            reset, reset_status = _reset(model, block, init_state, reset_unavailable, x, y, chunk)
+            rows.append(BlockAblation(
+                index, None if removed is None else 100.0 * (acc - removed), removed_status,
+                None if reset is None else 100.0 * (acc - reset), reset_status,
+            ))
+    return Ablation(acc, len(y), "ok", rows)
+
+
+def _block_output(model: nn.Module, x: torch.Tensor) -> str:
+    """``"branch"`` (blocks return ``f(h)``, the interface's contract) or ``"sum"`` (``h + f(h)``,
+    an adapted model that says so; its first forward pass reads which)."""
+    if getattr(model, "block_output", None) is None:
+        return "branch"
+    if getattr(model, "_mode", None) is None:
+        with torch.no_grad(), interface.eval_mode(model):
+            interface.forward_hidden(model, x[:2])
+    return model._mode
+
+
+def _removed(model, block, mode, x, y, chunk) -> tuple[float | None, str]:
+    """The accuracy with ``block``'s output replaced so that ``h_{l+1} = h_l``."""
+
+    def remove(module, args, output):
+        given = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if given is None or not isinstance(output, torch.Tensor) or given.shape != output.shape:
+            shape = None if given is None else tuple(given.shape[1:])
+            raise _ShapeChange(f"maps {shape} to {tuple(getattr(output, 'shape', ())[1:])}")
+        return given if mode == "sum" else torch.zeros_like(output)
+
+    handle = block.register_forward_hook(remove)
+    try:
+        return _accuracy(model, x, y, chunk), "ok"
+    except _ShapeChange as exc:
+        return None, f"not defined: the block {exc}, so h_{{l+1}} = h_l is not a state of the model"
+    finally:
+        handle.remove()
+
+
+def _reset(model, block, init_state, unavailable, x, y, chunk) -> tuple[float | None, str]:
+    """The accuracy with ``block`` at its initial weights; the trained ones copied back after."""
+    if init_state is None:
+        return None, f"not available: {unavailable}"
+    initial = _block_state(model, block, init_state)
+    if isinstance(initial, str):
+        return None, f"not available: {initial}"
+    trained = {k: v.detach().clone() for k, v in block.state_dict().items()}
+    try:
+        block.load_state_dict(initial)
+        return _accuracy(model, x, y, chunk), "ok"
+    finally:
+        block.load_state_dict(trained)
+
+
+def _block_state(model: nn.Module, block: nn.Module, init_state: dict[str, Any]) -> dict[str, Any] | str:
+    """``block``'s entries of ``init_state`` (keyed as ``model``'s, or the adapted model's inner
+    one), or why there are none."""
+    wanted = block.state_dict()
+    roots = [model] + ([model.model] if isinstance(getattr(model, "model", None), nn.Module) else [])
+    for root in roots:
+        prefix = next((name for name, module in root.named_modules() if module is block), None)
+        if not prefix:
+            continue
+        found = {k: init_state.get(f"{prefix}.{k}") for k in wanted}
+        if all(isinstance(v, torch.Tensor) and v.shape == wanted[k].shape for k, v in found.items()):
+            return found
+    return f"init_state has no entry of the right shape for every weight of block {type(block).__name__}"

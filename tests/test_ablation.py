@@ -1,0 +1,271 @@
+"""Which block learned (each block removed or reset) and W-vs-B (the angle of each feedback
+matrix with the forward weight it stands in for), on hand-built models with known answers."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pytest_fa
+from pytest_fa.core.ablation import block_ablation
+from pytest_fa.core.credit import DFACredit, FACredit, init_dfa_feedback, init_fa_feedback
+from pytest_fa.core.feedback_angle import angle_deg, feedback_angles, weight_backward_angles
+from pytest_fa.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class Carrier(nn.Module):
+    """``h_0 = (x_0, 0)``; block 0 writes ``10 x_0`` into the coordinate the head reads and
+    clears the other; block 1's branch is zero. Label ``x_0 > 0``, half the samples each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(2, 2, bias=False)
+        self.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)])
+        self.out_head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+            self.blocks[0].weight.copy_(torch.tensor([[-1.0, 0.0], [10.0, 0.0]]))
+            self.blocks[1].weight.zero_()
+            self.out_head.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+
+    def forward(self, x, return_hidden=False):
+        h = self.embed(x)
+        hiddens = [h]
+        for block in self.blocks:
+            h = h + block(h)
+            hiddens.append(h)
+        logits = self.out_head(h)
+        return (logits, hiddens) if return_hidden else logits
+
+
+def carrier_data(n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(n // 2, generator=g) + 0.1
+    x = torch.stack([torch.cat([x0, -x0]), torch.randn(n, generator=g)], dim=1)
+    return x, (x[:, 0] > 0).long()
+
+
+def states(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- which block learned -----------------------------------------------------------------------
+def test_removing_the_block_that_carries_the_signal_drops_to_chance_and_a_zero_branch_changes_nothing():
+    model, (x, y) = Carrier(), carrier_data()
+    before = states(model)
+    result = block_ablation(model, x, y)
+    assert result.status == "ok" and result.accuracy == 1.0 and result.samples == len(y)
+    carrier, zero = result.blocks
+    assert carrier.removed_drop_pp == 50.0 and carrier.removed_status == "ok"  # 1.0 → 0.5: chance on two classes
+    assert zero.removed_drop_pp == 0.0 and zero.removed_status == "ok"
+    assert all(not block._forward_hooks for block in model.blocks)
+    assert same_state(before, states(model)) and model.training
+
+
+def test_reset_puts_the_initial_weights_back_for_the_pass_only():
+    model, (x, y) = Carrier(), carrier_data()
+    initial = copy.deepcopy(model)
+    with torch.no_grad():
+        initial.blocks[0].weight.zero_()  # block 0 started at zero and learned to carry the signal
+    before = states(model)
+    result = block_ablation(model, x, y, init_state=initial.state_dict())
+    assert [b.reset_drop_pp for b in result.blocks] == [50.0, 0.0]
+    assert [b.reset_status for b in result.blocks] == ["ok", "ok"]
+    assert same_state(before, states(model))
+
+
+def test_reset_without_initial_weights_is_not_available_with_the_reason():
+    model, (x, y) = Carrier(), carrier_data()
+    result = block_ablation(model, x, y, reset_unavailable="a plain state dict records no initial weights")
+    assert [b.reset_drop_pp for b in result.blocks] == [None, None]
+    assert result.blocks[0].reset_status == "not available: a plain state dict records no initial weights"
+    mismatched = block_ablation(model, x, y, init_state={"blocks.0.weight": torch.zeros(3, 3)})
+    assert mismatched.blocks[0].reset_status.startswith("not available: init_state has no entry of the right shape")
+
+
+class Widening(Carrier):
+    """Block 1 maps 2 features to 3 (a stage change): its removal has no meaning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks[1] = nn.Linear(2, 3, bias=False)
+        self.out_head = nn.Linear(3, 2, bias=False)
+
+    def forward(self, x, return_hidden=False):
+        h = self.embed(x)
+        h = h + self.blocks[0](h)
+        return self.out_head(self.blocks[1](h))
+
+
+def test_a_block_that_changes_the_shape_is_not_defined_and_the_others_still_measured():
+    model, (x, y) = Widening(), carrier_data()
+    before = states(model)
+    result = block_ablation(model, x, y)
+    assert result.blocks[0].removed_status == "ok" and result.blocks[0].removed_drop_pp is not None
+    assert result.blocks[1].removed_drop_pp is None
+    assert result.blocks[1].removed_status == (
+        "not defined: the block maps (2,) to (3,), so h_{l+1} = h_l is not a state of the model"
+    )
+    assert same_state(before, states(model)) and not model.blocks[1]._forward_hooks
+
+
+def test_a_model_without_blocks_is_not_defined_never_a_crash():
+    x, y = carrier_data()
+    result = block_ablation(nn.Sequential(nn.Linear(2, 2)), x, y)
+    assert result.blocks == [] and result.accuracy is None
+    assert result.status.startswith("not defined: the blocks cannot be found (Sequential has no `blocks`")
+
+
+class SumBlock(nn.Module):
+    def __init__(self, branch: nn.Module) -> None:
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, h):
+        return h + self.branch(h)
+
+
+class SumNet(nn.Module):
+    """The carrier written as a user writes it: blocks return ``h + f(h)``, no interface."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        carrier = Carrier()
+        self.embed, self.head = carrier.embed, carrier.out_head
+        self.layers = nn.Sequential(*(SumBlock(b) for b in carrier.blocks), SumBlock(nn.Linear(2, 2, bias=False)))
+        with torch.no_grad():
+            self.layers[2].branch.weight.zero_()
+
+    def forward(self, x):
+        return self.head(self.layers(self.embed(x)))
+
+
+def test_an_adapted_model_whose_blocks_return_the_sum_gets_its_input_back():
+    model = pytest_fa.adapt(SumNet(), ["embed", "layers.*"], head="head")
+    x, y = carrier_data()
+    result = block_ablation(model, x, y)
+    assert [b.removed_drop_pp for b in result.blocks] == [50.0, 0.0, 0.0]
+
+
+# -- W-vs-B --------------------------------------------------------------------------------------
+def test_the_angle_is_0_180_and_90_degrees_exactly_in_float64():
+    w = torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
+    assert angle_deg(w, w.clone()) == 0.0
+    assert angle_deg(w, -w) == 180.0
+    a, b = torch.zeros(4, 4), torch.zeros(4, 4)
+    a[:2], b[2:] = w[:2, :4], w[2:4, :4]
+    assert angle_deg(a, b) == 90.0
+    assert angle_deg(w, torch.zeros_like(w)) is None
+
+
+def resmlp(d: int = 8, depth: int = 3):
+    torch.manual_seed(0)
+    return build_model("resmlp", input_shape=[6], num_classes=4, d=d, depth=depth)
+
+
+def test_fa_matrices_set_to_their_weights_give_0_degrees_and_their_negatives_180():
+    model = resmlp()
+    weights = [(b.w2.weight @ b.w1.weight).detach() for b in model.blocks] + [model.out_head.weight.detach()]
+    rows = feedback_angles(model, weights, "fa")
+    assert [status for _, status in rows] == ["ok"] * 4
+    assert all(angle == pytest.approx(0.0, abs=1e-3) for angle, _ in rows)  # the product in float32
+    assert rows[-1][0] == 0.0
+    opposite = feedback_angles(model, [-w for w in weights], "fa")
+    assert all(angle == pytest.approx(180.0, abs=1e-3) for angle, _ in opposite) and opposite[-1][0] == 180.0
+
+
+def test_dfa_defines_only_the_top_matrix():
+    model = resmlp()
+    feedback = init_dfa_feedback(4, [8] * 4, torch.Generator().manual_seed(0))
+    feedback[-1] = model.out_head.weight.detach().clone()
+    rows = feedback_angles(model, feedback, "dfa")
+    assert rows[-1] == (0.0, "ok")
+    for angle, status in rows[:-1]:
+        assert angle is None
+        assert status == ("not defined: DFA's B_l below the top stands in for the head's weight times the "
+                          "Jacobians from h_l to h_L, which depend on the input")
+
+
+def test_a_block_with_attention_has_no_weight_product():
+    torch.manual_seed(0)
+    vit = build_model("vit-mini", input_shape=[1, 8, 8], num_classes=4, d=16, depth=1, heads=2, patch=4)
+    rows = feedback_angles(vit, [torch.zeros(16, 16), torch.zeros(4, 16)], "fa")
+    assert rows[0][0] is None and "holds a MultiheadAttention, not only Linear layers" in rows[0][1]
+
+
+def eval_batches(n: int = 8, b: int = 16):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.randn(b, 6, generator=g), torch.randint(0, 4, (b,), generator=g)) for _ in range(n)]
+
+
+def test_the_report_puts_the_angle_beside_gamma_for_fa_and_no_column_without_feedback():
+    model = resmlp()
+    feedback = init_fa_feedback(4, [8] * 4, torch.Generator().manual_seed(0))
+    report = pytest_fa.diagnose(model, eval_batches(), credit=FACredit(feedback))
+    expected = feedback_angles(model, feedback, "fa")
+    assert [(r.wb_angle_deg, r.wb_status) for r in report.layers] == expected
+    assert "∠(W,B_l)" in str(report).splitlines()[3]
+    assert report.to_dict()["layers"][3]["wb_angle_deg"] == expected[3][0]
+    plain = pytest_fa.diagnose(model, eval_batches())
+    assert "∠(W,B_l)" not in str(plain) and all(r.wb_status == "" for r in plain.layers)
+    dfa = pytest_fa.diagnose(model, eval_batches(), credit=DFACredit(init_dfa_feedback(4, [8] * 4, torch.Generator())),
+                             null_draws=0)
+    assert "∠(W,B_l) not defined at layers [0, 1, 2]: DFA's B_l below the top" in str(dfa)
+
+
+def test_the_report_round_trips_the_new_fields():
+    model, (x, y) = resmlp(), (torch.randn(64, 6), torch.randint(0, 4, (64,)))
+    report = pytest_fa.diagnose(model, eval_batches(), ablation=block_ablation(model, x, y))
+    again = type(report).from_dict(report.to_dict())
+    assert again.to_dict() == report.to_dict()
+    assert report.ablation["status"] == "ok" and report.layers[0].removed_status == ""
+    assert all(r.removed_status == "ok" for r in report.layers[1:])
+
+
+def test_weight_backward_pairs_are_found_by_their_names():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    net[0].weight_backward = net[0].weight.detach().clone()
+    net[2].weight_backward = -net[2].weight.detach()
+    assert weight_backward_angles(net) == [("0", 0.0), ("2", 180.0)]
+
+
+def test_biotorch_fa_layers_angles_after_a_few_hundred_steps():
+    """biotorch's FA mode on a small MLP, a few hundred steps: every layer's angle is a number
+    in [0°, 180°] that matches its own computation; printed for examples/RESULTS.md."""
+    biomodule = pytest.importorskip("biotorch.module.biomodule")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = biomodule.BioModule(net, mode="fa", output_dim=5)
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(20, 5, generator=g)
+    before = dict(weight_backward_angles(model))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(300):
+        x = torch.randn(64, 20, generator=g)
+        loss = nn.functional.cross_entropy(model(x), (x @ teacher).argmax(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = dict(weight_backward_angles(model))
+    print("biotorch fa angles before:", {k: round(v, 1) for k, v in before.items()})
+    print("biotorch fa angles after 300 steps:", {k: round(v, 1) for k, v in after.items()})
+    assert list(after) == ["module.0", "module.2", "module.4"]
+    modules = dict(model.named_modules())
+    for name, angle in after.items():
+        layer = modules[name]
+        w, b = layer.weight.detach().double().flatten(), layer.weight_backward.detach().double().flatten()
+        assert 0.0 <= angle <= 180.0
+        assert angle == pytest.approx(math.degrees(math.acos(float(w @ b / (w.norm() * b.norm())))), abs=1e-9)
