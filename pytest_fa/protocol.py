@@ -406,18 +406,22 @@ class ProtocolRunner:
                 raise
             raise CreditSignalError(f"{setting('credit', spec)}: {exc}") from exc
 
-    def _ablation(self, run: CheckpointRun, model: nn.Module) -> Ablation:
-        """Each block removed and reset on the headline's test split. A bundle's initial weights
-        are rebuilt as fa-train drew them: the global generator seeded with its seed, then the model."""
-        bundle, init_state, why = run.bundle, None, "a plain state dict records no initial weights"
-        if bundle is not None and bundle.arch != "custom" and bundle.seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.random.default_generator.manual_seed(bundle.seed)
-                init_state = self._build(bundle.arch, bundle.arch_config).state_dict()
-        elif bundle is not None:
-            why = "the bundle records no seed or a custom architecture, so its initial weights cannot be rebuilt"
-        return block_ablation(model, run.data.x_test, run.data.y_test, init_state=init_state, reset_unavailable=why)
+    def initial_state(self, run: CheckpointRun) -> tuple[dict[str, Any] | None, str]:
+        """``(state_dict at initialisation, "")`` of a bundle, rebuilt as fa-train drew it (the global
+        generator seeded with the bundle's seed, then the model built), else ``(None, why not)``."""
+        bundle = run.bundle
+        if bundle is None:
+            return None, "a plain state dict records no initial weights"
+        if bundle.arch == "custom" or bundle.seed is None:
+            return None, "the bundle records a custom architecture or no seed, so its initial weights cannot be rebuilt"
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(bundle.seed)
+            return self._build(bundle.arch, bundle.arch_config).state_dict(), ""
 
+    def _ablation(self, run: CheckpointRun, model: nn.Module) -> Ablation:
+        """Each block removed and reset, on the test split of the headline accuracy."""
+        init_state, why = self.initial_state(run)
+        return block_ablation(model, run.data.x_test, run.data.y_test, init_state=init_state, reset_unavailable=why)
 
 def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:
     """What a run was trained as, apart from its seed (None for a plain state dict)."""

@@ -269,3 +269,34 @@ def test_biotorch_fa_layers_angles_after_a_few_hundred_steps():
         w, b = layer.weight.detach().double().flatten(), layer.weight_backward.detach().double().flatten()
         assert 0.0 <= angle <= 180.0
         assert angle == pytest.approx(math.degrees(math.acos(float(w @ b / (w.norm() * b.norm())))), abs=1e-9)
+
+
+def test_a_bundles_initial_weights_are_rebuilt_exactly_from_its_seed(small_data, tmp_path):
+    """A frozen-blocks bundle keeps its blocks' weights at their initial values: the rebuilt
+    initial weights equal them bit for bit, and the trained head differs."""
+    from pytest_fa.core.settings import ProtocolSettings
+    from pytest_fa.protocol import ProtocolRunner
+    from pytest_fa.training.checkpoint import save_bundle
+    from pytest_fa.training.trainer import train
+
+    bundle = train(small_data, "frozen", arch_config={"d": 16, "depth": 2}, epochs=1, seed=7, monitor=False).bundle
+    save_bundle(tmp_path / "frozen_s7.pt", bundle)
+    runner = ProtocolRunner(ProtocolSettings(device="cpu"))
+    init_state, why = runner.initial_state(runner.run(str(tmp_path / "frozen_s7.pt")))
+    assert why == ""
+    frozen = [k for k in bundle.state_dict if k.startswith("blocks.") and (".w1." in k or ".w2." in k)]
+    assert len(frozen) == 8 and all(torch.equal(init_state[k], bundle.state_dict[k]) for k in frozen)
+    assert not torch.equal(init_state["out_head.weight"], bundle.state_dict["out_head.weight"])
+
+
+def test_the_figure_gets_a_third_panel_with_the_drops():
+    pytest.importorskip("matplotlib")
+    from pytest_fa.core.plot import report_figure
+
+    model, (x, y) = Carrier(), carrier_data()
+    batches = [(x[i::8], y[i::8]) for i in range(8)]
+    report = pytest_fa.diagnose(model, batches, ablation=block_ablation(model, x, y))
+    panel = report_figure(report).axes[2]
+    assert panel.get_title() == "which block learned"
+    assert sorted(bar.get_height() for bar in panel.patches) == [0.0, 50.0]  # removed; no reset without init
+    assert len(report_figure(pytest_fa.diagnose(model, batches)).axes) == 2  # not measured: two panels

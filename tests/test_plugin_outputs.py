@@ -43,7 +43,7 @@ def test_fa_plot_writes_one_png_per_checkpoint(pytester, bp_bundle, dfa_bundle):
     for file in files:
         assert file.read_bytes()[:8] == PNG_SIGNATURE
         height, width = imread(file).shape[:2]
-        assert (width, height) == (1200, 480)
+        assert (width, height) == (1800, 480)  # three panels: the third, which block learned
 
 
 def test_fa_plot_refuses_a_file_at_start_up(pytester, bp_bundle):
@@ -52,6 +52,34 @@ def test_fa_plot_refuses_a_file_at_start_up(pytester, bp_bundle):
     result.stderr.fnmatch_lines(["*--fa-plot=taken is a file; give a folder for the figures*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
+
+
+def test_the_per_layer_table_and_json_carry_the_block_drops_and_the_feedback_angle(pytester, dfa_bundle):
+    result = run(pytester, f"--fa-checkpoint={dfa_bundle}", "--fa-frozen-acc=0.1", "--fa-report-json=r.json")
+    result.stdout.fnmatch_lines([
+        "layer*Γ_l*null (n=20)*drop rm*drop reset*∠(W,B_l)", "h_0 *—*—*not defined", "h_4 * pp * pp *°",
+        "drop rm / drop reset = acc − acc with the block writing h_l removed*",
+        "*∠(W,B_l) not defined at layers [[]0, 1, 2, 3[]]: DFA's B_l below the top*",
+    ])
+    report = json.loads((pytester.path / "r.json").read_text())["reports"][0]
+    layers = report["layers"]
+    assert report["ablation"]["status"] == "ok" and report["ablation"]["samples"] == 1200
+    assert report["ablation"]["accuracy"] == report["accuracy"]["headline"]
+    assert layers[0]["removed_status"] == layers[0]["reset_status"] == ""
+    for layer in layers[1:]:
+        assert layer["removed_status"] == layer["reset_status"] == "ok"
+        assert isinstance(layer["removed_drop_pp"], float) and isinstance(layer["reset_drop_pp"], float)
+    assert layers[-1]["wb_status"] == "ok" and 0.0 <= layers[-1]["wb_angle_deg"] <= 180.0
+    assert all(layer["wb_angle_deg"] is None and layer["wb_status"].startswith("not defined") for layer in layers[:-1])
+
+
+def test_fa_no_ablation_leaves_the_drops_out_and_bp_has_no_angle(pytester, bp_bundle):
+    result = run(pytester, f"--fa-checkpoint={bp_bundle}", "--fa-frozen-acc=0.1", "--fa-no-ablation",
+                 "--fa-report-json=r.json")
+    assert "drop rm" not in result.stdout.str() and "∠(W,B_l)" not in result.stdout.str()
+    report = json.loads((pytester.path / "r.json").read_text())["reports"][0]
+    assert report["ablation"] == {} and report["weight_backward"] == []
+    assert all(layer["removed_status"] == layer["wb_status"] == "" for layer in report["layers"])
 
 @pytest.fixture
 def saved(pytester, bp_bundle, dfa_bundle) -> dict:

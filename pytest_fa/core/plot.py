@@ -3,10 +3,11 @@
 The left panel shows, against the state index ``l`` (``h_0 … h_L``), the median ``‖h_l‖``
 and the median ``‖g_l‖`` restated at the floor's reference batch size, on a log axis, with
 the gradient floor as a dashed line: (a) reads off the growth of the first curve, (b) off
-where the second meets the floor. The right panel shows the per-layer alignment ``Γ_l``
+where the second meets the floor. The second panel shows the per-layer alignment ``Γ_l``
 with, for a DFA credit, the fresh-feedback null band (mean ± 2 sd over the null draws);
 layers whose Γ is undefined or unavailable are marked with a grey ``×`` at 0. Without any
-Γ the panel states why (``report.credit_status``).
+Γ the panel states why (``report.credit_status``). With the per-block accuracy measured, a
+third panel shows at each ``h_l`` the drop with the block writing it removed and reset.
 
 matplotlib is imported inside the functions only, and drawn headless through the Agg
 canvas and the ``Figure`` object API (no pyplot, no global state).
@@ -35,15 +36,18 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def report_figure(report: DiagnosticReport) -> Figure:
-    """The report's figure: norms against the floor (left), Γ_l against the null (right)."""
+    """The report's figure: norms against the floor, Γ_l against the null, the per-block drops."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    panels = 3 if report.ablation else 2  # the third: which block learned
+    fig = Figure(figsize=(FIGSIZE[0] * panels / 2, FIGSIZE[1]), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    norms_ax, gamma_ax = fig.subplots(1, 2)
-    _draw_norms(norms_ax, report)
-    _draw_gamma(gamma_ax, report)
+    axes = fig.subplots(1, panels)
+    _draw_norms(axes[0], report)
+    _draw_gamma(axes[1], report)
+    if report.ablation:
+        _draw_ablation(axes[2], report)
     fig.suptitle(f"{report.label or _DEFAULT_NAME} — {report.verdict}", fontsize="large")
     return fig
 
@@ -127,6 +131,31 @@ def _draw_gamma(ax: Axes, report: DiagnosticReport) -> None:
             markeredgewidth=size / 2.5, color="grey", label=r"$\Gamma_l$ undefined",
         )
     ax.legend(fontsize="small", loc="best")
+
+
+def _draw_ablation(ax: Axes, report: DiagnosticReport) -> None:
+    """Per state, the accuracy drop in pp with the block writing it removed and reset; a grey
+    ``×`` at 0 where the drop is not defined or not available."""
+    rows = report.layers[1:]
+    _layer_axis(ax, report.layers)
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_ylabel("accuracy drop (pp)")
+    ax.set_title("which block learned", fontsize="medium")
+    ax.grid(True, axis="y", alpha=0.3)
+    for attr, label, offset, color in (("removed_drop_pp", "block removed", -0.2, "tab:purple"),
+                                       ("reset_drop_pp", "block reset to init", 0.2, "tab:orange")):
+        points = [(row.index + offset, getattr(row, attr)) for row in rows if getattr(row, attr) is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.bar(xs, ys, width=0.4, color=color, label=label)
+        missing = [row.index + offset for row in rows if getattr(row, attr) is None]
+        if missing:
+            ax.plot(missing, [0.0] * len(missing), linestyle="none", marker="x", color="grey")
+    if report.ablation.get("status") != "ok":
+        ax.text(0.5, 0.5, report.ablation.get("status", ""), transform=ax.transAxes, ha="center", va="center",
+                wrap=True, fontsize="small", color="dimgrey")
+    elif ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="best")
 
 
 def _draw_null_band(ax: Axes, report: DiagnosticReport) -> None:
