@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pytest_fa.core import registry
 from pytest_fa.core.render import comparison, fmt, fmt_gamma, fmt_null
-from pytest_fa.core.report import DiagnosticReport, measured_on, saturation_note
+from pytest_fa.core.report import DiagnosticReport, layer_extra_notes, layer_extras, measured_on, saturation_note
 from pytest_fa.core.seeds import seed_columns, seed_groups, seed_rows
 
 
@@ -51,7 +51,7 @@ def _layers(report: DiagnosticReport) -> list[list[str]]:
             gamma = f"*{kind}* ({reason})" if reason else f"*{row.gamma_status}*"
         rows.append([
             f"h_{row.index}", fmt(row.h_norm), fmt(row.growth), fmt(row.g_norm), fmt(row.g_norm_at_reference),
-            fmt(row.gain), gamma, fmt_null(row.null_mean, row.null_std),
+            fmt(row.gain), gamma, fmt_null(row.null_mean, row.null_std), *(cell(row) for _, cell in layer_extras(report)),
         ])
     return rows
 
@@ -65,9 +65,10 @@ def _checkpoint_section(report: DiagnosticReport) -> str:
     lines += ["", "### Per layer", ""]
     lines += _table(
         ["state", "‖h_l‖", "growth", "‖g_l‖", f"‖g_l‖@{report.thresholds.floor_batch_size}", "gain", "Γ_l",
-         f"null (n={report.null_draws})" if report.null_draws else "null"],
+         f"null (n={report.null_draws})" if report.null_draws else "null", *(h for h, _ in layer_extras(report))],
         _layers(report),
     )
+    lines += [""] + [f"- {note.strip()}" for note in layer_extra_notes(report)]
     lines += ["", f"Γ: {report.credit_status}", "", "### Verdict", "", f"**{report.verdict}**", ""]
     for key in report.fired:
         diagnostic = registry.get(key)

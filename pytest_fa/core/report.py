@@ -268,8 +268,8 @@ def layer_extra_notes(report: DiagnosticReport) -> list[str]:
             + ("" if report.ablation.get("status") == "ok" else f"; {report.ablation.get('status')}")
         )
     if any(r.wb_status for r in report.layers):
-        lines.append("∠(W,B_l) = degrees between B_l and the forward weight it stands in for (the head's for l = L, "
-                     "block l's Linear product below)")
+        lines.append("∠(W,B_l) = degrees between B_l, which makes a_l, and the forward weight it stands in for: the "
+                     "head's at l = L, below it the product of block l's Linear weights (the step h_l → h_l+1)")
     reasons: dict[str, list[int]] = {}
     for r in report.layers:
         for column, status in (("drop rm", r.removed_status), ("drop reset", r.reset_status), ("∠(W,B_l)", r.wb_status)):
