@@ -40,7 +40,7 @@ OPTION_NAMES = (
     "compare", "compare-fail", "lint", "credit-map",
     *(f.name.replace("_", "-") for f in dataclasses.fields(DiagnosticThresholds)),
 )
-FLAG_NAMES = ("pitfalls",)
+FLAG_NAMES = ("pitfalls", "no-ablation")
 
 
 @pytest.fixture(scope="module", autouse=True)
