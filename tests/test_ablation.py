@@ -300,3 +300,23 @@ def test_the_figure_gets_a_third_panel_with_the_drops():
     assert panel.get_title() == "which block learned"
     assert sorted(bar.get_height() for bar in panel.patches) == [0.0, 50.0]  # removed; no reset without init
     assert len(report_figure(pytest_fa.diagnose(model, batches)).axes) == 2  # not measured: two panels
+
+
+def test_the_which_block_example_tabulates_a_saved_report(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "which_block", Path(__file__).resolve().parents[1] / "examples" / "which_block.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model, (x, y) = Carrier(), carrier_data()
+    batches = [(x[i::8], y[i::8]) for i in range(8)]
+    report = pytest_fa.diagnose(model, batches, headline_acc=1.0, frozen_acc=0.5, label="carrier.pt",
+                                ablation=block_ablation(model, x, y))
+    (tmp_path / "r.json").write_text(json.dumps({"reports": [report.to_dict()]}))
+    table = example.main([str(tmp_path / "r.json")]).splitlines()
+    assert table[0].startswith("| checkpoint | state | Γ_l | drop removed (pp)")
+    assert table[2] == "| carrier.pt | h_0 | unavailable | — | — | — | +50.0 |"
+    assert table[3] == "| carrier.pt | h_1 | unavailable | +50.00 | not available | — | +50.0 |"
