@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pytest_fa.core import interface
+from pytest_fa.core.ablation import block_ablation
 from pytest_fa.core.credit import OWN_BACKWARD, OwnBackwardCredit
 from pytest_fa.core.probe import at_least_float32
 from pytest_fa.core.reference import CreditSignal
@@ -84,6 +85,8 @@ def check(
     label: str = "",
     device: torch.device | str | None = None,
     reference_model: nn.Module | None = None,
+    ablation: bool = False,
+    init_state: dict[str, Any] | None = None,
 ) -> DiagnosticReport:
     """Run the protocol on ``model`` over eval batches drawn from ``data``.
 
@@ -97,7 +100,9 @@ def check(
     ``reference_model`` is a twin that backpropagates truly with the same weights, for a
     model whose autograd is its method's backward (biotorch:
     ``pytest_fa.core.backprop.bp_twin(model)``); it gives the reference, ``model`` the
-    states, accuracy and credit.
+    states, accuracy and credit. ``ablation=True`` adds, per block, the accuracy drop on all
+    samples given with the block removed, and reset to ``init_state`` (the model's
+    ``state_dict()`` before training) when given (:func:`~pytest_fa.core.ablation.block_ablation`).
     """
     if isinstance(credit, str):
         if credit != OWN_BACKWARD:
@@ -130,6 +135,10 @@ def check(
     if headline_acc is None:
         headline_acc = measured_acc
         context["headline_acc"] = f"measured by check() on all {len(y_all)} samples given"
+    removal = None
+    if ablation:
+        param = next(model.parameters())
+        removal = block_ablation(model, x_all.to(param.device), y_all.to(param.device), init_state=init_state)
     return diagnose(
         model,
         batches,
@@ -147,6 +156,7 @@ def check(
         device=device,
         context=context,
         reference_model=reference_model,
+        ablation=removal,
     )
 
 

@@ -16,17 +16,18 @@ import pytest_fa
 from pytest_fa.core.ablation import block_ablation
 from pytest_fa.core.credit import DFACredit, FACredit, init_dfa_feedback, init_fa_feedback
 from pytest_fa.core.feedback_angle import angle_deg, feedback_angles, weight_backward_angles
-from pytest_fa.models import build_model
+from pytest_fa.models import ReferenceModel, build_model
+from test_adapter import SumBlock
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class Carrier(nn.Module):
+class Carrier(ReferenceModel):
     """``h_0 = (x_0, 0)``; block 0 writes ``10 x_0`` into the coordinate the head reads and
     clears the other; block 1's branch is zero. Label ``x_0 > 0``, half the samples each."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(input_shape=[2], num_classes=2)
         self.embed = nn.Linear(2, 2, bias=False)
         self.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)])
         self.out_head = nn.Linear(2, 2, bias=False)
@@ -36,14 +37,8 @@ class Carrier(nn.Module):
             self.blocks[1].weight.zero_()
             self.out_head.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
 
-    def forward(self, x, return_hidden=False):
-        h = self.embed(x)
-        hiddens = [h]
-        for block in self.blocks:
-            h = h + block(h)
-            hiddens.append(h)
-        logits = self.out_head(h)
-        return (logits, hiddens) if return_hidden else logits
+    def read_logits(self, h):
+        return self.out_head(h)
 
 
 def carrier_data(n: int = 64):
@@ -126,15 +121,6 @@ def test_a_model_without_blocks_is_not_defined_never_a_crash():
     result = block_ablation(nn.Sequential(nn.Linear(2, 2)), x, y)
     assert result.blocks == [] and result.accuracy is None
     assert result.status.startswith("not defined: the blocks cannot be found (Sequential has no `blocks`")
-
-
-class SumBlock(nn.Module):
-    def __init__(self, branch: nn.Module) -> None:
-        super().__init__()
-        self.branch = branch
-
-    def forward(self, h):
-        return h + self.branch(h)
 
 
 class SumNet(nn.Module):
@@ -320,3 +306,14 @@ def test_the_which_block_example_tabulates_a_saved_report(tmp_path):
     assert table[0].startswith("| checkpoint | state | Γ_l | drop removed (pp)")
     assert table[2] == "| carrier.pt | h_0 | unavailable | — | — | — | +50.0 |"
     assert table[3] == "| carrier.pt | h_1 | unavailable | +50.00 | not available | — | +50.0 |"
+
+
+def test_check_measures_the_drops_on_all_samples_given_when_asked():
+    model, (x, y) = Carrier(), carrier_data(128)
+    initial = copy.deepcopy(model)
+    with torch.no_grad():
+        initial.blocks[0].weight.zero_()
+    report = pytest_fa.check(model, (x, y), batch_size=16, ablation=True, init_state=initial.state_dict())
+    assert report.ablation == {"status": "ok", "accuracy": 1.0, "samples": 128}
+    assert [(r.removed_drop_pp, r.reset_drop_pp) for r in report.layers] == [(None, None), (50.0, 50.0), (0.0, 0.0)]
+    assert pytest_fa.check(model, (x, y), batch_size=16).ablation == {}

@@ -272,9 +272,9 @@ def layer_extra_notes(report: DiagnosticReport) -> list[str]:
                      "head's at l = L, below it the product of block l's Linear weights (the step h_l → h_l+1)")
     reasons: dict[str, list[int]] = {}
     for r in report.layers:
-        for column, status in (("drop rm", r.removed_status), ("drop reset", r.reset_status), ("∠(W,B_l)", r.wb_status)):
-            if status and status != "ok":
-                reasons.setdefault(f"{column} {status}", []).append(r.index)
+        for column, why in (("drop rm", r.removed_status), ("drop reset", r.reset_status), ("∠(W,B_l)", r.wb_status)):
+            if why and why != "ok":
+                reasons.setdefault(f"{column} {why}", []).append(r.index)
     lines += [f"   {text.partition(':')[0]} at layers {layers}:{text.partition(':')[2]}" for text, layers in reasons.items()]
     if report.weight_backward:
         lines.append("∠(weight, weight_backward): " + ", ".join(
