@@ -423,6 +423,7 @@ class ProtocolRunner:
         init_state, why = self.initial_state(run)
         return block_ablation(model, run.data.x_test, run.data.y_test, init_state=init_state, reset_unavailable=why)
 
+
 def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:
     """What a run was trained as, apart from its seed (None for a plain state dict)."""
     if bundle is None:
