@@ -15,6 +15,7 @@ canvas and the ``Figure`` object API (no pyplot, no global state).
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterable
@@ -50,6 +51,17 @@ def report_figure(report: DiagnosticReport) -> Figure:
         _draw_ablation(axes[2], report)
     fig.suptitle(f"{report.label or _DEFAULT_NAME} — {report.verdict}", fontsize="large")
     return fig
+
+
+def report_png(report: DiagnosticReport) -> bytes:
+    """The report's figure as PNG bytes, the content of its ``--fa-plot`` file."""
+    fig = report_figure(report)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    return buffer.getvalue()
 
 
 def write_report_plot(report: DiagnosticReport, folder: str | Path) -> Path:
@@ -212,9 +224,5 @@ def _positive(value: float | None) -> bool:
 
 def _save(report: DiagnosticReport, path: Path) -> Path:
     """Write the figure whole or not at all (:func:`~pytest_fa.core.files.write_atomically`)."""
-    fig = report_figure(report)
-    try:
-        write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
-    finally:
-        fig.clear()
+    write_atomically(path, report_png(report))
     return path

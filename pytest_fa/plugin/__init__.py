@@ -55,6 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
     config.pluginmanager.register(_SessionHooks(state), "fa-session")
+    from pytest_fa.plugin._html import HtmlExtras, html_requested
+
+    if html_requested(config):
+        config.pluginmanager.register(HtmlExtras(state), "fa-html")
     if settings.pitfalls:
         from pytest_fa.pitfalls import fixtures as pitfall_fixtures
 
