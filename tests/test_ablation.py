@@ -317,3 +317,15 @@ def test_check_measures_the_drops_on_all_samples_given_when_asked():
     assert report.ablation == {"status": "ok", "accuracy": 1.0, "samples": 128}
     assert [(r.removed_drop_pp, r.reset_drop_pp) for r in report.layers] == [(None, None), (50.0, 50.0), (0.0, 0.0)]
     assert pytest_fa.check(model, (x, y), batch_size=16).ablation == {}
+
+
+def test_an_adapted_model_gives_the_drops_of_the_model_it_wraps_with_the_inner_initial_weights():
+    model, initial = resmlp(), resmlp()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, y = torch.randn(256, 6, generator=torch.Generator().manual_seed(5)), torch.randint(0, 4, (256,))
+    plain = block_ablation(model, x, y, init_state=initial.state_dict())
+    wrapped = block_ablation(pytest_fa.adapt(model, ["embed", "blocks.*"], norm="out_ln", head="out_head"), x, y,
+                             init_state=initial.state_dict())
+    assert wrapped == plain and all(b.reset_status == "ok" for b in plain.blocks)
