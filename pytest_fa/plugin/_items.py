@@ -34,10 +34,6 @@ class ProtocolCollector(pytest.Collector):
             items.append(item)
         if self.config.stash[STATE_KEY].saved is not None:
             items.append(CompareItem.from_parent(self, name="compare"))
-        if self.config.pluginmanager.hasplugin("xdist"):
-            # under `pytest -n N --dist loadgroup` one worker diagnoses each checkpoint
-            for item in items:
-                item.add_marker(pytest.mark.xdist_group(name=self.checkpoint))
         return items
 
 
