@@ -81,7 +81,6 @@ class _Bridge(LocalCreditMethod):
 
 class StateBridge(_Bridge):
     name = "state_bridge"
-    needs_aux = ("state_bridge",)
 
     def build(self, dims):
         return nn.ModuleList(_mlp(f, self.width, dims[-1]) for f in dims[:-1])
@@ -104,7 +103,6 @@ class StateBridge(_Bridge):
 
 class CreditBridge(_Bridge):
     name = "credit_bridge"
-    needs_aux = ("credit_bridge",)
 
     def build(self, dims):
         return nn.ModuleList(_mlp(f, self.width, 1) for f in dims)
