@@ -1,17 +1,6 @@
-"""Checkpoint bundles: one file with everything a diagnosis needs, loaded without pickle code.
-
-A bundle is a plain dict of strings, numbers, lists and tensors, so
-``torch.load(path, weights_only=True)`` reads it and nothing in it can run code::
-
-    format, format_version        "pytest-fa.bundle", 1
-    arch, arch_config             reference architecture (or "custom") and its config
-    state_dict                    the model weights
-    method, method_config         e.g. "dfa", {"penalty": 0.0}
-    feedback                      the training B_l, one per hidden state (DFA/FA)
-    aux                           state dicts of auxiliary nets (bridges), by name
-    data                          data set spec: name, config, preprocessing
-    seed, epochs, recipe          how it was trained
-    metrics                       headline test accuracy and the per-epoch history
+"""Checkpoint bundles: one file with everything a diagnosis needs (the fields of :class:`Bundle`),
+a plain dict of strings, numbers, lists and tensors that ``torch.load(path, weights_only=True)``
+reads without running code.
 """
 
 from __future__ import annotations
@@ -48,7 +37,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Bundle:
-    """The contents of a checkpoint bundle."""
+    """The contents of a checkpoint bundle; ``feedback``: the training ``B_l``, one per hidden state;
+    ``aux``: the auxiliary nets' state dicts, by name; ``data``: the data spec."""
 
     arch: str
     arch_config: dict[str, Any]
@@ -226,8 +216,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc) or "global" in str(exc):
             raise CheckpointError(
-                f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. "
-                f"{_RESAVE}"
+                f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. {_RESAVE}"
             ) from exc
         raise CheckpointError(
             f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): the file is "
@@ -240,9 +229,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "the file is corrupt or truncated, or not a torch checkpoint at all"
         ) from exc
     if not isinstance(payload, dict):
-        raise CheckpointError(
-            f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict"
-        )
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict")
     return payload
 
 
@@ -351,15 +338,10 @@ class CreditFactory(Protocol):
     def __call__(self, model: nn.Module, checkpoint: LoadedCheckpoint) -> CreditSignal: ...
 
 
-def load_checkpoint(
-    path: str | os.PathLike,
-    factory: str | Callable[..., nn.Module] | None = None,
-    input_shape=None,
-    num_classes: int | None = None,
-    allow_unknown_method: bool = False,
-    adapt: Callable[[nn.Module], nn.Module] | None = None,
-    contents: dict[str, Any] | Bundle | None = None,
-) -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike, factory: str | Callable[..., nn.Module] | None = None, input_shape=None,
+                    num_classes: int | None = None, allow_unknown_method: bool = False,
+                    adapt: Callable[[nn.Module], nn.Module] | None = None,
+                    contents: dict[str, Any] | Bundle | None = None) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
     ``input_shape``/``num_classes`` (of the data) serve where the arch_config lacks them;
@@ -382,15 +364,12 @@ def load_checkpoint(
     bundle = contents if isinstance(contents, Bundle) else Bundle.from_payload(contents, source)
     if make is not None:
         model = _call_factory(make, bundle.arch_config, source)
+    elif bundle.arch == "custom":
+        raise CheckpointError(f"{source} holds a custom architecture; pass {setting('model', 'package.module:build')}")
     else:
-        if bundle.arch == "custom":
-            raise CheckpointError(
-                f"{source} holds a custom architecture; pass {setting('model', 'package.module:build')}"
-            )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
-    if adapt is not None:
-        model = adapt(model)
+    model = adapt(model) if adapt else model
     cls = METHODS.get(bundle.method)
     if cls is not None:
         # a bundle written before a config key existed was trained with its earlier behaviour
