@@ -58,8 +58,7 @@ class _Bridge(LocalCreditMethod):
         raise NotImplementedError
 
     def setup(self, model, num_classes, input_shape, generator):
-        dims = feature_dims(model, input_shape)
-        net = self.build(dims).to(next(model.parameters()).device)
+        net = self.build(feature_dims(model, input_shape)).to(next(model.parameters()).device)
         return MethodState(aux={self.name: net})
 
     def restore(self, model, state, num_classes, input_shape):
@@ -91,10 +90,8 @@ class StateBridge(_Bridge):
 
     def aux_loss(self, model, state, x, y, logits, outputs):
         hs = hidden_states(outputs)
-        target = hs[-1]
-        scale = target.pow(2).sum(1).mean()
-        errors = [(net(h) - target).pow(2).sum(1).mean() for net, h in zip(state.aux[self.name], hs)]
-        return sum(errors) / scale
+        scale = hs[-1].pow(2).sum(1).mean()
+        return sum((net(h) - hs[-1]).pow(2).sum(1).mean() for net, h in zip(state.aux[self.name], hs)) / scale
 
     def credit(self, model, state):
         bridges = state.aux[self.name]
