@@ -34,10 +34,8 @@ def norm_scales(dtype: torch.dtype = torch.float32) -> st.SearchStrategy[float]:
     )
 
 
-def _draw_rows(draw, shape, dtype, scale=None) -> torch.Tensor:
-    seed = draw(seeds())
-    if scale is None:
-        scale = draw(norm_scales(dtype))
+def _draw_rows(draw, shape, dtype) -> torch.Tensor:
+    seed, scale = draw(seeds()), draw(norm_scales(dtype))
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return (x * scale).to(dtype)
 
