@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import math
 import os
 import pickle
 import re
@@ -90,9 +89,6 @@ class Bundle:
         )
 
 
-_RECORDS = ("arch_config", "method_config", "data", "recipe", "aux")
-
-
 def _check_types(payload: dict[str, Any], source: str) -> None:
     """Each field has the type :func:`save_bundle` writes: names are strings, records dicts with
     string keys at every level (the data spec all JSON), feedback a list, the seed one torch takes."""
@@ -101,7 +97,7 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
             raise CheckpointError(
                 f"{source} records {name}={payload[name]!r}; {name} is a name (a string). {_RESAVE_BUNDLE}"
             )
-    for name in _RECORDS:
+    for name in ("arch_config", "method_config", "data", "recipe", "aux"):
         value = payload.get(name)
         if value is None and name != "data":
             continue
@@ -139,18 +135,13 @@ def _not_json(value: Any, keys_only: bool) -> tuple[str, Any] | None:
     """``("key", k)`` for the first dict key in ``value`` that is not a string, or (unless
     ``keys_only``) ``("value", v)`` for the first value that is no JSON value; else None."""
     if isinstance(value, dict):
-        for key, item in value.items():
-            found = ("key", key) if not isinstance(key, str) else _not_json(item, keys_only)
-            if found is not None:
-                return found
+        found = (("key", key) if not isinstance(key, str) else _not_json(item, keys_only)
+                 for key, item in value.items())
     elif isinstance(value, (list, tuple)):
-        for item in value:
-            found = _not_json(item, keys_only)
-            if found is not None:
-                return found
-    elif not keys_only and not isinstance(value, (str, int, float, bool, type(None))):
-        return ("value", value)
-    return None
+        found = (_not_json(item, keys_only) for item in value)
+    else:
+        return None if keys_only or isinstance(value, (str, int, float, bool, type(None))) else ("value", value)
+    return next((f for f in found if f is not None), None)
 
 
 def _check_record(payload: dict[str, Any], source: str) -> None:
@@ -174,9 +165,7 @@ def _check_record(payload: dict[str, Any], source: str) -> None:
             "the bundle with the epochs it trained and the schedule it planned"
         )
     acc = metrics.get("test_acc")
-    if acc is not None and (
-        isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 1
-    ):
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):  # NaN too
         raise CheckpointError(
             f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
             "bundle with the measured accuracy"
