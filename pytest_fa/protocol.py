@@ -240,9 +240,7 @@ class ProtocolRunner:
         return recipe or asdict(Recipe()), given, 42, arch, config
 
     def _cached_baseline(self, file: Path, key: str) -> FrozenBaseline | None:
-        if not file.exists():
-            return None
-        try:
+        try:  # a missing file is a CheckpointError too
             bundle = load_bundle(file)
         except FAError:
             return None
