@@ -1,10 +1,8 @@
 """Reference architectures of the protocol, each with the duck-typed interface.
 
-Every model computes ``h_0 = embed(x)``, ``h_{l+1} = h_l + f_l(h_l)`` for its blocks and
-``logits = head(norm(h_L))``; ``model(x, return_hidden=True)`` returns
-``(logits, [h_0, ..., h_L])``. ``build_model(name, **config)`` rebuilds one from the
-configuration a checkpoint bundle records (``model.config``); ``load_weights`` puts a state
-dict into a model, any model, and says what does not fit.
+Every model computes ``h_0 = embed(x)``, ``h_{l+1} = h_l + f_l(h_l)`` for its blocks and ``logits = head(norm(h_L))``;
+``model(x, return_hidden=True)`` returns ``(logits, [h_0, ..., h_L])``. ``build_model(name, **config)`` rebuilds
+one from the ``model.config`` a bundle records; ``load_weights`` loads any model and says what does not fit.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The data sets the protocol trains and diagnoses on, held as tensors.
-
-``load_dataset(name, **config)`` returns a :class:`Dataset` whose ``spec`` is a JSON-able
-description (``name``, ``config``, ``preprocessing``, ``root``) from which
-``dataset_from_spec`` rebuilds the same tensors. Nothing is downloaded: MNIST-1D and the
-teacher-student task are generated locally, Fashion-MNIST and CIFAR are read from disk.
+"""The data sets the protocol trains and diagnoses on, held as tensors. ``load_dataset(name, **config)`` returns a
+:class:`Dataset` whose JSON-able ``spec`` rebuilds the same tensors (``dataset_from_spec``). Nothing is downloaded:
+MNIST-1D and the teacher-student task are generated, Fashion-MNIST and CIFAR read from disk.
 """
 
 from __future__ import annotations

@@ -66,8 +66,7 @@ class TrainResult:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
-    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after,
-    also when the model raises."""
+    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after, also on an error."""
     correct = 0
     with eval_mode(model):
         for start in range(0, len(x), chunk):

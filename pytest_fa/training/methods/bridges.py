@@ -1,10 +1,8 @@
-"""The two probes of the reference study that learn their credit with auxiliary nets.
+"""The two probes of the reference study that learn their credit with auxiliary nets, saved with the checkpoint.
 
-State Bridge: a net ``S_l`` learns to predict ``h_L`` from ``h_l``; the credit is the gradient
-of the head's loss through it, ``a_l = ∂ CE(head(norm(S_l(h_l))), y) / ∂h_l`` (at the top,
-``a_L`` is the head's own local gradient). Credit Bridge: a scalar value net ``V_l`` learns
-the per-sample loss from ``h_l``; the credit is its input gradient ``a_l = ∂V_l(h_l)/∂h_l``.
-Both sets of nets are saved with the checkpoint: without them the credit cannot be rebuilt.
+State Bridge: a net ``S_l`` learns to predict ``h_L`` from ``h_l``; the credit is the gradient of the head's loss
+through it, ``a_l = ∂ CE(head(norm(S_l(h_l))), y) / ∂h_l`` (at the top, ``a_L`` is the head's own local gradient).
+Credit Bridge: a scalar value net ``V_l`` learns the per-sample loss from ``h_l``; ``a_l = ∂V_l(h_l)/∂h_l``.
 """
 
 from __future__ import annotations
