@@ -131,10 +131,8 @@ def floor_rule(
     below = g_ref < floor
     if gain is None:
         return below, "at the floor" if below else FLOOR_SUBMODES[0]
-    if not below:
-        submode = FLOOR_SUBMODES[0]
-    else:  # NaN < gain_floor is False: an undefined gain counts as error-saturated
-        submode = FLOOR_SUBMODES[1] if gain < gain_floor else FLOOR_SUBMODES[2]
+    # NaN < gain_floor is False: an undefined gain counts as error-saturated
+    submode = FLOOR_SUBMODES[0] if not below else FLOOR_SUBMODES[1] if gain < gain_floor else FLOOR_SUBMODES[2]
     return (below if rule == "paper" else submode == FLOOR_SUBMODES[1]), submode
 
 
