@@ -59,8 +59,9 @@ def perturbation_correlation(model: nn.Module, eval_batches: Sequence[tuple[torc
             if ref.layout != "vector":
                 raise ValueError("perturbation correlation is implemented for (B, d) hidden states")
             y = y.to(ref.logits.device)
-            batch = torch.stack([torch.stack(_layer_rho(model, layer, h.detach(), y, a, g, directions, epsilon, generator))
-                                 for layer, (h, a, g) in enumerate(zip(ref.hiddens, ref.credits, ref.grads))])
+            batch = torch.stack([  # (L+1, 3, B)
+                torch.stack(_layer_rho(model, layer, h.detach(), y, a, g, directions, epsilon, generator))
+                for layer, (h, a, g) in enumerate(zip(ref.hiddens, ref.credits, ref.grads))])
             sums = batch.nansum(-1) if sums is None else sums + batch.nansum(-1)
             count += len(y)
     finally:
