@@ -21,9 +21,8 @@ class CreditSignal(Protocol):
     """``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` (entries ``(B, F)`` or None): a
     method's credit, evaluated on the reference pass (:data:`CREDIT_CONTRACT`)."""
 
-    def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, hiddens: list[torch.Tensor]
-    ) -> Sequence[torch.Tensor | None]: ...
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+                 hiddens: list[torch.Tensor]) -> Sequence[torch.Tensor | None]: ...
 
 
 @dataclass
@@ -39,14 +38,10 @@ class ReferencePass:
     layout: str
     credits: list[torch.Tensor | None] | None = None
 
-    def read(self, t: torch.Tensor) -> torch.Tensor:
-        """``(B, features)`` rows of a state or gradient in this pass's layout."""
-        return interface.per_sample(t, self.layout)
-
     @property
     def rows(self) -> list[torch.Tensor]:
-        """Per-sample rows of ``g_l``."""
-        return [self.read(g) for g in self.grads]
+        """Per-sample rows of ``g_l`` in this pass's layout."""
+        return [interface.per_sample(g, self.layout) for g in self.grads]
 
     def credited_rows(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``([a_l], [g_l])``, detached per-sample rows, at the layers the credit assigns."""
