@@ -1,8 +1,7 @@
 """Any residual model, no rewrite: ``pytest_fa.adapt(vit, ["encoder.dropout", "encoder.layers.*"])``
 reads the named states with forward hooks inside ``model(x, return_hidden=True)``. The first module
 writes ``h_0``, each later one, a block, ``h + f(h)`` (``"sum"``) or the branch ``f(h)`` its parent
-adds (``"branch"``); the first forward pass refuses states that are not one residual stream.
-"""
+adds (``"branch"``); the first forward pass refuses states that are not one residual stream."""
 
 from __future__ import annotations
 
@@ -213,12 +212,9 @@ class HookedModel(nn.Module):
 
 
 def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> HookedModel:
-    """Wrap ``model`` so the protocol reads the residual stream at the named ``states``.
-
-    Options: ``block_output`` (``"auto"``, ``"sum"``, ``"branch"``), ``pooling`` of token
-    states (``"all"``, ``"cls"``, ``"mean"``), ``norm`` and ``head`` (paths of the terminal
-    norm and the classifier), ``logits`` (picks the logits out of what the model returns).
-    """
+    """Wrap ``model`` so the protocol reads the residual stream at the named ``states``. Options:
+    ``block_output`` (``"auto"``, ``"sum"``, ``"branch"``), ``pooling`` of token states (``"all"``, ``"cls"``,
+    ``"mean"``), ``norm`` and ``head`` (module paths), ``logits`` (picks the logits out of the output)."""
     if isinstance(model, HookedModel):
         raise ModelInterfaceError("the model is adapted already; adapt the model it wraps")
     return HookedModel(model, states, **options)

@@ -1,7 +1,6 @@
 """Is autograd on a model backprop? A method living in the backward between the states and the logits
 (custom ``autograd.Function`` nodes, backward or tensor hooks, feedback weights) would be compared
-with itself: :class:`BackpropCheck` refuses it; a true-backprop twin (:func:`bp_twin`) gives the reference.
-"""
+with itself: :class:`BackpropCheck` refuses it; a true-backprop twin (:func:`bp_twin`) gives the reference."""
 
 from __future__ import annotations
 

@@ -35,9 +35,7 @@ class NullCalibration:
 
     def z_scores(self) -> list[float] | None:
         """``(Γ_trained − null mean) / null std`` per layer."""
-        if self.trained is None:
-            return None
-        return [_z(t, m, s) for t, m, s in zip(self.trained, self.null_mean, self.null_std)]
+        return None if self.trained is None else [_z(*t) for t in zip(self.trained, self.null_mean, self.null_std)]
 
     def deep_null(self, first_layer: int = 1) -> tuple[float, float]:
         """Mean over draws and deep layers of Γ, and the mean per-layer std."""

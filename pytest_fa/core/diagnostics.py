@@ -120,8 +120,7 @@ def floor_rule(
 ) -> tuple[bool, str]:
     """Diagnostic (b): whether it fires and its sub-mode, from the restated median ``g_ref`` and
     the median gain at ``h_L``. Below ``floor`` it fires only in Mode 1 (``gain < gain_floor``;
-    a healthy or NaN gain is error-saturated); ``rule="paper"`` or ``gain=None``: the floor alone.
-    """
+    a healthy or NaN gain is error-saturated); ``rule="paper"`` or ``gain=None``: the floor alone."""
     if math.isnan(g_ref):
         raise NonFiniteError(
             "the reference gradient norm ‖g_L‖ is NaN, which is not a measurement: (b) cannot say "

@@ -6,8 +6,7 @@
     model.out_ln + model.out_head  or  model.norm + model.head
 
 A sample of a state is read as the model's ``hidden_layout`` (a name, or a method of ``h``) or the
-rank of ``h`` says (:data:`LAYOUTS`, :func:`per_sample`). Other models are adapted with :func:`pytest_fa.adapt`.
-"""
+rank of ``h`` says (:data:`LAYOUTS`, :func:`per_sample`). Other models are adapted with :func:`pytest_fa.adapt`."""
 
 from __future__ import annotations
 

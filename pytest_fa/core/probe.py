@@ -80,8 +80,7 @@ def run_probe(model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch
               reference_model: nn.Module | None = None) -> Probe:
     """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``, in
     eval mode and at least float32 (through copies). ``keep_rows`` keeps the rows of ``g_l`` and
-    the output errors (for the null band); ``reference_model``, a true-backprop twin, gives ``g_l``.
-    """
+    the output errors (for the null band); ``reference_model``, a true-backprop twin, gives ``g_l``."""
     batch_size = _check_batches(eval_batches)
     stored = next(model.parameters()).dtype
     model = _measured(model, device)

@@ -1,7 +1,4 @@
-"""Plain-text pieces of every report: a number, a diagnostic's comparison and status, a table.
-
-No torch import: the comparison with a saved report renders its table with these alone.
-"""
+"""Plain-text pieces of every report: a number, a diagnostic's comparison and status, a table (no torch)."""
 
 from __future__ import annotations
 

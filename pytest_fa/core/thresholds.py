@@ -38,8 +38,7 @@ class DiagnosticThresholds:
     pytest-fa's ``gain_floor`` and ``b_rule`` (``"paper"`` restores the paper's (b)). The gain floor
     of 1e-3 sits inside the measured gap, 69× above the largest Mode-1 gain (1.45e-5) and 399× below
     the smallest healthy one (0.399; ``examples/RESULTS.md``, "Budget invariance"). Each threshold
-    lies strictly inside its statistic's range (:data:`_RANGES`), else its diagnostic always or never fires.
-    """
+    lies strictly inside its statistic's range (:data:`_RANGES`), else its diagnostic always or never fires."""
 
     max_growth: float = field(default=50.0, metadata=_help(
         "(a) fires when the largest block growth max_l ‖h_{l+1}‖ / ‖h_l‖ exceeds this"))
