@@ -144,9 +144,8 @@ class _HookRecorder(TorchFunctionMode):
 
 
 class BackpropCheck:
-    """Watch one forward pass of ``model`` (``with``), then :meth:`verify` it: refuse unless
-    autograd from its logits to its states is backprop. A model that passed once is not
-    watched again (the check reads its structure)."""
+    """Watch one forward pass of ``model`` (``with``), then :meth:`verify` that autograd from its logits
+    to its states is backprop; a model that passed once is not watched again (its structure is checked)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

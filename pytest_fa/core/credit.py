@@ -141,9 +141,8 @@ def check_feedback(feedback: Sequence[torch.Tensor], expected: Sequence[tuple[in
 
 
 def _check_once(credit: DFACredit | FACredit, x: torch.Tensor, logits: torch.Tensor, hiddens) -> None:
-    """Check ``credit.feedback`` against the states of its first call; :class:`FeedbackError` naming
-    the matrix that does not fit (a state ``(B, T, d)`` has width ``d``, any other is flattened).
-    A call without states (``hiddens=None``) has nothing to check them against."""
+    """Check ``credit.feedback`` against the states of its first call (if any): a state ``(B, T, d)``
+    has width ``d``, any other is flattened; :class:`FeedbackError` names the matrix that does not fit."""
     if credit._checked or hiddens is None:
         return
     name, classes = type(credit).__name__, logits.shape[-1]

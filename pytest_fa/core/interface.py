@@ -106,9 +106,8 @@ def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def norm_rows(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: :func:`per_sample`, except under
-    ``"tokens_all"``, one row per sample over all its tokens ``(B, T·d)``: a stream whose
-    explosion is confined to a few tokens still grows by their share of ``‖h_l‖²``."""
+    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: :func:`per_sample`, but under ``"tokens_all"``
+    all tokens ``(B, T·d)``, so an explosion confined to a few tokens still grows ``‖h_l‖``."""
     if layout == "tokens_all":
         return t.reshape(t.shape[0], -1)
     return per_sample(t, layout)

@@ -105,9 +105,8 @@ CREDIT_CONTRACT = (
 
 
 def checked_credits(credit: CreditSignal, args: tuple, rows: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-    """``credit(*args)`` as a list with one tensor shaped like ``rows[l]`` (or None) per state;
-    :class:`~pytest_fa.errors.CreditSignalError` when the signal raises (an ``FAError`` it raises
-    passes) or returns anything else."""
+    """``credit(*args)`` as a list with one tensor shaped like ``rows[l]`` (or None) per state; a
+    :class:`~pytest_fa.errors.CreditSignalError` when it raises (an ``FAError`` passes) or returns anything else."""
     try:
         out = credit(*args)
     except FAError:
