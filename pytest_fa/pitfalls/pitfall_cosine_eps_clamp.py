@@ -1,10 +1,5 @@
-"""Pitfall 2: ``F.cosine_similarity`` clamps each norm at eps = 1e-8, so against a BP
-reference below the floor it reports a shrunken number instead of a direction.
-
-Once ``‖g_i‖ < 1e-8`` the clamped value is ``cos(a_i, g_i) · ‖g_i‖ / 1e-8``: on the Mode-1 DFA
-run the deep Γ_l come out 2-10x closer to zero. ``diagnostics.cosine_per_sample`` has no eps,
-and the report marks those Γ_l undefined (below the floor).
-"""
+"""Pitfall 2: ``F.cosine_similarity`` clamps each norm at eps = 1e-8, so below it the value is
+``cos(a_i, g_i) · ‖g_i‖ / 1e-8``, a shrunken number instead of a direction."""
 
 from __future__ import annotations
 
@@ -36,13 +31,9 @@ def naive_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, g, dim=1)
 
 
-def _naive_cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return naive_cosine(a, g).to(torch.float64)
-
-
 GUARD = Guard(
     "pytest_fa.core.diagnostics.cosine_per_sample",
-    _naive_cosine_per_sample,
+    lambda a, g: naive_cosine(a, g).to(torch.float64),
     "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
     witness=Witness(
         thresholds=(("grad_floor", 1e-30),),
@@ -148,9 +139,6 @@ def test_user_checkpoint_reference_is_above_the_clamp(fa_checkpoint, fa_eval_bat
     below = [(index, float(m)) for index, m in enumerate(medians) if m < EPS]
     if below:
         detail = ", ".join(f"‖g_{i}‖ = {m:.3g} (clamped cosine shrunk ~{EPS / m:.0f}x)" for i, m in below)
-        exposed(
-            "2",
-            f"{fa_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
-            f"{probe.batch_size}: {detail}; any Γ computed with F.cosine_similarity at these layers "
-            "measures ‖g‖, not direction",
-        )
+        exposed("2", f"{fa_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
+                f"{probe.batch_size}: {detail}; any Γ computed with F.cosine_similarity at these layers "
+                "measures ‖g‖, not direction")

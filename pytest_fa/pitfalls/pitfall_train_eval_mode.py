@@ -73,10 +73,8 @@ def batchnorm_run(fa_realisation):
     seed, threads = fa_realisation
     data = load_dataset("mnist1d", **DATA)
     with torch_threads(threads):
-        result = train(
-            data, "dfa", arch="smallcnn", arch_config=CNN, epochs=EPOCHS, seed=seed, recipe=RECIPE, device="cpu",
-            monitor=False,
-        )
+        result = train(data, "dfa", arch="smallcnn", arch_config=CNN, epochs=EPOCHS, seed=seed, recipe=RECIPE,
+                       device="cpu", monitor=False)
     assert result.model.training, "a training loop leaves the model in train mode"
     return SimpleNamespace(data=data, result=result, batches=eval_batches(data, 8, 128, seed=0))
 
@@ -163,13 +161,11 @@ def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(fa_checkpoint_pat
         if shift > MATERIAL_GAMMA:
             material.append(f"Γ_l moves by up to {shift:.3f}")
     if material:
-        exposed(
-            "B5",
-            f"{name}: the diagnostics differ between train and eval mode: " + "; ".join(material)
-            + f" (accuracy on the eval batches {honest.eval_accuracy:.3f} eval vs "
-            f"{naive.eval_accuracy:.3f} train).\n    " + "\n    ".join(rows)
-            + "\n    pytest-fa measures in eval mode; a pipeline that does not fix the mode reports the train-mode numbers",
-        )
+        exposed("B5", f"{name}: the diagnostics differ between train and eval mode: " + "; ".join(material)
+                + f" (accuracy on the eval batches {honest.eval_accuracy:.3f} eval vs "
+                f"{naive.eval_accuracy:.3f} train).\n    " + "\n    ".join(rows)
+                + "\n    pytest-fa measures in eval mode; a pipeline that does not fix the mode reports the "
+                "train-mode numbers")
 
 
 def _fmt(values: torch.Tensor) -> str:

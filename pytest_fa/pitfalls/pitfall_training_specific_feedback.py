@@ -1,10 +1,5 @@
 """Pitfall 4: random feedback matrices are training-specific — Γ is not invariant to
-re-drawing them.
-
-A script that re-draws B_l "from the run's seed" measures a null-like Γ where the training B
-gives a deep-layer Γ far outside the fresh-B null. Bundles store the training B_l,
-``checkpoint.load_checkpoint`` validates them, and Γ from the reloaded bundle is bit-identical.
-"""
+re-drawing them, so bundles store the training B_l."""
 
 from __future__ import annotations
 
@@ -59,10 +54,8 @@ GUARD = Guard(
 def per_sample_cosines(model, batches, feedback) -> list[torch.Tensor]:
     """``cos(e_T B_l, g_l)`` per sample for every layer, over all batches."""
     credit = DFACredit(feedback)
-    per_batch = []
-    for x, y in batches:
-        ref = reference_pass(model, x, y, credit)
-        per_batch.append([D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(ref.credits, ref.rows)])
+    refs = [reference_pass(model, x, y, credit) for x, y in batches]
+    per_batch = [[D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(ref.credits, ref.rows)] for ref in refs]
     return [torch.cat(column) for column in zip(*per_batch)]
 
 
@@ -70,13 +63,9 @@ def deep_mean(cosines: list[torch.Tensor]) -> float:
     return sum(float(c.mean()) for c in cosines[1:]) / (len(cosines) - 1)
 
 
-def _meaningful(regime):
-    return regime.meaningful_model_at(MEANINGFUL_EPOCH)
-
-
 def test_reseeded_feedback_gives_another_gamma_on_a_real_dfa_run(degenerate_dfa):
     """Pitfall 4: Γ with the training B is far outside the fresh-B null; a B re-drawn from the seed is not."""
-    model = _meaningful(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     trained_b = degenerate_dfa.feedback
     dims = [b.shape[1] for b in trained_b]
     classes = degenerate_dfa.data.num_classes
@@ -100,7 +89,7 @@ def test_reseeded_feedback_gives_another_gamma_on_a_real_dfa_run(degenerate_dfa)
 
 def test_bundle_round_trip_gives_the_training_gamma_bit_for_bit(degenerate_dfa, tmp_path):
     """Pitfall 4: a bundle saved and loaded by pytest-fa carries the training B: identical Γ, sample by sample."""
-    model = _meaningful(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     snapshot = {k: v.detach().cpu() for k, v in degenerate_dfa.meaningful.snapshots[MEANINGFUL_EPOCH].items()}
     bundle = dataclasses.replace(degenerate_dfa.meaningful.bundle, state_dict=snapshot, epochs=MEANINGFUL_EPOCH)
     path = C.save_bundle(tmp_path / "dfa_epoch1.pt", bundle)
