@@ -1,39 +1,23 @@
 """The source-level evaluation pitfalls as a flake8 plugin: ``flake8 --select=FA,E9 src/`` or
-``pytest --fa-lint=src/`` (``pip install pytest-fa[lint]``). One walk over the ``ast`` of a file;
-torch is never imported. Each code is the ``lint_code`` of its pitfall in
-:data:`pytest_fa.pitfalls.PITFALLS`:
+``pytest --fa-lint=src/``. One walk over the ``ast`` of a file; torch is never imported. Each code
+is the ``lint_code`` of its pitfall in :data:`pytest_fa.pitfalls.PITFALLS`:
 
-- ``FA001`` (pitfall 1): ``t.norm(N)``, ``torch.norm(x, N)``, ``torch.linalg.norm(x, N)`` or
-  ``torch.linalg.vector_norm(x, N)`` with a numeric literal N (``-1``, ``2.0``, ``float("inf")``,
-  ``math.inf``) as the order and no ``dim``: the norm of the whole flattened tensor. Not flagged:
-  ``p=``/``ord=`` as keywords, any dim, ``**kwargs``, ``matrix_norm``, a ``.norm`` on an imported
-  module (``np.linalg.norm``) or called with a tensor (``self.norm(h)``).
-- ``FA002`` (pitfall 2): a cosine (``F.cosine_similarity``, ``torch.cosine_similarity``, an
-  ``nn.CosineSimilarity`` inline, in a variable or in a ``self.<attr>``) with no ``eps`` given
-  (keyword, positional or ``**kwargs``) on a gradient-like argument.
-- ``FA003`` (pitfall 3): ``.half()``, ``.to(torch.float16)``, ``.to(dtype=torch.half)``,
-  ``.type(torch.HalfTensor)`` on a gradient-like receiver; and a float16 autocast (``dtype=`` float16,
-  a literal ``"cuda"`` device without dtype, ``torch.cuda.amp.autocast`` without dtype; never
-  ``enabled=False``) as ``with`` or decorator around ``torch.autograd.grad``/``backward`` or a
-  ``.backward(...)`` (not in nested functions, nor under a nested non-float16 autocast).
-- ``FA004`` (pitfall B3): a cosine (``cosine_per_sample`` too) whose two arguments have known batch
-  origins that do not meet.
+- ``FA001``: a norm (``t.norm``, ``torch.norm``, ``torch.linalg.norm``/``vector_norm``) given a numeric
+  literal as its positional order and no ``dim``: the norm of the whole flattened tensor.
+- ``FA002``: a cosine (``F.cosine_similarity``, ``torch.cosine_similarity``, ``nn.CosineSimilarity``)
+  with no ``eps`` given on a gradient-like argument.
+- ``FA003``: a float16 cast of a gradient-like receiver, or a float16 autocast (``with`` or decorator)
+  around ``torch.autograd.grad``/``backward`` or a ``.backward(...)``.
+- ``FA004``: a cosine (``cosine_per_sample`` too) whose two arguments have known batch origins that do
+  not meet.
 
-Gradient-like: an expression that mentions a name or attribute containing ``grad`` (any case; not
-the autograd switches ``requires_grad``, ``no_grad``, ``zero_grad``, ``grad_fn``, ...), or a variable
-(or ``self.<attr>``, in any method) assigned one earlier in the scope; it stays so after later
-assignments. A function sees the enclosing scope's names except its parameters.
-
-Batch origins flow forward through the assignments of one function (the module body is one): a
-loop over a batch source (no origin of its own, a name with a ``batch``/``loader`` part or a
-``data``, ``dl``, ``ds``, ``it``, ``iter`` segment; never ``range`` nor ``.parameters()``-like)
-gives its targets one origin, shared by loops over the same named source unless it was built with
-``shuffle=True``. ``next(it)`` is a new batch at every call site; ``next(iter(X))`` is the first
-batch of X (unless X shuffles); ``batches[0]`` and ``batches[1]`` are two. An assignment replaces a
-variable's origins in straight-line code and adds to them under ``if``/``try``/``while``.
-
-A finding is ``path:line:col: FA00N [pitfall …] message`` at the called name; flake8's
-``# noqa: FA00N`` on its line silences it.
+Gradient-like: an expression that mentions a name or attribute containing ``grad`` (not the autograd
+switches such as ``requires_grad``), or a variable assigned one earlier in the scope. Batch origins
+flow forward through the assignments of one function: a loop over a batch source (``loader``,
+``batches``, ``dl``, ...) gives its targets one origin, shared by loops over the same source unless it
+shuffles; ``next(it)`` is a new batch at every call site; ``batches[0]`` and ``batches[1]`` are two.
+An assignment replaces a variable's origins in straight-line code and adds to them under a branch.
+flake8's ``# noqa: FA00N`` on the finding's line silences it.
 """
 
 from __future__ import annotations
