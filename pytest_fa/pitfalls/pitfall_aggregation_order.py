@@ -33,12 +33,8 @@ def _naive_cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return batch.expand(a.shape[0])
 
 
-GUARD = Guard(
-    "pytest_fa.core.diagnostics.cosine_per_sample",
-    _naive_cosine_per_sample,
-    "per-sample cosine replaced by the cosine of batch means (order ii)",
-    witness=Witness(bundle="meaningful"),
-)
+GUARD = Guard("pytest_fa.core.diagnostics.cosine_per_sample", _naive_cosine_per_sample,
+              "per-sample cosine replaced by the cosine of batch means (order ii)", Witness(bundle="meaningful"))
 
 
 def _cos(x: torch.Tensor, y: torch.Tensor) -> float:

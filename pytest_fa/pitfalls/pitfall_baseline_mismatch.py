@@ -49,15 +49,10 @@ class _NaiveRunner(protocol.ProtocolRunner):
         return asdict(Recipe()), NAIVE_EPOCHS, SEED, arch, config
 
 
-GUARD = Guard(
-    "pytest_fa.protocol.ProtocolRunner",
-    _NaiveRunner,
-    "frozen baseline trained with a default one-epoch budget instead of the checkpoint's",
-    witness=Witness(
-        paths=("cli",), frozen_acc=None,
-        why_not="diagnose() takes frozen_acc from its caller; only the command line trains the baseline",
-    ),
-)
+GUARD = Guard("pytest_fa.protocol.ProtocolRunner", _NaiveRunner,
+              "frozen baseline trained with a default one-epoch budget instead of the checkpoint's",
+              Witness(paths=("cli",), frozen_acc=None, why_not="diagnose() takes frozen_acc from its caller; "
+                      "only the command line trains the baseline"))
 
 
 @pytest.fixture(scope="session")

@@ -40,12 +40,9 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
     return probe.probe_batches(model, batches, credit, len(batches[0][0]))
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "credit evaluated on the next batch instead of the reference's forward pass",
-    witness=Witness(bundle="meaningful"),
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "credit evaluated on the next batch instead of the reference's forward pass",
+              Witness(bundle="meaningful"))
 
 
 def naive_gamma(model, batches, credit_of, shift: int = 1) -> list[float]:

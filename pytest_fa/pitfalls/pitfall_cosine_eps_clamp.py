@@ -31,16 +31,11 @@ def naive_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, g, dim=1)
 
 
-GUARD = Guard(
-    "pytest_fa.core.diagnostics.cosine_per_sample",
-    lambda a, g: naive_cosine(a, g).to(torch.float64),
-    "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
-    witness=Witness(
-        thresholds=(("grad_floor", 1e-30),),
-        why_not="at the default floor the deep layers of the Mode-1 bundle are undefined, so no "
-        "clamped cosine reaches the report; the witness lowers the floor, as a threshold sweep does",
-    ),
-)
+GUARD = Guard("pytest_fa.core.diagnostics.cosine_per_sample", lambda a, g: naive_cosine(a, g).to(torch.float64),
+              "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
+              Witness(thresholds=(("grad_floor", 1e-30),),
+                      why_not="at the default floor the deep layers of the Mode-1 bundle are undefined, so no clamped "
+                      "cosine reaches the report; the witness lowers the floor, as a threshold sweep does"))
 
 
 def credit_and_reference(model, batches, feedback):

@@ -35,15 +35,10 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
         model.train(was_training)
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "half-precision models measured in their own dtype instead of a float32 copy",
-    witness=Witness(
-        paths=("python",), dtype="float16",
-        why_not="bundles load in float32: a float16 model reaches only the Python API",
-    ),
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "half-precision models measured in their own dtype instead of a float32 copy",
+              Witness(paths=("python",), dtype="float16",
+                      why_not="bundles load in float32: a float16 model reaches only the Python API"))
 
 
 def reference_grads(model, x, y):

@@ -41,11 +41,8 @@ def _naive_report_from_probe(probe, *, thresholds, label="", **_ignored):
                               device=probe.device, mode=probe.mode)
 
 
-GUARD = Guard(
-    "pytest_fa.core.report.report_from_probe",
-    _naive_report_from_probe,
-    "per-layer Γ_l replaced by one headline Γ pooled over all layers",
-)
+GUARD = Guard("pytest_fa.core.report.report_from_probe", _naive_report_from_probe,
+              "per-layer Γ_l replaced by one headline Γ pooled over all layers")
 
 
 def credit_and_reference(model, batches, credit):

@@ -38,12 +38,8 @@ def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=Non
     return LoadedCheckpoint(str(path), model, bundle, state, bundle.method)
 
 
-GUARD = Guard(
-    "pytest_fa.training.checkpoint.load_checkpoint",
-    _naive_load_checkpoint,
-    "a bundle loads with its feedback matrices silently missing",
-    witness=Witness(bundle="stripped"),
-)
+GUARD = Guard("pytest_fa.training.checkpoint.load_checkpoint", _naive_load_checkpoint,
+              "a bundle loads with its feedback matrices silently missing", Witness(bundle="stripped"))
 
 
 def naive_posthoc_gamma(path, batches) -> list[float]:

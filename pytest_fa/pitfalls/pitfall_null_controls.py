@@ -37,12 +37,8 @@ def _naive_null_gamma(model, eval_batches, num_classes, *, feedback=None, n=20, 
     return NullCalibration(draws, per_layer if feedback is not None else None)
 
 
-GUARD = Guard(
-    "pytest_fa.core.calibration.null_gamma",
-    _naive_null_gamma,
-    "the null reuses the training B instead of drawing fresh ones",
-    witness=Witness(bundle="meaningful"),
-)
+GUARD = Guard("pytest_fa.core.calibration.null_gamma", _naive_null_gamma,
+              "the null reuses the training B instead of drawing fresh ones", Witness(bundle="meaningful"))
 
 
 def _gamma_per_sample(model, batches, feedback) -> list[torch.Tensor]:

@@ -54,11 +54,8 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
     return measured
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "‖h_l‖ read from LayerNorm-ed copies of the hidden states",
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "‖h_l‖ read from LayerNorm-ed copies of the hidden states")
 
 
 def _growth(norms: list[torch.Tensor]) -> float:

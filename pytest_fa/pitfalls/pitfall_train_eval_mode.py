@@ -43,15 +43,10 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
     return measured
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "diagnostics measured in the mode the model happens to be in",
-    witness=Witness(
-        bundle="batchnorm", paths=("python",), train_mode=True,
-        why_not="the command line always measures a freshly loaded model, in eval mode",
-    ),
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "diagnostics measured in the mode the model happens to be in",
+              Witness(bundle="batchnorm", paths=("python",), train_mode=True,
+                      why_not="the command line always measures a freshly loaded model, in eval mode"))
 
 
 def naive_diagnostics(model, batches):

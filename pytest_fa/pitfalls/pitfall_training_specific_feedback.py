@@ -44,11 +44,8 @@ def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=Non
     return C.LoadedCheckpoint(str(path), model, bundle, state, bundle.method)
 
 
-GUARD = Guard(
-    "pytest_fa.training.checkpoint.load_checkpoint",
-    _naive_load_checkpoint,
-    "stored feedback matrices ignored and re-drawn from the bundle's seed",
-)
+GUARD = Guard("pytest_fa.training.checkpoint.load_checkpoint", _naive_load_checkpoint,
+              "stored feedback matrices ignored and re-drawn from the bundle's seed")
 
 
 def per_sample_cosines(model, batches, feedback) -> list[torch.Tensor]:
