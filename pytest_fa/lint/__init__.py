@@ -268,11 +268,9 @@ class Checker(ast.NodeVisitor):
             return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             return self.is_number(node.operand)
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float"
-                and len(node.args) == 1 and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)):
-            return True
-        return self.qualname(node) in _INF_NAMES
+        return self.qualname(node) in _INF_NAMES or (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float"
+            and len(node.args) == 1 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
 
     def is_fp16(self, node: ast.AST) -> bool:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -455,8 +453,7 @@ class Checker(ast.NodeVisitor):
         if fragment is not None:
             self.report("FA003", call, (
                 f"`{_short(call)}` casts a gradient (`{fragment}`) to float16: {_UNDERFLOW} Fix: keep reference "
-                f"gradients in float32/float64 (or bfloat16, which has float32's exponent range)."
-            ))
+                f"gradients in float32/float64 (or bfloat16, which has float32's exponent range)."))
 
     def check_cosine(self, call: ast.Call, kwargs: dict[str, ast.expr]) -> None:
         """FA002 (an eps-clamped cosine of a gradient) and FA004 (a cosine across batches)."""
@@ -483,8 +480,7 @@ class Checker(ast.NodeVisitor):
                 f"`{what or _short(call.func)}` on a gradient {why} without an explicit `eps=`: it divides by "
                 f"max(‖x‖, eps=1e-8), so once ‖g‖ < 1e-8 the 'cosine' shrinks by ‖g‖/eps and no "
                 f"longer measures direction. Fix: compute the cosine in float64 without an eps clamp "
-                f"and mark it undefined below the floor: `pytest_fa.core.diagnostics.cosine_per_sample(a, g)`."
-            ))
+                f"and mark it undefined below the floor: `pytest_fa.core.diagnostics.cosine_per_sample(a, g)`."))
         if len(args) == 2:
             first, second = (self.origins(a, self.env) for a in args)
             if first and second and first.isdisjoint(second):
@@ -493,8 +489,7 @@ class Checker(ast.NodeVisitor):
                     f"cosine between `{_short(args[0], 40)}` (from {where[0]}) and "
                     f"`{_short(args[1], 40)}` (from {where[1]}): the two come from different batches, "
                     f"so the number measures batch similarity, not credit quality. Fix: compute the credit "
-                    f"and the reference gradient on the same forward pass (same x, y)."
-                ))
+                    f"and the reference gradient on the same forward pass (same x, y)."))
 
     def cosine_module(self, node: ast.AST) -> bool | None:
         """Whether ``nn.CosineSimilarity(...)`` is given an eps; None for anything else."""
@@ -548,8 +543,7 @@ class Checker(ast.NodeVisitor):
                     f"`{form}{_short(context)}` ({why}) wraps a gradient computation "
                     f"(`{_short(grad.func)}(...)` at line {grad.lineno}): {_UNDERFLOW} Fix: measure reference "
                     f"gradients in float32/float64 (outside the autocast, or `enabled=False`) or with "
-                    f"`dtype=torch.bfloat16`."
-                ))
+                    f"`dtype=torch.bfloat16`."))
 
     # -- batch origins -------------------------------------------------------------------------
 

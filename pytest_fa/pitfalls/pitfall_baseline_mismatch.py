@@ -113,14 +113,8 @@ def test_pytest_fa_trains_the_baseline_with_the_checkpoints_own_budget(budget_ru
     assert other.accuracy == pytest.approx(budget_runs.naive.bundle.headline_acc, abs=1e-12)
 
 
-@given(
-    epochs=st.integers(1, 500),
-    seed=fst.seeds(),
-    lr=st.floats(1e-6, 1.0),
-    weight_decay=st.floats(0.0, 0.5),
-    batch_size=st.sampled_from([16, 32, 64, 128, 256, 512]),
-    schedule=st.sampled_from(["cosine", "constant"]),
-)
+@given(epochs=st.integers(1, 500), seed=fst.seeds(), lr=st.floats(1e-6, 1.0), weight_decay=st.floats(0.0, 0.5),
+       batch_size=st.sampled_from([16, 32, 64, 128, 256, 512]), schedule=st.sampled_from(["cosine", "constant"]))
 @settings(max_examples=40, deadline=None)
 def test_the_baseline_budget_is_whatever_the_checkpoint_records(budget_runs, epochs, seed, lr, weight_decay, batch_size, schedule):
     """Pitfall B4: for any recorded budget the frozen baseline is planned with exactly it."""

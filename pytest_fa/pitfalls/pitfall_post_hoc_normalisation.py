@@ -132,11 +132,8 @@ class ScaledStack(nn.Module):
         return (logits, hiddens) if return_hidden else logits
 
 
-@given(
-    scales=st.lists(fst.norm_scales(torch.float64), min_size=1, max_size=6),
-    batch_size=st.integers(1, 16),
-    seed=fst.seeds(),
-)
+@given(scales=st.lists(fst.norm_scales(torch.float64), min_size=1, max_size=6), batch_size=st.integers(1, 16),
+       seed=fst.seeds())
 @settings(max_examples=50, deadline=None)
 def test_the_probe_reads_exactly_the_growth_the_stream_has(scales, batch_size, seed):
     """Pitfall B6: for block scales anywhere in 1e-30…1e8, the per-block growth pytest-fa

@@ -20,15 +20,13 @@ from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
-from pytest_fa.pitfalls.regimes import torch_threads
+from pytest_fa.pitfalls.regimes import BATCHNORM_CNN, BATCHNORM_DATA, torch_threads
 from pytest_fa.training.data import eval_batches, load_dataset
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, train
 
 pytestmark = pytest.mark.fa_pitfall("B5")
 
-DATA = {"num_samples": 6000, "seed": 42}
-CNN = {"channels": 16, "depth": 3, "fc": 64}
 RECIPE = Recipe(lr=3e-2, schedule="constant")
 EPOCHS = 2
 MATERIAL_REL = 0.10  # a per-layer median ‖h_l‖ or ‖g_l‖ that moves by more than 10 %
@@ -66,10 +64,10 @@ def naive_diagnostics(model, batches):
 def batchnorm_run(fa_realisation):
     """DFA on SmallCNN (BatchNorm in every block) with MNIST-1D, left in train mode."""
     seed, threads = fa_realisation
-    data = load_dataset("mnist1d", **DATA)
+    data = load_dataset("mnist1d", **BATCHNORM_DATA)
     with torch_threads(threads):
-        result = train(data, "dfa", arch="smallcnn", arch_config=CNN, epochs=EPOCHS, seed=seed, recipe=RECIPE,
-                       device="cpu", monitor=False)
+        result = train(data, "dfa", arch="smallcnn", arch_config=BATCHNORM_CNN, epochs=EPOCHS, seed=seed,
+                       recipe=RECIPE, device="cpu", monitor=False)
     assert result.model.training, "a training loop leaves the model in train mode"
     return SimpleNamespace(data=data, result=result, batches=eval_batches(data, 8, 128, seed=0))
 

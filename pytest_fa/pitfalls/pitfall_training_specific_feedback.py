@@ -107,12 +107,8 @@ def test_bundle_round_trip_gives_the_training_gamma_bit_for_bit(degenerate_dfa, 
     assert deep_mean(in_process) < -0.03  # measured -0.078: the training-specific signal survives the trip
 
 
-@given(
-    seed=fst.seeds(),
-    width=st.sampled_from([8, 16, 32]),
-    depth=st.integers(min_value=1, max_value=3),
-    batch=st.integers(min_value=1, max_value=32),
-)
+@given(seed=fst.seeds(), width=st.sampled_from([8, 16, 32]), depth=st.integers(min_value=1, max_value=3),
+       batch=st.integers(min_value=1, max_value=32))
 @settings(max_examples=15, deadline=None)
 def test_saved_feedback_round_trips_exactly(seed, width, depth, batch):
     """Pitfall 4: for any seed and shape, a reloaded DFA bundle gives the training B and Γ bit for bit."""
