@@ -214,8 +214,7 @@ class Env:
         return Env(self.taint - rebound, {k: v for k, v in self.origins.items() if origins and k not in rebound},
                    {k: v for k, v in self.cosines.items() if k not in rebound}, self.shuffled - rebound)
 
-    def set(self, name: str, origins: frozenset[Origin], tainted: bool, replace: bool,
-            eps: bool | None = None) -> None:
+    def set(self, name: str, origins: frozenset[Origin], tainted: bool, replace: bool, eps: bool | None = None) -> None:
         """``name`` now holds a value with these origins (and a gradient, or a cosine module)."""
         self.origins[name] = origins if replace else self.origins.get(name, EMPTY) | origins
         if tainted:
@@ -227,9 +226,8 @@ class Env:
 
 
 class Checker(ast.NodeVisitor):
-    """flake8's entry point ``FA`` (group ``flake8.extension``): the findings in one module.
-
-    The visit keeps the ``Env`` of the scope it is in; ``replace`` is False under a branch."""
+    """flake8's entry point ``FA`` (group ``flake8.extension``): the findings in one module. The visit
+    keeps the ``Env`` of the scope it is in; ``replace`` is False under a branch."""
 
     def __init__(self, tree: ast.Module, lines: list[str]) -> None:
         self.tree, self.lines = tree, lines
@@ -466,8 +464,7 @@ class Checker(ast.NodeVisitor):
             eps = self.cosine_module(call.func)
         elif dotted is not None and dotted in self.env.cosines:
             what, eps = f"{dotted} (an nn.CosineSimilarity)", self.env.cosines[dotted]
-        elif name is not None and (name == "pytest_fa.core.diagnostics.cosine_per_sample"
-                                   or name.endswith(".diagnostics.cosine_per_sample")):
+        elif name is not None and name.endswith(".diagnostics.cosine_per_sample"):
             eps = None  # pytest-fa's own cosine has no eps clamp
         else:
             return
@@ -616,4 +613,3 @@ class Checker(ast.NodeVisitor):
                 self.bind_loop(target.elts[1], iterable.args[0], env, replace, extra)
                 return
         self.bind(target, iterable, env, replace, extra)
-
