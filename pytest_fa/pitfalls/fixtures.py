@@ -62,8 +62,7 @@ def degenerate_dfa(fa_settings, fa_realisation):
     """DFA on the ResMLP with MNIST-1D, trained until ‖g_L‖ is at the numerical floor."""
     from pytest_fa.pitfalls.regimes import degenerate_dfa as run
 
-    seed, threads = fa_realisation
-    return run(fa_settings.device, seed, threads)
+    return run(fa_settings.device, *fa_realisation)
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +70,7 @@ def healthy_bp(fa_settings, fa_realisation):
     """BP on the same architecture and data with the paper's recipe."""
     from pytest_fa.pitfalls.regimes import healthy_bp as run
 
-    seed, threads = fa_realisation
-    return run(fa_settings.device, seed, threads)
+    return run(fa_settings.device, *fa_realisation)
 
 
 def loaded_or_skip(runner, path):

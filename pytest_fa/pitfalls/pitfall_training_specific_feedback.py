@@ -16,10 +16,9 @@ from pytest_fa import strategies as fst
 from pytest_fa.core import calibration as CAL
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
-from pytest_fa.core.reference import reference_pass
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
-from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
+from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH, credited_rows
 from pytest_fa.training import checkpoint as C
 from pytest_fa.training.methods import MethodState, feature_dims, get_method
 
@@ -50,10 +49,7 @@ GUARD = Guard("pytest_fa.training.checkpoint.load_checkpoint", _naive_load_check
 
 def per_sample_cosines(model, batches, feedback) -> list[torch.Tensor]:
     """``cos(e_T B_l, g_l)`` per sample for every layer, over all batches."""
-    credit = DFACredit(feedback)
-    refs = [reference_pass(model, x, y, credit) for x, y in batches]
-    per_batch = [[D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(ref.credits, ref.rows)] for ref in refs]
-    return [torch.cat(column) for column in zip(*per_batch)]
+    return [D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(*credited_rows(model, batches, DFACredit(feedback)))]
 
 
 def deep_mean(cosines: list[torch.Tensor]) -> float:

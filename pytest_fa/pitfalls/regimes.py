@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.core.settings import resolve_device
 from pytest_fa.core.thresholds import REFERENCE_BATCH_SIZE
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
@@ -62,6 +63,12 @@ class Regime:
             f"the regime changed: epoch {epoch} is no longer in the meaningful regime: {record}"
         )
         return run.model_at(epoch)
+
+
+def credited_rows(model, batches, credit) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``([a_l], [g_l])``: per-sample rows over all batches at the layers with credit, each batch from one pass."""
+    per_batch = [reference_pass(model, x, y, credit).credited_rows() for x, y in batches]
+    return tuple([torch.cat(layer) for layer in zip(*side)] for side in zip(*per_batch))
 
 
 @contextlib.contextmanager
