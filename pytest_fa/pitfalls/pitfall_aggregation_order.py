@@ -124,11 +124,8 @@ def test_batch_mean_order_depends_on_the_batching_pytest_fa_does_not(degenerate_
     credit = DFACredit(degenerate_dfa.feedback)
     x = torch.cat([b[0] for b in degenerate_dfa.batches])
     y = torch.cat([b[1] for b in degenerate_dfa.batches])
-    ours, theirs = [], []
-    for size in (64, 128, 256):
-        per_batch = credit_and_reference(model, list(zip(x.split(size), y.split(size))), credit)
-        ours.append(order_pytest_fa(per_batch))
-        theirs.append(order_batch_mean(per_batch))
+    rebatched = [credit_and_reference(model, list(zip(x.split(n), y.split(n))), credit) for n in (64, 128, 256)]
+    ours, theirs = [order_pytest_fa(b) for b in rebatched], [order_batch_mean(b) for b in rebatched]
     for layer in range(len(ours[0])):
         values = [o[layer] for o in ours]
         assert max(values) - min(values) < 1e-6, (layer, values)

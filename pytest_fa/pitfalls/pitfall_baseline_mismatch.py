@@ -1,6 +1,5 @@
-"""Pitfall B4: the frozen-blocks baseline of diagnostic (d) is not matched to the trained
-model's budget, so a method "beats the random-blocks baseline" only because the baseline
-got less training."""
+"""Pitfall B4: the frozen-blocks baseline of diagnostic (d) is not matched to the trained model's
+budget, so a method "beats the random-blocks baseline" only because the baseline got less."""
 
 from __future__ import annotations
 

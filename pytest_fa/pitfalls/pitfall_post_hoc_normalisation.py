@@ -1,6 +1,5 @@
-"""Pitfall B6: hidden states (or gradients) normalised before their norms are logged —
-LayerNorm-ed, unit-normalised, read after the terminal norm — so the residual-stream
-explosion of a degenerate run disappears from the logs."""
+"""Pitfall B6: hidden states (or gradients) normalised before their norms are logged, so the
+residual-stream explosion of a degenerate run disappears from the logs."""
 
 from __future__ import annotations
 
@@ -123,12 +122,8 @@ class ScaledStack(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) / d**0.5)
 
     def forward(self, x, return_hidden: bool = False):
-        h = self.embed(x)
-        hiddens = [h]
-        for c in self.scales:
-            h = h * c
-            hiddens.append(h)
-        logits = self.out_head(self.out_ln(h))
+        hiddens = list(itertools.accumulate(self.scales, operator.mul, initial=self.embed(x)))
+        logits = self.out_head(self.out_ln(hiddens[-1]))
         return (logits, hiddens) if return_hidden else logits
 
 

@@ -1,6 +1,5 @@
-"""Pitfall B5: diagnostics measured in whatever mode the model is in — train mode right
-after a training loop — so BatchNorm batch statistics (or dropout masks) change ‖h‖, g and
-the credit, and the measurement itself rewrites the BatchNorm running statistics."""
+"""Pitfall B5: diagnostics measured in whatever mode the model is in (train mode after a training
+loop): BatchNorm statistics or dropout masks change ‖h‖, g and the credit."""
 
 from __future__ import annotations
 
