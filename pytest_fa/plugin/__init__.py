@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     check_report_paths(settings)
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
-    config.pluginmanager.register(_SessionHooks(state), "fa-session")
+    config.pluginmanager.register(state, "fa-session")  # its pytest_runtest_logreport
     from pytest_fa.plugin._html import HtmlExtras, html_requested
 
     if html_requested(config):
@@ -132,10 +132,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:0] = first
 
 
-_PITFALL_PROPERTY = "fa_pitfall"
-_WORKER_REPORTS = "fa_reports"
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
@@ -143,30 +139,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if marker is not None and (report.when == "call" or not report.passed):
         checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
         # carried on the report, so it reaches the pytest-xdist controller too
-        report.user_properties.append((_PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
+        report.user_properties.append(("fa_pitfall", [marker.args[0], checks_checkpoint]))
     if report.when == "teardown" and hasattr(item.config, "workeroutput"):
         # a pytest-xdist worker sends each protocol report with the test report after it, so
         # a worker that crashes later loses only the checkpoint it was measuring
         entries = item.config.stash[STATE_KEY].unsent_report_dicts()
         if entries:
-            setattr(report, _WORKER_REPORTS, entries)
+            report.fa_reports = entries
     return report
-
-
-class _SessionHooks:
-    """Hooks that read reports into the session's state: pitfall outcomes from every test
-    report, and the protocol reports that pytest-xdist workers computed."""
-
-    def __init__(self, state: FAState) -> None:
-        self.state = state
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == _PITFALL_PROPERTY:
-                pitfall_id, checks_checkpoint = value
-                self.state.record_pitfall(pitfall_id, checks_checkpoint, report.outcome)
-        if hasattr(report, _WORKER_REPORTS):  # computed by a pytest-xdist worker
-            self.state.add_worker_reports(getattr(report, _WORKER_REPORTS))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
