@@ -1,6 +1,5 @@
-"""pytest entry point: options, the ``fa_protocol`` marker, generated protocol items,
-the terminal table and the JSON report. torch is imported only once a checkpoint is used.
-"""
+"""pytest entry point: options, markers, the protocol items, the terminal tables and the report
+files. torch is imported only once a checkpoint is used."""
 
 from __future__ import annotations
 
@@ -15,22 +14,12 @@ from pytest_fa import __version__  # noqa: E402
 from pytest_fa.core.files import WriteError, write_atomically  # noqa: E402
 from pytest_fa.core.thresholds import threshold_fields  # noqa: E402
 from pytest_fa.errors import as_flags  # noqa: E402
-from pytest_fa.fixtures import (  # noqa: E402,F401
-    fa_checkpoint,
-    fa_checkpoint_path,
-    fa_eval_batches,
-    fa_feedback_matrices,
-    fa_frozen_baseline,
-    fa_model,
-    fa_report,
-    fa_runner,
-    fa_settings,
-    fa_thresholds,
-)
 from pytest_fa.pitfalls import HERE as PITFALLS_DIR  # noqa: E402
 from pytest_fa.plugin._items import LintCollector, ProtocolCollector, collected  # noqa: E402
 from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, add_options, check_report_paths, session_settings  # noqa: E402,F401
 from pytest_fa.plugin._state import STATE_KEY, FAState  # noqa: E402
+
+pytest_plugins = ["pytest_fa.fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,9 +44,9 @@ def pytest_configure(config: pytest.Config) -> None:
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
     config.pluginmanager.register(state, "fa-session")  # its pytest_runtest_logreport
-    from pytest_fa.plugin._html import HtmlExtras, html_requested
+    if config.pluginmanager.getplugin("html") is not None and config.getoption("htmlpath", None):  # pytest-html, --html
+        from pytest_fa.plugin._html import HtmlExtras
 
-    if html_requested(config):
         config.pluginmanager.register(HtmlExtras(state), "fa-html")
     if settings.pitfalls:
         from pytest_fa.pitfalls import fixtures as pitfall_fixtures
@@ -176,8 +165,7 @@ def _protocol_summary(terminalreporter, state: FAState) -> None:
         terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
         terminalreporter.write_line(seed_table(groups))
     for report in reports:
-        terminalreporter.write_line("")
-        terminalreporter.write_line(as_flags(str(report)))
+        terminalreporter.write_line("\n" + as_flags(str(report)))
     comparisons = state.comparisons()
     if comparisons:
         from pytest_fa.core.compare import comparison_table
@@ -213,18 +201,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller writes
         return
-    reports = state.reports()
+    # the JSON, the Markdown and the figures, each written whole or not at all (a failure is kept
+    # for the terminal summary); the JSON and the Markdown say when a checkpoint was not measured
+    reports, missing, settings = state.reports(), state.not_measured(), state.settings
     if not reports:
         return
-    _write_report_files(state, reports, state.not_measured())
-    if state.write_errors and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def _write_report_files(state: FAState, reports: list, missing: list[str]) -> None:
-    """The JSON, the Markdown and the figures, each written whole or not at all (a failure is kept
-    for the terminal summary); the JSON and the Markdown say when a checkpoint was not measured."""
-    settings = state.settings
 
     def attempt(flag: str, write, *args) -> None:
         try:
@@ -245,6 +226,8 @@ def _write_report_files(state: FAState, reports: list, missing: list[str]) -> No
         from pytest_fa.core.report_json import report_json
 
         attempt("--fa-report-json", write_atomically, settings.report_json, report_json(reports, missing))
+    if state.write_errors and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:

@@ -14,11 +14,6 @@ from pytest_fa.plugin._items import ProtocolItem
 from pytest_fa.plugin._state import FAState
 
 
-def html_requested(config: pytest.Config) -> bool:
-    """pytest-html is installed, not disabled (``-p no:html``) and asked for a report (``--html``)."""
-    return config.pluginmanager.getplugin("html") is not None and bool(config.getoption("htmlpath", None))
-
-
 def html_table(header: list[str], rows: list[list[str]]) -> str:
     """A plain HTML table of text cells, each escaped."""
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
