@@ -35,11 +35,8 @@ def pytest_configure(config: pytest.Config) -> None:
     ):
         config.addinivalue_line("markers", marker)
     settings = session_settings(config)
-    for root in settings.lint:
-        if not Path(root).exists():
-            raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
     if settings.lint:
-        _check_flake8()
+        _check_lint(settings.lint)
     check_report_paths(settings)
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
@@ -55,11 +52,14 @@ def pytest_configure(config: pytest.Config) -> None:
         _add_collection_root(config, PITFALLS_DIR)
 
 
-def _check_flake8() -> None:
-    """``--fa-lint`` runs flake8 with the FA checks pytest-fa registers: both must be installed."""
+def _check_lint(roots: list) -> None:
+    """Every ``--fa-lint`` path exists, and flake8 with the FA checks pytest-fa registers is installed."""
     from importlib.metadata import entry_points
     from importlib.util import find_spec
 
+    for root in roots:
+        if not Path(root).exists():
+            raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
     if find_spec("flake8") is None:
         raise pytest.UsageError("--fa-lint runs flake8, which is not installed: pip install pytest-fa[lint]")
     if not any(ep.value == "pytest_fa.lint:Checker" for ep in entry_points(group="flake8.extension")):
@@ -147,31 +147,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
         terminalreporter.section("pytest-fa pitfalls")
         terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))
-    if state.reports():
-        _protocol_summary(terminalreporter, state)
-    _report_files_summary(terminalreporter, state)
-
-
-def _protocol_summary(terminalreporter, state: FAState) -> None:
-    """The table of every measured checkpoint, its seed groups, its reports and comparisons."""
-    from pytest_fa.core.report import summary_table
-    from pytest_fa.core.seeds import seed_groups, seed_table
-
-    terminalreporter.section("pytest-fa protocol")
     reports = state.reports()
-    terminalreporter.write_line(summary_table(reports))
-    groups = seed_groups(reports)
-    if groups:
-        terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
-        terminalreporter.write_line(seed_table(groups))
-    for report in reports:
-        terminalreporter.write_line("\n" + as_flags(str(report)))
-    comparisons = state.comparisons()
-    if comparisons:
-        from pytest_fa.core.compare import comparison_table
+    if reports:  # every measured checkpoint, its seed groups, its reports and comparisons
+        from pytest_fa.core.report import summary_table
+        from pytest_fa.core.seeds import seed_groups, seed_table
 
-        terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
-        terminalreporter.write_line(comparison_table(comparisons))
+        terminalreporter.section("pytest-fa protocol")
+        terminalreporter.write_line(summary_table(reports))
+        groups = seed_groups(reports)
+        if groups:
+            terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
+            terminalreporter.write_line(seed_table(groups))
+        for report in reports:
+            terminalreporter.write_line("\n" + as_flags(str(report)))
+        comparisons = state.comparisons()
+        if comparisons:
+            from pytest_fa.core.compare import comparison_table
+
+            terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
+            terminalreporter.write_line(comparison_table(comparisons))
+    _report_files_summary(terminalreporter, state)
 
 
 def _report_files_summary(terminalreporter, state: FAState) -> None:
@@ -234,8 +229,6 @@ def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:
     """Unregister hypothesis's pytest plugin when nothing in the session imported hypothesis: its
     terminal summary would import all of it (about 0.45× an ``import torch``, benchmarks/RESULTS.md)
     to report what only a session that imported it can have."""
-    if "hypothesis" in sys.modules:
-        return
     plugin = config.pluginmanager.get_plugin("hypothesispytest")
-    if plugin is not None:
+    if plugin is not None and "hypothesis" not in sys.modules:
         config.pluginmanager.unregister(plugin)

@@ -1,6 +1,5 @@
-"""pytest-html extras for the protocol's items (``pytest --html=report.html``): the verdict on
-each item, the per-layer table and the figure on a checkpoint's first reported item. pytest-html
-is optional: this module imports it only once it is active."""
+"""pytest-html extras for the protocol's items (``--html=report.html``): the verdict on each item, the
+per-layer table and the figure on a checkpoint's first one. pytest_html is imported only once it is active."""
 
 from __future__ import annotations
 

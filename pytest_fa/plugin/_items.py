@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fa.core import registry
-from pytest_fa.errors import as_flags
+from pytest_fa.errors import FAError, as_flags
 from pytest_fa.plugin._state import STATE_KEY
 
 
@@ -65,8 +65,6 @@ class ProtocolItem(pytest.Item):
         self.add_report_section("call", "fa", f"({self.key}) {result.name}: {comparison(result)} — {status(result)}")
 
     def repr_failure(self, excinfo, style=None):
-        from pytest_fa.errors import FAError
-
         if isinstance(excinfo.value, ItemFailure):
             return str(excinfo.value)
         if isinstance(excinfo.value, FAError):

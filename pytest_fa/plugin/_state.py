@@ -55,10 +55,6 @@ class FAState:
         except OSError as exc:  # a read-only project folder
             return self.runner.temporary_cache(exc)
 
-    def thresholds_for(self, node: pytest.Item) -> DiagnosticThresholds:
-        marker = node.get_closest_marker("fa_protocol")
-        return self.thresholds if marker is None else self.check_marker(marker)
-
     def check_marker(self, marker: pytest.Mark) -> DiagnosticThresholds:
         """The session thresholds with the marker's overrides; a failure when they are not thresholds."""
         if marker.args:
