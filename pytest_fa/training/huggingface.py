@@ -13,12 +13,10 @@ TrainerCallback = require("transformers", "hf").TrainerCallback
 
 
 class MonitorCallback(TrainerCallback):
-    """Steps ``monitor`` at each optimizer step (``state.global_step``), logs every record with
-    ``trainer.log`` — into ``state.log_history`` and every ``report_to`` integration — under
-    ``fa/``, and at the first firing of ``monitor.stop_on`` sets ``control.should_training_stop``
-    (``stop=False``: records only). A callback's ``on_log`` sees the logs after ``log_history``
-    took its copy and after the integrations, which come first: the values go in through
-    ``trainer.log`` itself."""
+    """Steps ``monitor`` at each optimizer step (``state.global_step``), logs every record under ``fa/``
+    with ``trainer.log`` (an ``on_log`` callback would come after ``log_history`` and the ``report_to``
+    integrations), and at the first firing of ``monitor.stop_on`` sets ``control.should_training_stop``
+    (``stop=False``: records only)."""
 
     def __init__(self, monitor: EarlyStopMonitor, trainer, stop: bool = True) -> None:
         self.monitor = monitor

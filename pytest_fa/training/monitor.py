@@ -1,15 +1,8 @@
-"""Diagnostics (a) and (b) during training: record — or stop at — the first firing.
-
-    monitor = EarlyStopMonitor(model, eval_batches, every=200, total_steps=len(loader) * epochs)
-    for step, (x, y) in enumerate(batches_forever, start=1):
-        ...                                   # your update
-        if monitor.step(step):
-            break                             # (a) or (b) fired: the measurement is degenerate
-    print(monitor.summary())                  # first firing step of each, compute saved
-
+"""Diagnostics (a) and (b) during training: record — or stop at — the first firing. Call
+``monitor.step(step)`` after each update and stop when it returns True (the measurement is
+degenerate); ``monitor.summary()`` gives the first firing step of each and the compute saved.
 With ``credit=`` each record also holds ``gamma_mean``, the mean Γ over layers. Lightning and the
-Hugging Face Trainer step it from a callback: ``training.lightning``, ``training.huggingface``.
-"""
+Hugging Face Trainer step it from a callback: ``training.lightning``, ``training.huggingface``."""
 
 from __future__ import annotations
 
@@ -116,10 +109,9 @@ class EarlyStopMonitor:
         return max(0.0, 1.0 - self.stopped_at / self.total_steps)
 
     def summary(self) -> str:
-        lines = []
-        for key in MONITORED:
-            at = self.first_fired.get(key)
-            lines.append(f"({key}) {registry.get(key).name}: " + (f"first fired at step {at}" if at else "never fired"))
+        fired = {key: self.first_fired.get(key) for key in MONITORED}
+        lines = [f"({key}) {registry.get(key).name}: " + (f"first fired at step {at}" if at else "never fired")
+                 for key, at in fired.items()]
         if self.stopped_at is not None:
             saved = self.compute_saved
             lines.append(f"stopped at step {self.stopped_at}"
