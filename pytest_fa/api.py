@@ -69,40 +69,26 @@ def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def check(
-    model: nn.Module,
-    data: Any,
-    *,
-    credit: CreditSignal | str | None = None,
-    frozen_acc: float | None = None,
-    headline_acc: float | None = None,
-    trained_epochs: int | None = None,
-    frozen_epochs: int | None = None,
-    thresholds: DiagnosticThresholds | None = None,
-    num_batches: int = MIN_EVAL_BATCHES,
-    batch_size: int = 128,
-    seed: int = 0,
-    label: str = "",
-    device: torch.device | str | None = None,
-    reference_model: nn.Module | None = None,
-    ablation: bool = False,
-    init_state: dict[str, Any] | None = None,
-) -> DiagnosticReport:
+def check(model: nn.Module, data: Any, *, credit: CreditSignal | str | None = None, frozen_acc: float | None = None,
+          headline_acc: float | None = None, trained_epochs: int | None = None, frozen_epochs: int | None = None,
+          thresholds: DiagnosticThresholds | None = None, num_batches: int = MIN_EVAL_BATCHES, batch_size: int = 128,
+          seed: int = 0, label: str = "", device: torch.device | str | None = None,
+          reference_model: nn.Module | None = None, ablation: bool = False,
+          init_state: dict[str, Any] | None = None) -> DiagnosticReport:
     """Run the protocol on ``model`` over eval batches drawn from ``data``.
 
-    ``headline_acc`` defaults to the model's accuracy on every sample of ``data`` (recorded
-    in ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched
-    frozen-blocks control; without it (d) is not evaluated and the verdict cannot be
-    ``trustworthy``; with ``trained_epochs`` and ``frozen_epochs`` both given and different, an
-    ``FABudgetWarning`` says the control's budget differs from the model's. ``credit`` is your
-    method's ``credit(x, y, logits, hiddens)``; without it Γ is reported unavailable, never
-    ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads it from the model's own backward (:class:`~pytest_fa.core.credit.OwnBackwardCredit`).
-    ``reference_model`` is a twin that backpropagates truly with the same weights, for a
-    model whose autograd is its method's backward (biotorch:
-    ``pytest_fa.core.backprop.bp_twin(model)``); it gives the reference, ``model`` the
-    states, accuracy and credit. ``ablation=True`` adds, per block, the accuracy drop on all
-    samples given with the block removed, and reset to ``init_state`` (the model's
-    ``state_dict()`` before training) when given (:func:`~pytest_fa.core.ablation.block_ablation`).
+    ``headline_acc`` defaults to the model's accuracy on every sample of ``data`` (recorded in
+    ``report.context``). ``frozen_acc`` is the accuracy of your architecture-matched frozen-blocks control;
+    without it (d) is not evaluated and the verdict cannot be ``trustworthy``; with ``trained_epochs`` and
+    ``frozen_epochs`` both given and different, an ``FABudgetWarning`` says the control's budget differs from
+    the model's. ``credit`` is your method's ``credit(x, y, logits, hiddens)``; without it Γ is reported
+    unavailable, never ``cos(BP, BP) = 1``; ``credit="own-backward"`` reads it from the model's own backward
+    (:class:`~pytest_fa.core.credit.OwnBackwardCredit`). ``reference_model`` is a twin that backpropagates
+    truly with the same weights, for a model whose autograd is its method's backward (biotorch:
+    ``pytest_fa.core.backprop.bp_twin(model)``); it gives the reference, ``model`` the states, accuracy and credit.
+    ``ablation=True`` adds, per block, the accuracy drop on all samples given with the block removed, and
+    reset to ``init_state`` (the model's ``state_dict()`` before training) when given
+    (:func:`~pytest_fa.core.ablation.block_ablation`).
     """
     if isinstance(credit, str):
         if credit != OWN_BACKWARD:
@@ -140,23 +126,15 @@ def check(
         param = next(model.parameters())
         removal = block_ablation(model, x_all.to(param.device), y_all.to(param.device), init_state=init_state)
     return diagnose(
-        model,
-        batches,
-        headline_acc=headline_acc,
-        frozen_acc=frozen_acc,
+        model, batches, headline_acc=headline_acc, frozen_acc=frozen_acc,
         # n is known only for a headline accuracy check() measured itself, on all samples given
         accuracy_samples=len(y_all) if "headline_acc" in context else None,
         frozen_unavailable=None if frozen_acc is not None else (
             "no frozen_acc given: pass the accuracy of your frozen-blocks control (same "
             "architecture, data and budget, blocks frozen at initialisation)"
         ),
-        credit=credit,
-        thresholds=thresholds,
-        label=label,
-        device=device,
-        context=context,
-        reference_model=reference_model,
-        ablation=removal,
+        credit=credit, thresholds=thresholds, label=label, device=device, context=context,
+        reference_model=reference_model, ablation=removal,
     )
 
 

@@ -34,16 +34,10 @@ def _fail(title: str, lines: Sequence[str], key: str) -> None:
     raise AssertionError("\n".join([title, *lines, f"Meaning: {registry.get(key).meaning}"]))
 
 
-def assert_no_residual_explosion(
-    source: DiagnosticReport | Sequence[torch.Tensor],
-    max_growth: float | None = None,
-    *,
-    layout: str | None = None,
-) -> None:
+def assert_no_residual_explosion(source: DiagnosticReport | Sequence[torch.Tensor], max_growth: float | None = None,
+                                 *, layout: str | None = None) -> None:
     """Diagnostic (a): ``max_l ‖h_{l+1}‖ / ‖h_l‖ ≤ max_growth`` (medians over samples).
-
-    ``source``: a report, or the hidden states ``[h_0, ..., h_L]`` of one batch.
-    """
+    ``source``: a report, or the hidden states ``[h_0, ..., h_L]`` of one batch."""
     if isinstance(source, DiagnosticReport):
         norms = torch.tensor([row.h_norm for row in source.layers], dtype=torch.float64)
         max_growth = max_growth if max_growth is not None else source.thresholds.max_growth
@@ -53,25 +47,16 @@ def assert_no_residual_explosion(
     growth, block = D.residual_growth(norms)
     if not growth <= max_growth:
         per_layer = ", ".join(f"h_{i} {float(n):.3g}" for i, n in enumerate(norms))
-        _fail(
-            "Residual stream explodes: diagnostic (a) fires.",
-            [
-                f"Largest per-block growth: {growth:.4g}× at block {block} (‖h_{block + 1}‖ / ‖h_{block}‖)",
-                f"Threshold: {max_growth:g}× (max_growth)",
-                f"Median per-sample ‖h_l‖: {per_layer}",
-            ],
-            "a",
-        )
+        _fail("Residual stream explodes: diagnostic (a) fires.", [
+            f"Largest per-block growth: {growth:.4g}× at block {block} (‖h_{block + 1}‖ / ‖h_{block}‖)",
+            f"Threshold: {max_growth:g}× (max_growth)",
+            f"Median per-sample ‖h_l‖: {per_layer}",
+        ], "a")
 
 
-def assert_grad_above_floor(
-    source: DiagnosticReport | torch.Tensor,
-    floor: float | None = None,
-    *,
-    batch_size: int | None = None,
-    floor_batch_size: int | None = None,
-    layout: str | None = None,
-) -> None:
+def assert_grad_above_floor(source: DiagnosticReport | torch.Tensor, floor: float | None = None, *,
+                            batch_size: int | None = None, floor_batch_size: int | None = None,
+                            layout: str | None = None) -> None:
     """Diagnostic (b): the BP reference at ``h_L`` is not at the numerical floor.
 
     ``source``: a report (its ``b_rule`` applies: under "decomposed" a low ``‖g_L‖`` fails only with
@@ -97,18 +82,13 @@ def assert_grad_above_floor(
             f"Floor: {floor:g} (grad_floor, stated at batch size {ref})",
         ]
         if gain is not None:
-            lines.append(
-                f"Backward gain ‖g‖ / ‖dCE/dlogits‖ at {where}: {gain:.4g} "
-                f"(gain_floor {limits.gain_floor:g}): "
-                f"{submode}; rule: {rule}"
-            )
+            lines.append(f"Backward gain ‖g‖ / ‖dCE/dlogits‖ at {where}: {gain:.4g} "
+                         f"(gain_floor {limits.gain_floor:g}): {submode}; rule: {rule}")
         lines.append("Any cosine to this reference is against noise; Γ at this layer is undefined.")
         _fail("BP reference gradient at the numerical floor: diagnostic (b) fires.", lines, "b")
 
 
-def assert_reference_not_drift(
-    source: DiagnosticReport | torch.Tensor, ceiling: float | None = None
-) -> None:
+def assert_reference_not_drift(source: DiagnosticReport | torch.Tensor, ceiling: float | None = None) -> None:
     """Diagnostic (c): mean pairwise cosine of per-batch mean gradients ``≤ ceiling``.
 
     ``source``: a report, or the per-batch mean gradients ``(K, F)`` at one layer. A
@@ -126,25 +106,15 @@ def assert_reference_not_drift(
         ceiling = ceiling if ceiling is not None else _DEFAULTS.drift_ceiling
     if not stability <= ceiling:
         where = f" at h_{layer}" if layer is not None else ""
-        _fail(
-            "BP reference is drift-dominated: diagnostic (c) is above its ceiling.",
-            [
-                f"Cross-batch direction stability{where}: {stability:+.4f} over {batches} disjoint batches",
-                f"Ceiling: {ceiling:g} (drift_ceiling)",
-            ],
-            "c",
-        )
+        _fail("BP reference is drift-dominated: diagnostic (c) is above its ceiling.", [
+            f"Cross-batch direction stability{where}: {stability:+.4f} over {batches} disjoint batches",
+            f"Ceiling: {ceiling:g} (drift_ceiling)",
+        ], "c")
 
 
-def assert_beats_frozen(
-    trained: DiagnosticReport | float,
-    frozen_acc: float | None = None,
-    margin_pp: float | None = None,
-    samples: int | None = None,
-    *,
-    trained_epochs: int | None = None,
-    frozen_epochs: int | None = None,
-) -> None:
+def assert_beats_frozen(trained: DiagnosticReport | float, frozen_acc: float | None = None,
+                        margin_pp: float | None = None, samples: int | None = None, *,
+                        trained_epochs: int | None = None, frozen_epochs: int | None = None) -> None:
     """Diagnostic (d): trained accuracy exceeds the frozen-blocks baseline by ``margin_pp``.
 
     ``samples``: the samples both accuracies were measured on; both at the ceiling fails too ((d) says

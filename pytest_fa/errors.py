@@ -38,19 +38,15 @@ class NotBackpropError(FAError):
 
 
 class FABudgetWarning(UserWarning):
-    """The frozen-blocks control of (d) was not trained with the trained model's epochs and
-    recipe, or nothing shows that it was: a control trained less inflates (d)'s margin."""
+    """(d)'s frozen-blocks control may be trained less than the model, which inflates (d)'s margin."""
 
 
 class FACacheWarning(UserWarning):
-    """The cache folder cannot be written (a read-only project or ``PYTEST_FA_CACHE``): what is
-    cached there is still read, what is computed now is kept in a temporary folder."""
+    """The cache folder cannot be written: its entries are still read, new ones go to a temporary folder."""
 
 
-# -- settings in messages ----------------------------------------------------------------------
-# Library messages name a setting as "setting `name=VALUE`", the spelling of the Python API
-# (check(), ProtocolSettings); the plugin rewrites each to its option, `--fa-name=VALUE`.
-
+# Library messages name a setting as "setting `name=VALUE`" (the Python API's spelling); the
+# plugin rewrites each to its option, `--fa-name=VALUE`.
 _SETTING = re.compile(r"setting `(\w+)((?:=[^`]*)?)`")
 
 

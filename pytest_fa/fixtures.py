@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_fa.errors import FAError
-from pytest_fa.plugin._state import STATE_KEY, FAState
+from pytest_fa.plugin._state import STATE_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -31,21 +31,17 @@ def clean_errors() -> Iterator[None]:
         pytest.fail(f"pytest-fa: {exc}", pytrace=False)
 
 
-def _state(request: pytest.FixtureRequest) -> FAState:
-    return request.config.stash[STATE_KEY]
-
-
 @pytest.fixture(scope="session")
 def fa_runner(request: pytest.FixtureRequest) -> ProtocolRunner:
     """The session's :class:`~pytest_fa.protocol.ProtocolRunner`."""
-    return _state(request).runner
+    return request.config.stash[STATE_KEY].runner
 
 
 @pytest.fixture(scope="session")
 def fa_settings(request: pytest.FixtureRequest) -> SessionSettings:
     """The session's :class:`~pytest_fa.core.settings.SessionSettings`: every ``--fa-*``
     option, resolved from the command line, then the ini file, then the defaults."""
-    return _state(request).settings
+    return request.config.stash[STATE_KEY].settings
 
 
 @pytest.fixture(scope="session")
@@ -87,17 +83,18 @@ def fa_feedback_matrices(fa_checkpoint: CheckpointRun) -> list[torch.Tensor]:
 def fa_frozen_baseline(request: pytest.FixtureRequest, fa_checkpoint: CheckpointRun, fa_runner: ProtocolRunner) -> FrozenBaseline:
     """The architecture-matched frozen-blocks control, trained once and cached."""
     with clean_errors():
-        return fa_runner.frozen_baseline(fa_checkpoint.path, _state(request).cache_dir())
+        return fa_runner.frozen_baseline(fa_checkpoint.path, request.config.stash[STATE_KEY].cache_dir())
 
 
 @pytest.fixture
 def fa_thresholds(request: pytest.FixtureRequest) -> DiagnosticThresholds:
     """Session thresholds with the test's ``fa_protocol(...)`` overrides applied."""
-    return _state(request).thresholds_for(request.node)
+    state, marker = request.config.stash[STATE_KEY], request.node.get_closest_marker("fa_protocol")
+    return state.thresholds if marker is None else state.check_marker(marker)
 
 
 @pytest.fixture
 def fa_report(request: pytest.FixtureRequest, fa_checkpoint: CheckpointRun, fa_thresholds: DiagnosticThresholds) -> DiagnosticReport:
     """The full protocol report of the checkpoint under ``fa_thresholds``."""
     with clean_errors():
-        return _state(request).report(fa_checkpoint.path, fa_thresholds)
+        return request.config.stash[STATE_KEY].report(fa_checkpoint.path, fa_thresholds)

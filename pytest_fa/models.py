@@ -1,10 +1,8 @@
 """Reference architectures of the protocol, each with the duck-typed interface.
 
-Every model computes ``h_0 = embed(x)``, ``h_{l+1} = h_l + f_l(h_l)`` for its blocks and
-``logits = head(norm(h_L))``; ``model(x, return_hidden=True)`` returns
-``(logits, [h_0, ..., h_L])``. ``build_model(name, **config)`` rebuilds one from the
-configuration a checkpoint bundle records (``model.config``); ``load_weights`` puts a state
-dict into a model, any model, and says what does not fit.
+Every model computes ``h_0 = embed(x)``, ``h_{l+1} = h_l + f_l(h_l)`` for its blocks and ``logits = head(norm(h_L))``;
+``model(x, return_hidden=True)`` returns ``(logits, [h_0, ..., h_L])``. ``build_model(name, **config)`` rebuilds
+one from the ``model.config`` a bundle records; ``load_weights`` loads any model and says what does not fit.
 """
 
 from __future__ import annotations
@@ -116,10 +114,8 @@ class TransformerBlock(nn.Module):
 
 
 class ViTMini(ReferenceModel):
-    """Patch embedding + cls token + positions, L pre-LN transformer blocks, terminal LN.
-
-    Images ``(C, H, W)`` use square patches; 1-D signals ``(L,)`` use 1-D patches.
-    """
+    """Patch embedding + cls token + positions, L pre-LN transformer blocks, terminal LN; images
+    ``(C, H, W)`` use square patches, 1-D signals ``(L,)`` 1-D patches."""
 
     arch = "vit-mini"
     hidden_layout = "tokens_all"
@@ -212,28 +208,18 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str) -> n
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{source}: the state dict holds values that are not tensors")
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
-    cut = [
-        f"{k}: checkpoint {state_dict[k].dtype} into model {expected[k].dtype}"
-        for k in expected
-        if k in state_dict and _lossy(state_dict[k].dtype, expected[k].dtype)
-    ]
-    if missing or unexpected or mismatched or cut:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
-        if mismatched:
-            parts.append("shape mismatch " + "; ".join(mismatched[:3]))
-        if cut:
-            parts.append("a dtype the copy would cut (the imaginary part, the fraction) " + "; ".join(cut[:3]))
+    shared = [k for k in expected if k in state_dict]
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in shared if state_dict[k].shape != expected[k].shape]
+    cut = [f"{k}: checkpoint {state_dict[k].dtype} into model {expected[k].dtype}"
+           for k in shared if _lossy(state_dict[k].dtype, expected[k].dtype)]
+    parts = [f"{what} keys {keys[:5]}{' …' if len(keys) > 5 else ''}"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    parts += [f"{what} {'; '.join(found[:3])}" for what, found in (
+        ("shape mismatch", mismatched), ("a dtype the copy would cut (the imaginary part, the fraction)", cut),
+    ) if found]
+    if parts:
         raise CheckpointError(
             f"{source}: the state dict does not match {type(model).__name__}: "
             + ", ".join(parts)

@@ -30,14 +30,7 @@ from pytest_fa.errors import (
 )
 from pytest_fa.models import build_model
 from pytest_fa.training.checkpoint import (
-    Bundle,
-    CreditFactory,
-    LoadedCheckpoint,
-    import_factory,
-    is_bundle,
-    load_bundle,
-    load_checkpoint,
-    read_checkpoint,
+    Bundle, CreditFactory, LoadedCheckpoint, import_factory, is_bundle, load_bundle, load_checkpoint, read_checkpoint,
     save_bundle,
 )
 from pytest_fa.training.data import Dataset, dataset_from_spec, eval_batches, load_dataset
@@ -59,7 +52,6 @@ class FrozenBaseline:
     accuracy: float
     model: nn.Module | None
     key: str
-    cached: bool
     epochs: int | None
     source: str
 
@@ -167,20 +159,13 @@ class ProtocolRunner:
         epochs (its schedule and stopping epoch); trained once and cached under ``cache_dir``."""
         run = self.run(path)
         if self.settings.frozen_acc is not None:
-            return FrozenBaseline(self.settings.frozen_acc, None, "given", False, None, "given")
+            return FrozenBaseline(self.settings.frozen_acc, None, "given", None, "given")
         recipe, epochs, seed, arch, arch_config = self._baseline_budget(run)
         planned = (run.bundle.metrics.get("planned_epochs") if run.bundle else None) or epochs
         spec = {
-            "version": _FROZEN_BASELINE_VERSION,
-            "arch": arch,
-            "arch_config": arch_config,
-            "model_factory": self.settings.model_factory if arch == "custom" else None,
-            "data": run.data.spec,
-            "seed": seed,
-            "epochs": epochs,
-            "planned_epochs": planned,
-            "recipe": recipe,
-            "torch": torch.__version__,
+            "version": _FROZEN_BASELINE_VERSION, "arch": arch, "arch_config": arch_config,
+            "model_factory": self.settings.model_factory if arch == "custom" else None, "data": run.data.spec,
+            "seed": seed, "epochs": epochs, "planned_epochs": planned, "recipe": recipe, "torch": torch.__version__,
             "device": self.device.type,
         }
         key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
@@ -256,9 +241,7 @@ class ProtocolRunner:
         return recipe or asdict(Recipe()), given, 42, arch, config
 
     def _cached_baseline(self, file: Path, key: str) -> FrozenBaseline | None:
-        if not file.exists():
-            return None
-        try:
+        try:  # a missing file is a CheckpointError too
             bundle = load_bundle(file)
         except FAError:
             return None
@@ -266,28 +249,21 @@ class ProtocolRunner:
             return None
         model = self._build(bundle.arch, bundle.arch_config)
         model.load_state_dict(bundle.state_dict)
-        return FrozenBaseline(bundle.metrics["test_acc"], model, key, True, bundle.epochs, "cache")
+        return FrozenBaseline(bundle.metrics["test_acc"], model, key, bundle.epochs, "cache")
 
     def _train_baseline(self, run: CheckpointRun, spec: dict[str, Any], key: str, file: Path) -> FrozenBaseline:
         custom = spec["arch"] == "custom"
         result = train(
-            run.data,
-            get_method("frozen"),
-            arch=spec["arch"],
-            arch_config=spec["arch_config"],
+            run.data, get_method("frozen"), arch=spec["arch"], arch_config=spec["arch_config"],
             model_factory=(lambda: self._build("custom", spec["arch_config"])) if custom else None,
-            epochs=spec["planned_epochs"],
-            seed=spec["seed"],
-            recipe=Recipe(**spec["recipe"]),
-            device=self.device,
-            monitor=False,
-            on_epoch=lambda model, record: record["epoch"] >= spec["epochs"],
+            epochs=spec["planned_epochs"], seed=spec["seed"], recipe=Recipe(**spec["recipe"]), device=self.device,
+            monitor=False, on_epoch=lambda model, record: record["epoch"] >= spec["epochs"],
         )
         result.bundle.metrics["baseline_key"] = key
         if custom:
             result.bundle.arch_config = spec["arch_config"]
         save_bundle(file, result.bundle)
-        return FrozenBaseline(result.bundle.headline_acc, result.model, key, False, spec["epochs"], "trained")
+        return FrozenBaseline(result.bundle.headline_acc, result.model, key, spec["epochs"], "trained")
 
     def credit_spec(self, path: str) -> str | None:
         """The credit factory of ``path``: the first ``credit_map`` pattern matching its path or
@@ -372,31 +348,19 @@ class ProtocolRunner:
             baseline, frozen_acc, frozen_unavailable = None, None, str(exc)
         bundle = loaded.bundle
         context = {
-            "checkpoint": path,
-            "method": loaded.method,
-            "arch": bundle.arch if bundle else type(loaded.model).__name__,
-            "data": run.data.spec.get("name"),
-            "configuration": _configuration(bundle, run.data.spec),
-            "seed": bundle.seed if bundle else None,
-            "epochs": bundle.epochs if bundle else None,
+            "checkpoint": path, "method": loaded.method, "arch": bundle.arch if bundle else type(loaded.model).__name__,
+            "data": run.data.spec.get("name"), "configuration": _configuration(bundle, run.data.spec),
+            "seed": bundle.seed if bundle else None, "epochs": bundle.epochs if bundle else None,
             "recorded_headline_acc": bundle.headline_acc if bundle else None,
             "frozen_baseline": baseline.describe() if baseline else frozen_unavailable,
             "terminal_norm": _terminal_norm(model),
         }
         try:
             return diagnose(
-                model,
-                batches,
-                headline_acc=run.headline_acc,
-                frozen_acc=frozen_acc,
+                model, batches, headline_acc=run.headline_acc, frozen_acc=frozen_acc,
                 accuracy_samples=len(run.data.y_test),  # the headline's test split, as a trained baseline's
-                frozen_unavailable=frozen_unavailable,
-                credit=credit,
-                credit_unavailable=reason,
-                thresholds=thresholds,
-                label=loaded.label,
-                device=self.device,
-                context=context,
+                frozen_unavailable=frozen_unavailable, credit=credit, credit_unavailable=reason,
+                thresholds=thresholds, label=loaded.label, device=self.device, context=context,
                 reference_model=self.reference_model_for(model),
                 ablation=None if self.settings.no_ablation else self._ablation(run, model),
             )
@@ -428,12 +392,9 @@ def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | No
     """What a run was trained as, apart from its seed (None for a plain state dict)."""
     if bundle is None:
         return None
-    return json.dumps(
-        {"arch": bundle.arch, "arch_config": bundle.arch_config, "method": bundle.method,
-         "method_config": bundle.method_config, "data": data_spec, "epochs": bundle.epochs,
-         "recipe": bundle.recipe},
-        sort_keys=True, default=str,
-    )
+    return json.dumps({"arch": bundle.arch, "arch_config": bundle.arch_config, "method": bundle.method,
+                       "method_config": bundle.method_config, "data": data_spec, "epochs": bundle.epochs,
+                       "recipe": bundle.recipe}, sort_keys=True, default=str)
 
 
 def _terminal_norm(model: nn.Module) -> bool | None:

@@ -1,14 +1,5 @@
-"""Hypothesis strategies for tensors the way local-credit evaluations meet them.
-
-Use them to check your own measurement code the way pytest-fa checks its own::
-
-    from hypothesis import given
-    from pytest_fa import strategies as fst
-
-    @given(fst.credit_and_reference())
-    def test_my_cosine_ignores_scale(pair):
-        a, g = pair
-        ...
+"""Hypothesis strategies for tensors the way local-credit evaluations meet them, e.g.
+``@given(fst.credit_and_reference())`` with ``from pytest_fa import strategies as fst``.
 
 Every tensor is drawn from a seeded ``torch.Generator`` (so hypothesis can shrink the
 seed) and scaled by a log-uniform factor chosen inside the range the dtype represents:
@@ -43,33 +34,25 @@ def norm_scales(dtype: torch.dtype = torch.float32) -> st.SearchStrategy[float]:
     )
 
 
-def _draw_rows(draw, shape, dtype, scale=None) -> torch.Tensor:
-    seed = draw(seeds())
-    if scale is None:
-        scale = draw(norm_scales(dtype))
+def _draw_rows(draw, shape, dtype) -> torch.Tensor:
+    seed, scale = draw(seeds()), draw(norm_scales(dtype))
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return (x * scale).to(dtype)
 
 
 @st.composite
-def per_sample_rows(
-    draw,
-    batch_sizes: st.SearchStrategy[int] = st.integers(min_value=1, max_value=64),
-    features: st.SearchStrategy[int] = st.integers(min_value=2, max_value=64),
-    dtype: st.SearchStrategy[torch.dtype] | None = None,
-) -> torch.Tensor:
+def per_sample_rows(draw, batch_sizes: st.SearchStrategy[int] = st.integers(min_value=1, max_value=64),
+                    features: st.SearchStrategy[int] = st.integers(min_value=2, max_value=64),
+                    dtype: st.SearchStrategy[torch.dtype] | None = None) -> torch.Tensor:
     """A ``(B, F)`` tensor of per-sample rows at a random scale and dtype."""
     dt = draw(dtype or dtypes())
     return _draw_rows(draw, (draw(batch_sizes), draw(features)), dt)
 
 
 @st.composite
-def credit_and_reference(
-    draw,
-    batch_sizes: st.SearchStrategy[int] = st.integers(min_value=1, max_value=64),
-    features: st.SearchStrategy[int] = st.integers(min_value=2, max_value=64),
-    dtype: st.SearchStrategy[torch.dtype] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def credit_and_reference(draw, batch_sizes: st.SearchStrategy[int] = st.integers(min_value=1, max_value=64),
+                         features: st.SearchStrategy[int] = st.integers(min_value=2, max_value=64),
+                         dtype: st.SearchStrategy[torch.dtype] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(a, g)``: a credit and a reference gradient of one shape and dtype, at independent scales."""
     dt = draw(dtype or dtypes())
     shape = (draw(batch_sizes), draw(features))
@@ -77,13 +60,10 @@ def credit_and_reference(
 
 
 @st.composite
-def hidden_stacks(
-    draw,
-    depths: st.SearchStrategy[int] = st.integers(min_value=1, max_value=8),
-    batch_sizes: st.SearchStrategy[int] = st.integers(min_value=1, max_value=32),
-    features: st.SearchStrategy[int] = st.integers(min_value=2, max_value=32),
-    dtype: st.SearchStrategy[torch.dtype] | None = None,
-) -> list[torch.Tensor]:
+def hidden_stacks(draw, depths: st.SearchStrategy[int] = st.integers(min_value=1, max_value=8),
+                  batch_sizes: st.SearchStrategy[int] = st.integers(min_value=1, max_value=32),
+                  features: st.SearchStrategy[int] = st.integers(min_value=2, max_value=32),
+                  dtype: st.SearchStrategy[torch.dtype] | None = None) -> list[torch.Tensor]:
     """``[h_0, ..., h_L]`` of one shape whose per-layer scales wander across the dtype's range."""
     dt = draw(dtype or dtypes(include_float16=False))
     depth, shape = draw(depths), (draw(batch_sizes), draw(features))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_fa.core.thresholds import DiagnosticThresholds
+from pytest_fa.errors import DataError
 from pytest_fa.training.data import eval_batches
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.monitor import EarlyStopMonitor, temporal_replay
@@ -59,6 +60,28 @@ def test_temporal_replay_reads_the_first_firing_epoch(small_data):
     assert temporal_replay(legacy, mode1.updated(gain_floor=1e-30)) == {"a": 1, "b": 1}
     with pytest.raises(ValueError, match="monitor"):
         temporal_replay([{"epoch": 1, "test_acc": 0.5}])
+
+
+def test_monitor_with_a_credit_records_the_mean_gamma(small_data):
+    import torch
+
+    from pytest_fa.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resmlp", input_shape=[40], num_classes=10, d=32, depth=4)
+    method = get_method("bp")
+    credit, _ = method.credit(model, method.setup(model, 10, (40,), torch.Generator().manual_seed(0)))
+    batches = eval_batches(small_data, 8, 64)
+    with_credit = EarlyStopMonitor(model, batches, every=1, credit=credit)
+    plain = EarlyStopMonitor(model, batches, every=1)
+    with_credit.step()
+    plain.step()
+    assert abs(with_credit.records[0]["gamma_mean"] - 1) < 1e-6  # BP's credit is the gradient itself
+    assert "gamma_mean" not in plain.records[0]
+    assert {k: v for k, v in with_credit.records[0].items() if k != "gamma_mean"} == plain.records[0]
+    with pytest.raises(DataError, match="the mean Γ needs at least 8 eval batches, got 4; pass more batches, "
+                                        "or no setting `credit` to monitor"):
+        EarlyStopMonitor(model, batches[:4], credit=credit)
 
 
 def test_monitor_rejects_bad_settings(small_data):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,9 +29,16 @@ def test_a_parallel_run_writes_the_serial_json(pytester, bp_bundle, dfa_bundle, 
     checkpoints = [f"--fa-checkpoint={bp_bundle}", f"--fa-checkpoint={dfa_bundle}"]
     _run(pytester, cache, *checkpoints)  # trains the shared frozen baseline into the cache
     serial = _run(pytester, cache, *checkpoints, "--fa-report-json=serial.json", "--fa-report-md=serial.md")
-    parallel = _run(pytester, cache, *checkpoints, "-n", "2", "--fa-report-json=parallel.json",
-                    "--fa-report-md=parallel.md", "--fa-plot=figures")
+    parallel = _run(pytester, cache, *checkpoints, "-n", "2", "--dist", "loadscope", "-v",
+                    "--fa-report-json=parallel.json", "--fa-report-md=parallel.md", "--fa-plot=figures")
     assert "2 workers" in parallel.stdout, parallel.stdout + parallel.stderr
+    workers = {}  # checkpoint -> the workers that ran its items, from lines "[gw0] ... fa-protocol[X]::item"
+    for line in parallel.stdout.splitlines():
+        found = re.match(r"\[(gw\d+)\].*fa-protocol\[(.+?)\]::", line)
+        if found:
+            workers.setdefault(found[2], set()).add(found[1])
+    assert sorted(workers) == sorted(map(str, [bp_bundle, dfa_bundle])), parallel.stdout
+    assert all(len(ran) == 1 for ran in workers.values()), workers
     assert serial.returncode == parallel.returncode
     one = json.loads((pytester.path / "serial.json").read_text())
     two = json.loads((pytester.path / "parallel.json").read_text())
@@ -110,7 +118,7 @@ def test_a_crashed_worker_loses_only_its_own_checkpoint(pytester, bp_bundle, dfa
     for bundle in (bp_bundle, dfa_bundle):
         (pytester.path / Path(bundle).name).write_bytes(Path(bundle).read_bytes())
     result = _run(pytester, tmp_path / "cache", "--fa-checkpoint=bp_s42.pt", "--fa-checkpoint=dfa_s42.pt",
-                  "--fa-frozen-acc=0.1", "-n", "2", "--dist", "loadgroup", "--max-worker-restart=0",
+                  "--fa-frozen-acc=0.1", "-n", "2", "--dist", "loadscope", "--max-worker-restart=0",
                   "--fa-report-json=report.json")
     out = result.stdout + result.stderr
     assert "worker gw1 crashed" in out or "worker gw0 crashed" in out, out

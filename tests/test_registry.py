@@ -3,6 +3,8 @@ Markdown and JSON reports, the summary table and the plugin's items without anot
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -22,6 +24,16 @@ def _eval_accuracy(measurement, thresholds) -> DiagnosticResult:
     threshold = diagnostic.threshold_value(thresholds)
     return DiagnosticResult("e", value, threshold, diagnostic.crosses(value, threshold),
                             detail=f"{measurement.probe.eval_correct} correct eval samples")
+
+
+@contextmanager
+def registered(diagnostic):
+    """``diagnostic`` registered for the duration of a ``with`` block."""
+    registry.register(diagnostic)
+    try:
+        yield diagnostic
+    finally:
+        registry.DIAGNOSTICS.remove(diagnostic)
 
 
 EVAL_ACCURACY = registry.Diagnostic(
@@ -46,7 +58,7 @@ def test_the_four_diagnostics_are_the_registry():
 def test_a_fifth_diagnostic_is_one_registry_entry(pytester, bp_bundle):
     x, y = torch.randn(1024, 40), torch.randint(0, 10, (1024,))
     model = pytest_fa.build_model("resmlp", input_shape=[40], num_classes=10, d=16, depth=2)
-    with registry.registered(EVAL_ACCURACY):
+    with registered(EVAL_ACCURACY):
         report = pytest_fa.check(model, (x, y), frozen_acc=0.0, headline_acc=0.5)
         result = report.diagnostics["e"]
         assert result.value == pytest.approx(100.0 * report.eval_acc) and result.threshold == 101.0
@@ -74,7 +86,7 @@ def test_a_fifth_diagnostic_reaches_the_seed_table_and_the_comparison():
     assert seed_columns()[3:6] == ("(a) growth", "(b) ‖g_L‖", "(d) margin pp")
     x, y = torch.randn(1024, 40), torch.randint(0, 10, (1024,))
     model = pytest_fa.build_model("resmlp", input_shape=[40], num_classes=10, d=16, depth=2)
-    with registry.registered(EVAL_ACCURACY):
+    with registered(EVAL_ACCURACY):
         reports = []
         for seed in (1, 2):
             report = pytest_fa.check(model, (x, y), frozen_acc=0.0, headline_acc=0.5)

@@ -1,15 +1,7 @@
-"""Any residual model, no rewrite: name the states of the stream, pytest-fa hooks them.
-
-    model = pytest_fa.adapt(vit, ["encoder.dropout", "encoder.layers.*"])
-    report = pytest_fa.check(model, test_loader, frozen_acc=0.61)
-
-``states`` are module paths or glob patterns matched one dotted segment at a time (``**``
-spans segments). The first module writes ``h_0``, each later one, a block, ``h_{l+1}``:
-either ``h + f(h)`` (``"sum"``) or its branch ``f(h)`` that the parent adds (``"branch"``).
-The first forward pass refuses states that are not one residual stream: a block is never a
-norm, and each ``h_{l+1}`` is an addition joining two paths from ``h_l``. States are read
-with forward hooks, only inside ``model(x, return_hidden=True)``; ``g_l`` is plain autograd.
-"""
+"""Any residual model, no rewrite: ``pytest_fa.adapt(vit, ["encoder.dropout", "encoder.layers.*"])``
+reads the named states with forward hooks inside ``model(x, return_hidden=True)``. The first module
+writes ``h_0``, each later one, a block, ``h + f(h)`` (``"sum"``) or the branch ``f(h)`` its parent
+adds (``"branch"``); the first forward pass refuses states that are not one residual stream."""
 
 from __future__ import annotations
 
@@ -87,17 +79,9 @@ class HookedModel(nn.Module):
     """A model whose residual stream is read through forward hooks on named modules, speaking
     the duck-typed contract of :mod:`pytest_fa.core.interface`."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        states: str | Sequence[str],
-        *,
-        block_output: str = "auto",
-        pooling: str = "all",
-        norm: str | None = None,
-        head: str | None = None,
-        logits: Callable[[Any], torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, states: str | Sequence[str], *, block_output: str = "auto",
+                 pooling: str = "all", norm: str | None = None, head: str | None = None,
+                 logits: Callable[[Any], torch.Tensor] | None = None) -> None:
         super().__init__()
         if block_output not in BLOCK_OUTPUTS:
             raise ModelInterfaceError(f"block_output={block_output!r}: use one of {', '.join(BLOCK_OUTPUTS)}")
@@ -228,12 +212,9 @@ class HookedModel(nn.Module):
 
 
 def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> HookedModel:
-    """Wrap ``model`` so the protocol reads the residual stream at the named ``states``.
-
-    Options: ``block_output`` (``"auto"``, ``"sum"``, ``"branch"``), ``pooling`` of token
-    states (``"all"``, ``"cls"``, ``"mean"``), ``norm`` and ``head`` (paths of the terminal
-    norm and the classifier), ``logits`` (picks the logits out of what the model returns).
-    """
+    """Wrap ``model`` so the protocol reads the residual stream at the named ``states``. Options:
+    ``block_output`` (``"auto"``, ``"sum"``, ``"branch"``), ``pooling`` of token states (``"all"``, ``"cls"``,
+    ``"mean"``), ``norm`` and ``head`` (module paths), ``logits`` (picks the logits out of the output)."""
     if isinstance(model, HookedModel):
         raise ModelInterfaceError("the model is adapted already; adapt the model it wraps")
     return HookedModel(model, states, **options)

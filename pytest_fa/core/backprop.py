@@ -1,9 +1,6 @@
-"""Is autograd on a model backprop? The reference ``g_l = dCE/dh_l`` is autograd's gradient,
-so a method that lives in the backward (custom ``autograd.Function`` nodes, backward or
-tensor hooks, feedback weights beside ``weight``) between the states and the logits would be
-compared with itself. :class:`BackpropCheck` refuses such a model; the way forward is a
-true-backprop twin (:func:`bp_twin` for biotorch models, checked by :func:`check_twin`).
-"""
+"""Is autograd on a model backprop? A method living in the backward between the states and the logits
+(custom ``autograd.Function`` nodes, backward or tensor hooks, feedback weights) would be compared
+with itself: :class:`BackpropCheck` refuses it; a true-backprop twin (:func:`bp_twin`) gives the reference."""
 
 from __future__ import annotations
 
@@ -35,14 +32,9 @@ _EXACT_FUNCTIONS = (_Splice, CheckpointFunction, SyncBatchNorm)
 _BACKPROP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models checked: autograd is backprop
 
 
-def non_backprop_parts(
-    model: nn.Module,
-    logits: torch.Tensor,
-    states: Sequence[torch.Tensor],
-    *,
-    outputs: Sequence[tuple[nn.Module, Any]] | None = None,
-    tensor_hooks: Sequence[tuple[Any, torch.Tensor]] = (),
-) -> list[str]:
+def non_backprop_parts(model: nn.Module, logits: torch.Tensor, states: Sequence[torch.Tensor], *,
+                       outputs: Sequence[tuple[nn.Module, Any]] | None = None,
+                       tensor_hooks: Sequence[tuple[Any, torch.Tensor]] = ()) -> list[str]:
     """Where autograd from ``logits`` down to ``states`` can differ from backprop (empty: it is
     backprop). ``outputs``: ``(module, grad_fn of its output)`` of the pass (None: every module
     is between); ``tensor_hooks``: ``(grad_fn, tensor)`` of each ``Tensor.register_hook``."""
@@ -152,9 +144,8 @@ class _HookRecorder(TorchFunctionMode):
 
 
 class BackpropCheck:
-    """Watch one forward pass of ``model`` (``with``), then :meth:`verify` it: refuse unless
-    autograd from its logits to its states is backprop. A model that passed once is not
-    watched again (the check reads its structure)."""
+    """Watch one forward pass of ``model`` (``with``), then :meth:`verify` that autograd from its logits
+    to its states is backprop; a model that passed once is not watched again (its structure is checked)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -213,11 +204,8 @@ def refusal(model: nn.Module, parts: Sequence[str]) -> str:
     )
 
 
-def check_twin(
-    model: nn.Module,
-    forward: tuple[torch.Tensor, Sequence[torch.Tensor]],
-    twin_forward: tuple[torch.Tensor, Sequence[torch.Tensor]],
-) -> None:
+def check_twin(model: nn.Module, forward: tuple[torch.Tensor, Sequence[torch.Tensor]],
+               twin_forward: tuple[torch.Tensor, Sequence[torch.Tensor]]) -> None:
     """Refuse a reference model whose logits or states differ from ``model``'s on the same batch
     by more than ``sqrt(eps)`` of the dtype, relative to the largest entry."""
     (logits, states), (twin_logits, twin_states) = forward, twin_forward

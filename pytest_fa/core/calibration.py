@@ -1,9 +1,5 @@
-"""Null calibration: Γ under fresh random feedback, the control every alignment claim needs.
-
-A network trained with feedback ``B_l`` adapts to those matrices; Γ with ``n`` freshly drawn
-``B`` of the same distribution estimates what Γ is without that adaptation (≈ 0 ± 0.02 in
-the reference study). A training-B Γ inside that null band is not evidence of alignment.
-"""
+"""Null calibration: Γ under ``n`` fresh random feedback draws, what Γ is without adaptation to the
+training ``B_l``; a training-B Γ inside that null band is no evidence of alignment."""
 
 from __future__ import annotations
 
@@ -39,9 +35,7 @@ class NullCalibration:
 
     def z_scores(self) -> list[float] | None:
         """``(Γ_trained − null mean) / null std`` per layer."""
-        if self.trained is None:
-            return None
-        return [_z(t, m, s) for t, m, s in zip(self.trained, self.null_mean, self.null_std)]
+        return None if self.trained is None else [_z(*t) for t in zip(self.trained, self.null_mean, self.null_std)]
 
     def deep_null(self, first_layer: int = 1) -> tuple[float, float]:
         """Mean over draws and deep layers of Γ, and the mean per-layer std."""
@@ -56,13 +50,8 @@ def _z(trained: float, mean: float, std: float) -> float:
     return math.nan if trained == mean else math.copysign(math.inf, trained - mean)
 
 
-def _fresh_feedback_draws(
-    num_classes: int,
-    feature_dims: Sequence[int],
-    n: int,
-    seed: int = 0,
-    exclude: Sequence[torch.Tensor] | None = None,
-) -> list[list[torch.Tensor]]:
+def _fresh_feedback_draws(num_classes: int, feature_dims: Sequence[int], n: int, seed: int = 0,
+                          exclude: Sequence[torch.Tensor] | None = None) -> list[list[torch.Tensor]]:
     """``n`` fresh DFA feedback sets: draw ``i`` from a generator seeded ``seed·100003 + i``,
     skipping any draw identical to ``exclude`` (the training feedback is never its own null)."""
     draws: list[list[torch.Tensor]] = []
@@ -70,34 +59,20 @@ def _fresh_feedback_draws(
     while len(draws) < n:
         fresh = init_dfa_feedback(num_classes, feature_dims, torch.Generator().manual_seed(seed * 100_003 + index))
         index += 1
-        if exclude is not None and len(exclude) == len(fresh) and all(
-            a.shape == b.shape and torch.equal(a.cpu(), b) for a, b in zip(exclude, fresh)
-        ):
-            continue
-        draws.append(fresh)
+        if exclude is None or len(exclude) != len(fresh) or not all(
+                a.shape == b.shape and torch.equal(a.cpu(), b) for a, b in zip(exclude, fresh)):
+            draws.append(fresh)
     return draws
 
 
-def null_gamma(
-    model: nn.Module,
-    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    num_classes: int,
-    *,
-    feedback: Sequence[torch.Tensor] | None = None,
-    n: int = 20,
-    seed: int = 0,
-    exclude: Sequence[torch.Tensor] | None = None,
-    reference: tuple[Sequence[torch.Tensor], torch.Tensor] | None = None,
-) -> NullCalibration:
-    """Γ_l with ``n`` fresh DFA feedback draws (and with ``feedback``, the training B, if given).
-
-    Γ_l is the mean over samples of ``cos(e_T B_l, g_l)``, the same statistic the report
-    uses. The reference comes from one :func:`reference_pass` per batch in eval mode, or,
-    when the caller measured it already, from ``reference = (rows, errors)``: the per-layer
-    ``(N, F_l)`` rows of ``g_l`` and the ``(N, classes)`` output errors of the same samples.
-    A draw identical to the training feedback (``exclude``, by default ``feedback``) is
-    skipped for the next one.
-    """
+def null_gamma(model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], num_classes: int, *,
+               feedback: Sequence[torch.Tensor] | None = None, n: int = 20, seed: int = 0,
+               exclude: Sequence[torch.Tensor] | None = None,
+               reference: tuple[Sequence[torch.Tensor], torch.Tensor] | None = None) -> NullCalibration:
+    """Γ_l = mean over samples of ``cos(e_T B_l, g_l)`` for ``n`` fresh DFA feedback draws (and for the
+    training ``feedback``, if given). ``reference``: the ``(N, F_l)`` rows of ``g_l`` and ``(N, classes)``
+    output errors, measured already (else one :func:`reference_pass` per batch in eval mode). A draw
+    identical to ``exclude`` (by default ``feedback``) is skipped for the next one."""
     if n < 2:
         raise ValueError("null calibration needs n ≥ 2 fresh draws for a spread")
     if reference is None:
@@ -115,15 +90,12 @@ def null_gamma(
          for fresh in _fresh_feedback_draws(num_classes, dims, n, seed, feedback if exclude is None else exclude)],
         dtype=torch.float64,
     )
-    trained = None
-    if feedback is not None:
-        trained = [mean_defined(gram_cosines(e, g, b))[0] for b, g in zip(feedback, units)]
+    trained = None if feedback is None else [mean_defined(gram_cosines(e, g, b))[0] for b, g in zip(feedback, units)]
     return NullCalibration(draws, trained)
 
 
-def _reference_rows(
-    model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _reference_rows(model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per-layer rows of ``g_l`` and the output errors ``e`` over ``eval_batches``, in eval
     mode and never below float32 (as the probe measures)."""
     if len(eval_batches) < 1:

@@ -1,11 +1,5 @@
-"""Credit signals ``a_l``: what a method uses in place of the true gradient at ``h_l``.
-
-Each is a :class:`~pytest_fa.core.reference.CreditSignal`: ``credit(x, y, logits, hiddens)
--> [a_0, ..., a_L]``, per-sample rows ``(B, F)`` in the layout the protocol reads ``h_l`` in
-(cls token for token models), or ``None`` at a layer where the method assigns no credit.
-It is always evaluated on the very forward pass that produced the reference gradient, so
-credit and reference see the same batch, mode and dropout mask.
-"""
+"""Credit signals ``a_l``, what a method uses in place of the true gradient at ``h_l``: each a
+:class:`~pytest_fa.core.reference.CreditSignal` returning per-sample rows ``(B, F)`` or None per state."""
 
 from __future__ import annotations
 
@@ -41,14 +35,9 @@ OWN_BACKWARD = "own-backward"  # the credit setting that reads the model's own b
 
 
 class OwnBackwardCredit:
-    """The method's own backward: ``a_l`` is what autograd delivers at ``h_l`` from the
-    batch-mean ``CE`` through ``model`` as it is (its custom Functions, hooks, feedback
-    weights): the signal the method trains with, with no code of yours. A biotorch DFA model
-    first gets this batch's loss gradient, as its training forward gives it
-    (:func:`~pytest_fa.core.backprop.training_loss_gradient`). On a model that backpropagates
-    it is ``dCE/dh_l``; at a state the backward does not reach it is None. Build it on the
-    model you diagnose; the reference then comes from a twin that backpropagates truly.
-    """
+    """The method's own backward: ``a_l`` is what autograd delivers at ``h_l`` from the batch-mean
+    ``CE`` through ``model`` as it is (None where it does not reach); a biotorch DFA model first gets
+    this batch's loss gradient (:func:`~pytest_fa.core.backprop.training_loss_gradient`)."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -65,10 +54,8 @@ class OwnBackwardCredit:
 
 
 class DFACredit:
-    """Direct feedback alignment: ``a_l = e_T B_l`` with fixed random ``B_l`` of shape (classes, F).
-
-    The matrices are checked against the states at the first call (:class:`FeedbackError`).
-    """
+    """Direct feedback alignment: ``a_l = e_T B_l``, fixed random ``B_l`` of shape (classes, F),
+    checked against the states at the first call."""
 
     layout = "(classes, d_l) so that a_l = e_T @ B_l"
 
@@ -85,30 +72,21 @@ class DFACredit:
         return [e @ b.to(device=e.device, dtype=e.dtype) for b in self.feedback]
 
 
-def init_dfa_feedback(
-    num_classes: int, feature_dims: Sequence[int], generator: torch.Generator
-) -> list[torch.Tensor]:
+def init_dfa_feedback(num_classes: int, feature_dims: Sequence[int], generator: torch.Generator) -> list[torch.Tensor]:
     """One fixed ``B_l ~ N(0, 1/classes)`` of shape ``(classes, F_l)`` per hidden state."""
-    return [
-        torch.randn(num_classes, f, generator=generator) / math.sqrt(num_classes)
-        for f in feature_dims
-    ]
+    return [torch.randn(num_classes, f, generator=generator) / math.sqrt(num_classes) for f in feature_dims]
 
 
-def check_dfa_feedback(
-    feedback: Sequence[torch.Tensor], num_classes: int, feature_dims: Sequence[int]
-) -> list[torch.Tensor]:
+def check_dfa_feedback(feedback: Sequence[torch.Tensor], num_classes: int,
+                       feature_dims: Sequence[int]) -> list[torch.Tensor]:
     """Validate DFA feedback matrices against the model; raise :class:`FeedbackError` if off."""
     expected = [(num_classes, f) for f in feature_dims]
     return check_feedback(feedback, expected, "(classes, features) so that a_l = e_T @ B_l")
 
 
 class FACredit:
-    """Feedback alignment, sequential from the top: ``a_L = e_T B_L``, ``a_l = a_{l+1} B_l``.
-
-    ``feedback[L]`` has shape (classes, F_L); ``feedback[l]`` for ``l < L`` has shape
-    (F_{l+1}, F_l): the fixed random matrix that stands in for the transposed Jacobian.
-    """
+    """Feedback alignment from the top: ``a_L = e_T B_L``, ``a_l = a_{l+1} B_l``; ``B_L`` is (classes, F_L),
+    ``B_l`` (F_{l+1}, F_l), the fixed random matrix in place of the transposed Jacobian."""
 
     layout = "((d_{l+1}, d_l) below the top, (classes, d_L) on top)"
 
@@ -128,9 +106,7 @@ class FACredit:
         return credits[::-1]
 
 
-def init_fa_feedback(
-    num_classes: int, feature_dims: Sequence[int], generator: torch.Generator
-) -> list[torch.Tensor]:
+def init_fa_feedback(num_classes: int, feature_dims: Sequence[int], generator: torch.Generator) -> list[torch.Tensor]:
     """``B_l ~ N(0, 1/F_{l+1})`` of shape (F_{l+1}, F_l) for l < L, and (classes, F_L) on top."""
     dims = list(feature_dims)
     chain = [torch.randn(dims[l + 1], dims[l], generator=generator) / math.sqrt(dims[l + 1]) for l in range(len(dims) - 1)]
@@ -142,16 +118,13 @@ def expected_fa_shapes(num_classes: int, feature_dims: Sequence[int]) -> list[tu
     return [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)] + [(num_classes, dims[-1])]
 
 
-def check_feedback(
-    feedback: Sequence[torch.Tensor], expected: Sequence[tuple[int, int]], layout_hint: str
-) -> list[torch.Tensor]:
+def check_feedback(feedback: Sequence[torch.Tensor], expected: Sequence[tuple[int, int]],
+                   layout_hint: str) -> list[torch.Tensor]:
     """Validate feedback matrices against the shapes the model needs; :class:`FeedbackError` if off."""
     feedback = list(feedback)
     if len(feedback) != len(expected):
-        raise FeedbackError(
-            f"expected {len(expected)} feedback matrices (one per hidden state h_0..h_L), "
-            f"found {len(feedback)}"
-        )
+        raise FeedbackError(f"expected {len(expected)} feedback matrices (one per hidden state h_0..h_L), "
+                            f"found {len(feedback)}")
     for index, (b, shape) in enumerate(zip(feedback, expected)):
         if not isinstance(b, torch.Tensor):
             raise FeedbackError(f"feedback matrix B_{index} is a {type(b).__name__}, not a tensor")
@@ -168,9 +141,8 @@ def check_feedback(
 
 
 def _check_once(credit: DFACredit | FACredit, x: torch.Tensor, logits: torch.Tensor, hiddens) -> None:
-    """Check ``credit.feedback`` against the states of its first call; :class:`FeedbackError` naming
-    the matrix that does not fit (a state ``(B, T, d)`` has width ``d``, any other is flattened).
-    A call without states (``hiddens=None``) has nothing to check them against."""
+    """Check ``credit.feedback`` against the states of its first call (if any): a state ``(B, T, d)``
+    has width ``d``, any other is flattened; :class:`FeedbackError` names the matrix that does not fit."""
     if credit._checked or hiddens is None:
         return
     name, classes = type(credit).__name__, logits.shape[-1]

@@ -1,11 +1,5 @@
-"""The protocol's measurements as pure functions over tensors.
-
-Every function takes per-sample tensors of shape ``(B, F)`` (or per-layer lists of them)
-and computes in float64. Norms and cosines are scaled by the largest entry first, so
-values anywhere from 1e-300 to 1e300 keep their meaning in any input dtype, and no
-epsilon is ever added: a zero vector has no direction and yields NaN ("undefined"),
-never a clamped number.
-"""
+"""The protocol's measurements as pure functions over per-sample rows ``(B, F)``, in float64: norms
+and cosines scaled by the largest entry first, no epsilon (a zero vector has no direction: NaN)."""
 
 from __future__ import annotations
 
@@ -81,15 +75,13 @@ def residual_growth(layer_norms: torch.Tensor) -> tuple[float, int]:
     return float(growth[block]), block
 
 
-def grad_at_reference_batch(
-    grad_norm: float, batch_size: int, reference_batch_size: int = REFERENCE_BATCH_SIZE
-) -> float:
+def grad_at_reference_batch(grad_norm: float, batch_size: int,
+                            reference_batch_size: int = REFERENCE_BATCH_SIZE) -> float:
     """``‖g‖ · B / B_ref``: a batch-mean-CE gradient norm restated at batch size ``B_ref``."""
     return grad_norm * batch_size / reference_batch_size
 
 
-OUTPUT_ERROR_TOLERANCE = 1e-2
-"""Largest relative error of a sample's output error ``e_i`` for which its reference still counts."""
+OUTPUT_ERROR_TOLERANCE = 1e-2  # largest relative error of a sample's output error e_i whose reference counts
 
 
 def backward_gain(grad_norms: torch.Tensor, logit_grad_norms: torch.Tensor) -> torch.Tensor:
@@ -128,8 +120,7 @@ def floor_rule(
 ) -> tuple[bool, str]:
     """Diagnostic (b): whether it fires and its sub-mode, from the restated median ``g_ref`` and
     the median gain at ``h_L``. Below ``floor`` it fires only in Mode 1 (``gain < gain_floor``;
-    a healthy or NaN gain is error-saturated); ``rule="paper"`` or ``gain=None``: the floor alone.
-    """
+    a healthy or NaN gain is error-saturated); ``rule="paper"`` or ``gain=None``: the floor alone."""
     if math.isnan(g_ref):
         raise NonFiniteError(
             "the reference gradient norm ‖g_L‖ is NaN, which is not a measurement: (b) cannot say "
@@ -139,19 +130,13 @@ def floor_rule(
     below = g_ref < floor
     if gain is None:
         return below, "at the floor" if below else FLOOR_SUBMODES[0]
-    if not below:
-        submode = FLOOR_SUBMODES[0]
-    else:  # NaN < gain_floor is False: an undefined gain counts as error-saturated
-        submode = FLOOR_SUBMODES[1] if gain < gain_floor else FLOOR_SUBMODES[2]
+    # NaN < gain_floor is False: an undefined gain counts as error-saturated
+    submode = FLOOR_SUBMODES[0] if not below else FLOOR_SUBMODES[1] if gain < gain_floor else FLOOR_SUBMODES[2]
     return (below if rule == "paper" else submode == FLOOR_SUBMODES[1]), submode
 
 
-def grad_floor(
-    grad_norm: float,
-    batch_size: int,
-    floor: float = 1e-7,
-    reference_batch_size: int = REFERENCE_BATCH_SIZE,
-) -> bool:
+def grad_floor(grad_norm: float, batch_size: int, floor: float = 1e-7,
+               reference_batch_size: int = REFERENCE_BATCH_SIZE) -> bool:
     """Whether ``‖g_L‖`` restated at ``B_ref`` is below ``floor`` (the paper's (b))."""
     return floor_rule(grad_at_reference_batch(grad_norm, batch_size, reference_batch_size), None, floor)[0]
 
@@ -188,8 +173,7 @@ def frozen_margin_pp(trained_acc: float, frozen_acc: float) -> float:
     return 100.0 * (trained_acc - frozen_acc)
 
 
-CEILING_Z = 2.0
-"""The ``z`` of the Wilson interval behind :func:`headroom_lower_bound_pp` (about 95 %)."""
+CEILING_Z = 2.0  # the z of the Wilson interval behind headroom_lower_bound_pp (about 95 %)
 
 
 def headroom_lower_bound_pp(acc: float, n: int | None = None) -> float:
@@ -228,8 +212,5 @@ def frozen_ceiling_reason(trained_acc: float, frozen_acc: float, margin_pp: floa
 
 def mean_defined(values: torch.Tensor) -> tuple[float, int]:
     """Mean over the non-NaN entries and how many there were; NaN when none is defined."""
-    defined = ~torch.isnan(values)
-    count = int(defined.sum())
-    if count == 0:
-        return float("nan"), 0
-    return float(values[defined].mean()), count
+    defined = values[~torch.isnan(values)]
+    return (float(defined.mean()), len(defined)) if len(defined) else (float("nan"), 0)

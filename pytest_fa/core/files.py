@@ -16,14 +16,9 @@ class WriteError(FAError, OSError):
 
 
 def write_atomically(path: str | os.PathLike[str], data: str | bytes | Callable[[BinaryIO], object]) -> Path:
-    """Write ``data`` (text as UTF-8, bytes, or a function that writes into the open binary
-    file, e.g. ``lambda f: torch.save(obj, f)``) to ``path``, its folder created.
-
-    The content goes to a temporary file in the same folder, is flushed to disk and then
-    renamed over ``path`` (through a symlink: its target). On any failure the temporary file
-    is removed and ``path`` is left as it was; an ``OSError`` becomes a :class:`WriteError`
-    that names ``path``. Returns the path written.
-    """
+    """Write ``data`` (UTF-8 text, bytes, or a function writing into the open binary file) to ``path``
+    (a symlink's target), its folder created, through a flushed temporary file renamed over it; on
+    failure ``path`` is left as it was (an ``OSError`` becomes a :class:`WriteError`). Returns the path."""
     path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:

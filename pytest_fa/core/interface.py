@@ -1,22 +1,12 @@
-"""The duck-typed model contract the protocol reads, and checks that it holds.
-
-A model is diagnosable when it exposes::
+"""The duck-typed model contract the protocol reads, and checks that it holds::
 
     logits, hiddens = model(x, return_hidden=True)   # hiddens = [h_0, ..., h_L]
     model.embed  or model.patch_embed                  # writes h_0
     model.blocks                                       # block l returns f_l(h_l), not h_l + f_l(h_l)
     model.out_ln + model.out_head  or  model.norm + model.head
 
-Hidden states are read per sample: ``(B, d)`` as is; token states ``(B, T, d)`` over all
-tokens by default (``"tokens_all"``: ``‖h_l‖`` and ``‖g_l‖`` of the sample's ``T·d`` values,
-:func:`norm_rows`, and Γ at the cls token ``h[:, 0, :]``), at the cls token alone
-(``"tokens"``) or as the mean over tokens (``"tokens_mean"``); feature maps (a model with
-``hidden_layout = "spatial"``) flattened. ``hidden_layout`` may
-also be a method ``hidden_layout(h) -> layout``.
-
-A model written otherwise is adapted with :func:`pytest_fa.adapt`, which reads the states
-through forward hooks on named modules.
-"""
+A sample of a state is read as the model's ``hidden_layout`` (a name, or a method of ``h``) or the
+rank of ``h`` says (:data:`LAYOUTS`, :func:`per_sample`). Other models are adapted with :func:`pytest_fa.adapt`."""
 
 from __future__ import annotations
 
@@ -68,8 +58,7 @@ def readout(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     for norm_name, head_name in (("out_ln", "out_head"), ("norm", "head")):
         head = getattr(model, head_name, None)
         if head is not None:
-            norm = getattr(model, norm_name, None)
-            return norm, head
+            return getattr(model, norm_name, None), head
     raise ModelInterfaceError(
         f"{type(model).__name__} has neither `out_head` nor `head`; expose the classifier "
         "as `out_head` (with `out_ln`) or `head` (with `norm`)" + _OR_ADAPT
@@ -104,11 +93,7 @@ def hidden_layout(model: nn.Module, h: torch.Tensor) -> str:
                 f"{type(model).__name__}.hidden_layout = {declared!r}; use one of {LAYOUTS}"
             )
         return declared
-    if h.dim() == 2:
-        return "vector"
-    if h.dim() == 3:
-        return "tokens_all"
-    return "spatial"
+    return {2: "vector", 3: "tokens_all"}.get(h.dim(), "spatial")
 
 
 def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
@@ -121,9 +106,8 @@ def per_sample(h: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def norm_rows(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: :func:`per_sample`, except under
-    ``"tokens_all"``, one row per sample over all its tokens ``(B, T·d)``: a stream whose
-    explosion is confined to a few tokens still grows by their share of ``‖h_l‖²``."""
+    """The rows whose norms give ``‖h_l‖`` and ``‖g_l‖``: :func:`per_sample`, but under ``"tokens_all"``
+    all tokens ``(B, T·d)``, so an explosion confined to a few tokens still grows ``‖h_l‖``."""
     if layout == "tokens_all":
         return t.reshape(t.shape[0], -1)
     return per_sample(t, layout)
@@ -162,8 +146,7 @@ def forward_hidden(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
             f"{type(model).__name__}(x, return_hidden=True) returned {type(out).__name__}; "
             "it must return `(logits, [h_0, ..., h_L])`"
         )
-    logits, hiddens = out
-    hiddens = list(hiddens)
+    logits, hiddens = out[0], list(out[1])
     n_blocks = len(blocks(model))
     if len(hiddens) != n_blocks + 1:
         raise ModelInterfaceError(
@@ -202,20 +185,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def block_weights(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> list[torch.nn.Parameter]:
-    """Parameters of the blocks (``modules``, by default :func:`blocks`) other than their
-    normalisation layers.
-
-    These are what the frozen-blocks baseline holds at their random initial values; the
-    normalisation affine parameters inside the blocks stay trainable with the embedding,
-    terminal norm and head.
-    """
+    """Parameters of the blocks (``modules``, by default :func:`blocks`) but their normalisation
+    layers': what the frozen-blocks baseline holds at their initial values."""
     from torch import nn
 
     norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-    frozen: list[nn.Parameter] = []
-    for block in blocks(model) if modules is None else modules:
-        for module in block.modules():
-            if isinstance(module, norm_types):
-                continue
-            frozen.extend(module.parameters(recurse=False))
-    return frozen
+    return [p for block in (blocks(model) if modules is None else modules) for module in block.modules()
+            if not isinstance(module, norm_types) for p in module.parameters(recurse=False)]

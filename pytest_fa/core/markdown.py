@@ -18,7 +18,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _conditions(report: DiagnosticReport) -> list[list[str]]:
     context = report.context
-    rows = [
+    return [
         ["method", str(context.get("method") or "—")],
         ["architecture", str(context.get("arch") or "—")],
         ["data", str(context.get("data") or "—")],
@@ -28,7 +28,6 @@ def _conditions(report: DiagnosticReport) -> list[list[str]]:
         ["measured on", measured_on(report)],
         ["thresholds", ", ".join(f"{k} {v}" for k, v in vars(report.thresholds).items())],
     ]
-    return rows
 
 
 def _diagnostics(report: DiagnosticReport) -> list[list[str]]:

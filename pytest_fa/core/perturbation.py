@@ -1,12 +1,6 @@
-"""Perturbation correlation ρ: does the credit predict how the loss actually moves?
-
-For each sample and layer, ``M`` random unit directions ``v`` are applied to ``h_l`` with step
-``ε``; ρ is the Pearson correlation over the directions between the predicted change
-``⟨a_l, ε v⟩`` and the measured ``ℓ(h_l + ε v) − ℓ(h_l)`` (ℓ the per-sample cross-entropy,
-the rest of the network run forward from ``h_l``), averaged over samples. The true
-gradient gives ≈ +1 (the Taylor ceiling), a random vector ≈ 0. Its failure modes differ
-from the cosine's: no normalisation of the reference, no eps. Runs in float64.
-"""
+"""Perturbation correlation ρ, in float64: per sample and layer, the Pearson correlation over ``M``
+random unit directions ``v`` of the predicted change ``⟨a_l, ε v⟩`` and the measured
+``ℓ(h_l + ε v) − ℓ(h_l)`` (ℓ the per-sample CE), averaged over samples; the gradient gives ≈ +1."""
 
 from __future__ import annotations
 
@@ -49,65 +43,43 @@ def _pearson(pred: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
     return (pred * actual).sum(-1) / (pred.norm(dim=-1) * actual.norm(dim=-1))
 
 
-def perturbation_correlation(
-    model: nn.Module,
-    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    credit: CreditSignal,
-    *,
-    directions: int = 32,
-    epsilon: float = 1e-3,
-    seed: int = 0,
-    aux_modules: Sequence[nn.Module] = (),
-) -> PerturbationResult:
-    """ρ_l of ``credit`` and of the two controls over the eval batches (vector-layout models).
-
-    The model and ``aux_modules`` (e.g. a method's auxiliary nets, which ``credit`` may call)
-    are measured in float64 and eval mode, then put back as they were.
-    """
+def perturbation_correlation(model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                             credit: CreditSignal, *, directions: int = 32, epsilon: float = 1e-3, seed: int = 0,
+                             aux_modules: Sequence[nn.Module] = ()) -> PerturbationResult:
+    """ρ_l of ``credit`` and of the two controls over the eval batches (vector-layout models); the model and
+    ``aux_modules`` (nets ``credit`` may call) are measured in float64 and eval mode, then put back."""
     modules = [model, *aux_modules]
     saved = [(m, next(m.parameters()).dtype, m.training) for m in modules]
     for m in modules:
         m.double().eval()
+    generator, sums, count = torch.Generator().manual_seed(seed), None, 0
     try:
-        return _perturbation_correlation(model, eval_batches, credit, directions, epsilon, seed)
+        for x, y in eval_batches:
+            ref = reference_pass(model, x, y, credit, reduction="sum")
+            if ref.layout != "vector":
+                raise ValueError("perturbation correlation is implemented for (B, d) hidden states")
+            y = y.to(ref.logits.device)
+            batch = torch.stack([  # (L+1, 3, B)
+                torch.stack(_layer_rho(model, layer, h.detach(), y, a, g, directions, epsilon, generator))
+                for layer, (h, a, g) in enumerate(zip(ref.hiddens, ref.credits, ref.grads))])
+            sums = batch.nansum(-1) if sums is None else sums + batch.nansum(-1)
+            count += len(y)
     finally:
         for m, dtype, training in saved:
             m.to(dtype).train(training)
-
-
-def _perturbation_correlation(model, eval_batches, credit, directions, epsilon, seed) -> PerturbationResult:
-    generator = torch.Generator().manual_seed(seed)
-    sums = None
-    count = 0
-    for x, y in eval_batches:
-        ref = reference_pass(model, x, y, credit, reduction="sum")
-        if ref.layout != "vector":
-            raise ValueError("perturbation correlation is implemented for (B, d) hidden states")
-        hiddens, grads, credits, y = ref.hiddens, ref.grads, ref.credits, y.to(ref.logits.device)
-        batch = torch.stack([
-            torch.stack(_layer_rho(model, layer, h.detach(), y, [a, g, torch.randn(g.shape, generator=generator, dtype=g.dtype)],
-                                   directions, epsilon, generator))
-            for layer, (h, a, g) in enumerate(zip(hiddens, credits, grads))
-        ])  # (L+1, 3, B)
-        sums = batch.nansum(-1) if sums is None else sums + batch.nansum(-1)
-        count += len(y)
-    means = (sums / count).tolist()
-    return PerturbationResult(
-        rho=[m[0] for m in means], gradient_control=[m[1] for m in means], random_control=[m[2] for m in means],
-        directions=directions, epsilon=epsilon,
-    )
+    rho, gradient, random = map(list, zip(*(sums / count).tolist()))
+    return PerturbationResult(rho, gradient, random, directions, epsilon)
 
 
 @torch.no_grad()
-def _layer_rho(model, layer, h, y, vectors, directions, epsilon, generator):
+def _layer_rho(model, layer, h, y, a, g, directions, epsilon, generator):
+    """ρ of the credit ``a``, of the gradient ``g`` and of a random vector, per sample."""
+    vectors = [a, g, torch.randn(g.shape, generator=generator, dtype=g.dtype)]
     b, d = h.shape
     v = torch.randn(directions, b, d, generator=generator, dtype=h.dtype).to(h.device)
     v = v / v.norm(dim=-1, keepdim=True)
     base = F.cross_entropy(_continue_forward(model, layer, h), y, reduction="none")
     moved = _continue_forward(model, layer, (h[None] + epsilon * v).reshape(-1, d))
     change = F.cross_entropy(moved, y.repeat(directions), reduction="none").reshape(directions, b) - base
-    out = []
-    for a in vectors:
-        predicted = epsilon * (v * a.detach().to(h)[None]).sum(-1)  # (M, B)
-        out.append(_pearson(predicted.T, change.T))
-    return out
+    # the predicted change per direction and sample, (M, B), against the measured one
+    return [_pearson(epsilon * (v * c.detach().to(h)[None]).sum(-1).T, change.T) for c in vectors]

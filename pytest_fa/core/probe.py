@@ -1,9 +1,5 @@
-"""One pass over the eval batches that collects every raw number the protocol needs.
-
-For each batch the model runs once in eval mode; the reference ``g_l = dCE/dh_l`` (CE the
-batch-mean cross-entropy) comes from autograd on the hidden states the model returned,
-and the method's credit is evaluated on that same forward pass.
-"""
+"""One pass over the eval batches, one :func:`reference_pass` each in eval mode, that collects every
+raw number the protocol needs."""
 
 from __future__ import annotations
 
@@ -79,18 +75,12 @@ def _check_batches(eval_batches: Sequence) -> int:
     return sizes.pop()
 
 
-def run_probe(
-    model: nn.Module,
-    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    credit: CreditSignal | None = None,
-    device: torch.device | str | None = None,
-    keep_rows: bool = False,
-    reference_model: nn.Module | None = None,
-) -> Probe:
+def run_probe(model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+              credit: CreditSignal | None = None, device: torch.device | str | None = None, keep_rows: bool = False,
+              reference_model: nn.Module | None = None) -> Probe:
     """Measure ``‖h_l‖``, ``‖g_l‖``, the mid-layer batch-mean gradients and ``cos(a_l, g_l)``, in
     eval mode and at least float32 (through copies). ``keep_rows`` keeps the rows of ``g_l`` and
-    the output errors (for the null band); ``reference_model``, a true-backprop twin, gives ``g_l``.
-    """
+    the output errors (for the null band); ``reference_model``, a true-backprop twin, gives ``g_l``."""
     batch_size = _check_batches(eval_batches)
     stored = next(model.parameters()).dtype
     model = _measured(model, device)
@@ -116,9 +106,7 @@ def _measured(model: nn.Module, device: torch.device | str | None) -> nn.Module:
 def at_least_float32(model: nn.Module) -> nn.Module:
     """``model``, or a float32 copy when it is stored in float16 or bfloat16: half precision
     flushes hidden-layer BP gradients (~1e-9) to zero."""
-    if next(model.parameters()).dtype in _HALF_DTYPES:
-        return copy.deepcopy(model).float()
-    return model
+    return copy.deepcopy(model).float() if next(model.parameters()).dtype in _HALF_DTYPES else model
 
 
 def probe_batches(
@@ -148,23 +136,14 @@ def probe_batches(
             cosines.append(_layer_cosines(ref.credits, rows_g))
             credit_norms.append([None if a is None else per_sample_norms(a) for a in ref.credits])
     param = next(model.parameters())
+    kept = ([torch.cat(layer) for layer in zip(*kept_rows)], torch.cat(kept_errors)) if keep_rows else (None, None)
     return Probe(
-        hidden_norms=_concat_layers(hidden_norms),
-        grad_norms=_concat_layers(grad_norms),
-        mid_layer=mid,
-        mid_batch_means=torch.stack(mid_means),
-        cosines=_concat_layers(cosines) if credit is not None else None,
-        credit_norms=_concat_layers(credit_norms) if credit is not None else None,
-        batch_size=batch_size,
-        num_batches=len(eval_batches),
-        dtype=str(param.dtype).removeprefix("torch."),
-        device=str(param.device),
-        layout=layout,
-        eval_correct=correct,
-        logit_grad_norms=torch.cat(logit_grads),
-        error_rel_errors=torch.cat(rel_errors),
-        grad_rows=[torch.cat(layer) for layer in zip(*kept_rows)] if keep_rows else None,
-        output_errors=torch.cat(kept_errors) if keep_rows else None,
+        hidden_norms=_concat_layers(hidden_norms), grad_norms=_concat_layers(grad_norms), mid_layer=mid,
+        mid_batch_means=torch.stack(mid_means), cosines=_concat_layers(cosines) if credit is not None else None,
+        credit_norms=_concat_layers(credit_norms) if credit is not None else None, batch_size=batch_size,
+        num_batches=len(eval_batches), dtype=str(param.dtype).removeprefix("torch."), device=str(param.device),
+        layout=layout, eval_correct=correct, logit_grad_norms=torch.cat(logit_grads),
+        error_rel_errors=torch.cat(rel_errors), grad_rows=kept[0], output_errors=kept[1],
     )
 
 

@@ -1,14 +1,5 @@
-"""The BP reference pass: one forward pass, ``CE``, and ``g_l = dCE/dh_l`` by autograd.
-
-Every measurement of pytest-fa (the probe, the null band, the perturbation correlation,
-the studies and the pitfall suite) takes its reference gradient from :func:`reference_pass`,
-so the loss, its reduction, the layout a sample is read in and the checks on the graph are
-defined once. A credit signal passed in is evaluated on that same forward pass.
-
-autograd's gradient is the reference only where autograd is backprop: a model whose backward
-between the states and the logits is a method's own (:mod:`pytest_fa.core.backprop`) is
-refused, unless a twin that backpropagates truly with the same weights gives the reference.
-"""
+"""The BP reference pass: one forward pass, ``CE``, and ``g_l = dCE/dh_l`` by autograd, the one
+place every measurement takes its reference from; a credit signal is evaluated on the same pass."""
 
 from __future__ import annotations
 
@@ -30,9 +21,8 @@ class CreditSignal(Protocol):
     """``credit(x, y, logits, hiddens) -> [a_0, ..., a_L]`` (entries ``(B, F)`` or None): a
     method's credit, evaluated on the reference pass (:data:`CREDIT_CONTRACT`)."""
 
-    def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, hiddens: list[torch.Tensor]
-    ) -> Sequence[torch.Tensor | None]: ...
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+                 hiddens: list[torch.Tensor]) -> Sequence[torch.Tensor | None]: ...
 
 
 @dataclass
@@ -48,63 +38,30 @@ class ReferencePass:
     layout: str
     credits: list[torch.Tensor | None] | None = None
 
-    def read(self, t: torch.Tensor) -> torch.Tensor:
-        """``(B, features)`` rows of a state or gradient in this pass's layout."""
-        return interface.per_sample(t, self.layout)
-
     @property
     def rows(self) -> list[torch.Tensor]:
-        """Per-sample rows of ``g_l``."""
-        return [self.read(g) for g in self.grads]
+        """Per-sample rows of ``g_l`` in this pass's layout."""
+        return [interface.per_sample(g, self.layout) for g in self.grads]
 
     def credited_rows(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``([a_l], [g_l])``, detached per-sample rows, at the layers the credit assigns."""
         pairs = [(a, g) for a, g in zip(self.credits or [], self.rows) if a is not None]
         return [a.detach() for a, _ in pairs], [g.detach() for _, g in pairs]
 
-    @property
-    def hidden_rows(self) -> list[torch.Tensor]:
-        """Per-sample rows of ``h_l`` (detached)."""
-        return [self.read(h.detach()) for h in self.hiddens]
 
-
-def ce_grads(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    states: Sequence[torch.Tensor],
-    *,
-    reduction: str = "mean",
-    retain_graph: bool = False,
-    allow_unused: bool = False,
-) -> list[torch.Tensor | None]:
+def ce_grads(logits: torch.Tensor, y: torch.Tensor, states: Sequence[torch.Tensor], *, reduction: str = "mean",
+             retain_graph: bool = False, allow_unused: bool = False) -> list[torch.Tensor | None]:
     """``dCE/ds`` for each of ``states`` (``CE`` the batch-``reduction`` cross-entropy)."""
     loss = F.cross_entropy(logits, y, reduction=reduction)
     return list(torch.autograd.grad(loss, list(states), retain_graph=retain_graph, allow_unused=allow_unused))
 
 
-def reference_pass(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    credit: CreditSignal | None = None,
-    *,
-    reduction: str = "mean",
-    keep_graph: bool = False,
-    reference_model: nn.Module | None = None,
-) -> ReferencePass:
-    """Run ``model`` on one batch in its current mode and dtype and take the reference.
-
-    ``x`` moves to the model's device (and, when floating point, its dtype). Raises
-    :class:`~pytest_fa.errors.ModelInterfaceError` for states that are detached or not on
-    the path to the logits, :class:`~pytest_fa.errors.NotBackpropError` when autograd on the
-    model is not backprop (checked once per model), and
-    :class:`~pytest_fa.errors.NonFiniteError` for NaN/Inf logits or gradients. ``keep_graph``
-    keeps the graph for further autograd on ``hiddens``.
-
-    ``reference_model``, a twin of ``model`` that backpropagates truly with the same weights,
-    gives ``g_l`` and ``dCE/dz`` instead; its logits and states must equal the model's (to
-    float tolerance). The logits, states and credit are the model's.
-    """
+def reference_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: CreditSignal | None = None, *,
+                   reduction: str = "mean", keep_graph: bool = False,
+                   reference_model: nn.Module | None = None) -> ReferencePass:
+    """Run ``model`` on one batch in its current mode and dtype and take the reference (``x`` moved to
+    its device and float dtype); refuses detached or unused states, a backward that is not backprop and
+    NaN/Inf. ``reference_model``, a true-backprop twin, gives ``g_l`` and ``dCE/dz`` instead."""
     param = next(model.parameters())
     x = x.to(device=param.device, dtype=param.dtype if x.is_floating_point() else x.dtype)
     y = y.to(param.device)
@@ -148,9 +105,8 @@ CREDIT_CONTRACT = (
 
 
 def checked_credits(credit: CreditSignal, args: tuple, rows: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-    """``credit(*args)`` as a list with one tensor shaped like ``rows[l]`` (or None) per state;
-    :class:`~pytest_fa.errors.CreditSignalError` when the signal raises (an ``FAError`` it raises
-    passes) or returns anything else."""
+    """``credit(*args)`` as a list with one tensor shaped like ``rows[l]`` (or None) per state; a
+    :class:`~pytest_fa.errors.CreditSignalError` when it raises (an ``FAError`` passes) or returns anything else."""
     try:
         out = credit(*args)
     except FAError:

@@ -1,14 +1,9 @@
-"""The diagnostics of the protocol (:data:`DIAGNOSTICS`), each defined once with the function
-that decides it; adding one is one :func:`register` call.
-
-No torch import here: the plugin reads the names at start-up, so each evaluator imports the
-formulas of :mod:`pytest_fa.core.diagnostics` when it runs.
-"""
+"""The diagnostics of the protocol (:data:`DIAGNOSTICS`), each defined once with the function that
+decides it; adding one is one :func:`register` call. No torch import: the plugin reads it at start-up."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +15,8 @@ if TYPE_CHECKING:
 
     from pytest_fa.core.probe import Probe
 
-NOT_INFORMATIVE = "not informative"
-"""How the sub-mode of a diagnostic that was measured but cannot give a verdict begins."""
-FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"
-"""The sub-mode of a (d) that cannot be measured: see :func:`~pytest_fa.core.diagnostics.frozen_at_ceiling`."""
+NOT_INFORMATIVE = "not informative"  # how the sub-mode of a measured diagnostic without a verdict begins
+FROZEN_CEILING = f"{NOT_INFORMATIVE} (both accuracies at the ceiling)"  # (d) at the ceiling: frozen_at_ceiling
 
 
 @dataclass
@@ -71,10 +64,9 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One diagnostic of the protocol. ``threshold`` names a field of
-    :class:`~pytest_fa.core.thresholds.DiagnosticThresholds` (or any name with its ``default``);
-    ``walk_back``: firing walks the checkpoint back; ``statistic``: the value compared over seeds.
-    """
+    """One diagnostic. ``threshold`` names a field of :class:`~pytest_fa.core.thresholds.DiagnosticThresholds`
+    (or any name with its ``default``); ``walk_back``: firing walks the checkpoint back; ``statistic``:
+    the value compared over seeds."""
 
     key: str
     name: str
@@ -246,13 +238,3 @@ def register(diagnostic: Diagnostic) -> Diagnostic:
         raise ValueError(f"a diagnostic with key {diagnostic.key!r} or item {diagnostic.item!r} exists")
     DIAGNOSTICS.append(diagnostic)
     return diagnostic
-
-
-@contextmanager
-def registered(diagnostic: Diagnostic) -> Iterator[Diagnostic]:
-    """``diagnostic`` registered for the duration of a ``with`` block."""
-    register(diagnostic)
-    try:
-        yield diagnostic
-    finally:
-        DIAGNOSTICS.remove(diagnostic)

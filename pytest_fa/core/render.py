@@ -1,7 +1,4 @@
-"""Plain-text pieces of every report: a number, a diagnostic's comparison and status, a table.
-
-No torch import: the comparison with a saved report renders its table with these alone.
-"""
+"""Plain-text pieces of every report: a number, a diagnostic's comparison and status, a table (no torch)."""
 
 from __future__ import annotations
 
@@ -26,9 +23,7 @@ def fmt_null(mean: float | None, std: float | None) -> str:
 
 
 def fmt_gamma(value: float | None, status: str) -> str:
-    if value is not None:
-        return f"{value:+.3f}"
-    return "undefined" if status.startswith("undefined") else "n/a"
+    return f"{value:+.3f}" if value is not None else "undefined" if status.startswith("undefined") else "n/a"
 
 
 def fmt_mean_sd(stat: tuple[float | None, float | None, int], spec: str = ".3g") -> str:

@@ -1,10 +1,5 @@
-"""Several seeds of one configuration: mean ± sd of the protocol's numbers and a verdict count,
-and their table.
-
-Checkpoints belong to one group when everything they were trained as but the seed is the
-same (architecture and its config, method and its config, data, epochs, recipe), as
-recorded in ``report.context["configuration"]``; a group needs at least two seeds.
-"""
+"""Several seeds of one configuration (``report.context["configuration"]``: all but the seed the
+same): mean ± sd of the protocol's numbers, a verdict count, and their table."""
 
 from __future__ import annotations
 
@@ -84,14 +79,10 @@ def seed_groups(reports: list[DiagnosticReport]) -> list[SeedGroup]:
     """Groups of at least two reports that share a configuration and differ in seed."""
     grouped: dict[str, list[DiagnosticReport]] = {}
     for report in reports:
-        key = report.context.get("configuration")
-        if key is not None:
-            grouped.setdefault(key, []).append(report)
-    groups = []
-    for key, members in grouped.items():
-        if len({r.context.get("seed") for r in members}) >= 2:
-            groups.append(SeedGroup(json.loads(key), members))
-    return groups
+        if report.context.get("configuration") is not None:
+            grouped.setdefault(report.context["configuration"], []).append(report)
+    return [SeedGroup(json.loads(key), members) for key, members in grouped.items()
+            if len({r.context.get("seed") for r in members}) >= 2]
 
 
 def seed_columns() -> tuple[str, ...]:

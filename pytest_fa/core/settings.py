@@ -1,12 +1,5 @@
-"""How to run the protocol: one typed definition of every setting (no torch import).
-
-:class:`ProtocolSettings` holds what the protocol runner needs, :class:`SessionSettings`
-adds what a pytest session writes and collects. Each field that is an option carries its
-help text in its metadata; the plugin generates its ``--fa-*`` options and ini keys from
-these fields (and from :class:`~pytest_fa.core.thresholds.DiagnosticThresholds` for the
-thresholds), and validation lives here, in ``__post_init__``, raising
-:class:`SettingError` with the setting's name and no command-line syntax.
-"""
+"""Every setting of the protocol, typed and checked once (no torch import): the plugin generates
+its ``--fa-*`` options and ini keys from these fields; a bad value is a :class:`SettingError`."""
 
 from __future__ import annotations
 
@@ -34,12 +27,8 @@ class SettingError(ValueError):
 
 def option(help: str, type: type = str, *, metavar: str | None = None, flag: str | None = None,
            repeat: bool = False, path: bool = False) -> dict[str, Any]:
-    """Field metadata of a setting that is also a command-line option and ini key.
-
-    ``flag`` is the option's name when it differs from the field's (``model`` for
-    ``model_factory``); ``repeat`` options take several values, ``path`` ones are paths
-    (ini paths are relative to the ini file).
-    """
+    """Field metadata of a setting that is also an option and ini key; ``flag``: the option's name
+    where it is not the field's; ``repeat``: several values; ``path``: relative to the ini file there."""
     return {"option": {"help": help, "type": type, "metavar": metavar, "flag": flag, "repeat": repeat, "path": path}}
 
 
@@ -170,10 +159,8 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 def resolve_device(name: str | None, *, check_only: bool = False) -> torch.device | None:
-    """The torch device of a name pytest-fa takes: ``auto`` (or None) is cuda where torch sees a
-    GPU, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` (N a GPU index, 0, 1, …), a CUDA device only
-    where torch sees a GPU. Any other name is a :class:`SettingError`. ``check_only``: only check
-    the name (None back), importing torch for a CUDA name alone."""
+    """The device ``auto`` (None: cuda where torch sees a GPU, else cpu), ``cpu``, ``cuda`` or ``cuda:N``
+    names; ``check_only``: only check the name (None back; torch imported for a CUDA name alone)."""
     name = "auto" if name is None else name
     if not (isinstance(name, str) and _DEVICE.fullmatch(name)):
         raise SettingError("device", name, "use auto, cpu or cuda (cuda:N for GPU number N = 0, 1, …)")

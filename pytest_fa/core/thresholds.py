@@ -10,12 +10,9 @@ from pytest_fa.errors import setting
 
 REFERENCE_BATCH_SIZE = 128
 
-FLOAT32_MAX = 3.4028234663852886e38
-"""The largest finite float32."""
-FLOAT32_TINY = 1.401298464324817e-45
-"""The smallest positive float32 (a subnormal)."""
-FLOAT32_RATIO = FLOAT32_MAX / FLOAT32_TINY
-"""About 2.4e83: the largest ratio of two nonzero float32 magnitudes."""
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32 (a subnormal)
+FLOAT32_RATIO = FLOAT32_MAX / FLOAT32_TINY  # about 2.4e83: the largest ratio of two nonzero float32 magnitudes
 
 _RANGES = {
     # threshold: (low, high, the statistic it is read against); a threshold is refused at or
@@ -30,38 +27,18 @@ _RANGES = {
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
 B_RULES = ("decomposed", "paper")
 
 
 @dataclass(frozen=True)
 class DiagnosticThresholds:
-    """The protocol's thresholds: the paper's defaults, plus the decomposed (b) rule.
-
-    ``gain_floor`` and ``b_rule`` are pytest-fa's (``b_rule="paper"`` restores the paper's
-    (b)); the gain floor of 1e-3 sits inside the measured gap, 69× above the largest gain of
-    a reference at the floor in Mode 1 (1.45e-5) and 399× below the smallest gain of a
-    healthy network (0.399; ``examples/RESULTS.md``, "Budget invariance").
-
-    ``max_growth``: (a) fires when ``max_l ‖h_{l+1}‖/‖h_l‖`` exceeds it.
-    ``grad_floor``: the reference ``‖g_L‖``, restated at ``floor_batch_size``, is at the floor
-    below it.
-    ``gain_floor``: under ``b_rule="decomposed"`` (b) fires only when the reference is at
-    the floor *and* the median backward gain ``‖g_L‖ / ‖dCE/dlogits‖`` is below it (Mode 1);
-    a reference at the floor with a healthy gain is reported *error-saturated* instead.
-    ``b_rule="paper"`` fires (b) on the floor alone, as the reference implementation does.
-    ``drift_ceiling``: (c) is drift-dominated above it.
-    ``frozen_margin_pp``: (d) fires when trained − frozen accuracy is below it (points).
-
-    Each must lie strictly inside the range of the statistic it is read against, else its
-    diagnostic always or never fires: ``drift_ceiling`` in (−1, 1) (a cosine);
-    ``frozen_margin_pp`` in (−100, 100) (a difference of two accuracies in points);
-    ``max_growth`` and ``gain_floor`` in (1/R, R) with ``R = FLOAT32_MAX / FLOAT32_TINY ≈
-    2.4e83``, the largest ratio of two nonzero float32 magnitudes (both are ratios of norms
-    of float32 states); ``grad_floor`` in (1.4e-45, 3.4e38), the positive float32 range: below
-    it (b) would fire only on a gradient that is exactly zero, above it on every one. The
-    bounds are on magnitudes (a norm summed in float64 may exceed them by ``√width``); no
-    threshold that can tell two runs apart comes near them.
-    """
+    """The protocol's thresholds (each field's help states its rule): the paper's defaults, plus
+    pytest-fa's ``gain_floor`` and ``b_rule`` (``"paper"`` restores the paper's (b)). The gain floor
+    of 1e-3 sits inside the measured gap, 69× above the largest Mode-1 gain (1.45e-5) and 399× below
+    the smallest healthy one (0.399; ``examples/RESULTS.md``, "Budget invariance"). Each threshold
+    lies strictly inside its statistic's range (:data:`_RANGES`), else its diagnostic always or never fires."""
 
     max_growth: float = field(default=50.0, metadata=_help(
         "(a) fires when the largest block growth max_l ‖h_{l+1}‖ / ‖h_l‖ exceeds this"))
@@ -106,9 +83,7 @@ class DiagnosticThresholds:
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
         if unknown:
-            raise TypeError(
-                f"unknown threshold(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+            raise TypeError(f"unknown threshold(s) {sorted(unknown)}; known: {sorted(known)}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -1,39 +1,23 @@
 """The source-level evaluation pitfalls as a flake8 plugin: ``flake8 --select=FA,E9 src/`` or
-``pytest --fa-lint=src/`` (``pip install pytest-fa[lint]``). One walk over the ``ast`` of a file;
-torch is never imported. Each code is the ``lint_code`` of its pitfall in
-:data:`pytest_fa.pitfalls.PITFALLS`:
+``pytest --fa-lint=src/``. One walk over the ``ast`` of a file; torch is never imported. Each code
+is the ``lint_code`` of its pitfall in :data:`pytest_fa.pitfalls.PITFALLS`:
 
-- ``FA001`` (pitfall 1): ``t.norm(N)``, ``torch.norm(x, N)``, ``torch.linalg.norm(x, N)`` or
-  ``torch.linalg.vector_norm(x, N)`` with a numeric literal N (``-1``, ``2.0``, ``float("inf")``,
-  ``math.inf``) as the order and no ``dim``: the norm of the whole flattened tensor. Not flagged:
-  ``p=``/``ord=`` as keywords, any dim, ``**kwargs``, ``matrix_norm``, a ``.norm`` on an imported
-  module (``np.linalg.norm``) or called with a tensor (``self.norm(h)``).
-- ``FA002`` (pitfall 2): a cosine (``F.cosine_similarity``, ``torch.cosine_similarity``, an
-  ``nn.CosineSimilarity`` inline, in a variable or in a ``self.<attr>``) with no ``eps`` given
-  (keyword, positional or ``**kwargs``) on a gradient-like argument.
-- ``FA003`` (pitfall 3): ``.half()``, ``.to(torch.float16)``, ``.to(dtype=torch.half)``,
-  ``.type(torch.HalfTensor)`` on a gradient-like receiver; and a float16 autocast (``dtype=`` float16,
-  a literal ``"cuda"`` device without dtype, ``torch.cuda.amp.autocast`` without dtype; never
-  ``enabled=False``) as ``with`` or decorator around ``torch.autograd.grad``/``backward`` or a
-  ``.backward(...)`` (not in nested functions, nor under a nested non-float16 autocast).
-- ``FA004`` (pitfall B3): a cosine (``cosine_per_sample`` too) whose two arguments have known batch
-  origins that do not meet.
+- ``FA001``: a norm (``t.norm``, ``torch.norm``, ``torch.linalg.norm``/``vector_norm``) given a numeric
+  literal as its positional order and no ``dim``: the norm of the whole flattened tensor.
+- ``FA002``: a cosine (``F.cosine_similarity``, ``torch.cosine_similarity``, ``nn.CosineSimilarity``)
+  with no ``eps`` given on a gradient-like argument.
+- ``FA003``: a float16 cast of a gradient-like receiver, or a float16 autocast (``with`` or decorator)
+  around ``torch.autograd.grad``/``backward`` or a ``.backward(...)``.
+- ``FA004``: a cosine (``cosine_per_sample`` too) whose two arguments have known batch origins that do
+  not meet.
 
-Gradient-like: an expression that mentions a name or attribute containing ``grad`` (any case; not
-the autograd switches ``requires_grad``, ``no_grad``, ``zero_grad``, ``grad_fn``, ...), or a variable
-(or ``self.<attr>``, in any method) assigned one earlier in the scope; it stays so after later
-assignments. A function sees the enclosing scope's names except its parameters.
-
-Batch origins flow forward through the assignments of one function (the module body is one): a
-loop over a batch source (no origin of its own, a name with a ``batch``/``loader`` part or a
-``data``, ``dl``, ``ds``, ``it``, ``iter`` segment; never ``range`` nor ``.parameters()``-like)
-gives its targets one origin, shared by loops over the same named source unless it was built with
-``shuffle=True``. ``next(it)`` is a new batch at every call site; ``next(iter(X))`` is the first
-batch of X (unless X shuffles); ``batches[0]`` and ``batches[1]`` are two. An assignment replaces a
-variable's origins in straight-line code and adds to them under ``if``/``try``/``while``.
-
-A finding is ``path:line:col: FA00N [pitfall …] message`` at the called name; flake8's
-``# noqa: FA00N`` on its line silences it.
+Gradient-like: an expression that mentions a name or attribute containing ``grad`` (not the autograd
+switches such as ``requires_grad``), or a variable assigned one earlier in the scope. Batch origins
+flow forward through the assignments of one function: a loop over a batch source (``loader``,
+``batches``, ``dl``, ...) gives its targets one origin, shared by loops over the same source unless it
+shuffles; ``next(it)`` is a new batch at every call site; ``batches[0]`` and ``batches[1]`` are two.
+An assignment replaces a variable's origins in straight-line code and adds to them under a branch.
+flake8's ``# noqa: FA00N`` on the finding's line silences it.
 """
 
 from __future__ import annotations
@@ -230,8 +214,7 @@ class Env:
         return Env(self.taint - rebound, {k: v for k, v in self.origins.items() if origins and k not in rebound},
                    {k: v for k, v in self.cosines.items() if k not in rebound}, self.shuffled - rebound)
 
-    def set(self, name: str, origins: frozenset[Origin], tainted: bool, replace: bool,
-            eps: bool | None = None) -> None:
+    def set(self, name: str, origins: frozenset[Origin], tainted: bool, replace: bool, eps: bool | None = None) -> None:
         """``name`` now holds a value with these origins (and a gradient, or a cosine module)."""
         self.origins[name] = origins if replace else self.origins.get(name, EMPTY) | origins
         if tainted:
@@ -243,9 +226,8 @@ class Env:
 
 
 class Checker(ast.NodeVisitor):
-    """flake8's entry point ``FA`` (group ``flake8.extension``): the findings in one module.
-
-    The visit keeps the ``Env`` of the scope it is in; ``replace`` is False under a branch."""
+    """flake8's entry point ``FA`` (group ``flake8.extension``): the findings in one module. The visit
+    keeps the ``Env`` of the scope it is in; ``replace`` is False under a branch."""
 
     def __init__(self, tree: ast.Module, lines: list[str]) -> None:
         self.tree, self.lines = tree, lines
@@ -284,11 +266,9 @@ class Checker(ast.NodeVisitor):
             return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             return self.is_number(node.operand)
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float"
-                and len(node.args) == 1 and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)):
-            return True
-        return self.qualname(node) in _INF_NAMES
+        return self.qualname(node) in _INF_NAMES or (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float"
+            and len(node.args) == 1 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
 
     def is_fp16(self, node: ast.AST) -> bool:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -471,8 +451,7 @@ class Checker(ast.NodeVisitor):
         if fragment is not None:
             self.report("FA003", call, (
                 f"`{_short(call)}` casts a gradient (`{fragment}`) to float16: {_UNDERFLOW} Fix: keep reference "
-                f"gradients in float32/float64 (or bfloat16, which has float32's exponent range)."
-            ))
+                f"gradients in float32/float64 (or bfloat16, which has float32's exponent range)."))
 
     def check_cosine(self, call: ast.Call, kwargs: dict[str, ast.expr]) -> None:
         """FA002 (an eps-clamped cosine of a gradient) and FA004 (a cosine across batches)."""
@@ -485,8 +464,7 @@ class Checker(ast.NodeVisitor):
             eps = self.cosine_module(call.func)
         elif dotted is not None and dotted in self.env.cosines:
             what, eps = f"{dotted} (an nn.CosineSimilarity)", self.env.cosines[dotted]
-        elif name is not None and (name == "pytest_fa.core.diagnostics.cosine_per_sample"
-                                   or name.endswith(".diagnostics.cosine_per_sample")):
+        elif name is not None and name.endswith(".diagnostics.cosine_per_sample"):
             eps = None  # pytest-fa's own cosine has no eps clamp
         else:
             return
@@ -499,8 +477,7 @@ class Checker(ast.NodeVisitor):
                 f"`{what or _short(call.func)}` on a gradient {why} without an explicit `eps=`: it divides by "
                 f"max(‖x‖, eps=1e-8), so once ‖g‖ < 1e-8 the 'cosine' shrinks by ‖g‖/eps and no "
                 f"longer measures direction. Fix: compute the cosine in float64 without an eps clamp "
-                f"and mark it undefined below the floor: `pytest_fa.core.diagnostics.cosine_per_sample(a, g)`."
-            ))
+                f"and mark it undefined below the floor: `pytest_fa.core.diagnostics.cosine_per_sample(a, g)`."))
         if len(args) == 2:
             first, second = (self.origins(a, self.env) for a in args)
             if first and second and first.isdisjoint(second):
@@ -509,8 +486,7 @@ class Checker(ast.NodeVisitor):
                     f"cosine between `{_short(args[0], 40)}` (from {where[0]}) and "
                     f"`{_short(args[1], 40)}` (from {where[1]}): the two come from different batches, "
                     f"so the number measures batch similarity, not credit quality. Fix: compute the credit "
-                    f"and the reference gradient on the same forward pass (same x, y)."
-                ))
+                    f"and the reference gradient on the same forward pass (same x, y)."))
 
     def cosine_module(self, node: ast.AST) -> bool | None:
         """Whether ``nn.CosineSimilarity(...)`` is given an eps; None for anything else."""
@@ -564,8 +540,7 @@ class Checker(ast.NodeVisitor):
                     f"`{form}{_short(context)}` ({why}) wraps a gradient computation "
                     f"(`{_short(grad.func)}(...)` at line {grad.lineno}): {_UNDERFLOW} Fix: measure reference "
                     f"gradients in float32/float64 (outside the autocast, or `enabled=False`) or with "
-                    f"`dtype=torch.bfloat16`."
-                ))
+                    f"`dtype=torch.bfloat16`."))
 
     # -- batch origins -------------------------------------------------------------------------
 
@@ -638,4 +613,3 @@ class Checker(ast.NodeVisitor):
                 self.bind_loop(target.elts[1], iterable.args[0], env, replace, extra)
                 return
         self.bind(target, iterable, env, replace, extra)
-

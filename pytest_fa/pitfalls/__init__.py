@@ -1,10 +1,5 @@
-"""The evaluation pitfalls that corrupted the reference study, as a shipped regression suite.
-
-Each pitfall has a test module ``pitfall_<slug>.py`` in this package; ``pytest --fa-pitfalls``
-runs them from the installed package. Every module shows both sides on a real case: the
-naive computation gives the wrong number, and pytest-fa's own functions do not.
-``CHECKLIST.md`` at the repository root is generated from :data:`PITFALLS` (``tools/checklist.py``).
-"""
+"""The evaluation pitfalls of the reference study: the registry, and one test module
+``pitfall_<slug>.py`` per pitfall that ``pytest --fa-pitfalls`` runs."""
 
 from __future__ import annotations
 
@@ -18,11 +13,8 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Pitfall:
-    """One pitfall: what a reader sees, why it happens, how pytest-fa catches it, the fix.
-
-    ``lint_code`` is the code ``pytest_fa.lint`` reports the pitfall under where it can be seen
-    in the source (``FA001``), None where it cannot.
-    """
+    """One pitfall: what a reader sees, why it happens, how pytest-fa catches it, the fix, and
+    the code ``pytest_fa.lint`` reports it under (None: not visible in the source)."""
 
     id: str
     slug: str
@@ -162,16 +154,10 @@ PITFALLS: tuple[Pitfall, ...] = (
 
 @dataclass(frozen=True)
 class Witness:
-    """Where removing a guard must show: which bundle, which shipped paths, and how.
-
-    The paths are ``python`` (``diagnose()`` on the bundle's model) and ``cli`` (the JSON
-    report of ``pytest --fa-checkpoint``); the bundles are ``mode1`` (the degenerate DFA run),
-    ``meaningful`` (its first epoch), ``stripped`` (``mode1`` without its feedback matrices)
-    and ``batchnorm`` (a DFA SmallCNN). ``dtype``/``train_mode`` change the model handed to
-    ``diagnose()``; ``frozen_acc`` is passed as ``--fa-frozen-acc`` on the cli path (None:
-    pytest-fa trains the matched baseline); ``thresholds`` overrides threshold fields on both
-    paths. ``why_not`` says why a path is not among ``paths``, or why the witness is not the default.
-    """
+    """Where removing a guard must show: the bundle (``mode1``, ``meaningful``, ``stripped``,
+    ``batchnorm``; see ``tools/guards.py``), the paths (``python``: ``diagnose()``; ``cli``: the
+    JSON report), the model's ``dtype``/``train_mode``, ``--fa-frozen-acc`` (None: trained) and
+    threshold overrides; ``why_not`` says why a path is left out or the witness is not the default."""
 
     bundle: str = "mode1"
     paths: tuple[str, ...] = ("python", "cli")
@@ -184,12 +170,8 @@ class Witness:
 
 @dataclass(frozen=True)
 class Guard:
-    """The piece of pytest-fa that protects against a pitfall, and the naive code it replaces.
-
-    ``target`` is the dotted name of the function (or class) that holds the guard. Removing
-    it (``python tools/guards.py``) swaps ``naive`` in everywhere pytest-fa holds a reference
-    to it; the pitfall's tests must then fail, and the shipped outcome on ``witness`` must change.
-    """
+    """The function (or class) ``target`` that guards against a pitfall; ``tools/guards.py`` swaps
+    ``naive`` in wherever pytest-fa binds it, and the pitfall's tests and ``witness`` must change."""
 
     target: str
     naive: Callable[..., Any]

@@ -1,9 +1,5 @@
-"""Fixtures of the pitfall suite, registered by ``--fa-pitfalls``; the training runs are
-shared by every pitfall module, once per session.
-
-A run is one realisation (seed, torch threads); the suite trains 42:1, and
-``PYTEST_FA_REALISATIONS="42:1,123:2"`` runs every training test on each one listed.
-"""
+"""Fixtures of the pitfall suite (registered by ``--fa-pitfalls``): the training runs, once per
+session and realisation (seed:threads, 42:1 unless ``PYTEST_FA_REALISATIONS="42:1,123:2"``)."""
 
 from __future__ import annotations
 
@@ -17,13 +13,12 @@ from pytest_fa.pitfalls import by_id
 
 
 REALISATIONS_VARIABLE = "PYTEST_FA_REALISATIONS"
-DEFAULT_REALISATION = (42, 1)
 
 
 def realisations(text: str | None) -> list[tuple[int, int]]:
     """``"42:1,123:2"`` as ``[(42, 1), (123, 2)]``; nothing given is the default realisation."""
     if not text or not text.strip():
-        return [DEFAULT_REALISATION]
+        return [(42, 1)]
     found = []
     for item in text.split(","):
         seed, _, threads = item.strip().partition(":")
@@ -67,8 +62,7 @@ def degenerate_dfa(fa_settings, fa_realisation):
     """DFA on the ResMLP with MNIST-1D, trained until ‖g_L‖ is at the numerical floor."""
     from pytest_fa.pitfalls.regimes import degenerate_dfa as run
 
-    seed, threads = fa_realisation
-    return run(fa_settings.device, seed, threads)
+    return run(fa_settings.device, *fa_realisation)
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +70,7 @@ def healthy_bp(fa_settings, fa_realisation):
     """BP on the same architecture and data with the paper's recipe."""
     from pytest_fa.pitfalls.regimes import healthy_bp as run
 
-    seed, threads = fa_realisation
-    return run(fa_settings.device, seed, threads)
+    return run(fa_settings.device, *fa_realisation)
 
 
 def loaded_or_skip(runner, path):

@@ -1,6 +1,5 @@
-"""Pitfall B4: the frozen-blocks baseline of diagnostic (d) is not matched to the trained
-model's budget, so a method "beats the random-blocks baseline" only because the baseline
-got less training."""
+"""Pitfall B4: the frozen-blocks baseline of diagnostic (d) is not matched to the trained model's
+budget, so a method "beats the random-blocks baseline" only because the baseline got less."""
 
 from __future__ import annotations
 
@@ -49,15 +48,10 @@ class _NaiveRunner(protocol.ProtocolRunner):
         return asdict(Recipe()), NAIVE_EPOCHS, SEED, arch, config
 
 
-GUARD = Guard(
-    "pytest_fa.protocol.ProtocolRunner",
-    _NaiveRunner,
-    "frozen baseline trained with a default one-epoch budget instead of the checkpoint's",
-    witness=Witness(
-        paths=("cli",), frozen_acc=None,
-        why_not="diagnose() takes frozen_acc from its caller; only the command line trains the baseline",
-    ),
-)
+GUARD = Guard("pytest_fa.protocol.ProtocolRunner", _NaiveRunner,
+              "frozen baseline trained with a default one-epoch budget instead of the checkpoint's",
+              Witness(paths=("cli",), frozen_acc=None, why_not="diagnose() takes frozen_acc from its caller; "
+                      "only the command line trains the baseline"))
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +98,8 @@ def test_pytest_fa_trains_the_baseline_with_the_checkpoints_own_budget(budget_ru
     assert baseline.accuracy == pytest.approx(budget_runs.matched.bundle.headline_acc, abs=1e-12)
 
     # a fresh runner finds it in the cache under the same key
-    again = protocol.ProtocolRunner(ProtocolSettings(device="cpu", cache_dir=str(tmp_path))).frozen_baseline(
-        str(budget_runs.path)
-    )
+    again = protocol.ProtocolRunner(ProtocolSettings(device="cpu", cache_dir=str(tmp_path)))
+    again = again.frozen_baseline(str(budget_runs.path))
     assert (again.source, again.key, again.accuracy) == ("cache", baseline.key, baseline.accuracy)
 
     # a checkpoint that records a one-epoch budget gets a one-epoch baseline, not the cached one
@@ -119,14 +112,8 @@ def test_pytest_fa_trains_the_baseline_with_the_checkpoints_own_budget(budget_ru
     assert other.accuracy == pytest.approx(budget_runs.naive.bundle.headline_acc, abs=1e-12)
 
 
-@given(
-    epochs=st.integers(1, 500),
-    seed=fst.seeds(),
-    lr=st.floats(1e-6, 1.0),
-    weight_decay=st.floats(0.0, 0.5),
-    batch_size=st.sampled_from([16, 32, 64, 128, 256, 512]),
-    schedule=st.sampled_from(["cosine", "constant"]),
-)
+@given(epochs=st.integers(1, 500), seed=fst.seeds(), lr=st.floats(1e-6, 1.0), weight_decay=st.floats(0.0, 0.5),
+       batch_size=st.sampled_from([16, 32, 64, 128, 256, 512]), schedule=st.sampled_from(["cosine", "constant"]))
 @settings(max_examples=40, deadline=None)
 def test_the_baseline_budget_is_whatever_the_checkpoint_records(budget_runs, epochs, seed, lr, weight_decay, batch_size, schedule):
     """Pitfall B4: for any recorded budget the frozen baseline is planned with exactly it."""
@@ -152,23 +139,16 @@ def test_user_checkpoint_records_the_budget_its_baseline_must_match(fa_checkpoin
         pytest.skip(f"cannot read {path} (the protocol items report why): {exc}")
     if bundle is None:
         if settings.frozen_acc is not None:
-            how = (
-                f"--fa-frozen-acc={settings.frozen_acc} is used for (d), but nothing records the "
-                "budget it was trained with, so nothing shows that it matches"
-            )
+            how = (f"--fa-frozen-acc={settings.frozen_acc} is used for (d), but nothing records the "
+                   "budget it was trained with, so nothing shows that it matches")
         elif settings.frozen_epochs is not None:
-            how = (
-                f"--fa-frozen-epochs={settings.frozen_epochs} trains one with pytest-fa's default "
-                f"recipe {asdict(Recipe())}, which may not be the recipe the model was trained with"
-            )
+            how = (f"--fa-frozen-epochs={settings.frozen_epochs} trains one with pytest-fa's default "
+                   f"recipe {asdict(Recipe())}, which may not be the recipe the model was trained with")
         else:
             how = "(d) cannot be evaluated"
-        exposed(
-            "B4",
-            f"{name} is a plain state dict: it records no epochs, seed, recipe or data set, so no "
-            f"frozen-blocks baseline can be matched to it; {how}. Save a pytest-fa bundle "
-            "(pytest_fa.training.checkpoint.save_bundle) with the training budget",
-        )
+        exposed("B4", f"{name} is a plain state dict: it records no epochs, seed, recipe or data set, so no "
+                f"frozen-blocks baseline can be matched to it; {how}. Save a pytest-fa bundle "
+                "(pytest_fa.training.checkpoint.save_bundle) with the training budget")
 
     gaps = []
     if not isinstance(bundle.epochs, int) or bundle.epochs < 1:
@@ -185,11 +165,8 @@ def test_user_checkpoint_records_the_budget_its_baseline_must_match(fa_checkpoin
     if not isinstance(bundle.data, dict) or not bundle.data.get("name"):
         gaps.append("the data set")
     if gaps:
-        exposed(
-            "B4",
-            f"{name} ({bundle.method}) does not record " + "; ".join(gaps)
-            + ": its frozen-blocks baseline cannot be trained with the budget the method got",
-        )
+        exposed("B4", f"{name} ({bundle.method}) does not record " + "; ".join(gaps)
+                + ": its frozen-blocks baseline cannot be trained with the budget the method got")
 
     run = SimpleNamespace(bundle=bundle, loaded=SimpleNamespace(path=path))
     recipe, epochs, seed, arch, config = protocol.ProtocolRunner(ProtocolSettings(device="cpu"))._baseline_budget(run)

@@ -20,6 +20,8 @@ from pytest_fa.training.data import eval_batches
 
 pytestmark = pytest.mark.fa_pitfall("B3")
 
+BP_CREDIT = BPCredit(lambda t: t.reshape(t.shape[0], -1))  # backprop's own gradient as the credit
+
 
 def _naive_run_probe(model, eval_batches, credit=None, device=None):
     """The probe of a two-loader script: the credit comes from the *next* batch's forward pass."""
@@ -38,12 +40,9 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
     return probe.probe_batches(model, batches, credit, len(batches[0][0]))
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "credit evaluated on the next batch instead of the reference's forward pass",
-    witness=Witness(bundle="meaningful"),
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "credit evaluated on the next batch instead of the reference's forward pass",
+              Witness(bundle="meaningful"))
 
 
 def naive_gamma(model, batches, credit_of, shift: int = 1) -> list[float]:
@@ -63,15 +62,11 @@ def matched_gamma(model, batches, credit) -> list[float]:
     return [D.mean_defined(c)[0] for c in measured.cosines]
 
 
-def _bp_credit():
-    return BPCredit(lambda t: t.reshape(t.shape[0], -1))
-
-
 def test_mismatched_batches_turn_backprop_itself_into_a_weak_credit(healthy_bp):
     """Pitfall B3: BP's own gradient, compared across batches, reads as Γ ≈ 0.06 instead of 1."""
     model = healthy_bp.model_at(max(healthy_bp.snapshots))
-    matched = matched_gamma(model, healthy_bp.batches, _bp_credit())
-    mismatched = naive_gamma(model, healthy_bp.batches, _bp_credit())
+    matched = matched_gamma(model, healthy_bp.batches, BP_CREDIT)
+    mismatched = naive_gamma(model, healthy_bp.batches, BP_CREDIT)
     # measured: matched 1.000 on every layer; mismatched +0.069 +0.066 +0.064 +0.060 +0.050
     assert all(g > 1 - 1e-9 for g in matched), matched
     assert all(-0.2 < g < 0.3 for g in mismatched), mismatched
@@ -131,6 +126,6 @@ def test_the_probe_evaluates_the_credit_on_the_reference_forward_pass(degenerate
         torch.testing.assert_close(split, joined, rtol=0, atol=1e-4)
 
     # and backprop's own gradient as the credit is aligned with the reference exactly
-    exact = probe.run_probe(model, batches, credit=_bp_credit())
+    exact = probe.run_probe(model, batches, credit=BP_CREDIT)
     for cos in exact.cosines:
         assert (cos - 1).abs().max() < 1e-9

@@ -1,10 +1,5 @@
-"""Pitfall 2: ``F.cosine_similarity`` clamps each norm at eps = 1e-8, so against a BP
-reference below the floor it reports a shrunken number instead of a direction.
-
-Once ``‖g_i‖ < 1e-8`` the clamped value is ``cos(a_i, g_i) · ‖g_i‖ / 1e-8``: on the Mode-1 DFA
-run the deep Γ_l come out 2-10x closer to zero. ``diagnostics.cosine_per_sample`` has no eps,
-and the report marks those Γ_l undefined (below the floor).
-"""
+"""Pitfall 2: ``F.cosine_similarity`` clamps each norm at eps = 1e-8, so below it the value is
+``cos(a_i, g_i) · ‖g_i‖ / 1e-8``, a shrunken number instead of a direction."""
 
 from __future__ import annotations
 
@@ -21,9 +16,9 @@ from pytest_fa.core import diagnostics as D
 from pytest_fa.core import probe as P
 from pytest_fa.core import report as R
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
-from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.regimes import credited_rows
 from pytest_fa.training.methods import feature_dims
 
 pytestmark = pytest.mark.fa_pitfall("2")
@@ -36,28 +31,11 @@ def naive_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, g, dim=1)
 
 
-def _naive_cosine_per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return naive_cosine(a, g).to(torch.float64)
-
-
-GUARD = Guard(
-    "pytest_fa.core.diagnostics.cosine_per_sample",
-    _naive_cosine_per_sample,
-    "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
-    witness=Witness(
-        thresholds=(("grad_floor", 1e-30),),
-        why_not="at the default floor the deep layers of the Mode-1 bundle are undefined, so no "
-        "clamped cosine reaches the report; the witness lowers the floor, as a threshold sweep does",
-    ),
-)
-
-
-def credit_and_reference(model, batches, feedback):
-    """``(a_l, g_l)`` per layer over all batches: DFA credit and float32 BP reference, one pass each."""
-    per_batch = [reference_pass(model, x, y, DFACredit(feedback)).credited_rows() for x, y in batches]
-    a = [torch.cat(layer) for layer in zip(*(b[0] for b in per_batch))]
-    g = [torch.cat(layer) for layer in zip(*(b[1] for b in per_batch))]
-    return a, g
+GUARD = Guard("pytest_fa.core.diagnostics.cosine_per_sample", lambda a, g: naive_cosine(a, g).to(torch.float64),
+              "eps-free float64 cosine replaced by F.cosine_similarity (norms clamped at 1e-8)",
+              Witness(thresholds=(("grad_floor", 1e-30),),
+                      why_not="at the default floor the deep layers of the Mode-1 bundle are undefined, so no clamped "
+                      "cosine reaches the report; the witness lowers the floor, as a threshold sweep does"))
 
 
 def clamped_layers(g) -> list[int]:
@@ -68,7 +46,7 @@ def clamped_layers(g) -> list[int]:
 def test_clamped_cosine_shrinks_deep_layer_gamma_on_a_real_mode1_run(degenerate_dfa):
     """Pitfall 2: on DFA in Mode 1 the deep ‖g_i‖ are below eps; F.cosine_similarity shrinks Γ by ‖g‖/eps."""
     model = copy.deepcopy(degenerate_dfa.model).eval()
-    a, g = credit_and_reference(model, degenerate_dfa.batches, degenerate_dfa.feedback)
+    a, g = credited_rows(model, degenerate_dfa.batches, DFACredit(degenerate_dfa.feedback))
     below = clamped_layers(g)
     # the regime trains until the deepest reference is 50x below the floor: h_L is always under the
     # clamp, the shallower hidden layers on some realisations (all four on seed 42, one thread)
@@ -99,7 +77,7 @@ def test_clamp_is_harmless_while_the_reference_is_healthy(healthy_bp):
     model = copy.deepcopy(healthy_bp.model).eval()
     dims = feature_dims(model, healthy_bp.data.input_shape)
     fresh = init_dfa_feedback(healthy_bp.data.num_classes, dims, torch.Generator().manual_seed(0))
-    a, g = credit_and_reference(model, healthy_bp.batches, [b.to(healthy_bp.device) for b in fresh])
+    a, g = credited_rows(model, healthy_bp.batches, DFACredit([b.to(healthy_bp.device) for b in fresh]))
     for layer in range(len(g)):
         assert float(D.per_sample_norms(g[layer]).min()) > EPS  # smallest over the sweep: 7.9e-7
         honest = D.cosine_per_sample(a[layer], g[layer])
@@ -110,7 +88,7 @@ def test_report_marks_deep_gamma_undefined_instead_of_a_clamped_number(degenerat
     """Pitfall 2: pytest-fa reports Γ_l undefined below the floor where the clamped cosine prints a number."""
     model = copy.deepcopy(degenerate_dfa.model).eval()
     report = R.diagnose(model, degenerate_dfa.batches, credit=DFACredit(degenerate_dfa.feedback))
-    a, g = credit_and_reference(model, degenerate_dfa.batches, degenerate_dfa.feedback)
+    a, g = credited_rows(model, degenerate_dfa.batches, DFACredit(degenerate_dfa.feedback))
     for layer in clamped_layers(g):
         row = report.layers[layer]
         naive = float(naive_cosine(a[layer], g[layer]).mean())
@@ -148,9 +126,6 @@ def test_user_checkpoint_reference_is_above_the_clamp(fa_checkpoint, fa_eval_bat
     below = [(index, float(m)) for index, m in enumerate(medians) if m < EPS]
     if below:
         detail = ", ".join(f"‖g_{i}‖ = {m:.3g} (clamped cosine shrunk ~{EPS / m:.0f}x)" for i, m in below)
-        exposed(
-            "2",
-            f"{fa_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
-            f"{probe.batch_size}: {detail}; any Γ computed with F.cosine_similarity at these layers "
-            "measures ‖g‖, not direction",
-        )
+        exposed("2", f"{fa_checkpoint.path}: median per-sample BP reference below eps = 1e-8 at eval batch "
+                f"{probe.batch_size}: {detail}; any Γ computed with F.cosine_similarity at these layers "
+                "measures ‖g‖, not direction")

@@ -1,10 +1,5 @@
-"""Pitfall 3: float16 underflows the hidden-layer BP gradients of a Mode-1 network; bfloat16
-keeps them.
-
-On the Mode-1 DFA run (‖g_l‖ ≈ 1.5e-9 per sample) every deep gradient element is below
-float16's smallest subnormal 2**-24, so a float16 copy (or float16 autocast) is zero or not
-finite. ``probe.run_probe`` measures a float16 model through a float32 copy and records it.
-"""
+"""Pitfall 3: float16 underflows the hidden-layer BP gradients of a Mode-1 network (every deep
+element is below its smallest subnormal 2**-24); bfloat16 keeps them."""
 
 from __future__ import annotations
 
@@ -40,15 +35,10 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
         model.train(was_training)
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "half-precision models measured in their own dtype instead of a float32 copy",
-    witness=Witness(
-        paths=("python",), dtype="float16",
-        why_not="bundles load in float32: a float16 model reaches only the Python API",
-    ),
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "half-precision models measured in their own dtype instead of a float32 copy",
+              Witness(paths=("python",), dtype="float16",
+                      why_not="bundles load in float32: a float16 model reaches only the Python API"))
 
 
 def reference_grads(model, x, y):
@@ -214,10 +204,7 @@ def test_bfloat16_keeps_every_float32_scale(rows):
 def test_user_checkpoint_hidden_gradients_survive_float16(fa_checkpoint, fa_eval_batches):
     """Pitfall 3: would a float16 reference lose your checkpoint's hidden gradients (bfloat16 keeping them)?"""
     model = copy.deepcopy(fa_checkpoint.model).float().eval()
-    grads: list[list[torch.Tensor]] = []
-    for x, y in fa_eval_batches:
-        x = x.float() if x.is_floating_point() else x
-        grads.append(reference_grads(model, x, y))
+    grads = [reference_grads(model, x.float() if x.is_floating_point() else x, y) for x, y in fa_eval_batches]
     findings = []
     for layer in range(len(grads[0])):
         g = torch.cat([b[layer].reshape(len(b[layer]), -1) for b in grads])
@@ -229,7 +216,4 @@ def test_user_checkpoint_hidden_gradients_survive_float16(fa_checkpoint, fa_eval
                 f"{float((g.abs() < FP16_TINY).double().mean()):.0%} below 2**-24), bfloat16 {kept_brain:.0%}"
             )
     if findings:
-        exposed(
-            "3",
-            f"{fa_checkpoint.path} at eval batch {len(fa_eval_batches[0][0])}: " + "; ".join(findings),
-        )
+        exposed("3", f"{fa_checkpoint.path} at eval batch {len(fa_eval_batches[0][0])}: " + "; ".join(findings))

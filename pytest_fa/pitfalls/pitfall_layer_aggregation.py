@@ -1,9 +1,5 @@
-"""Pitfall 6: per-layer structure is hidden by aggregation (layer-0 dominance on the ResMLP).
-
-A global cosine over all layers is carried by the layers with the largest ‖g_l‖ — layer 0 on
-the ResMLP under DFA — and hides layers whose Γ is undefined, within the null band, or of the
-opposite sign. pytest-fa's report lists Γ_l per layer and the deep-layer mean separately.
-"""
+"""Pitfall 6: per-layer structure is hidden by aggregation: a global cosine is carried by the
+layers with the largest ‖g_l‖ (layer 0 on the ResMLP under DFA)."""
 
 from __future__ import annotations
 
@@ -22,10 +18,10 @@ from pytest_fa.core import diagnostics as D
 from pytest_fa.core import probe as P
 from pytest_fa.core import report as R
 from pytest_fa.core.credit import DFACredit
-from pytest_fa.core.reference import reference_pass
 from pytest_fa.core.thresholds import DiagnosticThresholds
 from pytest_fa.pitfalls import Guard
 from pytest_fa.pitfalls.fixtures import exposed
+from pytest_fa.pitfalls.regimes import credited_rows
 
 pytestmark = pytest.mark.fa_pitfall("6")
 
@@ -36,39 +32,23 @@ def _naive_report_from_probe(probe, *, thresholds, label="", **_ignored):
     headline = float(pooled[~torch.isnan(pooled)].mean()) if len(pooled) else None
     h_med = D.layer_medians(probe.hidden_norms)
     g_med = D.layer_medians(probe.grad_norms)
-    rows = [
-        R.LayerRow(
-            index=index, h_norm=float(h_med[index]), growth=None, g_norm=float(g_med[index]),
-            g_norm_at_reference=float(g_med[index]), gamma=headline, gamma_status="ok (pooled over layers)",
-            gamma_samples=len(pooled),
-        )
-        for index in range(probe.num_layers)
-    ]
-    return R.DiagnosticReport(
-        label=label, layers=rows, diagnostics={}, thresholds=thresholds, batch_size=probe.batch_size,
-        num_batches=probe.num_batches, dtype=probe.dtype, device=probe.device, mode=probe.mode,
-    )
+    rows = [R.LayerRow(index=index, h_norm=float(h_med[index]), growth=None, g_norm=float(g_med[index]),
+                       g_norm_at_reference=float(g_med[index]), gamma=headline,
+                       gamma_status="ok (pooled over layers)", gamma_samples=len(pooled))
+            for index in range(probe.num_layers)]
+    return R.DiagnosticReport(label=label, layers=rows, diagnostics={}, thresholds=thresholds,
+                              batch_size=probe.batch_size, num_batches=probe.num_batches, dtype=probe.dtype,
+                              device=probe.device, mode=probe.mode)
 
 
-GUARD = Guard(
-    "pytest_fa.core.report.report_from_probe",
-    _naive_report_from_probe,
-    "per-layer Γ_l replaced by one headline Γ pooled over all layers",
-)
-
-
-def credit_and_reference(model, batches, credit):
-    """Per layer with credit, over all batches: ``(a_l, g_l)`` as per-sample rows from one forward pass each."""
-    per_batch = [reference_pass(model, x, y, credit).credited_rows() for x, y in batches]
-    a = [torch.cat(layer).double() for layer in zip(*(b[0] for b in per_batch))]
-    g = [torch.cat(layer).double() for layer in zip(*(b[1] for b in per_batch))]
-    return a, g
+GUARD = Guard("pytest_fa.core.report.report_from_probe", _naive_report_from_probe,
+              "per-layer Γ_l replaced by one headline Γ pooled over all layers")
 
 
 def global_cosine(a: list[torch.Tensor], g: list[torch.Tensor]) -> float:
     """The single headline: one cosine over all samples and layers concatenated (no eps)."""
-    flat_a = torch.cat([t.reshape(-1) for t in a])
-    flat_g = torch.cat([t.reshape(-1) for t in g])
+    flat_a = torch.cat([t.double().reshape(-1) for t in a])
+    flat_g = torch.cat([t.double().reshape(-1) for t in g])
     return float(F.cosine_similarity(flat_a, flat_g, dim=0, eps=0.0))
 
 
@@ -80,8 +60,8 @@ def layer_report(model, regime) -> R.DiagnosticReport:
 def test_global_cosine_reads_a_number_while_only_layer_0_is_defined(degenerate_dfa):
     """Pitfall 6: in Mode 1 the headline cosine is layer 0's alone; the report shows h_1..h_L undefined."""
     model = copy.deepcopy(degenerate_dfa.model).eval()
-    a, g = credit_and_reference(model, degenerate_dfa.batches, DFACredit(degenerate_dfa.feedback))
-    energy = torch.stack([(t**2).sum() for t in g])
+    a, g = credited_rows(model, degenerate_dfa.batches, DFACredit(degenerate_dfa.feedback))
+    energy = torch.stack([(t.double() ** 2).sum() for t in g])
     assert float(energy[0] / energy.sum()) > 0.99  # measured 1 - 1e-8 (seed 42, one thread)
     headline = global_cosine(a, g)
     # the deep layers contribute nothing to the headline: with their reference zeroed it is the same
@@ -99,10 +79,8 @@ def test_global_cosine_reads_a_number_while_only_layer_0_is_defined(degenerate_d
 
 def test_headline_hides_deep_layers_outside_the_null_band(degenerate_dfa):
     """Pitfall 6: at epoch 1 the global cosine (carried by layer 0) is ≈ 0 while the deep layers sit far outside the null."""
-    model = degenerate_dfa.meaningful.model_at(1)
-    record = degenerate_dfa.meaningful.history[0]
-    assert not D.grad_floor(record["g_L"], record["batch_size"])
-    a, g = credit_and_reference(model, degenerate_dfa.batches, DFACredit(degenerate_dfa.feedback))
+    model = degenerate_dfa.meaningful_model_at(1)  # asserts epoch 1 is above the floor
+    a, g = credited_rows(model, degenerate_dfa.batches, DFACredit(degenerate_dfa.feedback))
     headline = global_cosine(a, g)
     report = layer_report(model, degenerate_dfa)
     assert all(row.gamma is not None for row in report.layers)
@@ -131,18 +109,11 @@ def credit_and_reference_stacks(draw):
 
 def _probe(a, g) -> P.Probe:
     mid = (len(g) - 1) // 2
-    return P.Probe(
-        hidden_norms=[D.per_sample_norms(t) for t in g],
-        grad_norms=[D.per_sample_norms(t) for t in g],
-        mid_layer=mid,
-        mid_batch_means=g[mid].double(),
-        cosines=[D.cosine_per_sample(x, y) for x, y in zip(a, g)],
-        credit_norms=[D.per_sample_norms(t) for t in a],
-        batch_size=len(g[0]),
-        num_batches=8,
-        dtype=str(g[0].dtype).removeprefix("torch."),
-        device="cpu",
-    )
+    norms = [D.per_sample_norms(t) for t in g]
+    return P.Probe(hidden_norms=norms, grad_norms=norms, mid_layer=mid, mid_batch_means=g[mid].double(),
+                   cosines=[D.cosine_per_sample(x, y) for x, y in zip(a, g)],
+                   credit_norms=[D.per_sample_norms(t) for t in a], batch_size=len(g[0]), num_batches=8,
+                   dtype=str(g[0].dtype).removeprefix("torch."), device="cpu")
 
 
 # strategies.py draws `dtype or dtypes()`, which warns when a strategy is passed (harmless)
@@ -192,11 +163,8 @@ def test_user_checkpoint_needs_per_layer_reporting(fa_checkpoint, fa_eval_batche
             null_like.append(row.index)
     signs = {row.gamma > 0 for row in significant}
     if significant and (null_like or len(signs) > 1):
-        headline = global_cosine(*credit_and_reference(model, fa_eval_batches, credit))
+        headline = global_cosine(*credited_rows(model, fa_eval_batches, credit))
         defined = [row.gamma for row in report.layers if row.gamma is not None]
-        exposed(
-            "6",
-            f"{fa_checkpoint.path}: one global cosine over all layers reads {headline:+.3f} and the "
-            f"mean of the defined Γ_l {sum(defined) / len(defined):+.3f}, but the layers disagree: "
-            f"{'; '.join(lines)} (z: distance from a fresh-B null of 20 draws, in its standard deviations)",
-        )
+        exposed("6", f"{fa_checkpoint.path}: one global cosine over all layers reads {headline:+.3f} and the "
+                f"mean of the defined Γ_l {sum(defined) / len(defined):+.3f}, but the layers disagree: "
+                f"{'; '.join(lines)} (z: distance from a fresh-B null of 20 draws, in its standard deviations)")

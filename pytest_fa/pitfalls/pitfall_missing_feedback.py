@@ -38,12 +38,8 @@ def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=Non
     return LoadedCheckpoint(str(path), model, bundle, state, bundle.method)
 
 
-GUARD = Guard(
-    "pytest_fa.training.checkpoint.load_checkpoint",
-    _naive_load_checkpoint,
-    "a bundle loads with its feedback matrices silently missing",
-    witness=Witness(bundle="stripped"),
-)
+GUARD = Guard("pytest_fa.training.checkpoint.load_checkpoint", _naive_load_checkpoint,
+              "a bundle loads with its feedback matrices silently missing", Witness(bundle="stripped"))
 
 
 def naive_posthoc_gamma(path, batches) -> list[float]:
@@ -146,10 +142,8 @@ def test_user_checkpoint_carries_what_its_credit_needs(fa_checkpoint_path, fa_se
     except CheckpointError as exc:
         pytest.skip(f"cannot read {path} (the protocol items report why): {exc}")
     if not checkpoint.is_bundle(payload):
-        pytest.skip(
-            "a plain state dict records no method and no feedback: pytest-fa reports Γ as "
-            "unavailable for it rather than falling back; save a bundle to have its B_l checked"
-        )
+        pytest.skip("a plain state dict records no method and no feedback: pytest-fa reports Γ as "
+                    "unavailable for it rather than falling back; save a bundle to have its B_l checked")
     missing = unloadable = None
     try:
         loaded = checkpoint.load_checkpoint(path, factory=fa_settings.model_factory)
@@ -170,8 +164,5 @@ def test_user_checkpoint_carries_what_its_credit_needs(fa_checkpoint_path, fa_se
     measured = probe.run_probe(copy.deepcopy(run.pristine), batches, credit=credit)
     gammas = [float(c[~torch.isnan(c)].mean()) for c in measured.cosines if c is not None and (~torch.isnan(c)).any()]
     if gammas and all(g > 1 - 1e-9 for g in gammas):
-        exposed(
-            "6.5",
-            f"{Path(path).name}: method {loaded.method!r} gives Γ = 1.000 on every layer: its "
-            "credit signal is the BP gradient, not the method's own credit",
-        )
+        exposed("6.5", f"{Path(path).name}: method {loaded.method!r} gives Γ = 1.000 on every layer: its "
+                "credit signal is the BP gradient, not the method's own credit")

@@ -20,11 +20,8 @@ def _naive_per_sample_norms(x: torch.Tensor) -> torch.Tensor:
     return x.detach().double().norm(-1).expand(x.shape[0])  # noqa: FA001
 
 
-GUARD = Guard(
-    "pytest_fa.core.diagnostics.per_sample_norms",
-    _naive_per_sample_norms,
-    "per-sample L2 norms replaced by x.norm(-1)",
-)
+GUARD = Guard("pytest_fa.core.diagnostics.per_sample_norms", _naive_per_sample_norms,
+              "per-sample L2 norms replaced by x.norm(-1)")
 
 
 def naive_layer_norms(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -37,12 +37,8 @@ def _naive_null_gamma(model, eval_batches, num_classes, *, feedback=None, n=20, 
     return NullCalibration(draws, per_layer if feedback is not None else None)
 
 
-GUARD = Guard(
-    "pytest_fa.core.calibration.null_gamma",
-    _naive_null_gamma,
-    "the null reuses the training B instead of drawing fresh ones",
-    witness=Witness(bundle="meaningful"),
-)
+GUARD = Guard("pytest_fa.core.calibration.null_gamma", _naive_null_gamma,
+              "the null reuses the training B instead of drawing fresh ones", Witness(bundle="meaningful"))
 
 
 def _gamma_per_sample(model, batches, feedback) -> list[torch.Tensor]:
@@ -61,8 +57,7 @@ def _fresh_draw_cosines(model, batches, num_classes, draws: int, seed: int) -> l
     per_draw: list[list[list[torch.Tensor]]] = [[] for _ in range(draws)]
     for x, y in batches:
         ref = reference_pass(model, x, y)
-        grads = ref.rows
-        e = output_error(ref.logits, y)
+        grads, e = ref.rows, output_error(ref.logits, y)
         dims = [g.shape[1] for g in grads]
         for index in range(draws):
             fresh = init_dfa_feedback(num_classes, dims, torch.Generator().manual_seed(seed * 100_003 + index))
@@ -155,23 +150,16 @@ def test_user_checkpoint_deep_alignment_stands_out_of_the_null(fa_checkpoint_pat
     g = D.layer_medians(measured.grad_norms)
     below = [l for l in range(1, len(g)) if D.grad_floor(float(g[l]), measured.batch_size, limits.grad_floor, limits.floor_batch_size)]
     if below:
-        pytest.skip(
-            f"{name}: ‖g_l‖ is below the floor at layers {below}, so Γ is undefined there and no "
-            "null comparison is interpretable; diagnostic (b) reports it"
-        )
+        pytest.skip(f"{name}: ‖g_l‖ is below the floor at layers {below}, so Γ is undefined there and no "
+                    "null comparison is interpretable; diagnostic (b) reports it")
     classes = run.data.num_classes
     null = calibration.null_gamma(model, batches, classes, feedback=run.loaded.state.feedback, n=NULL_DRAWS)
     deep_trained = sum(null.trained[1:]) / len(null.trained[1:])
     deep_null = null.draws[:, 1:].mean(dim=1)
     mean, std = float(deep_null.mean()), float(deep_null.std())
-    per_layer = ", ".join(
-        f"Γ_{l} {t:+.3f} (null {m:+.3f} ± {s:.3f})"
-        for l, (t, m, s) in enumerate(zip(null.trained, null.null_mean, null.null_std))
-    )
+    per_layer = ", ".join(f"Γ_{l} {t:+.3f} (null {m:+.3f} ± {s:.3f})"
+                          for l, (t, m, s) in enumerate(zip(null.trained, null.null_mean, null.null_std)))
     if abs(deep_trained - mean) <= BAND * std:
-        exposed(
-            "B7",
-            f"{name}: deep-layer Γ with the training B is {deep_trained:+.3f}, inside the fresh-B "
-            f"null {mean:+.3f} ± {std:.3f} (band ±{BAND:g} std, n = {NULL_DRAWS}): any alignment "
-            f"claim about layers 1–{len(null.trained) - 1} is unsupported.\n    per layer: {per_layer}",
-        )
+        exposed("B7", f"{name}: deep-layer Γ with the training B is {deep_trained:+.3f}, inside the fresh-B "
+                f"null {mean:+.3f} ± {std:.3f} (band ±{BAND:g} std, n = {NULL_DRAWS}): any alignment "
+                f"claim about layers 1–{len(null.trained) - 1} is unsupported.\n    per layer: {per_layer}")

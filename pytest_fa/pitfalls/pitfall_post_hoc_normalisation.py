@@ -1,6 +1,5 @@
-"""Pitfall B6: hidden states (or gradients) normalised before their norms are logged —
-LayerNorm-ed, unit-normalised, read after the terminal norm — so the residual-stream
-explosion of a degenerate run disappears from the logs."""
+"""Pitfall B6: hidden states (or gradients) normalised before their norms are logged, so the
+residual-stream explosion of a degenerate run disappears from the logs."""
 
 from __future__ import annotations
 
@@ -54,11 +53,8 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
     return measured
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "‖h_l‖ read from LayerNorm-ed copies of the hidden states",
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "‖h_l‖ read from LayerNorm-ed copies of the hidden states")
 
 
 def _growth(norms: list[torch.Tensor]) -> float:
@@ -126,20 +122,13 @@ class ScaledStack(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) / d**0.5)
 
     def forward(self, x, return_hidden: bool = False):
-        h = self.embed(x)
-        hiddens = [h]
-        for c in self.scales:
-            h = h * c
-            hiddens.append(h)
-        logits = self.out_head(self.out_ln(h))
+        hiddens = list(itertools.accumulate(self.scales, operator.mul, initial=self.embed(x)))
+        logits = self.out_head(self.out_ln(hiddens[-1]))
         return (logits, hiddens) if return_hidden else logits
 
 
-@given(
-    scales=st.lists(fst.norm_scales(torch.float64), min_size=1, max_size=6),
-    batch_size=st.integers(1, 16),
-    seed=fst.seeds(),
-)
+@given(scales=st.lists(fst.norm_scales(torch.float64), min_size=1, max_size=6), batch_size=st.integers(1, 16),
+       seed=fst.seeds())
 @settings(max_examples=50, deadline=None)
 def test_the_probe_reads_exactly_the_growth_the_stream_has(scales, batch_size, seed):
     """Pitfall B6: for block scales anywhere in 1e-30…1e8, the per-block growth pytest-fa

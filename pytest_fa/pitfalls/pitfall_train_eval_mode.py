@@ -1,6 +1,5 @@
-"""Pitfall B5: diagnostics measured in whatever mode the model is in — train mode right
-after a training loop — so BatchNorm batch statistics (or dropout masks) change ‖h‖, g and
-the credit, and the measurement itself rewrites the BatchNorm running statistics."""
+"""Pitfall B5: diagnostics measured in whatever mode the model is in (train mode after a training
+loop): BatchNorm statistics or dropout masks change ‖h‖, g and the credit."""
 
 from __future__ import annotations
 
@@ -20,15 +19,13 @@ from pytest_fa.core.credit import DFACredit
 from pytest_fa.core.reference import reference_pass
 from pytest_fa.pitfalls import Guard, Witness
 from pytest_fa.pitfalls.fixtures import exposed, loaded_or_skip
-from pytest_fa.pitfalls.regimes import torch_threads
+from pytest_fa.pitfalls.regimes import BATCHNORM_CNN, BATCHNORM_DATA, torch_threads
 from pytest_fa.training.data import eval_batches, load_dataset
 from pytest_fa.training.methods import get_method
 from pytest_fa.training.trainer import Recipe, accuracy, train
 
 pytestmark = pytest.mark.fa_pitfall("B5")
 
-DATA = {"num_samples": 6000, "seed": 42}
-CNN = {"channels": 16, "depth": 3, "fc": 64}
 RECIPE = Recipe(lr=3e-2, schedule="constant")
 EPOCHS = 2
 MATERIAL_REL = 0.10  # a per-layer median ‖h_l‖ or ‖g_l‖ that moves by more than 10 %
@@ -43,15 +40,10 @@ def _naive_run_probe(model, eval_batches, credit=None, device=None):
     return measured
 
 
-GUARD = Guard(
-    "pytest_fa.core.probe.run_probe",
-    _naive_run_probe,
-    "diagnostics measured in the mode the model happens to be in",
-    witness=Witness(
-        bundle="batchnorm", paths=("python",), train_mode=True,
-        why_not="the command line always measures a freshly loaded model, in eval mode",
-    ),
-)
+GUARD = Guard("pytest_fa.core.probe.run_probe", _naive_run_probe,
+              "diagnostics measured in the mode the model happens to be in",
+              Witness(bundle="batchnorm", paths=("python",), train_mode=True,
+                      why_not="the command line always measures a freshly loaded model, in eval mode"))
 
 
 def naive_diagnostics(model, batches):
@@ -71,12 +63,10 @@ def naive_diagnostics(model, batches):
 def batchnorm_run(fa_realisation):
     """DFA on SmallCNN (BatchNorm in every block) with MNIST-1D, left in train mode."""
     seed, threads = fa_realisation
-    data = load_dataset("mnist1d", **DATA)
+    data = load_dataset("mnist1d", **BATCHNORM_DATA)
     with torch_threads(threads):
-        result = train(
-            data, "dfa", arch="smallcnn", arch_config=CNN, epochs=EPOCHS, seed=seed, recipe=RECIPE, device="cpu",
-            monitor=False,
-        )
+        result = train(data, "dfa", arch="smallcnn", arch_config=BATCHNORM_CNN, epochs=EPOCHS, seed=seed,
+                       recipe=RECIPE, device="cpu", monitor=False)
     assert result.model.training, "a training loop leaves the model in train mode"
     return SimpleNamespace(data=data, result=result, batches=eval_batches(data, 8, 128, seed=0))
 
@@ -163,13 +153,11 @@ def test_user_checkpoint_diagnostics_do_not_depend_on_the_mode(fa_checkpoint_pat
         if shift > MATERIAL_GAMMA:
             material.append(f"Γ_l moves by up to {shift:.3f}")
     if material:
-        exposed(
-            "B5",
-            f"{name}: the diagnostics differ between train and eval mode: " + "; ".join(material)
-            + f" (accuracy on the eval batches {honest.eval_accuracy:.3f} eval vs "
-            f"{naive.eval_accuracy:.3f} train).\n    " + "\n    ".join(rows)
-            + "\n    pytest-fa measures in eval mode; a pipeline that does not fix the mode reports the train-mode numbers",
-        )
+        exposed("B5", f"{name}: the diagnostics differ between train and eval mode: " + "; ".join(material)
+                + f" (accuracy on the eval batches {honest.eval_accuracy:.3f} eval vs "
+                f"{naive.eval_accuracy:.3f} train).\n    " + "\n    ".join(rows)
+                + "\n    pytest-fa measures in eval mode; a pipeline that does not fix the mode reports the "
+                "train-mode numbers")
 
 
 def _fmt(values: torch.Tensor) -> str:

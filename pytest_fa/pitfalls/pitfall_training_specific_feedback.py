@@ -1,10 +1,5 @@
 """Pitfall 4: random feedback matrices are training-specific — Γ is not invariant to
-re-drawing them.
-
-A script that re-draws B_l "from the run's seed" measures a null-like Γ where the training B
-gives a deep-layer Γ far outside the fresh-B null. Bundles store the training B_l,
-``checkpoint.load_checkpoint`` validates them, and Γ from the reloaded bundle is bit-identical.
-"""
+re-drawing them, so bundles store the training B_l."""
 
 from __future__ import annotations
 
@@ -21,10 +16,9 @@ from pytest_fa import strategies as fst
 from pytest_fa.core import calibration as CAL
 from pytest_fa.core import diagnostics as D
 from pytest_fa.core.credit import DFACredit, init_dfa_feedback
-from pytest_fa.core.reference import reference_pass
 from pytest_fa.models import build_model
 from pytest_fa.pitfalls import Guard
-from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH
+from pytest_fa.pitfalls.regimes import MEANINGFUL_EPOCH, credited_rows
 from pytest_fa.training import checkpoint as C
 from pytest_fa.training.methods import MethodState, feature_dims, get_method
 
@@ -49,34 +43,22 @@ def _naive_load_checkpoint(path, factory=None, input_shape=None, num_classes=Non
     return C.LoadedCheckpoint(str(path), model, bundle, state, bundle.method)
 
 
-GUARD = Guard(
-    "pytest_fa.training.checkpoint.load_checkpoint",
-    _naive_load_checkpoint,
-    "stored feedback matrices ignored and re-drawn from the bundle's seed",
-)
+GUARD = Guard("pytest_fa.training.checkpoint.load_checkpoint", _naive_load_checkpoint,
+              "stored feedback matrices ignored and re-drawn from the bundle's seed")
 
 
 def per_sample_cosines(model, batches, feedback) -> list[torch.Tensor]:
     """``cos(e_T B_l, g_l)`` per sample for every layer, over all batches."""
-    credit = DFACredit(feedback)
-    per_batch = []
-    for x, y in batches:
-        ref = reference_pass(model, x, y, credit)
-        per_batch.append([D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(ref.credits, ref.rows)])
-    return [torch.cat(column) for column in zip(*per_batch)]
+    return [D.cosine_per_sample(a_l, g_l) for a_l, g_l in zip(*credited_rows(model, batches, DFACredit(feedback)))]
 
 
 def deep_mean(cosines: list[torch.Tensor]) -> float:
     return sum(float(c.mean()) for c in cosines[1:]) / (len(cosines) - 1)
 
 
-def _meaningful(regime):
-    return regime.meaningful_model_at(MEANINGFUL_EPOCH)
-
-
 def test_reseeded_feedback_gives_another_gamma_on_a_real_dfa_run(degenerate_dfa):
     """Pitfall 4: Γ with the training B is far outside the fresh-B null; a B re-drawn from the seed is not."""
-    model = _meaningful(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     trained_b = degenerate_dfa.feedback
     dims = [b.shape[1] for b in trained_b]
     classes = degenerate_dfa.data.num_classes
@@ -100,7 +82,7 @@ def test_reseeded_feedback_gives_another_gamma_on_a_real_dfa_run(degenerate_dfa)
 
 def test_bundle_round_trip_gives_the_training_gamma_bit_for_bit(degenerate_dfa, tmp_path):
     """Pitfall 4: a bundle saved and loaded by pytest-fa carries the training B: identical Γ, sample by sample."""
-    model = _meaningful(degenerate_dfa)
+    model = degenerate_dfa.meaningful_model_at(MEANINGFUL_EPOCH)
     snapshot = {k: v.detach().cpu() for k, v in degenerate_dfa.meaningful.snapshots[MEANINGFUL_EPOCH].items()}
     bundle = dataclasses.replace(degenerate_dfa.meaningful.bundle, state_dict=snapshot, epochs=MEANINGFUL_EPOCH)
     path = C.save_bundle(tmp_path / "dfa_epoch1.pt", bundle)
@@ -121,12 +103,8 @@ def test_bundle_round_trip_gives_the_training_gamma_bit_for_bit(degenerate_dfa, 
     assert deep_mean(in_process) < -0.03  # measured -0.078: the training-specific signal survives the trip
 
 
-@given(
-    seed=fst.seeds(),
-    width=st.sampled_from([8, 16, 32]),
-    depth=st.integers(min_value=1, max_value=3),
-    batch=st.integers(min_value=1, max_value=32),
-)
+@given(seed=fst.seeds(), width=st.sampled_from([8, 16, 32]), depth=st.integers(min_value=1, max_value=3),
+       batch=st.integers(min_value=1, max_value=32))
 @settings(max_examples=15, deadline=None)
 def test_saved_feedback_round_trips_exactly(seed, width, depth, batch):
     """Pitfall 4: for any seed and shape, a reloaded DFA bundle gives the training B and Γ bit for bit."""

@@ -1,11 +1,5 @@
-"""Real training runs that put the network in the regime where the pitfalls bite.
-
-``degenerate_dfa``: DFA on the ResMLP with MNIST-1D at a constant lr of 1e-1, trained until the
-restated median ‖g_L‖ is below ``DEEP_FLOOR`` (Mode 1), with its ``meaningful`` run beside it
-(same seed and feedback, lr 3e-2, Γ defined at every layer). ``healthy_bp``: backprop with the
-paper's recipe. The runs are chaotic: tests assert what holds for every realisation (seed,
-threads), never one run's numbers. Each run happens once per process; copy before changing.
-"""
+"""Real training runs in the regimes where the pitfalls bite, each trained once per process
+(copy before changing). The runs are chaotic: tests assert what holds for every realisation."""
 
 from __future__ import annotations
 
@@ -19,6 +13,7 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
+from pytest_fa.core.reference import reference_pass
 from pytest_fa.core.settings import resolve_device
 from pytest_fa.core.thresholds import REFERENCE_BATCH_SIZE
 from pytest_fa.training.data import Dataset, eval_batches, load_dataset
@@ -41,9 +36,7 @@ HEALTHY_EPOCHS = 3
 class Regime:
     """A trained model with everything needed to measure it honestly — or naively."""
 
-    name: str
     model: nn.Module
-    method: str
     feedback: list[torch.Tensor]
     data: Dataset
     batches: list[tuple[torch.Tensor, torch.Tensor]]
@@ -63,15 +56,19 @@ class Regime:
         return model.eval()
 
     def meaningful_model_at(self, epoch: int) -> nn.Module:
-        """The meaningful run's model after ``epoch``, after checking that (b) did not fire
-        there: every layer's reference is above the floor, so Γ_l is defined everywhere —
-        the regime in which a paper would report Γ."""
+        """The meaningful run's model after ``epoch``, checked to be above the floor at every layer."""
         run = self.meaningful or self
         record = run.history[epoch - 1]
         assert not D.grad_floor(record["g_L"], record["batch_size"]), (
             f"the regime changed: epoch {epoch} is no longer in the meaningful regime: {record}"
         )
         return run.model_at(epoch)
+
+
+def credited_rows(model, batches, credit) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``([a_l], [g_l])``: per-sample rows over all batches at the layers with credit, each batch from one pass."""
+    per_batch = [reference_pass(model, x, y, credit).credited_rows() for x, y in batches]
+    return tuple([torch.cat(layer) for layer in zip(*side)] for side in zip(*per_batch))
 
 
 @contextlib.contextmanager
@@ -85,19 +82,9 @@ def torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
-def _run(
-    name: str,
-    method: str,
-    recipe: Recipe,
-    epochs: int,
-    device: str | None,
-    seed: int,
-    arch: str = "resmlp",
-    arch_config: dict[str, Any] = PITFALL_ARCH,
-    data_config: dict[str, Any] = PITFALL_DATA,
-    threads: int = 1,
-    stop=None,
-) -> Regime:
+def _run(method: str, recipe: Recipe, epochs: int, device: str | None, seed: int, arch: str = "resmlp",
+         arch_config: dict[str, Any] = PITFALL_ARCH, data_config: dict[str, Any] = PITFALL_DATA, threads: int = 1,
+         stop=None) -> Regime:
     device = resolve_device(device)
     data = load_dataset("mnist1d", **data_config).to(device)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
@@ -107,22 +94,10 @@ def _run(
         return stop is not None and stop(record)
 
     with torch_threads(threads):  # the degenerate runs are chaotic: another thread count, another run
-        result = train(
-            data, method, arch=arch, arch_config=arch_config, epochs=epochs, seed=seed, recipe=recipe,
-            device=device, on_epoch=keep,
-        )
-    model = result.model.to(device).eval()
-    return Regime(
-        name=name,
-        model=model,
-        method=method,
-        feedback=[b.to(device) for b in result.state.feedback],
-        data=data,
-        batches=eval_batches(data, 8, 128, seed=0),
-        history=result.history,
-        snapshots=snapshots,
-        bundle=result.bundle,
-    )
+        result = train(data, method, arch=arch, arch_config=arch_config, epochs=epochs, seed=seed, recipe=recipe,
+                       device=device, on_epoch=keep)
+    return Regime(result.model.to(device).eval(), [b.to(device) for b in result.state.feedback], data,
+                  eval_batches(data, 8, 128, seed=0), result.history, snapshots, result.bundle)
 
 
 def _deep_in_mode_1(record: dict[str, Any]) -> bool:
@@ -133,16 +108,13 @@ def _deep_in_mode_1(record: dict[str, Any]) -> bool:
 def degenerate_dfa(device: str | None = None, seed: int = 42, threads: int = 1) -> Regime:
     """DFA driven deep into Mode 1 (‖g_L‖ < 3e-10 at batch 128, ‖h_L‖ ~1e5 and more), with
     its meaningful run beside it; a few seconds each on one core."""
-    run = _run(
-        "degenerate DFA", "dfa", DEGENERATE_RECIPE, DEGENERATE_MAX_EPOCHS, device, seed, threads=threads,
-        stop=_deep_in_mode_1,
-    )
+    run = _run("dfa", DEGENERATE_RECIPE, DEGENERATE_MAX_EPOCHS, device, seed, threads=threads, stop=_deep_in_mode_1)
     last = run.history[-1]
     assert _deep_in_mode_1(last), (
         f"seed {seed} on {threads} thread(s) did not reach ‖g_L‖ < {DEEP_FLOOR:g} in {len(run.history)} "
         f"epochs at lr {DEGENERATE_RECIPE.lr}: {last}"
     )
-    run.meaningful = _run("meaningful DFA", "dfa", MEANINGFUL_RECIPE, MEANINGFUL_EPOCHS, device, seed, threads=threads)
+    run.meaningful = _run("dfa", MEANINGFUL_RECIPE, MEANINGFUL_EPOCHS, device, seed, threads=threads)
     assert all(torch.equal(a, b) for a, b in zip(run.feedback, run.meaningful.feedback)), "one seed, one feedback"
     return run
 
@@ -150,7 +122,7 @@ def degenerate_dfa(device: str | None = None, seed: int = 42, threads: int = 1) 
 @functools.cache
 def healthy_bp(device: str | None = None, seed: int = 42, threads: int = 1) -> Regime:
     """BP on the same architecture and data with the paper's recipe (about 8 s on 2 CPU cores)."""
-    return _run("healthy BP", "bp", Recipe(), HEALTHY_EPOCHS, device, seed, threads=threads)
+    return _run("bp", Recipe(), HEALTHY_EPOCHS, device, seed, threads=threads)
 
 
 BATCHNORM_DATA = {"num_samples": 6000, "seed": 42}
@@ -161,7 +133,5 @@ BATCHNORM_CNN = {"channels": 16, "depth": 3, "fc": 64}
 def batchnorm_dfa(device: str | None = None, seed: int = 42, threads: int = 1) -> Regime:
     """DFA on SmallCNN (BatchNorm in every block) at the degenerate regime's recipe, 2 epochs
     of 6 000 MNIST-1D samples: a model whose train and eval modes measure differently."""
-    return _run(
-        "BatchNorm DFA", "dfa", DEGENERATE_RECIPE, 2, device, seed,
-        arch="smallcnn", arch_config=BATCHNORM_CNN, data_config=BATCHNORM_DATA, threads=threads,
-    )
+    return _run("dfa", DEGENERATE_RECIPE, 2, device, seed, arch="smallcnn", arch_config=BATCHNORM_CNN,
+                data_config=BATCHNORM_DATA, threads=threads)

@@ -1,6 +1,5 @@
-"""pytest entry point: options, the ``fa_protocol`` marker, generated protocol items,
-the terminal table and the JSON report. torch is imported only once a checkpoint is used.
-"""
+"""pytest entry point: options, markers, the protocol items, the terminal tables and the report
+files. torch is imported only once a checkpoint is used."""
 
 from __future__ import annotations
 
@@ -15,22 +14,12 @@ from pytest_fa import __version__  # noqa: E402
 from pytest_fa.core.files import WriteError, write_atomically  # noqa: E402
 from pytest_fa.core.thresholds import threshold_fields  # noqa: E402
 from pytest_fa.errors import as_flags  # noqa: E402
-from pytest_fa.fixtures import (  # noqa: E402,F401
-    fa_checkpoint,
-    fa_checkpoint_path,
-    fa_eval_batches,
-    fa_feedback_matrices,
-    fa_frozen_baseline,
-    fa_model,
-    fa_report,
-    fa_runner,
-    fa_settings,
-    fa_thresholds,
-)
 from pytest_fa.pitfalls import HERE as PITFALLS_DIR  # noqa: E402
 from pytest_fa.plugin._items import LintCollector, ProtocolCollector, collected  # noqa: E402
 from pytest_fa.plugin._options import OPTIONS, THRESHOLD_OPTIONS, add_options, check_report_paths, session_settings  # noqa: E402,F401
 from pytest_fa.plugin._state import STATE_KEY, FAState  # noqa: E402
+
+pytest_plugins = ["pytest_fa.fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,18 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
     ):
         config.addinivalue_line("markers", marker)
     settings = session_settings(config)
-    for root in settings.lint:
-        if not Path(root).exists():
-            raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
     if settings.lint:
-        _check_flake8()
+        _check_lint(settings.lint)
     check_report_paths(settings)
     state = config.stash[STATE_KEY] = FAState(config, settings)
     state.load_saved_report()
-    config.pluginmanager.register(_SessionHooks(state), "fa-session")
-    from pytest_fa.plugin._html import HtmlExtras, html_requested
+    config.pluginmanager.register(state, "fa-session")  # its pytest_runtest_logreport
+    if config.pluginmanager.getplugin("html") is not None and config.getoption("htmlpath", None):  # pytest-html, --html
+        from pytest_fa.plugin._html import HtmlExtras
 
-    if html_requested(config):
         config.pluginmanager.register(HtmlExtras(state), "fa-html")
     if settings.pitfalls:
         from pytest_fa.pitfalls import fixtures as pitfall_fixtures
@@ -66,11 +52,14 @@ def pytest_configure(config: pytest.Config) -> None:
         _add_collection_root(config, PITFALLS_DIR)
 
 
-def _check_flake8() -> None:
-    """``--fa-lint`` runs flake8 with the FA checks pytest-fa registers: both must be installed."""
+def _check_lint(roots: list) -> None:
+    """Every ``--fa-lint`` path exists, and flake8 with the FA checks pytest-fa registers is installed."""
     from importlib.metadata import entry_points
     from importlib.util import find_spec
 
+    for root in roots:
+        if not Path(root).exists():
+            raise pytest.UsageError(f"--fa-lint={root}: no such file or folder")
     if find_spec("flake8") is None:
         raise pytest.UsageError("--fa-lint runs flake8, which is not installed: pip install pytest-fa[lint]")
     if not any(ep.value == "pytest_fa.lint:Checker" for ep in entry_points(group="flake8.extension")):
@@ -132,10 +121,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:0] = first
 
 
-_PITFALL_PROPERTY = "fa_pitfall"
-_WORKER_REPORTS = "fa_reports"
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
@@ -143,30 +128,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if marker is not None and (report.when == "call" or not report.passed):
         checks_checkpoint = "fa_checkpoint_path" in getattr(item, "fixturenames", ())
         # carried on the report, so it reaches the pytest-xdist controller too
-        report.user_properties.append((_PITFALL_PROPERTY, [marker.args[0], checks_checkpoint]))
+        report.user_properties.append(("fa_pitfall", [marker.args[0], checks_checkpoint]))
     if report.when == "teardown" and hasattr(item.config, "workeroutput"):
         # a pytest-xdist worker sends each protocol report with the test report after it, so
         # a worker that crashes later loses only the checkpoint it was measuring
         entries = item.config.stash[STATE_KEY].unsent_report_dicts()
         if entries:
-            setattr(report, _WORKER_REPORTS, entries)
+            report.fa_reports = entries
     return report
-
-
-class _SessionHooks:
-    """Hooks that read reports into the session's state: pitfall outcomes from every test
-    report, and the protocol reports that pytest-xdist workers computed."""
-
-    def __init__(self, state: FAState) -> None:
-        self.state = state
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == _PITFALL_PROPERTY:
-                pitfall_id, checks_checkpoint = value
-                self.state.record_pitfall(pitfall_id, checks_checkpoint, report.outcome)
-        if hasattr(report, _WORKER_REPORTS):  # computed by a pytest-xdist worker
-            self.state.add_worker_reports(getattr(report, _WORKER_REPORTS))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -178,32 +147,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
         terminalreporter.section("pytest-fa pitfalls")
         terminalreporter.write_line(as_flags(pitfall_table(state.pitfall_outcomes)))
-    if state.reports():
-        _protocol_summary(terminalreporter, state)
-    _report_files_summary(terminalreporter, state)
-
-
-def _protocol_summary(terminalreporter, state: FAState) -> None:
-    """The table of every measured checkpoint, its seed groups, its reports and comparisons."""
-    from pytest_fa.core.report import summary_table
-    from pytest_fa.core.seeds import seed_groups, seed_table
-
-    terminalreporter.section("pytest-fa protocol")
     reports = state.reports()
-    terminalreporter.write_line(summary_table(reports))
-    groups = seed_groups(reports)
-    if groups:
-        terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
-        terminalreporter.write_line(seed_table(groups))
-    for report in reports:
-        terminalreporter.write_line("")
-        terminalreporter.write_line(as_flags(str(report)))
-    comparisons = state.comparisons()
-    if comparisons:
-        from pytest_fa.core.compare import comparison_table
+    if reports:  # every measured checkpoint, its seed groups, its reports and comparisons
+        from pytest_fa.core.report import summary_table
+        from pytest_fa.core.seeds import seed_groups, seed_table
 
-        terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
-        terminalreporter.write_line(comparison_table(comparisons))
+        terminalreporter.section("pytest-fa protocol")
+        terminalreporter.write_line(summary_table(reports))
+        groups = seed_groups(reports)
+        if groups:
+            terminalreporter.write_line("\nseeds of one configuration (mean ± sd):")
+            terminalreporter.write_line(seed_table(groups))
+        for report in reports:
+            terminalreporter.write_line("\n" + as_flags(str(report)))
+        comparisons = state.comparisons()
+        if comparisons:
+            from pytest_fa.core.compare import comparison_table
+
+            terminalreporter.section(f"pytest-fa compare with {state.settings.compare}")
+            terminalreporter.write_line(comparison_table(comparisons))
+    _report_files_summary(terminalreporter, state)
 
 
 def _report_files_summary(terminalreporter, state: FAState) -> None:
@@ -233,18 +196,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller writes
         return
-    reports = state.reports()
+    # the JSON, the Markdown and the figures, each written whole or not at all (a failure is kept
+    # for the terminal summary); the JSON and the Markdown say when a checkpoint was not measured
+    reports, missing, settings = state.reports(), state.not_measured(), state.settings
     if not reports:
         return
-    _write_report_files(state, reports, state.not_measured())
-    if state.write_errors and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def _write_report_files(state: FAState, reports: list, missing: list[str]) -> None:
-    """The JSON, the Markdown and the figures, each written whole or not at all (a failure is kept
-    for the terminal summary); the JSON and the Markdown say when a checkpoint was not measured."""
-    settings = state.settings
 
     def attempt(flag: str, write, *args) -> None:
         try:
@@ -265,14 +221,14 @@ def _write_report_files(state: FAState, reports: list, missing: list[str]) -> No
         from pytest_fa.core.report_json import report_json
 
         attempt("--fa-report-json", write_atomically, settings.report_json, report_json(reports, missing))
+    if state.write_errors and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:
     """Unregister hypothesis's pytest plugin when nothing in the session imported hypothesis: its
     terminal summary would import all of it (about 0.45× an ``import torch``, benchmarks/RESULTS.md)
     to report what only a session that imported it can have."""
-    if "hypothesis" in sys.modules:
-        return
     plugin = config.pluginmanager.get_plugin("hypothesispytest")
-    if plugin is not None:
+    if plugin is not None and "hypothesis" not in sys.modules:
         config.pluginmanager.unregister(plugin)

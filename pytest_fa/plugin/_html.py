@@ -1,6 +1,5 @@
-"""pytest-html extras for the protocol's items (``pytest --html=report.html``): the verdict on
-each item, the per-layer table and the figure on a checkpoint's first reported item. pytest-html
-is optional: this module imports it only once it is active."""
+"""pytest-html extras for the protocol's items (``--html=report.html``): the verdict on each item, the
+per-layer table and the figure on a checkpoint's first one. pytest_html is imported only once it is active."""
 
 from __future__ import annotations
 
@@ -12,11 +11,6 @@ import pytest
 from pytest_fa.errors import as_flags
 from pytest_fa.plugin._items import ProtocolItem
 from pytest_fa.plugin._state import FAState
-
-
-def html_requested(config: pytest.Config) -> bool:
-    """pytest-html is installed, not disabled (``-p no:html``) and asked for a report (``--html``)."""
-    return config.pluginmanager.getplugin("html") is not None and bool(config.getoption("htmlpath", None))
 
 
 def html_table(header: list[str], rows: list[list[str]]) -> str:

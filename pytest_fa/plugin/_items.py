@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fa.core import registry
-from pytest_fa.errors import as_flags
+from pytest_fa.errors import FAError, as_flags
 from pytest_fa.plugin._state import STATE_KEY
 
 
@@ -26,23 +26,17 @@ class ProtocolCollector(pytest.Collector):
     checkpoint: str = ""
 
     def collect(self):
-        items: list[ProtocolItem] = []
         for diagnostic in registry.DIAGNOSTICS:
             item = ProtocolItem.from_parent(self, name=diagnostic.item)
             item.key = diagnostic.key
             item.add_marker("fa_protocol")
-            items.append(item)
+            yield item
         if self.config.stash[STATE_KEY].saved is not None:
-            items.append(CompareItem.from_parent(self, name="compare"))
-        if self.config.pluginmanager.hasplugin("xdist"):
-            # under `pytest -n N --dist loadgroup` one worker diagnoses each checkpoint
-            for item in items:
-                item.add_marker(pytest.mark.xdist_group(name=self.checkpoint))
-        return items
+            yield CompareItem.from_parent(self, name="compare")
 
 
-class ProtocolFailure(Exception):
-    """A diagnostic fired."""
+class ItemFailure(Exception):
+    """A diagnostic fired, or flake8 found source-level pitfalls: the message is the whole failure."""
 
 
 class ProtocolItem(pytest.Item):
@@ -60,20 +54,18 @@ class ProtocolItem(pytest.Item):
         self.user_properties.append(("fa_value", result.value))
         if result.fires and self.key in registry.walk_back_keys():
             layer = "" if result.layer is None else f" at {'block' if self.key == 'a' else 'layer'} {result.layer}"
-            raise ProtocolFailure(as_flags(
+            raise ItemFailure(as_flags(
                 f"({self.key}) {result.name} fires on {self.checkpoint}{layer}: {comparison(result)}\n"
                 f"    {result.detail}\n"
                 f"    meaning: {registry.get(self.key).meaning}\n"
                 f"    verdict: {report.verdict}"
             ))
         if not result.evaluated:
-            raise ProtocolFailure(as_flags(f"({self.key}) {result.name}: {result.detail}"))
+            raise ItemFailure(as_flags(f"({self.key}) {result.name}: {result.detail}"))
         self.add_report_section("call", "fa", f"({self.key}) {result.name}: {comparison(result)} — {status(result)}")
 
     def repr_failure(self, excinfo, style=None):
-        from pytest_fa.errors import FAError
-
-        if isinstance(excinfo.value, ProtocolFailure):
+        if isinstance(excinfo.value, ItemFailure):
             return str(excinfo.value)
         if isinstance(excinfo.value, FAError):
             return f"pytest-fa cannot diagnose {self.checkpoint}: {as_flags(str(excinfo.value))}"
@@ -92,7 +84,7 @@ class CompareItem(ProtocolItem):
         if comparison is None:
             pytest.skip(f"{self.checkpoint} is not in {state.settings.compare}: nothing to compare")
         if comparison.failed:
-            raise ProtocolFailure(comparison.summary())
+            raise ItemFailure(comparison.summary())
         self.add_report_section("call", "fa", comparison.summary())
 
 
@@ -110,10 +102,6 @@ class LintCollector(pytest.Collector):
             yield LintItem.from_parent(self, name=file, path=Path(file))
 
 
-class LintFindings(Exception):
-    """Source-level pitfalls found in one file."""
-
-
 class LintItem(pytest.Item):
     def runtest(self) -> None:
         """``flake8 --select=FA,E9 FILE``: the FA findings, and E9 when the file cannot be read or
@@ -125,14 +113,14 @@ class LintItem(pytest.Item):
             try:
                 status = main(["--select=FA,E9", "--format=default", "--color=never", f"--output-file={out}", str(self.path)])
             except RecursionError:  # raised by ast.parse inside flake8
-                raise LintFindings(f"{self.path}: flake8 cannot check this file: an expression is nested too deeply "
+                raise ItemFailure(f"{self.path}: flake8 cannot check this file: an expression is nested too deeply "
                                    "for Python's parser; split it") from None
             findings = out.read_text().strip() if out.exists() else ""
         if status or findings:
-            raise LintFindings(findings or "flake8 could not check this file: see its output below")
+            raise ItemFailure(findings or "flake8 could not check this file: see its output below")
 
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, LintFindings):
+        if isinstance(excinfo.value, ItemFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 

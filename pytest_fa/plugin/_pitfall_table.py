@@ -10,13 +10,9 @@ from pytest_fa.pitfalls import PITFALLS
 
 def pitfall_table(outcomes: dict[str, dict[str, list[str]]]) -> str:
     """Per pitfall: whether the suite pins it, and whether the user's checkpoint is exposed."""
-    rows = [("pitfall", "", "suite", "your checkpoint")]
-    for p in PITFALLS:
-        entry = outcomes.get(p.id)
-        if entry is None:
-            continue
-        rows.append((p.id, p.title.replace("`", ""), _suite_state(entry["suite"]), _checkpoint_state(entry["checkpoint"])))
-    return text_table(rows)
+    rows = [(p.id, p.title.replace("`", ""), _suite_state(outcomes[p.id]["suite"]),
+             _checkpoint_state(outcomes[p.id]["checkpoint"])) for p in PITFALLS if p.id in outcomes]
+    return text_table([("pitfall", "", "suite", "your checkpoint"), *rows])
 
 
 def _suite_state(outcomes: list[str]) -> str:

@@ -21,8 +21,8 @@ STATE_KEY: pytest.StashKey[FAState] = pytest.StashKey()
 
 
 class FAState:
-    """What the options asked for (one :class:`SessionSettings`); builds the
-    (torch-importing) runner on first use. Reports are cached by the runner only."""
+    """What the options asked for (one :class:`SessionSettings`); builds the (torch-importing)
+    runner on first use. Reports are cached by the runner only. Registered as a plugin."""
 
     def __init__(self, config: pytest.Config, settings: SessionSettings) -> None:
         self.config = config
@@ -38,7 +38,6 @@ class FAState:
         self._sent: set[str] = set()
         self.write_errors: list[str] = []
 
-    # -- runner ------------------------------------------------------------------------------
     @property
     def runner(self) -> ProtocolRunner:
         if self._runner is None:
@@ -56,23 +55,15 @@ class FAState:
         except OSError as exc:  # a read-only project folder
             return self.runner.temporary_cache(exc)
 
-    # -- thresholds from markers -------------------------------------------------------------
-    def thresholds_for(self, node: pytest.Item | None) -> DiagnosticThresholds:
-        marker = node.get_closest_marker("fa_protocol") if node is not None else None
-        if marker is None:
-            return self.thresholds
-        self.check_marker(marker)
-        return self.thresholds.updated(**marker.kwargs)
-
-    def check_marker(self, marker: pytest.Mark) -> None:
+    def check_marker(self, marker: pytest.Mark) -> DiagnosticThresholds:
+        """The session thresholds with the marker's overrides; a failure when they are not thresholds."""
         if marker.args:
             pytest.fail("fa_protocol takes threshold keyword arguments only, e.g. fa_protocol(grad_floor=1e-6)", pytrace=False)
         try:
-            self.thresholds.updated(**marker.kwargs)
+            return self.thresholds.updated(**marker.kwargs)
         except (TypeError, ValueError) as exc:
             pytest.fail(f"fa_protocol marker: {exc}", pytrace=False)
 
-    # -- comparison with a saved report --------------------------------------------------------
     def load_saved_report(self) -> None:
         """Read ``--fa-compare`` and parse ``--fa-compare-fail`` at start-up (usage errors)."""
         from pytest_fa.core.report_json import load_saved_report
@@ -88,37 +79,37 @@ class FAState:
             flag = "--fa-compare-fail" if self.saved is not None else f"--fa-compare={path}"
             raise pytest.UsageError(f"{flag}: {as_flags(str(exc))}") from None
 
-    def saved_report(self, path: str) -> dict[str, Any] | None:
-        """The saved report of this checkpoint (None: not in the ``--fa-compare`` file)."""
-        from pytest_fa.core.compare import match_reports
+    def compare(self, path: str, report: DiagnosticReport | None = None):
+        """This checkpoint's report (by default computed here) against its saved one (None: not in the saved file)."""
+        from pytest_fa.core.compare import compare_reports, match_reports
 
         stubs = [{"label": Path(p).name, "context": {"checkpoint": p}} for p in self.checkpoints]
-        pairs = {new["context"]["checkpoint"]: old for new, old in match_reports(self.saved["reports"], stubs)}
-        return pairs.get(path)
-
-    def compare(self, path: str):
-        """This checkpoint's report against its saved one (None: not in the saved file)."""
-        from pytest_fa.core.compare import compare_reports
-
-        old = self.saved_report(path)
-        return None if old is None else compare_reports(old, self.report(path).to_dict(), self.tolerances)
+        old = {new["context"]["checkpoint"]: old for new, old in match_reports(self.saved["reports"], stubs)}.get(path)
+        if old is None:
+            return None
+        return compare_reports(old, (report if report is not None else self.report(path)).to_dict(), self.tolerances)
 
     def comparisons(self) -> list:
         """Every diagnosed checkpoint that the saved report holds, against its saved report."""
-        from pytest_fa.core.compare import compare_reports
-
         if self.saved is None:
             return []
-        pairs = [(self.saved_report(path), report) for path, report in self.reports_by_path().items()]
-        return [compare_reports(old, new.to_dict(), self.tolerances) for old, new in pairs if old is not None]
+        found = [self.compare(path, report) for path, report in self.reports_by_path().items()]
+        return [comparison for comparison in found if comparison is not None]
 
-    # -- pitfall suite ------------------------------------------------------------------------
-    def record_pitfall(self, pitfall_id: str, checks_checkpoint: bool, outcome: str) -> None:
-        """Note one pitfall test's outcome, for the suite or for the user's checkpoint."""
-        entry = self.pitfall_outcomes.setdefault(pitfall_id, {"suite": [], "checkpoint": []})
-        entry["checkpoint" if checks_checkpoint else "suite"].append(outcome)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Note each pitfall test's outcome (for the suite or for the user's checkpoint), and keep
+        the protocol reports that a pytest-xdist worker sent with its test reports."""
+        for name, value in report.user_properties:
+            if name == "fa_pitfall":
+                pitfall_id, checks_checkpoint = value
+                entry = self.pitfall_outcomes.setdefault(pitfall_id, {"suite": [], "checkpoint": []})
+                entry["checkpoint" if checks_checkpoint else "suite"].append(report.outcome)
+        if hasattr(report, "fa_reports"):  # a checkpoint diagnosed by two workers is kept once
+            from pytest_fa.core.report import DiagnosticReport
 
-    # -- reports -----------------------------------------------------------------------------
+            for entry in report.fa_reports:
+                self._worker_reports.setdefault(entry["path"], DiagnosticReport.from_dict(entry["report"]))
+
     def report(self, path: str, thresholds: DiagnosticThresholds | None = None) -> DiagnosticReport:
         """The protocol report of ``path`` (cached by the runner); an error is kept and raised again."""
         key = (str(path), thresholds or self.thresholds)
@@ -146,12 +137,8 @@ class FAState:
     def reports_by_path(self) -> dict[str, DiagnosticReport]:
         """Reports under the session's thresholds, in checkpoint order: computed here, or
         (on the pytest-xdist controller) by the workers."""
-        out = {}
-        for path in self.checkpoints:
-            report = self._local_report(path) or self._worker_reports.get(path)
-            if report is not None:
-                out[path] = report
-        return out
+        found = {path: self._local_report(path) or self._worker_reports.get(path) for path in self.checkpoints}
+        return {path: report for path, report in found.items() if report is not None}
 
     def _local_report(self, path: str) -> DiagnosticReport | None:
         return None if self._runner is None else self._runner.cached_report(path, self.thresholds)
@@ -167,20 +154,10 @@ class FAState:
     def unsent_report_dicts(self) -> list[dict[str, Any]]:
         """What a pytest-xdist worker sends its controller: ``{"path", "report"}`` pairs of
         the reports it computed since it last sent."""
-        entries = []
-        for path in self.checkpoints:
-            report = None if path in self._sent else self._local_report(path)
-            if report is not None:
-                self._sent.add(path)
-                entries.append({"path": path, "report": report.to_dict()})
+        new = {path: self._local_report(path) for path in self.checkpoints if path not in self._sent}
+        entries = [{"path": path, "report": report.to_dict()} for path, report in new.items() if report is not None]
+        self._sent.update(entry["path"] for entry in entries)
         return entries
-
-    def add_worker_reports(self, entries: list[dict[str, Any]]) -> None:
-        """Reports from a pytest-xdist worker; a checkpoint diagnosed by two workers is kept once."""
-        from pytest_fa.core.report import DiagnosticReport
-
-        for entry in entries:
-            self._worker_reports.setdefault(entry["path"], DiagnosticReport.from_dict(entry["report"]))
 
 
 @contextlib.contextmanager

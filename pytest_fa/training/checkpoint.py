@@ -1,24 +1,12 @@
-"""Checkpoint bundles: one file with everything a diagnosis needs, loaded without pickle code.
-
-A bundle is a plain dict of strings, numbers, lists and tensors, so
-``torch.load(path, weights_only=True)`` reads it and nothing in it can run code::
-
-    format, format_version        "pytest-fa.bundle", 1
-    arch, arch_config             reference architecture (or "custom") and its config
-    state_dict                    the model weights
-    method, method_config         e.g. "dfa", {"penalty": 0.0}
-    feedback                      the training B_l, one per hidden state (DFA/FA)
-    aux                           state dicts of auxiliary nets (bridges), by name
-    data                          data set spec: name, config, preprocessing
-    seed, epochs, recipe          how it was trained
-    metrics                       headline test accuracy and the per-epoch history
+"""Checkpoint bundles: one file with everything a diagnosis needs (the fields of :class:`Bundle`),
+a plain dict of strings, numbers, lists and tensors that ``torch.load(path, weights_only=True)``
+reads without running code.
 """
 
 from __future__ import annotations
 
 import importlib
 import io
-import math
 import os
 import pickle
 import re
@@ -48,7 +36,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Bundle:
-    """The contents of a checkpoint bundle."""
+    """The contents of a checkpoint bundle; ``feedback``: the training ``B_l``, one per hidden state;
+    ``aux``: the auxiliary nets' state dicts, by name; ``data``: the data spec."""
 
     arch: str
     arch_config: dict[str, Any]
@@ -100,9 +89,6 @@ class Bundle:
         )
 
 
-_RECORDS = ("arch_config", "method_config", "data", "recipe", "aux")
-
-
 def _check_types(payload: dict[str, Any], source: str) -> None:
     """Each field has the type :func:`save_bundle` writes: names are strings, records dicts with
     string keys at every level (the data spec all JSON), feedback a list, the seed one torch takes."""
@@ -111,7 +97,7 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
             raise CheckpointError(
                 f"{source} records {name}={payload[name]!r}; {name} is a name (a string). {_RESAVE_BUNDLE}"
             )
-    for name in _RECORDS:
+    for name in ("arch_config", "method_config", "data", "recipe", "aux"):
         value = payload.get(name)
         if value is None and name != "data":
             continue
@@ -149,18 +135,13 @@ def _not_json(value: Any, keys_only: bool) -> tuple[str, Any] | None:
     """``("key", k)`` for the first dict key in ``value`` that is not a string, or (unless
     ``keys_only``) ``("value", v)`` for the first value that is no JSON value; else None."""
     if isinstance(value, dict):
-        for key, item in value.items():
-            found = ("key", key) if not isinstance(key, str) else _not_json(item, keys_only)
-            if found is not None:
-                return found
+        found = (("key", key) if not isinstance(key, str) else _not_json(item, keys_only)
+                 for key, item in value.items())
     elif isinstance(value, (list, tuple)):
-        for item in value:
-            found = _not_json(item, keys_only)
-            if found is not None:
-                return found
-    elif not keys_only and not isinstance(value, (str, int, float, bool, type(None))):
-        return ("value", value)
-    return None
+        found = (_not_json(item, keys_only) for item in value)
+    else:
+        return None if keys_only or isinstance(value, (str, int, float, bool, type(None))) else ("value", value)
+    return next((f for f in found if f is not None), None)
 
 
 def _check_record(payload: dict[str, Any], source: str) -> None:
@@ -184,9 +165,7 @@ def _check_record(payload: dict[str, Any], source: str) -> None:
             "the bundle with the epochs it trained and the schedule it planned"
         )
     acc = metrics.get("test_acc")
-    if acc is not None and (
-        isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 1
-    ):
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):  # NaN too
         raise CheckpointError(
             f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
             "bundle with the measured accuracy"
@@ -226,8 +205,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc) or "global" in str(exc):
             raise CheckpointError(
-                f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. "
-                f"{_RESAVE}"
+                f"{path} needs arbitrary code to load (an unsafe pickle), so pytest-fa refuses it. {_RESAVE}"
             ) from exc
         raise CheckpointError(
             f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): the file is "
@@ -240,9 +218,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "the file is corrupt or truncated, or not a torch checkpoint at all"
         ) from exc
     if not isinstance(payload, dict):
-        raise CheckpointError(
-            f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict"
-        )
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict")
     return payload
 
 
@@ -351,15 +327,10 @@ class CreditFactory(Protocol):
     def __call__(self, model: nn.Module, checkpoint: LoadedCheckpoint) -> CreditSignal: ...
 
 
-def load_checkpoint(
-    path: str | os.PathLike,
-    factory: str | Callable[..., nn.Module] | None = None,
-    input_shape=None,
-    num_classes: int | None = None,
-    allow_unknown_method: bool = False,
-    adapt: Callable[[nn.Module], nn.Module] | None = None,
-    contents: dict[str, Any] | Bundle | None = None,
-) -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike, factory: str | Callable[..., nn.Module] | None = None, input_shape=None,
+                    num_classes: int | None = None, allow_unknown_method: bool = False,
+                    adapt: Callable[[nn.Module], nn.Module] | None = None,
+                    contents: dict[str, Any] | Bundle | None = None) -> LoadedCheckpoint:
     """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
 
     ``input_shape``/``num_classes`` (of the data) serve where the arch_config lacks them;
@@ -382,15 +353,12 @@ def load_checkpoint(
     bundle = contents if isinstance(contents, Bundle) else Bundle.from_payload(contents, source)
     if make is not None:
         model = _call_factory(make, bundle.arch_config, source)
+    elif bundle.arch == "custom":
+        raise CheckpointError(f"{source} holds a custom architecture; pass {setting('model', 'package.module:build')}")
     else:
-        if bundle.arch == "custom":
-            raise CheckpointError(
-                f"{source} holds a custom architecture; pass {setting('model', 'package.module:build')}"
-            )
         model = build_model(bundle.arch, **bundle.arch_config)
     load_weights(model, bundle.state_dict, source)
-    if adapt is not None:
-        model = adapt(model)
+    model = adapt(model) if adapt else model
     cls = METHODS.get(bundle.method)
     if cls is not None:
         # a bundle written before a config key existed was trained with its earlier behaviour

@@ -110,11 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--penalty", type=_penalty, default=None, help="DFA scale penalty λ (default 0)")
     parser.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--out", type=_out, default="runs", help="output folder for <method>_s<seed>.pt bundles")
-    parser.add_argument(
-        "--stop-at-floor", action="store_true",
-        help="stop at the first epoch whose monitored ‖g_L‖ (restated at batch 128) is below the "
-        "(b) floor; --epochs stays the planned schedule, and the bundle records both",
-    )
+    parser.add_argument("--stop-at-floor", action="store_true", help="stop at the first epoch whose monitored ‖g_L‖ "
+                        "(restated at batch 128) is below the (b) floor; --epochs stays the planned schedule, and the "
+                        "bundle records both")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return parser
 

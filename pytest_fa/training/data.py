@@ -1,9 +1,6 @@
-"""The data sets the protocol trains and diagnoses on, held as tensors.
-
-``load_dataset(name, **config)`` returns a :class:`Dataset` whose ``spec`` is a JSON-able
-description (``name``, ``config``, ``preprocessing``, ``root``) from which
-``dataset_from_spec`` rebuilds the same tensors. Nothing is downloaded: MNIST-1D and the
-teacher-student task are generated locally, Fashion-MNIST and CIFAR are read from disk.
+"""The data sets the protocol trains and diagnoses on, held as tensors. ``load_dataset(name, **config)`` returns a
+:class:`Dataset` whose JSON-able ``spec`` rebuilds the same tensors (``dataset_from_spec``). Nothing is downloaded:
+MNIST-1D and the teacher-student task are generated, Fashion-MNIST and CIFAR read from disk.
 """
 
 from __future__ import annotations
@@ -35,10 +32,7 @@ DATASETS = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 )
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
@@ -59,11 +53,8 @@ CIFAR_FILES = {
 # numpy 1's module names (the official Python 2 files) and numpy 2's (copies re-pickled
 # since), for the default protocol (_reconstruct) and protocol 5 (_frombuffer).
 _CIFAR_GLOBALS = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"),
 })
 
@@ -73,12 +64,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": {"limit_train": None, "limit_test": None},
     "cifar100": {"limit_train": None, "limit_test": None},
     "synthetic": {
-        "num_samples": 20000,
-        "d_in": 32,
-        "num_classes": 10,
-        "teacher_width": 64,
-        "seed": 0,
-        "train_split": 0.8,
+        "num_samples": 20000, "d_in": 32, "num_classes": 10, "teacher_width": 64, "seed": 0, "train_split": 0.8
     },
 }
 
@@ -104,12 +90,8 @@ class Dataset:
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with the four tensors on ``device``."""
         return dataclasses.replace(
-            self,
-            x_train=self.x_train.to(device),
-            y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device),
-            spec=copy.deepcopy(self.spec),
+            self, x_train=self.x_train.to(device), y_train=self.y_train.to(device), x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device), spec=copy.deepcopy(self.spec),
         )
 
 
@@ -152,8 +134,7 @@ def _check_config(name: str, config: Mapping[Any, Any]) -> None:
     unknown = sorted(set(config) - set(defaults), key=repr)
     if unknown:
         raise DataError(
-            f"unknown config key(s) {', '.join(map(repr, unknown))} for {name!r}; "
-            f"accepted keys: {', '.join(defaults)}"
+            f"unknown config key(s) {', '.join(map(repr, unknown))} for {name!r}; accepted keys: {', '.join(defaults)}"
         )
 
 
@@ -193,13 +174,8 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
     return dataset
 
 
-def eval_batches(
-    data: Dataset | tuple[torch.Tensor, torch.Tensor],
-    num_batches: int = MIN_EVAL_BATCHES,
-    batch_size: int = 128,
-    *,
-    seed: int = 0,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(data: Dataset | tuple[torch.Tensor, torch.Tensor], num_batches: int = MIN_EVAL_BATCHES,
+                 batch_size: int = 128, *, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``num_batches`` disjoint batches of ``batch_size`` samples of ``data`` (a :class:`Dataset`'s
     test split, or an ``(x, y)`` pair of tensors), drawn by a permutation seeded with ``seed``."""
     for key, value, minimum in (("num_batches", num_batches, 1), ("batch_size", batch_size, 1), ("seed", seed, None)):
@@ -253,10 +229,9 @@ def _load_mnist1d(config: dict[str, Any]) -> Dataset:
     _check_int("seed", config["seed"], 0)
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
+    generator = "unknown"
+    with contextlib.suppress(PackageNotFoundError):
         generator = version("mnist1d")
-    except PackageNotFoundError:
-        generator = "unknown"
     chosen = {"num_samples": config["num_samples"], "seed": config["seed"]}
     key = hashlib.sha256(json.dumps({"mnist1d": generator, **chosen}, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / "mnist1d" / f"mnist1d-{key}.pt"
@@ -300,13 +275,10 @@ def _generate_mnist1d(chosen: dict[str, int]) -> dict[str, Any]:
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
-    return {
-        "x_train": torch.from_numpy(np.asarray(raw["x"], dtype=np.float32)).contiguous(),
-        "y_train": torch.from_numpy(np.asarray(raw["y"], dtype=np.int64)).contiguous(),
-        "x_test": torch.from_numpy(np.asarray(raw["x_test"], dtype=np.float32)).contiguous(),
-        "y_test": torch.from_numpy(np.asarray(raw["y_test"], dtype=np.int64)).contiguous(),
-        "args": json.dumps(args, sort_keys=True),
-    }
+    columns = {"x_train": ("x", np.float32), "y_train": ("y", np.int64),
+               "x_test": ("x_test", np.float32), "y_test": ("y_test", np.int64)}
+    tensors = {k: torch.from_numpy(np.asarray(raw[key], dtype)).contiguous() for k, (key, dtype) in columns.items()}
+    return {**tensors, "args": json.dumps(args, sort_keys=True)}
 
 
 # Teacher-student
@@ -340,9 +312,7 @@ def _load_synthetic(config: dict[str, Any]) -> Dataset:
 
 
 def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(shape)
-    std_t = torch.tensor(std, dtype=torch.float32).view(shape)
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
     return ((images.to(torch.float32) / 255.0) - mean_t) / std_t
 
 

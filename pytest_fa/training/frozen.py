@@ -1,8 +1,6 @@
-"""The frozen-blocks control of diagnostic (d) for a model of your own.
-
-The control is the trained model's architecture at its initial weights with the blocks'
-weights frozen; the embedding, the norms and the head train by backprop with the trained
-model's recipe and epochs. A control trained less than the model inflates (d)'s margin.
+"""The frozen-blocks control of diagnostic (d) for a model of your own: the trained model's architecture at its
+initial weights with the blocks' weights frozen; the embedding, the norms and the head train by backprop with the
+trained model's recipe and epochs. A control trained less than the model inflates (d)'s margin.
 """
 
 from __future__ import annotations
@@ -83,8 +81,8 @@ def _draw_again(model: nn.Module, seed: int) -> None:
             if callable(reset):
                 reset()
             else:
-                owned = [p for p, _ in module.named_parameters(recurse=False)]
-                stuck += [".".join(filter(None, (type(model).__name__, name, p))) for p in owned]
+                stuck += [".".join(filter(None, (type(model).__name__, name, p)))
+                          for p, _ in module.named_parameters(recurse=False)]
     if stuck:
         raise ModelInterfaceError(
             f"cannot draw the initial value of {', '.join(stuck[:3])}{' …' if len(stuck) > 3 else ''} again "

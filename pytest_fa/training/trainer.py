@@ -66,8 +66,7 @@ class TrainResult:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
-    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after,
-    also when the model raises."""
+    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after, also on an error."""
     correct = 0
     with eval_mode(model):
         for start in range(0, len(x), chunk):
@@ -75,21 +74,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 40
     return correct / len(x)
 
 
-def train(
-    data: Dataset,
-    method: str | Method = "dfa",
-    *,
-    arch: str = "resmlp",
-    arch_config: dict[str, Any] | None = None,
-    model_factory: Callable[[], nn.Module] | None = None,
-    epochs: int = DEFAULT_EPOCHS,
-    seed: int = 42,
-    recipe: Recipe = Recipe(),
-    device: str | torch.device | None = "cpu",
-    monitor: bool = True,
-    log: Callable[[str], None] | None = None,
-    on_epoch: Callable[[nn.Module, dict[str, Any]], bool | None] | None = None,
-) -> TrainResult:
+def train(data: Dataset, method: str | Method = "dfa", *, arch: str = "resmlp",
+          arch_config: dict[str, Any] | None = None, model_factory: Callable[[], nn.Module] | None = None,
+          epochs: int = DEFAULT_EPOCHS, seed: int = 42, recipe: Recipe = Recipe(),
+          device: str | torch.device | None = "cpu", monitor: bool = True, log: Callable[[str], None] | None = None,
+          on_epoch: Callable[[nn.Module, dict[str, Any]], bool | None] | None = None) -> TrainResult:
     """Train one model and return its bundle (not yet written to disk). ``on_epoch(model,
     record)`` runs after every epoch; True stops training there (the bundle records the epochs trained)."""
     if epochs < 1:
@@ -98,9 +87,7 @@ def train(
     method = get_method(method) if isinstance(method, str) else method
     torch.manual_seed(seed)
     if model_factory is not None:
-        model = model_factory()
-        arch = "custom"
-        arch_config = {}
+        model, arch, arch_config = model_factory(), "custom", {}
     else:
         config = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, **(arch_config or {})}
         model = build_model(arch, **config)
@@ -133,12 +120,8 @@ def train(
             optimizer.step()
             schedule.step()
             total += loss.detach()
-        record = {
-            "epoch": epoch,
-            "loss": float(total) / steps_per_epoch,
-            "test_acc": accuracy(model, data.x_test, data.y_test),
-            "seconds": time.perf_counter() - tick,
-        }
+        record = {"epoch": epoch, "loss": float(total) / steps_per_epoch,
+                  "test_acc": accuracy(model, data.x_test, data.y_test), "seconds": time.perf_counter() - tick}
         if monitor_batches is not None:
             measured = growth_and_floor(model, monitor_batches, DiagnosticThresholds())
             record.update({k: measured[k] for k in ("h_L", "max_growth", "g_L", "gain_L", "error_norm", "batch_size")})
@@ -149,17 +132,10 @@ def train(
             break
     model.cpu()
     bundle = Bundle(
-        arch=arch,
-        arch_config=arch_config,
-        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        method=method.name,
-        method_config=method.config(),
-        feedback=[b.detach().cpu() for b in state.feedback],
+        arch=arch, arch_config=arch_config, state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        method=method.name, method_config=method.config(), feedback=[b.detach().cpu() for b in state.feedback],
         aux={name: {k: v.detach().cpu() for k, v in net.state_dict().items()} for name, net in state.aux.items()},
-        data=data.spec,
-        seed=seed,
-        epochs=len(history),
-        recipe=asdict(recipe),
+        data=data.spec, seed=seed, epochs=len(history), recipe=asdict(recipe),
         metrics={"test_acc": history[-1]["test_acc"], "history": history, "planned_epochs": epochs},
     )
     return TrainResult(bundle, model, state, time.perf_counter() - start, history)
@@ -171,10 +147,7 @@ def stop_at_floor(model: nn.Module, record: dict[str, Any]) -> bool:
 
 
 def _progress_line(method: str, seed: int, epochs: int, r: dict[str, Any]) -> str:
-    line = (
-        f"{method} s{seed} epoch {r['epoch']:>3}/{epochs}  loss {r['loss']:.4g}  "
-        f"test acc {r['test_acc']:.4f}"
-    )
+    line = f"{method} s{seed} epoch {r['epoch']:>3}/{epochs}  loss {r['loss']:.4g}  test acc {r['test_acc']:.4f}"
     if "h_L" in r:
         line += f"  ‖h_L‖ {r['h_L']:.3g}  max growth {r['max_growth']:.3g}×  ‖g_L‖ {r['g_L']:.3g}"
         if r.get("gain_L") is not None:
@@ -195,24 +168,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, arch_config: 
     try:
         build_model(args.arch, input_shape=list(data.input_shape), num_classes=data.num_classes, **arch_config)
     except FAError as exc:
-        parser.error(
-            f"--arch {args.arch} does not fit {args.data} with these settings ({exc}); change "
-            "--width or --depth, or pick another --arch"
-        )
+        parser.error(f"--arch {args.arch} does not fit {args.data} with these settings ({exc}); change "
+                     "--width or --depth, or pick another --arch")
     for method_name in args.methods:
         method_config = {"penalty": args.penalty} if args.penalty is not None and method_name == "dfa" else {}
         for seed in args.seeds:
-            result = train(
-                data,
-                get_method(method_name, **method_config),
-                arch=args.arch,
-                arch_config=arch_config,
-                epochs=args.epochs,
-                seed=seed,
-                device=args.device,
-                log=log,
-                on_epoch=stop_at_floor if args.stop_at_floor else None,
-            )
+            result = train(data, get_method(method_name, **method_config), arch=args.arch, arch_config=arch_config,
+                           epochs=args.epochs, seed=seed, device=args.device, log=log,
+                           on_epoch=stop_at_floor if args.stop_at_floor else None)
             path = save_bundle(args.out / f"{method_name}_s{seed}.pt", result.bundle)
             print(f"wrote {path}  test acc {result.bundle.headline_acc:.4f}  ({result.seconds:.0f} s)", flush=True)
     return 0

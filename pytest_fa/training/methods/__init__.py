@@ -1,8 +1,6 @@
-"""Training methods and the registry that rebuilds them from a bundle.
-
-A method owns the loss whose gradient is its update, the auxiliary state it needs (fixed
-feedback matrices, auxiliary nets, all saved with every checkpoint) and the credit signal
-``a_l`` that per-layer Γ compares with backprop. Register your own with :func:`register`.
+"""Training methods and the registry that rebuilds them from a bundle. A method owns the loss whose gradient is
+its update, the auxiliary state it needs (saved with every checkpoint) and the credit signal ``a_l`` that
+per-layer Γ compares with backprop. Register your own with :func:`register`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ class FrozenBlocks(Method):
     """The depth-utilisation control: blocks stay at their random init, the rest trains by BP."""
 
     name = "frozen"
-    trains_blocks = False
 
     def setup(self, model, num_classes, input_shape, generator):
         freeze_blocks(model)

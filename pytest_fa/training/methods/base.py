@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, ClassVar
 
 import torch
@@ -36,11 +37,8 @@ def feature_dims(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
     """Per-sample width ``F_l`` of each hidden state as the protocol reads it."""
     param = next(model.parameters())
     x = torch.zeros(2, *input_shape, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), interface.eval_mode(model):
         _, hiddens = interface.forward_hidden(model, x)
-    model.train(was_training)
     layout = interface.hidden_layout(model, hiddens[0])
     return [interface.per_sample(h, layout).shape[1] for h in hiddens]
 
@@ -72,11 +70,8 @@ class Method:
 
     name: ClassVar[str] = ""
     needs_feedback: ClassVar[bool] = False
-    needs_aux: ClassVar[tuple[str, ...]] = ()
-    trains_blocks: ClassVar[bool] = True
     recorded_defaults: ClassVar[dict[str, Any]] = {}
-    """Config a bundle that does not record a key was trained with (the behaviour before the
-    key was introduced); filled in when a bundle is loaded."""
+    """Config of a bundle written before a key existed (its behaviour then); filled in on loading."""
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``get_method(name, **config())`` rebuilds the method."""
@@ -113,10 +108,7 @@ def require_vector_layout(model: nn.Module, method: str, outputs: Sequence[torch
 
 def hidden_states(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """``[h_0, ..., h_L]`` (detached) from the outputs of :func:`local_forward`."""
-    states = [outputs[0].detach()]
-    for branch in outputs[1:]:
-        states.append(states[-1] + branch.detach())
-    return states
+    return list(accumulate(out.detach() for out in outputs))
 
 
 def scale_penalty(branches: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -141,10 +133,7 @@ class LocalCreditMethod(Method):
         return None
 
     def parameters(self, model, state):
-        params = [p for p in model.parameters() if p.requires_grad]
-        for net in state.aux.values():
-            params.extend(p for p in net.parameters() if p.requires_grad)
-        return params
+        return [p for net in (model, *state.aux.values()) for p in net.parameters() if p.requires_grad]
 
     def loss(self, model, state, x, y):
         logits, outputs = local_forward(model, x)

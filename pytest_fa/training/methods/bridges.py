@@ -1,10 +1,8 @@
-"""The two probes of the reference study that learn their credit with auxiliary nets.
+"""The two probes of the reference study that learn their credit with auxiliary nets, saved with the checkpoint.
 
-State Bridge: a net ``S_l`` learns to predict ``h_L`` from ``h_l``; the credit is the gradient
-of the head's loss through it, ``a_l = ∂ CE(head(norm(S_l(h_l))), y) / ∂h_l`` (at the top,
-``a_L`` is the head's own local gradient). Credit Bridge: a scalar value net ``V_l`` learns
-the per-sample loss from ``h_l``; the credit is its input gradient ``a_l = ∂V_l(h_l)/∂h_l``.
-Both sets of nets are saved with the checkpoint: without them the credit cannot be rebuilt.
+State Bridge: a net ``S_l`` learns to predict ``h_L`` from ``h_l``; the credit is the gradient of the head's loss
+through it, ``a_l = ∂ CE(head(norm(S_l(h_l))), y) / ∂h_l`` (at the top, ``a_L`` is the head's own local gradient).
+Credit Bridge: a scalar value net ``V_l`` learns the per-sample loss from ``h_l``; ``a_l = ∂V_l(h_l)/∂h_l``.
 """
 
 from __future__ import annotations
@@ -58,8 +56,7 @@ class _Bridge(LocalCreditMethod):
         raise NotImplementedError
 
     def setup(self, model, num_classes, input_shape, generator):
-        dims = feature_dims(model, input_shape)
-        net = self.build(dims).to(next(model.parameters()).device)
+        net = self.build(feature_dims(model, input_shape)).to(next(model.parameters()).device)
         return MethodState(aux={self.name: net})
 
     def restore(self, model, state, num_classes, input_shape):
@@ -81,7 +78,6 @@ class _Bridge(LocalCreditMethod):
 
 class StateBridge(_Bridge):
     name = "state_bridge"
-    needs_aux = ("state_bridge",)
 
     def build(self, dims):
         return nn.ModuleList(_mlp(f, self.width, dims[-1]) for f in dims[:-1])
@@ -92,10 +88,8 @@ class StateBridge(_Bridge):
 
     def aux_loss(self, model, state, x, y, logits, outputs):
         hs = hidden_states(outputs)
-        target = hs[-1]
-        scale = target.pow(2).sum(1).mean()
-        errors = [(net(h) - target).pow(2).sum(1).mean() for net, h in zip(state.aux[self.name], hs)]
-        return sum(errors) / scale
+        scale = hs[-1].pow(2).sum(1).mean()
+        return sum((net(h) - hs[-1]).pow(2).sum(1).mean() for net, h in zip(state.aux[self.name], hs)) / scale
 
     def credit(self, model, state):
         bridges = state.aux[self.name]
@@ -104,7 +98,6 @@ class StateBridge(_Bridge):
 
 class CreditBridge(_Bridge):
     name = "credit_bridge"
-    needs_aux = ("credit_bridge",)
 
     def build(self, dims):
         return nn.ModuleList(_mlp(f, self.width, 1) for f in dims)
