@@ -132,9 +132,7 @@ class DiagnosticReport:
                 "loss": "batch-mean cross-entropy",
             },
             "thresholds": asdict(self.thresholds),
-            "diagnostics": {
-                k: {"name": r.name, **asdict(r)} for k, r in self.diagnostics.items()
-            },
+            "diagnostics": {k: {"name": r.name, **asdict(r)} for k, r in self.diagnostics.items()},
             "layers": [asdict(row) for row in self.layers],
             "gamma": {
                 "status": self.credit_status,
@@ -211,11 +209,9 @@ class DiagnosticReport:
             if result.detail:
                 lines.append(f"    {result.detail}")
         if self.headline_acc is not None:
-            lines.append(f"headline accuracy {self.headline_acc:.4f}" + (
-                f", frozen-blocks baseline {self.frozen_acc:.4f}" if self.frozen_acc is not None else ""
-            ))
-        lines.append("")
-        lines.append(f"VERDICT: {self.verdict}")
+            frozen = f", frozen-blocks baseline {self.frozen_acc:.4f}" if self.frozen_acc is not None else ""
+            lines.append(f"headline accuracy {self.headline_acc:.4f}{frozen}")
+        lines += ["", f"VERDICT: {self.verdict}"]
         for key in self.fired:
             lines.append(f"  ({key}) {registry.get(key).meaning}")
         note = saturation_note(self)
@@ -327,18 +323,12 @@ def summary_table(reports: list[DiagnosticReport]) -> str:
     diagnostics = registry.DIAGNOSTICS
     header = ("checkpoint", "method", "acc", "frozen", *(d.column or f"({d.key}) {d.name}" for d in diagnostics),
               "Γ mean", "verdict")
-    rows = [header]
-    for r in reports:
-        rows.append((
-            r.label,
-            str(r.context.get("method") or "?"),
-            fmt(r.headline_acc, ".4f"),
-            fmt(r.frozen_acc, ".4f"),
-            *(_cell(d, r.diagnostics.get(d.key)) for d in diagnostics),
-            fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a",
-            r.verdict,
-        ))
-    return text_table(rows)
+    return text_table([header] + [
+        (r.label, str(r.context.get("method") or "?"), fmt(r.headline_acc, ".4f"), fmt(r.frozen_acc, ".4f"),
+         *(_cell(d, r.diagnostics.get(d.key)) for d in diagnostics),
+         fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a", r.verdict)
+        for r in reports
+    ])
 
 
 def _cell(diagnostic: registry.Diagnostic, result: DiagnosticResult | None) -> str:
@@ -381,10 +371,9 @@ def diagnose(
 
     (d) needs ``headline_acc`` and ``frozen_acc`` (else not evaluated: ``frozen_unavailable``);
     Γ needs ``credit`` (else unavailable: ``credit_unavailable``); a DFA credit adds the null
-    band over ``null_draws`` fresh feedback draws. ``reference_model``, a true-backprop twin,
-    gives ``g_l`` for a model whose autograd is its method's backward. ``ablation``
-    (:func:`~pytest_fa.core.ablation.block_ablation`) fills the per-block accuracy drops; an FA or
-    DFA credit adds the angle of each ``B_l`` with its forward weight.
+    band over ``null_draws`` fresh feedback draws, an FA or DFA credit the angle ``∠(W, B_l)``.
+    ``reference_model``, a true-backprop twin, gives ``g_l`` for a model whose autograd is its
+    method's backward; ``ablation`` fills the per-block accuracy drops.
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
@@ -407,28 +396,23 @@ def diagnose(
             if row.gamma is not None:  # Γ_l inside the band is not evidence of alignment
                 row.null_mean, row.null_std = mean, std
         report.null_draws = int(null.draws.shape[0])
-    if ablation is not None:
-        add_ablation(report, ablation)
+    if ablation is not None:  # block l's drops go on the row of h_{l+1}, the state it writes
+        report.ablation = {"status": ablation.status, "accuracy": ablation.accuracy, "samples": ablation.samples}
+        for block in ablation.blocks:
+            if block.block + 1 < len(report.layers):
+                row = report.layers[block.block + 1]
+                row.removed_drop_pp, row.removed_status = block.removed_drop_pp, block.removed_status
+                row.reset_drop_pp, row.reset_status = block.reset_drop_pp, block.reset_status
     add_feedback_angles(report, model, credit)
     return report
-
-
-def add_ablation(report: DiagnosticReport, ablation: Ablation) -> None:
-    """Block ``l``'s drops on the row of ``h_{l+1}``, the state it writes."""
-    report.ablation = {"status": ablation.status, "accuracy": ablation.accuracy, "samples": ablation.samples}
-    for block in ablation.blocks:
-        if block.block + 1 < len(report.layers):
-            row = report.layers[block.block + 1]
-            row.removed_drop_pp, row.removed_status = block.removed_drop_pp, block.removed_status
-            row.reset_drop_pp, row.reset_status = block.reset_drop_pp, block.reset_status
 
 
 def add_feedback_angles(report: DiagnosticReport, model: nn.Module, credit: CreditSignal | None) -> None:
     """``∠(W, B_l)`` per row for an FA or DFA credit; every ``weight``/``weight_backward`` pair."""
     if isinstance(credit, (FACredit, DFACredit)) and len(credit.feedback) == len(report.layers):
         method = "fa" if isinstance(credit, FACredit) else "dfa"
-        for row, (angle, status) in zip(report.layers, feedback_angles(model, credit.feedback, method)):
-            row.wb_angle_deg, row.wb_status = angle, status
+        for row, (angle, why) in zip(report.layers, feedback_angles(model, credit.feedback, method)):
+            row.wb_angle_deg, row.wb_status = angle, why
     inner = model.model if isinstance(getattr(model, "state_names", None), list) else model
     states = list(getattr(model, "state_names", None) or [])
     report.weight_backward = [
