@@ -21,7 +21,6 @@ from pytest_fa.core.plot import (
     FIGSIZE,
     report_figure,
     safe_name,
-    write_report_plot,
     write_report_plots,
 )
 from pytest_fa.core.report import DiagnosticReport, DiagnosticResult, LayerRow
@@ -174,9 +173,9 @@ def test_title_carries_label_and_verdict():
 # -- the files ----------------------------------------------------------------------------
 
 
-def test_write_report_plot_writes_a_png_of_the_figure_size(tmp_path):
+def test_write_report_plots_writes_a_png_of_the_figure_size(tmp_path):
     folder = tmp_path / "plots" / "nested"
-    path = write_report_plot(make_report(), folder)
+    [path] = write_report_plots([make_report()], folder)
     assert path == folder / "dfa_s42.png" and path.is_file()
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     height, width = imread(path).shape[:2]
@@ -202,7 +201,7 @@ def test_safe_names(label, name):
 
 
 def test_empty_label_writes_checkpoint_png(tmp_path):
-    assert write_report_plot(make_report(label=""), tmp_path).name == "checkpoint.png"
+    assert write_report_plots([make_report(label="")], tmp_path)[0].name == "checkpoint.png"
 
 
 def test_write_report_plots_deduplicates_names(tmp_path):
@@ -238,5 +237,5 @@ def test_plot_of_a_real_report(tmp_path, one_torch_thread):
     assert report.null_draws > 0 and len(band(right)) == 1
     assert report.verdict in fig.get_suptitle()
 
-    path = write_report_plot(report, tmp_path)
+    [path] = write_report_plots([report], tmp_path)
     assert path.name == "dfa_s42.png" and path.read_bytes()[:8] == PNG_SIGNATURE

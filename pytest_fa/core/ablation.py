@@ -1,16 +1,9 @@
 """Which block learned, without training: the accuracy with one block removed or reset.
 
-For each block ``l`` (its branch lands in ``h_{l+1}``)::
+For block ``l`` (its branch lands in ``h_{l+1}``), in pp of the top-1 accuracy measured as the headline is::
 
     drop_l = acc − acc(branch l removed)      h_{l+1} = h_l: the block's output replaced by its input
     reset_l = acc − acc(block l reset)         block l at its initial weights, the others as trained
-
-``acc`` is the top-1 accuracy on the samples given, measured here as the headline is (eval
-mode, chunks), both in percentage points. A block the accuracy leans on has a large
-``drop_l``; a block whose trained weights do no better than their random start has
-``reset_l ≈ 0``. Removal is undefined where a block's output shape differs from its input;
-a model whose blocks cannot be found gets no rows, with the reason. The model is left
-exactly as it was: hooks removed, reset weights copied back, modes restored.
 """
 
 from __future__ import annotations
@@ -23,9 +16,6 @@ from torch import nn
 
 from pytest_fa.core import interface
 from pytest_fa.errors import FAError
-
-NOT_GIVEN = "no initial weights given (init_state)"
-
 
 @dataclass
 class BlockAblation:
@@ -63,22 +53,11 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) ->
     return correct / len(x)
 
 
-def block_ablation(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    init_state: dict[str, Any] | None = None,
-    reset_unavailable: str = NOT_GIVEN,
-    chunk: int = 4096,
-) -> Ablation:
-    """Per block, ``drop_l = acc − acc(branch l removed)`` and ``acc − acc(block l reset to
-    init_state)`` in pp, on ``(x, y)`` in eval mode: 2·L + 1 accuracy passes.
-
-    ``init_state`` is the model's ``state_dict()`` at initialisation (for an adapted model also
-    the wrapped model's); without it the reset is ``not available: reset_unavailable``. The model
-    is restored exactly afterwards, also when a pass raises.
-    """
+def block_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, init_state: dict[str, Any] | None = None,
+                   reset_unavailable: str = "no initial weights given (init_state)", chunk: int = 4096) -> Ablation:
+    """Per block, the drops removed and reset to ``init_state`` (the model's, or the adapted model's inner,
+    ``state_dict()`` at initialisation; without it ``not available: reset_unavailable``) on ``(x, y)`` in eval
+    mode. A block that changes the shape cannot be removed; the model is restored exactly, also on error."""
     try:
         blocks = list(interface.blocks(model))
         if not blocks:
@@ -130,30 +109,21 @@ def _removed(model, block, mode, x, y, chunk) -> tuple[float | None, str]:
 
 
 def _reset(model, block, init_state, unavailable, x, y, chunk) -> tuple[float | None, str]:
-    """The accuracy with ``block`` at its initial weights; the trained ones copied back after."""
+    """The accuracy with ``block`` at its entries of ``init_state`` (keyed as ``model``'s, or the adapted
+    model's inner one); the trained weights copied back after."""
     if init_state is None:
         return None, f"not available: {unavailable}"
-    initial = _block_state(model, block, init_state)
-    if isinstance(initial, str):
-        return None, f"not available: {initial}"
     trained = {k: v.detach().clone() for k, v in block.state_dict().items()}
+    for root in [model] + ([model.model] if isinstance(getattr(model, "model", None), nn.Module) else []):
+        prefix = next((name for name, module in root.named_modules() if module is block), None)
+        initial = {k: init_state.get(f"{prefix}.{k}") for k in trained}
+        if prefix and all(isinstance(v, torch.Tensor) and v.shape == trained[k].shape for k, v in initial.items()):
+            break
+    else:
+        return None, ("not available: init_state has no entry of the right shape for every weight of block "
+                      f"{type(block).__name__}")
     try:
         block.load_state_dict(initial)
         return _accuracy(model, x, y, chunk), "ok"
     finally:
         block.load_state_dict(trained)
-
-
-def _block_state(model: nn.Module, block: nn.Module, init_state: dict[str, Any]) -> dict[str, Any] | str:
-    """``block``'s entries of ``init_state`` (keyed as ``model``'s, or the adapted model's inner
-    one), or why there are none."""
-    wanted = block.state_dict()
-    roots = [model] + ([model.model] if isinstance(getattr(model, "model", None), nn.Module) else [])
-    for root in roots:
-        prefix = next((name for name, module in root.named_modules() if module is block), None)
-        if not prefix:
-            continue
-        found = {k: init_state.get(f"{prefix}.{k}") for k in wanted}
-        if all(isinstance(v, torch.Tensor) and v.shape == wanted[k].shape for k, v in found.items()):
-            return found
-    return f"init_state has no entry of the right shape for every weight of block {type(block).__name__}"

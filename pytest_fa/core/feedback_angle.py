@@ -1,20 +1,10 @@
-"""W-vs-B: the angle between a forward weight and the feedback matrix that stands in for it.
+"""W-vs-B: ``angle(W, B) = degrees(arccos(⟨W, B⟩ / (‖W‖ ‖B‖)))`` over the flattened matrices, in float64,
+between a forward weight and the feedback matrix that stands in for it (stored in the weight's orientation).
 
-``angle(W, B) = degrees(arccos(⟨W, B⟩ / (‖W‖ ‖B‖)))`` over the flattened matrices, in float64:
-0° when ``B`` is the weight itself, 90° when orthogonal, 180° when opposite. pytest-fa stores
-a feedback matrix in the orientation of the weight whose transpose it replaces (``a = e B``
-where backprop has ``g = e W``), so the two are compared as they are.
-
-- FA (``a_l = a_{l+1} B_l``): ``B_L`` (classes × d) stands in for the head's weight; ``B_l``
-  for ``l < L`` for the Jacobian of block ``l``'s step ``h_l → h_{l+1}``, compared with the
-  product of the block's ``Linear`` weights ``W_k ⋯ W_1`` (its branch with the activation and
-  norm taken as identity; the identity path is every model's and is left out). A block with
-  any other weighted module (attention, convolution) has no such product: not defined.
-- DFA (``a_l = e B_l``): ``B_L`` against the head's weight, as for FA. ``B_l`` for ``l < L``
-  stands in for the head's weight times the stream's Jacobians from ``h_l`` to ``h_L``, which
-  depend on the input: not defined.
-- biotorch-style layers carry ``weight`` and ``weight_backward`` (the matrix their backward
-  uses in place of ``weight``): :func:`weight_backward_angles`, found by those names.
+``B_L`` stands in for the head's weight; FA's ``B_l`` below it for block ``l``'s step ``h_l → h_{l+1}``,
+compared with the product ``W_k ⋯ W_1`` of its ``Linear`` weights (not defined for other weighted modules);
+DFA's ``B_l`` below the top has no input-independent weight. biotorch-style layers carry ``weight`` and
+``weight_backward``: :func:`weight_backward_angles`.
 """
 
 from __future__ import annotations
@@ -29,10 +19,6 @@ from pytest_fa.core import interface
 from pytest_fa.errors import FAError
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
-DFA_BELOW_TOP = (
-    "not defined: DFA's B_l below the top stands in for the head's weight times the Jacobians "
-    "from h_l to h_L, which depend on the input"
-)
 
 
 def angle_deg(weight: torch.Tensor, feedback: torch.Tensor) -> float | None:
@@ -59,23 +45,18 @@ def feedback_angles(model: nn.Module, feedback: Sequence[torch.Tensor], method: 
     rows = []
     for index, b in enumerate(feedback):
         if index == len(blocks):
-            weight, why = _head_weight(head)
+            weight, why = (head.weight, "ok") if isinstance(head, nn.Linear) else (
+                None, f"not defined: the head {type(head).__name__} is not one Linear layer")
         elif method == "fa":
             weight, why = _branch_weight(blocks[index])
         else:
-            weight, why = None, DFA_BELOW_TOP
+            weight, why = None, ("not defined: DFA's B_l below the top stands in for the head's weight times the "
+                                 "Jacobians from h_l to h_L, which depend on the input")
         if weight is not None and tuple(weight.shape) != tuple(b.shape):
             weight, why = None, f"not defined: B_{index} is {tuple(b.shape)}, the weight {tuple(weight.shape)}"
         angle = None if weight is None else angle_deg(weight, b)
         rows.append((angle, why if weight is None else "ok" if angle is not None else "not defined: a zero matrix"))
     return rows
-
-
-def _head_weight(head: nn.Module) -> tuple[torch.Tensor | None, str]:
-    weight = getattr(head, "weight", None)
-    if isinstance(head, nn.Linear) and isinstance(weight, torch.Tensor):
-        return weight, "ok"
-    return None, f"not defined: the head {type(head).__name__} is not one Linear layer"
 
 
 def _branch_weight(block: nn.Module) -> tuple[torch.Tensor | None, str]:
@@ -99,9 +80,7 @@ def _branch_weight(block: nn.Module) -> tuple[torch.Tensor | None, str]:
 def weight_backward_angles(model: nn.Module) -> list[tuple[str, float | None]]:
     """``(module name, angle of weight with weight_backward)`` for every module carrying both
     with one shape (biotorch's FA layers), in module order."""
-    found = []
-    for name, module in model.named_modules():
-        weight, backward = getattr(module, "weight", None), getattr(module, "weight_backward", None)
-        if isinstance(weight, torch.Tensor) and isinstance(backward, torch.Tensor) and weight.shape == backward.shape:
-            found.append((name, angle_deg(weight, backward)))
-    return found
+    pairs = ((name, getattr(module, "weight", None), getattr(module, "weight_backward", None))
+             for name, module in model.named_modules())
+    return [(name, angle_deg(w, b)) for name, w, b in pairs
+            if isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.shape == b.shape]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pytest_fa.core import registry
-from pytest_fa.core.render import comparison, fmt, fmt_gamma, fmt_null
-from pytest_fa.core.report import DiagnosticReport, layer_extra_notes, layer_extras, measured_on, saturation_note
+from pytest_fa.core.render import comparison, fmt
+from pytest_fa.core.report import DiagnosticReport, layer_extra_notes, layer_table, measured_on, saturation_note
 from pytest_fa.core.seeds import seed_columns, seed_groups, seed_rows
 
 
@@ -41,24 +41,6 @@ def _diagnostics(report: DiagnosticReport) -> list[list[str]]:
     return rows
 
 
-def layer_table(report: DiagnosticReport, emphasis: str = "*") -> tuple[list[str], list[list[str]]]:
-    """The per-layer table's header and rows, as text cells; an undefined or unavailable Γ_l is
-    named between two ``emphasis`` marks, with its reason."""
-    header = ["state", "‖h_l‖", "growth", "‖g_l‖", f"‖g_l‖@{report.thresholds.floor_batch_size}", "gain", "Γ_l",
-              f"null (n={report.null_draws})" if report.null_draws else "null", *(h for h, _ in layer_extras(report))]
-    rows = []
-    for row in report.layers:
-        gamma = fmt_gamma(row.gamma, row.gamma_status)
-        if row.gamma is None:
-            kind, _, reason = row.gamma_status.partition(": ")
-            gamma = f"{emphasis}{kind}{emphasis} ({reason})" if reason else f"{emphasis}{row.gamma_status}{emphasis}"
-        rows.append([
-            f"h_{row.index}", fmt(row.h_norm), fmt(row.growth), fmt(row.g_norm), fmt(row.g_norm_at_reference),
-            fmt(row.gain), gamma, fmt_null(row.null_mean, row.null_std), *(cell(row) for _, cell in layer_extras(report)),
-        ])
-    return header, rows
-
-
 def _checkpoint_section(report: DiagnosticReport) -> str:
     """The filled template of one checkpoint."""
     lines = [f"## {report.label or 'checkpoint'} — {report.verdict}", "", "### Conditions", ""]
@@ -66,7 +48,7 @@ def _checkpoint_section(report: DiagnosticReport) -> str:
     lines += ["", "### Diagnostics", ""]
     lines += _table(["", "diagnostic", "statistic (threshold)", "result", "sub-mode"], _diagnostics(report))
     lines += ["", "### Per layer", ""]
-    lines += _table(*layer_table(report))
+    lines += _table(*layer_table(report, emphasis="*"))
     lines += [""] + [f"- {note.strip()}" for note in layer_extra_notes(report)]
     lines += ["", f"Γ: {report.credit_status}", "", "### Verdict", "", f"**{report.verdict}**", ""]
     for key in report.fired:

@@ -1,17 +1,6 @@
-"""One PNG figure per protocol report: where the signal lives, and whether Γ beats chance.
-
-The left panel shows, against the state index ``l`` (``h_0 … h_L``), the median ``‖h_l‖``
-and the median ``‖g_l‖`` restated at the floor's reference batch size, on a log axis, with
-the gradient floor as a dashed line: (a) reads off the growth of the first curve, (b) off
-where the second meets the floor. The second panel shows the per-layer alignment ``Γ_l``
-with, for a DFA credit, the fresh-feedback null band (mean ± 2 sd over the null draws);
-layers whose Γ is undefined or unavailable are marked with a grey ``×`` at 0. Without any
-Γ the panel states why (``report.credit_status``). With the per-block accuracy measured, a
-third panel shows at each ``h_l`` the drop with the block writing it removed and reset.
-
-matplotlib is imported inside the functions only, and drawn headless through the Agg
-canvas and the ``Figure`` object API (no pyplot, no global state).
-"""
+"""One PNG figure per protocol report: ``‖h_l‖`` and ``‖g_l‖`` against the floor, ``Γ_l`` against
+the null band and, when measured, the per-block accuracy drops. matplotlib is imported inside the
+functions only and drawn through the Agg canvas (no pyplot, no global state)."""
 
 from __future__ import annotations
 
@@ -64,15 +53,8 @@ def report_png(report: DiagnosticReport) -> bytes:
     return buffer.getvalue()
 
 
-def write_report_plot(report: DiagnosticReport, folder: str | Path) -> Path:
-    """Save the report's figure as ``<safe label>.png`` in ``folder`` (created); its path."""
-    folder = Path(folder)
-    return _save(report, folder / f"{safe_name(report.label)}.png")
-
-
 def write_report_plots(reports: Iterable[DiagnosticReport], folder: str | Path) -> list[Path]:
-    """One PNG per report in ``folder``; a repeated name gets ``-2``, ``-3``, … appended."""
-    folder = Path(folder)
+    """One ``<safe label>.png`` per report in ``folder`` (created); a repeated name gets ``-2``, ``-3``, …"""
     taken: set[str] = set()
     paths = []
     for report in reports:
@@ -82,7 +64,8 @@ def write_report_plots(reports: Iterable[DiagnosticReport], folder: str | Path) 
             count += 1
             stem = f"{base}-{count}"
         taken.add(stem)
-        paths.append(_save(report, folder / f"{stem}.png"))
+        paths.append(Path(folder) / f"{stem}.png")
+        write_atomically(paths[-1], report_png(report))
     return paths
 
 
@@ -107,20 +90,14 @@ def _draw_norms(ax: Axes, report: DiagnosticReport) -> None:
             ax.plot(xs, ys, marker=marker, markersize=_marker_size(rows), linewidth=1.5, label=label)
     floor = report.thresholds.grad_floor
     ax.axhline(floor, color="tab:red", linestyle="--", linewidth=1.2, label=f"floor {floor:.0e}")
-    _layer_axis(ax, rows)
-    ax.set_ylabel("norm (log)")
-    ax.set_title("signal per layer", fontsize="medium")
-    ax.grid(True, which="major", alpha=0.3)
+    _layer_axis(ax, rows, "norm (log)", "signal per layer", which="major")
     ax.legend(fontsize="small", loc="best")
 
 
 def _draw_gamma(ax: Axes, report: DiagnosticReport) -> None:
     rows = report.layers
     ax.set_ylim(-1.05, 1.05)
-    _layer_axis(ax, rows)
-    ax.set_ylabel(r"$\Gamma_l$ (mean cosine with BP)")
-    ax.set_title("alignment per layer", fontsize="medium")
-    ax.grid(True, axis="y", alpha=0.3)
+    _layer_axis(ax, rows, r"$\Gamma_l$ (mean cosine with BP)", "alignment per layer", axis="y")
     if all(row.gamma is None for row in rows):
         ax.text(
             0.5, 0.5, _no_gamma_note(report), transform=ax.transAxes, ha="center", va="center",
@@ -149,11 +126,8 @@ def _draw_ablation(ax: Axes, report: DiagnosticReport) -> None:
     """Per state, the accuracy drop in pp with the block writing it removed and reset; a grey
     ``×`` at 0 where the drop is not defined or not available."""
     rows = report.layers[1:]
-    _layer_axis(ax, report.layers)
+    _layer_axis(ax, report.layers, "accuracy drop (pp)", "which block learned", axis="y")
     ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_ylabel("accuracy drop (pp)")
-    ax.set_title("which block learned", fontsize="medium")
-    ax.grid(True, axis="y", alpha=0.3)
     for attr, label, offset, color in (("removed_drop_pp", "block removed", -0.2, "tab:purple"),
                                        ("reset_drop_pp", "block reset to init", 0.2, "tab:orange")):
         points = [(row.index + offset, getattr(row, attr)) for row in rows if getattr(row, attr) is not None]
@@ -178,24 +152,21 @@ def _draw_null_band(ax: Axes, report: DiagnosticReport) -> None:
     present: list[bool] = []
     for row in report.layers:
         has = row.null_mean is not None and row.null_std is not None
-        low = row.null_mean - 2 * row.null_std if has else math.nan
-        high = row.null_mean + 2 * row.null_std if has else math.nan
-        for x in (row.index - 0.4, row.index + 0.4):
-            xs.append(x)
-            lows.append(low)
-            highs.append(high)
-            present.append(has)
-    if not any(present):
-        return
-    lows = [v if ok else 0.0 for v, ok in zip(lows, present)]
-    highs = [v if ok else 0.0 for v, ok in zip(highs, present)]
-    ax.fill_between(
-        xs, lows, highs, where=present, color="grey", alpha=0.25, linewidth=0,
-        label=f"null ±2 sd (n={report.null_draws})",
-    )
+        low, high = (row.null_mean - 2 * row.null_std, row.null_mean + 2 * row.null_std) if has else (0.0, 0.0)
+        xs += [row.index - 0.4, row.index + 0.4]
+        lows += [low, low]
+        highs += [high, high]
+        present += [has, has]
+    if any(present):
+        ax.fill_between(xs, lows, highs, where=present, color="grey", alpha=0.25, linewidth=0,
+                        label=f"null ±2 sd (n={report.null_draws})")
 
 
-def _layer_axis(ax: Axes, rows) -> None:
+def _layer_axis(ax: Axes, rows, ylabel: str, title: str, **grid) -> None:
+    """The state axis (at most 12 ticks ``h_l``), the labels and a light grid."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3, **grid)
     indices = [row.index for row in rows]
     if not indices:
         return
@@ -220,9 +191,3 @@ def _marker_size(rows) -> float:
 
 def _positive(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value > 0
-
-
-def _save(report: DiagnosticReport, path: Path) -> Path:
-    """Write the figure whole or not at all (:func:`~pytest_fa.core.files.write_atomically`)."""
-    write_atomically(path, report_png(report))
-    return path

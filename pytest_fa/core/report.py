@@ -132,9 +132,7 @@ class DiagnosticReport:
                 "loss": "batch-mean cross-entropy",
             },
             "thresholds": asdict(self.thresholds),
-            "diagnostics": {
-                k: {"name": r.name, **asdict(r)} for k, r in self.diagnostics.items()
-            },
+            "diagnostics": {k: {"name": r.name, **asdict(r)} for k, r in self.diagnostics.items()},
             "layers": [asdict(row) for row in self.layers],
             "gamma": {
                 "status": self.credit_status,
@@ -187,20 +185,11 @@ class DiagnosticReport:
         """The text report: conditions, the per-layer table, each diagnostic and the verdict."""
         title = f"pytest-fa protocol: {self.label}" if self.label else "pytest-fa protocol"
         lines = [title, f"measured on {measured_on(self)}", ""]
-        extras = layer_extras(self)
-        lines.append(
-            f"{'layer':<6}{'‖h_l‖':>11}{'growth':>10}{'‖g_l‖':>11}"
-            f"{'‖g_l‖@' + str(self.thresholds.floor_batch_size):>11}{'gain':>10}{'Γ_l':>11}"
-            + (f"{'null (n=' + str(self.null_draws) + ')':>18}" if self.null_draws else "")
-            + "".join(f"{header:>12}" for header, _ in extras)
-        )
-        for row in self.layers:
-            lines.append(
-                f"h_{row.index:<4}{fmt(row.h_norm):>11}{fmt(row.growth):>10}{fmt(row.g_norm):>11}"
-                f"{fmt(row.g_norm_at_reference):>11}{fmt(row.gain):>10}{fmt_gamma(row.gamma, row.gamma_status):>11}"
-                + (f"{fmt_null(row.null_mean, row.null_std):>18}" if self.null_draws else "")
-                + "".join(f"{cell(row):>12}" for _, cell in extras)
-            )
+        header, rows = layer_table(self)
+        widths = [6, 11, 10, 11, 11, 10, 11, 18] + [12] * (len(header) - 8)
+        shown = [i for i in range(1, len(header)) if i != 7 or self.null_draws]  # the null band when measured
+        for cells in [["layer", *header[1:]], *rows]:
+            lines.append(cells[0].ljust(6) + "".join(cells[i].rjust(widths[i]) for i in shown))
         lines.append("gain = ‖g_l‖ / ‖dCE/dlogits‖, the backward gain from the logits (median over samples)")
         lines += layer_extra_notes(self)
         lines.append(f"Γ: {self.credit_status}")
@@ -220,11 +209,9 @@ class DiagnosticReport:
             if result.detail:
                 lines.append(f"    {result.detail}")
         if self.headline_acc is not None:
-            lines.append(f"headline accuracy {self.headline_acc:.4f}" + (
-                f", frozen-blocks baseline {self.frozen_acc:.4f}" if self.frozen_acc is not None else ""
-            ))
-        lines.append("")
-        lines.append(f"VERDICT: {self.verdict}")
+            frozen = f", frozen-blocks baseline {self.frozen_acc:.4f}" if self.frozen_acc is not None else ""
+            lines.append(f"headline accuracy {self.headline_acc:.4f}{frozen}")
+        lines += ["", f"VERDICT: {self.verdict}"]
         for key in self.fired:
             lines.append(f"  ({key}) {registry.get(key).meaning}")
         note = saturation_note(self)
@@ -233,32 +220,43 @@ class DiagnosticReport:
         return "\n".join(lines)
 
 
-def fmt_drop(value: float | None, status: str) -> str:
-    """A block's accuracy drop in pp; ``—`` where no block writes the state."""
+EXTRA_COLUMNS = (  # header, value field, status field, format of a value
+    ("drop rm", "removed_drop_pp", "removed_status", "{:+.2f} pp"),
+    ("drop reset", "reset_drop_pp", "reset_status", "{:+.2f} pp"),
+    ("∠(W,B_l)", "wb_angle_deg", "wb_status", "{:.1f}°"),
+)
+
+
+def fmt_measured(value: float | None, status: str, form: str) -> str:
+    """``value`` in ``form``; else the kind of ``status``, ``—`` where nothing was measured."""
     if value is not None:
-        return f"{value:+.2f} pp"
+        return form.format(value)
     return "—" if not status else status.partition(":")[0]
 
 
-def fmt_angle(value: float | None, status: str) -> str:
-    if value is not None:
-        return f"{value:.1f}°"
-    return "—" if not status else status.partition(":")[0]
-
-
-def layer_extras(report: DiagnosticReport) -> list[tuple[str, Any]]:
-    """The per-layer columns beside Γ_l that were measured: ``(header, row -> text)``."""
-    extras: list[tuple[str, Any]] = []
-    if report.ablation:
-        extras += [("drop rm", lambda r: fmt_drop(r.removed_drop_pp, r.removed_status)),
-                   ("drop reset", lambda r: fmt_drop(r.reset_drop_pp, r.reset_status))]
-    if any(r.wb_status for r in report.layers):
-        extras.append(("∠(W,B_l)", lambda r: fmt_angle(r.wb_angle_deg, r.wb_status)))
-    return extras
+def layer_table(report: DiagnosticReport, emphasis: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """The per-layer table's header and text rows, with the measured :data:`EXTRA_COLUMNS`; with ``emphasis``
+    an undefined or unavailable Γ_l is named between two ``emphasis`` marks, with its reason."""
+    angles = any(r.wb_status for r in report.layers)
+    extras = [c for c in EXTRA_COLUMNS if (angles if c[1] == "wb_angle_deg" else report.ablation)]
+    header = ["state", "‖h_l‖", "growth", "‖g_l‖", f"‖g_l‖@{report.thresholds.floor_batch_size}", "gain", "Γ_l",
+              f"null (n={report.null_draws})" if report.null_draws else "null", *(c[0] for c in extras)]
+    rows = []
+    for row in report.layers:
+        gamma = fmt_gamma(row.gamma, row.gamma_status)
+        if row.gamma is None and emphasis is not None:
+            kind, _, reason = row.gamma_status.partition(": ")
+            gamma = f"{emphasis}{kind}{emphasis} ({reason})" if reason else f"{emphasis}{row.gamma_status}{emphasis}"
+        rows.append([
+            f"h_{row.index}", fmt(row.h_norm), fmt(row.growth), fmt(row.g_norm), fmt(row.g_norm_at_reference),
+            fmt(row.gain), gamma, fmt_null(row.null_mean, row.null_std),
+            *(fmt_measured(getattr(row, value), getattr(row, why), form) for _, value, why, form in extras),
+        ])
+    return header, rows
 
 
 def layer_extra_notes(report: DiagnosticReport) -> list[str]:
-    """What the columns of :func:`layer_extras` mean, and why a cell holds no number."""
+    """What the columns of :data:`EXTRA_COLUMNS` mean, and why a cell holds no number."""
     lines = []
     if report.ablation:
         samples = report.ablation.get("samples")
@@ -272,13 +270,14 @@ def layer_extra_notes(report: DiagnosticReport) -> list[str]:
                      "head's at l = L, below it the product of block l's Linear weights (the step h_l → h_l+1)")
     reasons: dict[str, list[int]] = {}
     for r in report.layers:
-        for column, why in (("drop rm", r.removed_status), ("drop reset", r.reset_status), ("∠(W,B_l)", r.wb_status)):
+        for column, _, field_name, _ in EXTRA_COLUMNS:
+            why = getattr(r, field_name)
             if why and why != "ok":
                 reasons.setdefault(f"{column} {why}", []).append(r.index)
     lines += [f"   {text.partition(':')[0]} at layers {layers}:{text.partition(':')[2]}" for text, layers in reasons.items()]
     if report.weight_backward:
         lines.append("∠(weight, weight_backward): " + ", ".join(
-            f"{e['module']} {fmt_angle(e['angle_deg'], 'not defined')}" for e in report.weight_backward))
+            f"{e['module']} {fmt_measured(e['angle_deg'], 'not defined', '{:.1f}°')}" for e in report.weight_backward))
     return lines
 
 
@@ -324,18 +323,12 @@ def summary_table(reports: list[DiagnosticReport]) -> str:
     diagnostics = registry.DIAGNOSTICS
     header = ("checkpoint", "method", "acc", "frozen", *(d.column or f"({d.key}) {d.name}" for d in diagnostics),
               "Γ mean", "verdict")
-    rows = [header]
-    for r in reports:
-        rows.append((
-            r.label,
-            str(r.context.get("method") or "?"),
-            fmt(r.headline_acc, ".4f"),
-            fmt(r.frozen_acc, ".4f"),
-            *(_cell(d, r.diagnostics.get(d.key)) for d in diagnostics),
-            fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a",
-            r.verdict,
-        ))
-    return text_table(rows)
+    return text_table([header] + [
+        (r.label, str(r.context.get("method") or "?"), fmt(r.headline_acc, ".4f"), fmt(r.frozen_acc, ".4f"),
+         *(_cell(d, r.diagnostics.get(d.key)) for d in diagnostics),
+         fmt(r.gamma_mean(0), "+.3f") if r.gamma_mean(0) is not None else "n/a", r.verdict)
+        for r in reports
+    ])
 
 
 def _cell(diagnostic: registry.Diagnostic, result: DiagnosticResult | None) -> str:
@@ -378,10 +371,9 @@ def diagnose(
 
     (d) needs ``headline_acc`` and ``frozen_acc`` (else not evaluated: ``frozen_unavailable``);
     Γ needs ``credit`` (else unavailable: ``credit_unavailable``); a DFA credit adds the null
-    band over ``null_draws`` fresh feedback draws. ``reference_model``, a true-backprop twin,
-    gives ``g_l`` for a model whose autograd is its method's backward. ``ablation``
-    (:func:`~pytest_fa.core.ablation.block_ablation`) fills the per-block accuracy drops; an FA or
-    DFA credit adds the angle of each ``B_l`` with its forward weight.
+    band over ``null_draws`` fresh feedback draws, an FA or DFA credit the angle ``∠(W, B_l)``.
+    ``reference_model``, a true-backprop twin, gives ``g_l`` for a model whose autograd is its
+    method's backward; ``ablation`` fills the per-block accuracy drops.
     """
     thresholds = thresholds or DiagnosticThresholds()
     _check_batch_count(len(eval_batches))
@@ -404,28 +396,23 @@ def diagnose(
             if row.gamma is not None:  # Γ_l inside the band is not evidence of alignment
                 row.null_mean, row.null_std = mean, std
         report.null_draws = int(null.draws.shape[0])
-    if ablation is not None:
-        add_ablation(report, ablation)
+    if ablation is not None:  # block l's drops go on the row of h_{l+1}, the state it writes
+        report.ablation = {"status": ablation.status, "accuracy": ablation.accuracy, "samples": ablation.samples}
+        for block in ablation.blocks:
+            if block.block + 1 < len(report.layers):
+                row = report.layers[block.block + 1]
+                row.removed_drop_pp, row.removed_status = block.removed_drop_pp, block.removed_status
+                row.reset_drop_pp, row.reset_status = block.reset_drop_pp, block.reset_status
     add_feedback_angles(report, model, credit)
     return report
-
-
-def add_ablation(report: DiagnosticReport, ablation: Ablation) -> None:
-    """Block ``l``'s drops on the row of ``h_{l+1}``, the state it writes."""
-    report.ablation = {"status": ablation.status, "accuracy": ablation.accuracy, "samples": ablation.samples}
-    for block in ablation.blocks:
-        if block.block + 1 < len(report.layers):
-            row = report.layers[block.block + 1]
-            row.removed_drop_pp, row.removed_status = block.removed_drop_pp, block.removed_status
-            row.reset_drop_pp, row.reset_status = block.reset_drop_pp, block.reset_status
 
 
 def add_feedback_angles(report: DiagnosticReport, model: nn.Module, credit: CreditSignal | None) -> None:
     """``∠(W, B_l)`` per row for an FA or DFA credit; every ``weight``/``weight_backward`` pair."""
     if isinstance(credit, (FACredit, DFACredit)) and len(credit.feedback) == len(report.layers):
         method = "fa" if isinstance(credit, FACredit) else "dfa"
-        for row, (angle, status) in zip(report.layers, feedback_angles(model, credit.feedback, method)):
-            row.wb_angle_deg, row.wb_status = angle, status
+        for row, (angle, why) in zip(report.layers, feedback_angles(model, credit.feedback, method)):
+            row.wb_angle_deg, row.wb_status = angle, why
     inner = model.model if isinstance(getattr(model, "state_names", None), list) else model
     states = list(getattr(model, "state_names", None) or [])
     report.weight_backward = [
