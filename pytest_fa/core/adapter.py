@@ -310,14 +310,14 @@ def _check_residual(record: list[dict[str, Any]], logits: torch.Tensor, names: l
         if into is None or out is None:
             continue
         if mode == "sum":
-            reach = _reaching(out, into)
+            reach = _reaching(out, lambda n: n is into)
             joined = any(len(_inputs(n) & reach) >= 2 for n in reach if type(n).__name__ == "AddBackward0")
         else:
             top = logits.grad_fn
-            through = _reaching(top, out) if top is not None else set()
+            through = _reaching(top, lambda n: n is out) if top is not None else set()
             if top not in through:
                 continue
-            around = _reaching(top, into, avoid=out)
+            around = _reaching(top, lambda n: n is into, avoid=out)
             joined = any(
                 a is not b for n in through if type(n).__name__ == "AddBackward0"
                 for a in _inputs(n) & through for b in _inputs(n) & around
@@ -338,18 +338,18 @@ def _inputs(node: Any) -> set:
     return {n for n, _ in node.next_functions if n is not None}
 
 
-def _reaching(root: Any, target: Any, avoid: Any = None) -> set:
-    """The autograd nodes below ``root`` (itself included) from which ``target`` is reached,
-    not through ``avoid``; the walk stops at ``target``."""
+def _reaching(root: Any, target: Callable[[Any], bool], avoid: Any = None, stop: bool = True) -> set:
+    """The autograd nodes below ``root`` (itself included) from which a node ``target`` accepts is
+    reached, not through ``avoid``; with ``stop`` the walk ends at such a node."""
     reach: dict[Any, bool] = {}
     stack = [(root, False)]
     while stack:
         node, done = stack.pop()
         if done:
-            reach[node] = any(reach[n] for n in _inputs(node))
+            reach[node] = any(reach[n] for n in _inputs(node)) or (not stop and target(node))
         elif node not in reach:
-            if node is target or node is avoid:
-                reach[node] = node is target
+            if node is avoid or (stop and target(node)):
+                reach[node] = node is not avoid
                 continue
             stack.append((node, True))
             stack.extend((n, False) for n in _inputs(node) if n not in reach)

@@ -19,7 +19,7 @@ from torch.nn.modules._functions import BackwardHookFunction, SyncBatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import CheckpointFunction
 
-from pytest_fa.core.adapter import HookedModel, _inputs, _Splice
+from pytest_fa.core.adapter import HookedModel, _inputs, _reaching, _Splice
 from pytest_fa.core.interface import state_name
 from pytest_fa.errors import ModelInterfaceError, NotBackpropError, setting
 
@@ -96,20 +96,8 @@ def _between(top: Any, states: Sequence[torch.Tensor]) -> set:
     """The autograd nodes on a path from ``top`` down to a state, above it (they compute a ``g_l``)."""
     targets = {h.grad_fn for h in states if h.grad_fn is not None}
     leaves = [h for h in states if h.grad_fn is None]
-    reach: dict[Any, bool] = {}
-    between = set()
-    stack = [(top, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            below = any(reach[n] for n in _inputs(node))
-            if below:
-                between.add(node)
-            reach[node] = below or node in targets or any(getattr(node, "variable", None) is h for h in leaves)
-        elif node not in reach:
-            stack.append((node, True))
-            stack.extend((n, False) for n in _inputs(node) if n not in reach)
-    return between
+    reach = _reaching(top, lambda n: n in targets or any(getattr(n, "variable", None) is h for h in leaves), stop=False)
+    return {node for node in reach if _inputs(node) & reach}
 
 
 def _qualified(cls: type) -> str:
