@@ -78,10 +78,9 @@ class HookedModel(nn.Module):
                  pooling: str = "all", norm: str | None = None, head: str | None = None,
                  logits: Callable[[Any], torch.Tensor] | None = None) -> None:
         super().__init__()
-        if block_output not in BLOCK_OUTPUTS:
-            raise ModelInterfaceError(f"block_output={block_output!r}: use one of {', '.join(BLOCK_OUTPUTS)}")
-        if pooling not in POOLINGS:
-            raise ModelInterfaceError(f"pooling={pooling!r}: use one of {', '.join(POOLINGS)}")
+        for option, value, allowed in (("block_output", block_output, BLOCK_OUTPUTS), ("pooling", pooling, POOLINGS)):
+            if value not in allowed:
+                raise ModelInterfaceError(f"{option}={value!r}: use one of {', '.join(allowed)}")
         self.model = model
         parts = states.split(",") if isinstance(states, str) else [p for s in states for p in str(s).split(",")]
         self.patterns = [p.strip() for p in parts if p.strip()]  # "embed, blocks.*" or ["embed", "blocks.*"]
@@ -147,21 +146,17 @@ class HookedModel(nn.Module):
         if not return_hidden:
             out = self.model(x)
             return out if self._logits is None else self._read_logits(out)
-        if not self._chain_checked:  # the chain is the model's structure: read it once
-            self._check_stream(x)
+        if not self._chain_checked:  # the chain is the model's structure: read it once, on the first batch,
+            # in a graph rooted at h_0 and in eval mode (no running statistics updated, no random numbers drawn)
+            with torch.enable_grad(), eval_mode(self.model):
+                logits, record = self._capture(x, "sum")
+            _check_record(record, self.state_names, len(x))
+            self._mode = _check_chain(record, self.state_names, self.block_output)
+            _check_residual(record, logits, self.state_names, self._mode)
+            self._chain_checked = True
         logits, record = self._capture(x, self._mode)
         _check_record(record, self.state_names, len(x))
         return logits, [entry["state"] for entry in record]
-
-    def _check_stream(self, x: torch.Tensor) -> None:
-        """One pass on the first batch, in a graph rooted at ``h_0``: the chain and its mode."""
-        # in eval mode: no running statistics updated, no random numbers drawn
-        with torch.enable_grad(), eval_mode(self.model):
-            logits, record = self._capture(x, "sum")
-        _check_record(record, self.state_names, len(x))
-        self._mode = _check_chain(record, self.state_names, self.block_output)
-        _check_residual(record, logits, self.state_names, self._mode)
-        self._chain_checked = True
 
     def _capture(self, x: torch.Tensor, mode: str):
         # hooks live only for this call: a copy of the wrapper (deepcopy) never shares them
