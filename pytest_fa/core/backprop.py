@@ -44,9 +44,7 @@ def non_backprop_parts(model: nn.Module, logits: torch.Tensor, states: Sequence[
     names = {m: repr(n) if n else "the model" for n, m in root.named_modules()}
     if root is not model:
         names[model] = "the adapted model"
-    owner: dict[Any, nn.Module] = {}
-    for module, node in outputs or ():
-        owner.setdefault(node, module)  # forward hooks fire innermost first
+    owner = {node: module for module, node in reversed(outputs or ())}  # hooks fire innermost first: it wins
     placed = set(names) if outputs is None else {m for m, node in outputs if node in between}
     reasons: dict[nn.Module, list[str]] = {}
     loose: list[str] = []
@@ -179,8 +177,7 @@ def check_twin(model: nn.Module, forward: tuple[torch.Tensor, Sequence[torch.Ten
             "model is a twin of the model: the same forward pass, states and weights"
         )
     pairs = [(state_name(model, i), h, t) for i, (h, t) in enumerate(zip(states, twin_states))]
-    pairs.append(("the logits", logits, twin_logits))
-    for name, ours, theirs in pairs:
+    for name, ours, theirs in [*pairs, ("the logits", logits, twin_logits)]:
         ours, theirs = ours.detach(), theirs.detach()
         if ours.shape != theirs.shape:
             raise NotBackpropError(
@@ -301,13 +298,9 @@ def _check_measured(model: nn.Module, wrappers: Sequence[nn.Module], logits: tor
                 f"the biotorch DFA model broadcasts a loss gradient of {wrapper.output_dim} outputs, but the "
                 f"logits have {logits.shape[-1]}; its output must be the logits"
             )
-    stack, seen = [logits.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(_inputs(node))
-    used = {id(node.variable) for node in seen if hasattr(node, "variable")}
+    top = logits.grad_fn  # the nodes reaching a weight, the weights' own nodes included
+    reach = _reaching(top, lambda node: hasattr(node, "variable"), stop=False) if top is not None else set()
+    used = {id(node.variable) for node in reach if hasattr(node, "variable")}
     weights = [m.weight for w in wrappers for m in w.module.modules() if feedback_weight(m)]
     if weights and not any(id(w) in used for w in weights):
         raise ModelInterfaceError(
