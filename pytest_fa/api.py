@@ -39,18 +39,17 @@ def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
     elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes, Mapping)):
-        xs, ys = [], []
+        batches = []
         for index, batch in enumerate(data):
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
                 raise DataError(
                     f"batch {index} of the data is a {type(batch).__name__}; check() needs (x, y) "
                     "batches — a DataLoader over a dataset that yields (input, label)"
                 )
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]))
-        if not xs:
+            batches.append((torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
+        if not batches:
             raise DataError("the data yielded no batches; pass the loader of your test split")
-        x, y = torch.cat(xs), torch.cat(ys)
+        x, y = (torch.cat(part) for part in zip(*batches))
     else:
         raise DataError(
             f"check() takes a DataLoader (or any iterable of (x, y) batches), an (x, y) pair of "
