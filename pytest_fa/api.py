@@ -39,18 +39,17 @@ def _eval_samples(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
     elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes, Mapping)):
-        xs, ys = [], []
+        batches = []
         for index, batch in enumerate(data):
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
                 raise DataError(
                     f"batch {index} of the data is a {type(batch).__name__}; check() needs (x, y) "
                     "batches — a DataLoader over a dataset that yields (input, label)"
                 )
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]))
-        if not xs:
+            batches.append((torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
+        if not batches:
             raise DataError("the data yielded no batches; pass the loader of your test split")
-        x, y = torch.cat(xs), torch.cat(ys)
+        x, y = (torch.cat(part) for part in zip(*batches))
     else:
         raise DataError(
             f"check() takes a DataLoader (or any iterable of (x, y) batches), an (x, y) pair of "
@@ -104,7 +103,15 @@ def check(model: nn.Module, data: Any, *, credit: CreditSignal | str | None = No
         )
     if frozen_acc is not None and not (isinstance(frozen_acc, (int, float)) and 0.0 <= frozen_acc <= 1.0):
         raise DataError(f"frozen_acc={frozen_acc!r}: give the control's accuracy as a fraction in [0, 1]")
-    _check_settings(num_batches, batch_size, device)
+    for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
+        if not isinstance(value, Integral):
+            raise DataError(f"{name}={value!r}: give a whole number")
+    try:  # the command line's rules on the eval batches and a device name
+        ProtocolSettings(eval_batches=num_batches, batch_size=batch_size,
+                         device=device if isinstance(device, str) else "auto")
+    except SettingError as exc:
+        name = "num_batches" if exc.name == "eval_batches" else exc.name
+        raise DataError(f"{name}={exc.value!r}: {exc.message}") from None
     check_budget(trained_epochs, frozen_epochs, "check()")
     if isinstance(device, str):
         device = resolve_device(device)
@@ -136,19 +143,6 @@ def check(model: nn.Module, data: Any, *, credit: CreditSignal | str | None = No
         credit=credit, thresholds=thresholds, label=label, device=device, context=context,
         reference_model=reference_model, ablation=removal,
     )
-
-
-def _check_settings(num_batches: Any, batch_size: Any, device: Any) -> None:
-    """The command line's rules on the eval batches and a device name (:class:`ProtocolSettings`)."""
-    for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
-        if not isinstance(value, Integral):
-            raise DataError(f"{name}={value!r}: give a whole number")
-    try:
-        ProtocolSettings(eval_batches=num_batches, batch_size=batch_size,
-                         device=device if isinstance(device, str) else "auto")
-    except SettingError as exc:
-        name = "num_batches" if exc.name == "eval_batches" else exc.name
-        raise DataError(f"{name}={exc.value!r}: {exc.message}") from None
 
 
 def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, headline: bool) -> float | None:

@@ -130,23 +130,21 @@ class ProtocolRunner:
         return CheckpointRun(loaded, data, headline, self.device, copy.deepcopy(model))
 
     def _dataset_for(self, path: str, spec: dict[str, Any] | None) -> Dataset:
-        asked = self.settings.data
-        if spec is None:
-            name = asked or "mnist1d"
-            if name not in self._data:
-                self._data[name] = load_dataset(name, root=self.settings.data_root).to(self.device)
-            return self._data[name]
-        if asked and asked != spec.get("name"):
+        asked, root = self.settings.data, self.settings.data_root
+        if spec is not None and asked and asked != spec.get("name"):
             raise DataError(
                 f"{path} was trained on {spec.get('name')!r} but {setting('data', repr(asked))} asks for another; "
                 f"the protocol must run on the checkpoint's own data set (drop {setting('data')})"
             )
-        key = json.dumps(spec, sort_keys=True, default=str)
+        key = (asked or "mnist1d") if spec is None else json.dumps(spec, sort_keys=True, default=str)
         if key not in self._data:
             try:
-                self._data[key] = dataset_from_spec(spec, root=self.settings.data_root).to(self.device)
+                data = load_dataset(key, root=root) if spec is None else dataset_from_spec(spec, root=root)
             except DataError as exc:
+                if spec is None:
+                    raise
                 raise DataError(f"{path}: the data set its data spec records cannot be rebuilt: {exc}") from None
+            self._data[key] = data.to(self.device)
         return self._data[key]
 
     def eval_batches(self, path: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -177,16 +175,14 @@ class ProtocolRunner:
         except OSError as exc:  # a read-only cache: its baseline is still read, a new one goes elsewhere
             baseline = self._cached_baseline(file, key)
             if baseline is not None:
-                self._baselines[key] = baseline
-                return baseline
+                return self._baselines.setdefault(key, baseline)
             file = self.temporary_cache(exc) / file.name
             lock = _locked(file)
         try:
             baseline = self._cached_baseline(file, key) or self._train_baseline(run, spec, key, file)
         finally:
             lock.release()
-        self._baselines[key] = baseline
-        return baseline
+        return self._baselines.setdefault(key, baseline)
 
     def temporary_cache(self, error: OSError) -> Path:
         """This session's folder for frozen baselines when the cache cannot be written; warned about once."""
@@ -307,8 +303,7 @@ class ProtocolRunner:
 
     def _build(self, arch: str, config: dict[str, Any]) -> nn.Module:
         if arch == "custom":
-            make = self._model_factory()
-            return self._adapted(make(**config) if config else make())
+            return self._adapted(self._model_factory()(**(config or {})))
         return build_model(arch, **config)
 
     def _model_factory(self):
@@ -337,9 +332,7 @@ class ProtocolRunner:
 
     def _diagnose(self, path: str, thresholds: DiagnosticThresholds, cache_dir: Path | None) -> DiagnosticReport:
         run = self.run(path)
-        loaded = run.loaded
-        batches = self.eval_batches(path)
-        model = run.pristine
+        loaded, batches, model = run.loaded, self.eval_batches(path), run.pristine
         credit, reason = self.credit_for(loaded, model)
         try:
             baseline = self.frozen_baseline(path, cache_dir)

@@ -17,15 +17,6 @@ from pytest_fa.errors import ModelInterfaceError, setting
 from pytest_fa.core.interface import BLOCK_OUTPUTS, POOLING_LAYOUTS, POOLINGS, eval_mode
 
 
-def _split_patterns(states: str | Sequence[str]) -> list[str]:
-    """``"embed, blocks.*"`` or ``["embed", "blocks.*"]`` → ``["embed", "blocks.*"]``."""
-    parts = states.split(",") if isinstance(states, str) else [p for s in states for p in str(s).split(",")]
-    patterns = [p.strip() for p in parts if p.strip()]
-    if not patterns:
-        raise ModelInterfaceError("no states named: give module paths or patterns such as 'embed, blocks.*'")
-    return patterns
-
-
 def match_path(pattern: str, path: str) -> bool:
     """Whether dotted ``path`` matches ``pattern`` segment by segment (``**``: any segments)."""
 
@@ -62,6 +53,10 @@ def resolve_states(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
     return list(chosen.items())
 
 
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+_NORM_NAME = re.compile(r"(RMS|Layer|Batch|Group|Instance)Norm(\dd)?$")  # nn.RMSNorm, LlamaRMSNorm, T5LayerNorm, …
+
+
 class _Splice(torch.autograd.Function):
     """Forward: the branch output, copied. Backward: its gradient to the branch *and* to
     ``h_next``, a leaf holding ``h_{l+1}`` (so ``dCE/dh_next = dCE/dh_{l+1}`` exactly)."""
@@ -83,23 +78,36 @@ class HookedModel(nn.Module):
                  pooling: str = "all", norm: str | None = None, head: str | None = None,
                  logits: Callable[[Any], torch.Tensor] | None = None) -> None:
         super().__init__()
-        if block_output not in BLOCK_OUTPUTS:
-            raise ModelInterfaceError(f"block_output={block_output!r}: use one of {', '.join(BLOCK_OUTPUTS)}")
-        if pooling not in POOLINGS:
-            raise ModelInterfaceError(f"pooling={pooling!r}: use one of {', '.join(POOLINGS)}")
+        for option, value, allowed in (("block_output", block_output, BLOCK_OUTPUTS), ("pooling", pooling, POOLINGS)):
+            if value not in allowed:
+                raise ModelInterfaceError(f"{option}={value!r}: use one of {', '.join(allowed)}")
         self.model = model
-        self.patterns = _split_patterns(states)
+        parts = states.split(",") if isinstance(states, str) else [p for s in states for p in str(s).split(",")]
+        self.patterns = [p.strip() for p in parts if p.strip()]  # "embed, blocks.*" or ["embed", "blocks.*"]
+        if not self.patterns:
+            raise ModelInterfaceError("no states named: give module paths or patterns such as 'embed, blocks.*'")
         self._states = resolve_states(model, self.patterns)
-        _check_no_norm_block(self._states)
+        for name, module in self._states[1:]:  # a block is never a norm (h_0 may be an embedding ending in one)
+            if isinstance(module, _NORM_TYPES) or _NORM_NAME.search(type(module).__name__):
+                raise ModelInterfaceError(
+                    f"state {name!r} is a {type(module).__name__}, a normalisation layer, not a residual "
+                    f"block: it rescales the stream instead of adding a branch to it, and a state read "
+                    f"after the terminal norm hides a collapsed gradient. If it is the terminal norm, "
+                    f"leave it out of the states (h_L is its input; on the command line, out of "
+                    f"{setting('hidden')}) and name it as the norm: adapt(..., norm={name!r})"
+                )
         self.block_output = block_output
         self.pooling = pooling
+        modules = dict(model.named_modules())
+        for role, path in (("norm", norm), ("head", head)):
+            if path and path not in modules:
+                raise ModelInterfaceError(f"{role}={path!r} is not a module of {type(model).__name__}")
         # a tuple, so the readout is not registered a second time beside self.model
-        self._readout = (_named(model, norm, "norm") if norm else None, _named(model, head, "head") if head else None)
+        self._readout = (modules[norm] if norm else None, modules[head] if head else None)
         self._logits = logits
         self._record: list[dict[str, Any]] | None = None
         self._mode: str | None = None if block_output == "auto" else block_output
         self._chain_checked = False
-        self._rooted = False
 
     @property
     def state_names(self) -> list[str]:
@@ -123,9 +131,7 @@ class HookedModel(nn.Module):
 
     def hidden_layout(self, h: torch.Tensor) -> str:
         """By rank; token states ``(B, T, d)`` as ``pooling`` says (:data:`POOLING_LAYOUTS`)."""
-        if h.dim() == 3:
-            return POOLING_LAYOUTS[self.pooling]
-        return "vector" if h.dim() == 2 else "spatial"
+        return {2: "vector", 3: POOLING_LAYOUTS[self.pooling]}.get(h.dim(), "spatial")
 
     def read_logits(self, h_L: torch.Tensor) -> torch.Tensor:
         norm, head = self._readout
@@ -140,24 +146,17 @@ class HookedModel(nn.Module):
         if not return_hidden:
             out = self.model(x)
             return out if self._logits is None else self._read_logits(out)
-        if not self._chain_checked:  # the chain is the model's structure: read it once
-            self._check_stream(x)
+        if not self._chain_checked:  # the chain is the model's structure: read it once, on the first batch,
+            # in a graph rooted at h_0 and in eval mode (no running statistics updated, no random numbers drawn)
+            with torch.enable_grad(), eval_mode(self.model):
+                logits, record = self._capture(x, "sum")
+            _check_record(record, self.state_names, len(x))
+            self._mode = _check_chain(record, self.state_names, self.block_output)
+            _check_residual(record, logits, self.state_names, self._mode)
+            self._chain_checked = True
         logits, record = self._capture(x, self._mode)
         _check_record(record, self.state_names, len(x))
         return logits, [entry["state"] for entry in record]
-
-    def _check_stream(self, x: torch.Tensor) -> None:
-        """One pass on the first batch, in a graph rooted at ``h_0``: the chain and its mode."""
-        self._rooted = True
-        try:  # in eval mode: no running statistics updated, no random numbers drawn
-            with torch.enable_grad(), eval_mode(self.model):
-                logits, record = self._capture(x, "sum")
-        finally:
-            self._rooted = False
-        _check_record(record, self.state_names, len(x))
-        self._mode = _check_chain(record, self.state_names, self.block_output)
-        _check_residual(record, logits, self.state_names, self._mode)
-        self._chain_checked = True
 
     def _capture(self, x: torch.Tensor, mode: str):
         # hooks live only for this call: a copy of the wrapper (deepcopy) never shares them
@@ -189,8 +188,8 @@ class HookedModel(nn.Module):
                     f"state module {name!r} returns {type(output).__name__}, not a tensor; name the "
                     "module whose output is the residual stream itself"
                 )
-            if self._rooted and index == 0 and output.is_floating_point():
-                output = output.detach().requires_grad_().clone()  # the graph starts at h_0
+            if not self._chain_checked and index == 0 and output.is_floating_point():
+                output = output.detach().requires_grad_().clone()  # the check's graph starts at h_0
             given = args[0] if args and isinstance(args[0], torch.Tensor) else None
             entry = {"index": index, "input": given, "output": output, "state": output,
                      "nodes": (getattr(given, "grad_fn", None), output.grad_fn)}
@@ -218,13 +217,6 @@ def adapt(model: nn.Module, states: str | Sequence[str], **options: Any) -> Hook
     if isinstance(model, HookedModel):
         raise ModelInterfaceError("the model is adapted already; adapt the model it wraps")
     return HookedModel(model, states, **options)
-
-
-def _named(model: nn.Module, path: str, role: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if path not in modules:
-        raise ModelInterfaceError(f"{role}={path!r} is not a module of {type(model).__name__}")
-    return modules[path]
 
 
 def _link(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -305,23 +297,6 @@ def _check_chain(record: list[dict[str, Any]], names: list[str], mode: str) -> s
     return found
 
 
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
-_NORM_NAME = re.compile(r"(RMS|Layer|Batch|Group|Instance)Norm(\dd)?$")  # nn.RMSNorm, LlamaRMSNorm, T5LayerNorm, …
-
-
-def _check_no_norm_block(states: list[tuple[str, nn.Module]]) -> None:
-    """A block is never a normalisation layer (``h_0`` may be one: an embedding ending in a norm)."""
-    for name, module in states[1:]:
-        if isinstance(module, _NORM_TYPES) or _NORM_NAME.search(type(module).__name__):
-            raise ModelInterfaceError(
-                f"state {name!r} is a {type(module).__name__}, a normalisation layer, not a residual "
-                f"block: it rescales the stream instead of adding a branch to it, and a state read "
-                f"after the terminal norm hides a collapsed gradient. If it is the terminal norm, "
-                f"leave it out of the states (h_L is its input; on the command line, out of "
-                f"{setting('hidden')}) and name it as the norm: adapt(..., norm={name!r})"
-            )
-
-
 def _check_residual(record: list[dict[str, Any]], logits: torch.Tensor, names: list[str], mode: str) -> None:
     """Each ``h_{l+1}`` is an addition joining two paths from ``h_l`` (blocks off the graph are
     left to the reference pass)."""
@@ -330,14 +305,14 @@ def _check_residual(record: list[dict[str, Any]], logits: torch.Tensor, names: l
         if into is None or out is None:
             continue
         if mode == "sum":
-            reach = _reaching(out, into)
+            reach = _reaching(out, lambda n: n is into)
             joined = any(len(_inputs(n) & reach) >= 2 for n in reach if type(n).__name__ == "AddBackward0")
         else:
             top = logits.grad_fn
-            through = _reaching(top, out) if top is not None else set()
+            through = _reaching(top, lambda n: n is out) if top is not None else set()
             if top not in through:
                 continue
-            around = _reaching(top, into, avoid=out)
+            around = _reaching(top, lambda n: n is into, avoid=out)
             joined = any(
                 a is not b for n in through if type(n).__name__ == "AddBackward0"
                 for a in _inputs(n) & through for b in _inputs(n) & around
@@ -358,18 +333,18 @@ def _inputs(node: Any) -> set:
     return {n for n, _ in node.next_functions if n is not None}
 
 
-def _reaching(root: Any, target: Any, avoid: Any = None) -> set:
-    """The autograd nodes below ``root`` (itself included) from which ``target`` is reached,
-    not through ``avoid``; the walk stops at ``target``."""
+def _reaching(root: Any, target: Callable[[Any], bool], avoid: Any = None, stop: bool = True) -> set:
+    """The autograd nodes below ``root`` (itself included) from which a node ``target`` accepts is
+    reached, not through ``avoid``; with ``stop`` the walk ends at such a node."""
     reach: dict[Any, bool] = {}
     stack = [(root, False)]
     while stack:
         node, done = stack.pop()
         if done:
-            reach[node] = any(reach[n] for n in _inputs(node))
+            reach[node] = any(reach[n] for n in _inputs(node)) or (not stop and target(node))
         elif node not in reach:
-            if node is target or node is avoid:
-                reach[node] = node is target
+            if node is avoid or (stop and target(node)):
+                reach[node] = node is not avoid
                 continue
             stack.append((node, True))
             stack.extend((n, False) for n in _inputs(node) if n not in reach)

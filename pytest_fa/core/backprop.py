@@ -19,7 +19,7 @@ from torch.nn.modules._functions import BackwardHookFunction, SyncBatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import CheckpointFunction
 
-from pytest_fa.core.adapter import HookedModel, _inputs, _Splice
+from pytest_fa.core.adapter import HookedModel, _inputs, _reaching, _Splice
 from pytest_fa.core.interface import state_name
 from pytest_fa.errors import ModelInterfaceError, NotBackpropError, setting
 
@@ -27,7 +27,8 @@ FEEDBACK_NAMES = ("weight_backward", "bias_backward", "backward_weight", "weight
                   "feedback", "B")
 """Names of a feedback weight kept beside a layer's ``weight`` (biotorch: ``weight_backward``)."""
 
-_EXACT_FUNCTIONS = (_Splice, CheckpointFunction, SyncBatchNorm)
+# functions passing exact gradients (a module's hook function: its hooks are judged on the module)
+_EXACT_FUNCTIONS = (_Splice, CheckpointFunction, SyncBatchNorm, BackwardHookFunction)
 
 _BACKPROP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models checked: autograd is backprop
 
@@ -39,22 +40,22 @@ def non_backprop_parts(model: nn.Module, logits: torch.Tensor, states: Sequence[
     backprop). ``outputs``: ``(module, grad_fn of its output)`` of the pass (None: every module
     is between); ``tensor_hooks``: ``(grad_fn, tensor)`` of each ``Tensor.register_hook``."""
     between = _between(logits.grad_fn, states) if logits.grad_fn is not None else set()
-    names = _module_names(model)
-    owner: dict[Any, nn.Module] = {}
-    for module, node in outputs or ():
-        owner.setdefault(node, module)  # forward hooks fire innermost first
+    root = model.model if isinstance(model, HookedModel) else model  # paths as the user names them
+    names = {m: repr(n) if n else "the model" for n, m in root.named_modules()}
+    if root is not model:
+        names[model] = "the adapted model"
+    owner = {node: module for module, node in reversed(outputs or ())}  # hooks fire innermost first: it wins
     placed = set(names) if outputs is None else {m for m, node in outputs if node in between}
     reasons: dict[nn.Module, list[str]] = {}
     loose: list[str] = []
     for node in between:
-        cls = _custom_function(node)
-        if cls is not None:
+        cls = getattr(type(node), "_forward_cls", None)
+        if isinstance(node, BackwardCFunction) and cls is not None and not issubclass(cls, _EXACT_FUNCTIONS):
             what = f"a custom autograd.Function {_qualified(cls)}"
-            module = owner.get(node)
-            if module is None:
-                loose.append(what)
+            if node in owner:
+                reasons.setdefault(owner[node], []).append(what)
             else:
-                reasons.setdefault(module, []).append(what)
+                loose.append(what)
     # a pre-hook acts on the gradient at a module's output: it matters above a state the module writes
     pre_hooked = {owner.get(n) for node in between if getattr(type(node), "_forward_cls", None) is BackwardHookFunction
                   for n in _inputs(node)}
@@ -89,86 +90,47 @@ def feedback_weight(module: nn.Module) -> str | None:
     return next((n for n in FEEDBACK_NAMES if n in own), None) if "weight" in own else None
 
 
-def _custom_function(node: Any) -> type | None:
-    """The ``autograd.Function`` class of a node, unless it passes exact gradients."""
-    cls = getattr(type(node), "_forward_cls", None)
-    if not isinstance(node, BackwardCFunction) or cls is None or issubclass(cls, _EXACT_FUNCTIONS):
-        return None
-    return None if cls is BackwardHookFunction else cls  # its module's hooks are judged on the module
-
-
 def _between(top: Any, states: Sequence[torch.Tensor]) -> set:
     """The autograd nodes on a path from ``top`` down to a state, above it (they compute a ``g_l``)."""
     targets = {h.grad_fn for h in states if h.grad_fn is not None}
     leaves = [h for h in states if h.grad_fn is None]
-    reach: dict[Any, bool] = {}
-    between = set()
-    stack = [(top, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            below = any(reach[n] for n in _inputs(node))
-            if below:
-                between.add(node)
-            reach[node] = below or node in targets or any(getattr(node, "variable", None) is h for h in leaves)
-        elif node not in reach:
-            stack.append((node, True))
-            stack.extend((n, False) for n in _inputs(node) if n not in reach)
-    return between
-
-
-def _module_names(model: nn.Module) -> dict[nn.Module, str]:
-    """Each module's path, as the user names it (inside an adapted model: in the wrapped one)."""
-    root = model.model if isinstance(model, HookedModel) else model
-    names = {m: repr(n) if n else "the model" for n, m in root.named_modules()}
-    if root is not model:
-        names[model] = "the adapted model"
-    return names
+    reach = _reaching(top, lambda n: n in targets or any(getattr(n, "variable", None) is h for h in leaves), stop=False)
+    return {node for node in reach if _inputs(node) & reach}
 
 
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-class _HookRecorder(TorchFunctionMode):
-    """Records ``(grad_fn, tensor)`` of each ``Tensor.register_hook`` call while active."""
-
-    def __init__(self, seen: list) -> None:
-        super().__init__()
-        self.seen = seen
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.register_hook and args:
-            self.seen.append((args[0].grad_fn, args[0]))
-        return func(*args, **(kwargs or {}))
-
-
-class BackpropCheck:
+class BackpropCheck(TorchFunctionMode):
     """Watch one forward pass of ``model`` (``with``), then :meth:`verify` that autograd from its logits
     to its states is backprop; a model that passed once is not watched again (its structure is checked)."""
 
     def __init__(self, model: nn.Module) -> None:
+        super().__init__()
         self.model = model
         self.active = model not in _BACKPROP
         self.outputs: list[tuple[nn.Module, Any]] = []
-        self.tensor_hooks: list[tuple[Any, torch.Tensor]] = []
+        self.tensor_hooks: list[tuple[Any, torch.Tensor]] = []  # (grad_fn, tensor) of each Tensor.register_hook
         self._handles: list = []
-        self._mode: _HookRecorder | None = None
 
     def __enter__(self) -> BackpropCheck:
         if self.active:
             self._handles = [m.register_forward_hook(self._record(m)) for m in self.model.modules()]
-            self._mode = _HookRecorder(self.tensor_hooks)
-            self._mode.__enter__()
+            super().__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._mode is not None:
-            self._mode.__exit__(*exc)
-            self._mode = None
+        if self._handles:  # model.modules() holds the model itself: watched iff there are handles
+            super().__exit__(*exc)
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.register_hook and args:
+            self.tensor_hooks.append((args[0].grad_fn, args[0]))
+        return func(*args, **(kwargs or {}))
 
     def _record(self, module: nn.Module):
         def hook(mod: nn.Module, args: tuple, output: Any) -> None:
@@ -215,8 +177,7 @@ def check_twin(model: nn.Module, forward: tuple[torch.Tensor, Sequence[torch.Ten
             "model is a twin of the model: the same forward pass, states and weights"
         )
     pairs = [(state_name(model, i), h, t) for i, (h, t) in enumerate(zip(states, twin_states))]
-    pairs.append(("the logits", logits, twin_logits))
-    for name, ours, theirs in pairs:
+    for name, ours, theirs in [*pairs, ("the logits", logits, twin_logits)]:
         ours, theirs = ours.detach(), theirs.detach()
         if ours.shape != theirs.shape:
             raise NotBackpropError(
@@ -337,16 +298,9 @@ def _check_measured(model: nn.Module, wrappers: Sequence[nn.Module], logits: tor
                 f"the biotorch DFA model broadcasts a loss gradient of {wrapper.output_dim} outputs, but the "
                 f"logits have {logits.shape[-1]}; its output must be the logits"
             )
-    used = set()
-    stack, seen = [logits.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "variable"):
-            used.add(id(node.variable))
-        stack.extend(_inputs(node))
+    top = logits.grad_fn  # the nodes reaching a weight, the weights' own nodes included
+    reach = _reaching(top, lambda node: hasattr(node, "variable"), stop=False) if top is not None else set()
+    used = {id(node.variable) for node in reach if hasattr(node, "variable")}
     weights = [m.weight for w in wrappers for m in w.module.modules() if feedback_weight(m)]
     if weights and not any(id(w) in used for w in weights):
         raise ModelInterfaceError(

@@ -116,10 +116,8 @@ def floor_result(m: Measurement, thresholds: DiagnosticThresholds) -> Diagnostic
     from pytest_fa.core.diagnostics import OUTPUT_ERROR_TOLERANCE, floor_rule, grad_at_reference_batch
 
     probe, deepest = m.probe, m.probe.num_layers - 1
-    errors = probe.logit_grad_norms
-    g = float(m.g_med[deepest])
+    errors, gain, g = probe.logit_grad_norms, m.gains[deepest], float(m.g_med[deepest])
     g_ref = grad_at_reference_batch(g, probe.batch_size, thresholds.floor_batch_size)
-    gain = m.gains[deepest]
     components: dict[str, Any] = {"rule": thresholds.b_rule, "gain": gain, "gain_floor": thresholds.gain_floor}
     # a gain that is None with the errors measured is undefined (every error exactly zero): NaN
     read_gain = None if errors is None else float("nan") if gain is None else gain
