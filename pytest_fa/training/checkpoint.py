@@ -64,10 +64,8 @@ class Bundle:
     def from_payload(cls, payload: dict[str, Any], source: str = "bundle") -> Bundle:
         version = payload.get("format_version")
         if isinstance(version, bool) or not isinstance(version, (int, type(None))):
-            raise CheckpointError(
-                f"{source} records format_version={version!r} (a {type(version).__name__}); the format "
-                f"version must be the integer {FORMAT_VERSION}. {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"format_version={version!r} (a {type(version).__name__})",
+                           f"the format version must be the integer {FORMAT_VERSION}")
         if version != FORMAT_VERSION:
             raise CheckpointError(
                 f"{source} has bundle format version {version!r}; this pytest-fa reads version "
@@ -94,29 +92,21 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
     string keys at every level (the data spec all JSON), feedback a list, the seed one torch takes."""
     for name in ("arch", "method"):
         if not isinstance(payload[name], str):
-            raise CheckpointError(
-                f"{source} records {name}={payload[name]!r}; {name} is a name (a string). {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"{name}={payload[name]!r}", f"{name} is a name (a string)")
     for name in ("arch_config", "method_config", "data", "recipe", "aux"):
         value = payload.get(name)
         if value is None and name != "data":
             continue
         if not isinstance(value, dict):
-            raise CheckpointError(
-                f"{source} records {name} of type {type(value).__name__}; {name} is a dict. {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"{name} of type {type(value).__name__}", f"{name} is a dict")
         found = _not_json(value, keys_only=name != "data")
         if found is not None:
             holds = "JSON (dicts with string keys, lists, strings, numbers)" if name == "data" else "string keys"
-            raise CheckpointError(
-                f"{source} records {name} with the {found[0]} {found[1]!r}; {name} holds {holds}. {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"{name} with the {found[0]} {found[1]!r}", f"{name} holds {holds}")
     feedback = payload.get("feedback")
     if feedback is not None and not isinstance(feedback, (list, tuple)):
-        raise CheckpointError(
-            f"{source} records feedback of type {type(feedback).__name__}; feedback is a list of "
-            f"tensors, one per hidden state. {_RESAVE_BUNDLE}"
-        )
+        raise _refused(source, f"feedback of type {type(feedback).__name__}",
+                       "feedback is a list of tensors, one per hidden state")
     for index, b in enumerate(feedback or ()):
         if isinstance(b, torch.Tensor) and b.is_complex():
             raise FeedbackError(
@@ -125,10 +115,12 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
             )
     seed = payload.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64 - 1):
-        raise CheckpointError(
-            f"{source} records seed={seed!r}; a seed is a whole number torch can seed with, in "
-            f"[-2**63, 2**64 - 1). {_RESAVE_BUNDLE}"
-        )
+        raise _refused(source, f"seed={seed!r}", "a seed is a whole number torch can seed with, in [-2**63, 2**64 - 1)")
+
+
+def _refused(source: str, what: str, rule: str) -> CheckpointError:
+    """The error for a bundle field of the wrong type: what ``source`` records and the rule it breaks."""
+    return CheckpointError(f"{source} records {what}; {rule}. {_RESAVE_BUNDLE}")
 
 
 def _not_json(value: Any, keys_only: bool) -> tuple[str, Any] | None:
@@ -149,10 +141,8 @@ def _check_record(payload: dict[str, Any], source: str) -> None:
     ``epochs`` ≤ ``metrics.planned_epochs``, the accuracy a fraction."""
     metrics = payload.get("metrics") or {}
     if not isinstance(metrics, dict):
-        raise CheckpointError(
-            f"{source} records metrics of type {type(metrics).__name__}; metrics is a dict (test_acc, "
-            f"planned_epochs, history). {_RESAVE_BUNDLE}"
-        )
+        raise _refused(source, f"metrics of type {type(metrics).__name__}",
+                       "metrics is a dict (test_acc, planned_epochs, history)")
     epochs = payload.get("epochs")
     planned = metrics.get("planned_epochs")
     for name, value in (("epochs", epochs), ("metrics.planned_epochs", planned)):
