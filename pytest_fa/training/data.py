@@ -311,9 +311,19 @@ def _load_synthetic(config: dict[str, Any]) -> Dataset:
 # Image data sets, read from their files
 
 
-def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
-    return ((images.to(torch.float32) / 255.0) - mean_t) / std_t
+def _image_dataset(name: str, label: str, config: dict[str, Any], base: pathlib.Path,
+                   splits: dict[str, tuple[torch.Tensor, torch.Tensor]], stats: tuple, classes: int) -> Dataset:
+    """The (N, C, H, W) uint8 images of each split scaled to [0, 1] and standardised by ``stats`` (mean, std
+    per channel), once its labels are checked."""
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
+    tensors = {}
+    for split, (images, labels) in splits.items():
+        _check_labels(label, split, labels, images, classes)
+        tensors[f"x_{split}"] = ((images.to(torch.float32) / 255.0) - mean_t) / std_t
+        tensors[f"y_{split}"] = labels.to(torch.int64)
+    preprocessing = {"divide_by": 255, "mean": list(stats[0]), "std": list(stats[1])}
+    spec = _make_spec(name, config, preprocessing, str(base.absolute()))
+    return Dataset(name, **tensors, num_classes=classes, input_shape=tuple(images.shape[1:]), spec=spec)
 
 
 def _check_labels(name: str, split: str, labels: torch.Tensor, images: torch.Tensor, classes: int) -> None:
@@ -357,20 +367,16 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
             "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
             f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}"
         )
-    tensors = {}
+    splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         limit = config[f"limit_{split}"]
         images = _read_idx(found[f"{prefix}-images-idx3-ubyte"], 3)[:limit]
         labels = _read_idx(found[f"{prefix}-labels-idx1-ubyte"], 1)[:limit]
         if tuple(images.shape[1:]) != (28, 28):
             raise DataError(f"Fashion-MNIST {split} images have shape {tuple(images.shape)}, not (N, 28, 28)")
-        _check_labels("Fashion-MNIST", split, labels, images, 10)
-        tensors[f"x_{split}"] = _normalise(images.unsqueeze(1), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        tensors[f"y_{split}"] = labels.to(torch.int64)
-
-    preprocessing = {"divide_by": 255, "mean": list(FASHION_MNIST_MEAN), "std": list(FASHION_MNIST_STD)}
-    spec = _make_spec("fashion-mnist", config, preprocessing, str(base.absolute()))
-    return Dataset("fashion-mnist", **tensors, num_classes=10, input_shape=(1, 28, 28), spec=spec)
+        splits[split] = images.unsqueeze(1), labels
+    stats = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return _image_dataset("fashion-mnist", "Fashion-MNIST", config, base, splits, stats, 10)
 
 
 def _unpickle_cifar(path: pathlib.Path) -> Any:
@@ -428,18 +434,10 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     classes = CIFAR_CLASSES[name]
     if num_names != classes:
         raise DataError(f"{base / folder} names {num_names} classes, not {classes}; is it {name}?")
-    mean, std = CIFAR_STATS[name]
-    tensors = {}
+    splits = {}
     for split, (images, labels) in read.items():
         limit = config[f"limit_{split}"]
         if images.dtype != np.uint8:
             raise DataError(f"{name} {split} images are {images.dtype}, not uint8; the files are not {name}")
-        images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
-        labels = torch.from_numpy(labels[:limit])
-        _check_labels(name, split, labels, images, classes)
-        tensors[f"x_{split}"] = _normalise(images, mean, std)
-        tensors[f"y_{split}"] = labels
-
-    preprocessing = {"divide_by": 255, "mean": list(mean), "std": list(std)}
-    spec = _make_spec(name, config, preprocessing, str(base.absolute()))
-    return Dataset(name, **tensors, num_classes=classes, input_shape=(3, 32, 32), spec=spec)
+        splits[split] = torch.from_numpy(np.ascontiguousarray(images[:limit])), torch.from_numpy(labels[:limit])
+    return _image_dataset(name, name, config, base, splits, CIFAR_STATS[name], classes)
