@@ -96,12 +96,10 @@ def _params(args: ast.arguments) -> set[str]:
 def _grad_like(node: ast.AST, taint: set[str]) -> str | None:
     """The fragment that makes ``node`` gradient-like, or None."""
     for sub in ast.walk(node):
-        if isinstance(sub, ast.Name):
-            if sub.id in taint or ("grad" in sub.id.lower() and sub.id.lower() not in _GRAD_SWITCHES):
-                return sub.id
-        elif isinstance(sub, ast.Attribute):
-            if "grad" in sub.attr.lower() and sub.attr.lower() not in _GRAD_SWITCHES:
-                return _short(sub)
+        if isinstance(sub, (ast.Name, ast.Attribute)):
+            word = (sub.id if isinstance(sub, ast.Name) else sub.attr).lower()
+            if "grad" in word and word not in _GRAD_SWITCHES:
+                return sub.id if isinstance(sub, ast.Name) else _short(sub)
             if _dotted(sub) in taint:
                 return _dotted(sub)
     return None
@@ -399,9 +397,7 @@ class Checker(ast.NodeVisitor):
     def visit_Lambda(self, node: ast.Lambda) -> None:
         for default in [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]:
             self.visit(default)
-        saved, self.env = self.env, self.env.inner(_params(node.args))
-        self.visit(node.body)
-        self.env = saved
+        self.block([node.body], True, self.env.inner(_params(node.args)))
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)
@@ -441,12 +437,8 @@ class Checker(ast.NodeVisitor):
         if not isinstance(func, ast.Attribute) or self.qualname(func.value) is not None:
             return
         dtype = "dtype" in kwargs and self.is_fp16(kwargs["dtype"])
-        if func.attr == "half":
-            casts = not args
-        elif func.attr == "to":
-            casts = any(self.is_fp16(a) for a in args) or dtype
-        else:
-            casts = func.attr == "type" and (bool(args and self.is_fp16(args[0])) or dtype)
+        casts = {"half": not args, "to": dtype or any(self.is_fp16(a) for a in args),
+                 "type": dtype or bool(args and self.is_fp16(args[0]))}.get(func.attr, False)
         fragment = _grad_like(func.value, self.env.taint) if casts else None
         if fragment is not None:
             self.report("FA003", call, (
