@@ -34,20 +34,16 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 )
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
-CIFAR_STATS = {
+IMAGE_STATS = {  # per-channel (mean, std)
+    "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
-# the batch files of each split, and the meta file with its key of class names, as the archives hold them
+# folder, classes, the batch files of each split, the meta file and its key of class names, as the archives hold them
 CIFAR_FILES = {
-    "cifar10": (
-        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "batches.meta", "label_names"
-    ),
-    "cifar100": ({"train": ["train"], "test": ["test"]}, "meta", "fine_label_names"),
+    "cifar10": ("cifar-10-batches-py", 10, {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+                "batches.meta", "label_names"),
+    "cifar100": ("cifar-100-python", 100, {"train": ["train"], "test": ["test"]}, "meta", "fine_label_names"),
 }
 # The only globals a CIFAR batch pickle holds: numpy's array and dtype rebuilders, under
 # numpy 1's module names (the official Python 2 files) and numpy 2's (copies re-pickled
@@ -60,9 +56,7 @@ _CIFAR_GLOBALS = frozenset({
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist1d": {"num_samples": 60000, "seed": 42},
-    "fashion-mnist": {"limit_train": None, "limit_test": None},
-    "cifar10": {"limit_train": None, "limit_test": None},
-    "cifar100": {"limit_train": None, "limit_test": None},
+    **dict.fromkeys(("fashion-mnist", "cifar10", "cifar100"), {"limit_train": None, "limit_test": None}),
     "synthetic": {
         "num_samples": 20000, "d_in": 32, "num_classes": 10, "teacher_width": 64, "seed": 0, "train_split": 0.8
     },
@@ -312,16 +306,17 @@ def _load_synthetic(config: dict[str, Any]) -> Dataset:
 
 
 def _image_dataset(name: str, label: str, config: dict[str, Any], base: pathlib.Path,
-                   splits: dict[str, tuple[torch.Tensor, torch.Tensor]], stats: tuple, classes: int) -> Dataset:
-    """The (N, C, H, W) uint8 images of each split scaled to [0, 1] and standardised by ``stats`` (mean, std
-    per channel), once its labels are checked."""
-    mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
+                   splits: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: int) -> Dataset:
+    """The (N, C, H, W) uint8 images of each split scaled to [0, 1] and standardised by
+    :data:`IMAGE_STATS`, once its labels are checked."""
+    mean, std = IMAGE_STATS[name]
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
     tensors = {}
     for split, (images, labels) in splits.items():
         _check_labels(label, split, labels, images, classes)
         tensors[f"x_{split}"] = ((images.to(torch.float32) / 255.0) - mean_t) / std_t
         tensors[f"y_{split}"] = labels.to(torch.int64)
-    preprocessing = {"divide_by": 255, "mean": list(stats[0]), "std": list(stats[1])}
+    preprocessing = {"divide_by": 255, "mean": list(mean), "std": list(std)}
     spec = _make_spec(name, config, preprocessing, str(base.absolute()))
     return Dataset(name, **tensors, num_classes=classes, input_shape=tuple(images.shape[1:]), spec=spec)
 
@@ -375,8 +370,7 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
         if tuple(images.shape[1:]) != (28, 28):
             raise DataError(f"Fashion-MNIST {split} images have shape {tuple(images.shape)}, not (N, 28, 28)")
         splits[split] = images.unsqueeze(1), labels
-    stats = FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    return _image_dataset("fashion-mnist", "Fashion-MNIST", config, base, splits, stats, 10)
+    return _image_dataset("fashion-mnist", "Fashion-MNIST", config, base, splits, 10)
 
 
 def _unpickle_cifar(path: pathlib.Path) -> Any:
@@ -407,7 +401,7 @@ def _read_cifar(folder: pathlib.Path, filenames: list[str]) -> tuple[np.ndarray,
 
 def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | None) -> Dataset:
     _check_limit(config)
-    folder = CIFAR_FOLDERS[name]
+    folder, classes, batches, meta, meta_key = CIFAR_FILES[name]
     if root is None:
         raise DataError(
             f"{name} needs a data root: pass {setting('data_root', f'<folder containing {folder}>')} "
@@ -416,7 +410,6 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     base = pathlib.Path(root).expanduser()
     if base.name == folder and not (base / folder).is_dir():
         base = base.parent
-    batches, meta, meta_key = CIFAR_FILES[name]
     missing = [f for f in [*batches["train"], *batches["test"], meta] if not (base / folder / f).is_file()]
     if missing:
         raise DataError(
@@ -431,7 +424,6 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     except Exception as exc:
         raise DataError(f"cannot read {name} from {base / folder}: {exc}") from exc
 
-    classes = CIFAR_CLASSES[name]
     if num_names != classes:
         raise DataError(f"{base / folder} names {num_names} classes, not {classes}; is it {name}?")
     splits = {}
@@ -440,4 +432,4 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
         if images.dtype != np.uint8:
             raise DataError(f"{name} {split} images are {images.dtype}, not uint8; the files are not {name}")
         splits[split] = torch.from_numpy(np.ascontiguousarray(images[:limit])), torch.from_numpy(labels[:limit])
-    return _image_dataset(name, name, config, base, splits, CIFAR_STATS[name], classes)
+    return _image_dataset(name, name, config, base, splits, classes)
