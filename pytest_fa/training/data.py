@@ -83,20 +83,16 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with the four tensors on ``device``."""
-        return dataclasses.replace(
-            self, x_train=self.x_train.to(device), y_train=self.y_train.to(device), x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device), spec=copy.deepcopy(self.spec),
-        )
+        tensors = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        return dataclasses.replace(self, **tensors, spec=copy.deepcopy(self.spec))
 
 
 def cache_dir() -> pathlib.Path:
     """``$PYTEST_FA_CACHE``, else ``$XDG_CACHE_HOME/pytest-fa``, else ``~/.cache/pytest-fa``."""
     if os.environ.get("PYTEST_FA_CACHE"):
         path = pathlib.Path(os.environ["PYTEST_FA_CACHE"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        path = pathlib.Path(os.environ["XDG_CACHE_HOME"]) / "pytest-fa"
     else:
-        path = pathlib.Path.home() / ".cache" / "pytest-fa"
+        path = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "pytest-fa"
     path = path.expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -246,16 +242,15 @@ def _read_mnist1d_cache(path: pathlib.Path, chosen: dict[str, int]) -> dict[str,
     try:
         cached = torch.load(path, map_location="cpu", weights_only=True)
         args = json.loads(cached["args"])
-        if (
+        valid = (
             set(cached) == {*_MNIST1D_DTYPES, "args"}
             and all(isinstance(cached[k], torch.Tensor) and cached[k].dtype == d for k, d in _MNIST1D_DTYPES.items())
             and "final_seq_length" in args
             and all(args[k] == v for k, v in chosen.items())
-        ):
-            return cached
+        )
     except Exception:  # missing or damaged: generated again
-        pass
-    return None
+        return None
+    return cached if valid else None
 
 
 def _generate_mnist1d(chosen: dict[str, int]) -> dict[str, Any]:
