@@ -67,17 +67,13 @@ class Bundle:
             raise _refused(source, f"format_version={version!r} (a {type(version).__name__})",
                            f"the format version must be the integer {FORMAT_VERSION}")
         if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{source} has bundle format version {version!r}; this pytest-fa reads version "
-                f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle"
-            )
+            raise CheckpointError(f"{source} has bundle format version {version!r}; this pytest-fa reads version "
+                                  f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle")
         required = ("arch", "state_dict", "method", "data")
         missing = [k for k in required if k not in payload]
         if missing:
-            raise CheckpointError(
-                f"{source} is a pytest-fa bundle without {missing}; re-save it with "
-                "pytest_fa.training.checkpoint.save_bundle"
-            )
+            raise CheckpointError(f"{source} is a pytest-fa bundle without {missing}; re-save it with "
+                                  "pytest_fa.training.checkpoint.save_bundle")
         _check_types(payload, source)
         _check_record(payload, source)
         records = {k: dict(payload.get(k) or {}) for k in ("arch_config", "method_config", "aux", "recipe", "metrics")}
@@ -156,10 +152,8 @@ def _check_record(payload: dict[str, Any], source: str) -> None:
         )
     acc = metrics.get("test_acc")
     if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):  # NaN too
-        raise CheckpointError(
-            f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
-            "bundle with the measured accuracy"
-        )
+        raise CheckpointError(f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
+                              "bundle with the measured accuracy")
 
 
 def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
@@ -171,10 +165,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
     try:
         torch.load(buffer, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"the bundle holds an object that weights_only loading refuses ({exc}); store only "
-            "tensors, numbers, strings, lists and dicts"
-        ) from exc
+        raise CheckpointError(f"the bundle holds an object that weights_only loading refuses ({exc}); store only "
+                              "tensors, numbers, strings, lists and dicts") from exc
     write_atomically(path, buffer.getvalue())
     return path
 
@@ -203,10 +195,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"to load (unsafe), which pytest-fa refuses. {_RESAVE}"
         ) from exc
     except Exception as exc:  # torch raises many types on a damaged file
-        raise CheckpointError(
-            f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): "
-            "the file is corrupt or truncated, or not a torch checkpoint at all"
-        ) from exc
+        raise CheckpointError(f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): "
+                              "the file is corrupt or truncated, or not a torch checkpoint at all") from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict")
     return payload
@@ -232,10 +222,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     """Read a pytest-fa bundle; a plain state dict is an error here."""
     payload = read_checkpoint(path)
     if not is_bundle(payload):
-        raise CheckpointError(
-            f"{path} is not a pytest-fa bundle (no 'format' key); for a plain state dict pass "
-            f"{setting('model', 'package.module:build')} so pytest-fa can construct the model"
-        )
+        raise CheckpointError(f"{path} is not a pytest-fa bundle (no 'format' key); for a plain state dict pass "
+                              f"{setting('model', 'package.module:build')} so pytest-fa can construct the model")
     return Bundle.from_payload(payload, source=str(path))
 
 
@@ -358,18 +346,14 @@ def load_checkpoint(path: str | os.PathLike, factory: str | Callable[..., nn.Mod
         return LoadedCheckpoint(source, model, bundle, state, bundle.method)
     method = get_method(bundle.method, **bundle.method_config)
     if method.needs_feedback and not bundle.feedback:
-        raise FeedbackError(
-            f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
-            "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
-            "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l"
-        )
+        raise FeedbackError(f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
+                            "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
+                            "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l")
     shape = bundle.arch_config.get("input_shape") or input_shape
     classes = bundle.arch_config.get("num_classes") or num_classes
     if shape is None or classes is None:
-        raise CheckpointError(
-            f"{source}: neither the bundle's arch_config nor the caller gives input_shape and "
-            "num_classes, which the method's feedback matrices are checked against"
-        )
+        raise CheckpointError(f"{source}: neither the bundle's arch_config nor the caller gives input_shape and "
+                              "num_classes, which the method's feedback matrices are checked against")
     state = method.restore(model, state, classes, shape)
     return LoadedCheckpoint(source, model, bundle, state, bundle.method)
 

@@ -136,10 +136,8 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
     missing = sorted({"name", "config", "preprocessing"} - set(spec))
     extra = sorted(set(spec) - _SPEC_KEYS)
     if missing or extra:
-        raise DataError(
-            f"malformed data spec: missing keys {missing}, unexpected keys {extra}; "
-            f"a spec has the keys {sorted(_SPEC_KEYS)} as written by load_dataset"
-        )
+        raise DataError(f"malformed data spec: missing keys {missing}, unexpected keys {extra}; "
+                        f"a spec has the keys {sorted(_SPEC_KEYS)} as written by load_dataset")
     name, config, preprocessing = spec["name"], spec["config"], spec["preprocessing"]
     if not isinstance(config, Mapping) or not isinstance(preprocessing, Mapping):
         raise DataError("malformed data spec: 'config' and 'preprocessing' must be dicts")
@@ -157,10 +155,8 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
     _check_config(name, config)  # before the call: a key 'name' or 'root' would clash with its arguments
     dataset = load_dataset(name, root=root, **config)
     if _jsonable(preprocessing) != _jsonable(dataset.spec["preprocessing"]):
-        raise DataError(
-            f"the spec asks for preprocessing {dict(preprocessing)} but this version of pytest_fa "
-            f"produces {dataset.spec['preprocessing']} for {name!r}; the data cannot be rebuilt exactly"
-        )
+        raise DataError(f"the spec asks for preprocessing {dict(preprocessing)} but this version of pytest_fa "
+                        f"produces {dataset.spec['preprocessing']} for {name!r}; the data cannot be rebuilt exactly")
     return dataset
 
 
@@ -322,10 +318,8 @@ def _check_labels(name: str, split: str, labels: torch.Tensor, images: torch.Ten
     if len(labels) == 0:
         raise DataError(f"{name} {split} split is empty")
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
-        raise DataError(
-            f"{name} {split} labels lie in [{int(labels.min())}, {int(labels.max())}], "
-            f"outside [0, {classes - 1}]; the files are not {name}"
-        )
+        raise DataError(f"{name} {split} labels lie in [{int(labels.min())}, {int(labels.max())}], "
+                        f"outside [0, {classes - 1}]; the files are not {name}")
 
 
 def _read_idx(path: pathlib.Path, ndim: int) -> torch.Tensor:
@@ -338,10 +332,8 @@ def _read_idx(path: pathlib.Path, ndim: int) -> torch.Tensor:
         shape = np.frombuffer(data, ">u4", count=ndim, offset=4)
         return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape))
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise DataError(
-            f"cannot read Fashion-MNIST from {path}: {exc}; the idx files are corrupt or not Fashion-MNIST "
-            f"(re-install them, or pass {setting('data_root')} with the right files)"
-        ) from exc
+        raise DataError(f"cannot read Fashion-MNIST from {path}: {exc}; the idx files are corrupt or not Fashion-MNIST "
+                        f"(re-install them, or pass {setting('data_root')} with the right files)") from exc
 
 
 def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) -> Dataset:
@@ -352,11 +344,9 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
         candidates = [f / name for f in (base / "FashionMNIST" / "raw", base) for name in (stem, f"{stem}.gz")]
         found[stem] = next((path for path in candidates if path.is_file()), None)
     if None in found.values():
-        raise DataError(
-            f"Fashion-MNIST not found in {base} (looked for {', '.join(FASHION_MNIST_FILES)}, "
-            "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
-            f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}"
-        )
+        raise DataError(f"Fashion-MNIST not found in {base} (looked for {', '.join(FASHION_MNIST_FILES)}, "
+                        "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
+                        f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}")
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         limit = config[f"limit_{split}"]
@@ -375,10 +365,8 @@ def _unpickle_cifar(path: pathlib.Path) -> Any:
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) in _CIFAR_GLOBALS:
                 return super().find_class(module, name)
-            raise DataError(
-                f"{path} is not a CIFAR batch: its pickle asks for {module}.{name}, which no CIFAR "
-                "batch holds; it was refused before anything in it ran; do not trust this file"
-            )
+            raise DataError(f"{path} is not a CIFAR batch: its pickle asks for {module}.{name}, which no CIFAR "
+                            "batch holds; it was refused before anything in it ran; do not trust this file")
 
     with open(path, "rb") as handle:
         return Unpickler(handle, encoding="latin1").load()
@@ -398,19 +386,15 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     _check_limit(config)
     folder, classes, batches, meta, meta_key = CIFAR_FILES[name]
     if root is None:
-        raise DataError(
-            f"{name} needs a data root: pass {setting('data_root', f'<folder containing {folder}>')} "
-            "(nothing is downloaded)"
-        )
+        raise DataError(f"{name} needs a data root: pass {setting('data_root', f'<folder containing {folder}>')} "
+                        "(nothing is downloaded)")
     base = pathlib.Path(root).expanduser()
     if base.name == folder and not (base / folder).is_dir():
         base = base.parent
     missing = [f for f in [*batches["train"], *batches["test"], meta] if not (base / folder / f).is_file()]
     if missing:
-        raise DataError(
-            f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
-            f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)"
-        )
+        raise DataError(f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
+                        f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)")
     try:
         num_names = len(_unpickle_cifar(base / folder / meta)[meta_key])
         read = {split: _read_cifar(base / folder, filenames) for split, filenames in batches.items()}
