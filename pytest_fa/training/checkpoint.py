@@ -309,22 +309,18 @@ def load_checkpoint(path: str | os.PathLike, factory: str | Callable[..., nn.Mod
                     num_classes: int | None = None, allow_unknown_method: bool = False,
                     adapt: Callable[[nn.Module], nn.Module] | None = None,
                     contents: dict[str, Any] | Bundle | None = None) -> LoadedCheckpoint:
-    """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
-
-    ``input_shape``/``num_classes`` (of the data) serve where the arch_config lacks them;
-    ``allow_unknown_method`` accepts a method pytest-fa does not know (the caller gives its
-    credit); ``adapt`` wraps the model once its weights are in; ``contents`` is what the file
-    holds when it was read already (:func:`read_checkpoint`, or its :class:`Bundle`).
-    """
+    """Load a bundle or, with ``factory``, a plain state dict, and validate both fully. ``input_shape``/
+    ``num_classes`` (of the data) serve where the arch_config lacks them; ``allow_unknown_method`` accepts a
+    method pytest-fa does not know (the caller gives its credit); ``adapt`` wraps the model once its weights
+    are in; ``contents``: what the file holds, when read already (:func:`read_checkpoint`, or its :class:`Bundle`)."""
     source = str(path)
     contents = read_checkpoint(path) if contents is None else contents
     make = import_factory(factory) if isinstance(factory, str) else factory
     if not isinstance(contents, Bundle) and not is_bundle(contents):
         if make is None:
-            raise CheckpointError(
-                f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
-                f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
-            )
+            raise CheckpointError(f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
+                                  f"pass {setting('model', 'package.module:build')} (a callable returning the "
+                                  "untrained model)")
         model = load_weights(_call_factory(make, {}, source), contents, source)
         return LoadedCheckpoint(source, adapt(model) if adapt else model, None, MethodState(), None)
 
