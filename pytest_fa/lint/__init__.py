@@ -1,23 +1,21 @@
-"""The source-level evaluation pitfalls as a flake8 plugin: ``flake8 --select=FA,E9 src/`` or
-``pytest --fa-lint=src/``. One walk over the ``ast`` of a file; torch is never imported. Each code
-is the ``lint_code`` of its pitfall in :data:`pytest_fa.pitfalls.PITFALLS`:
+"""The source-level evaluation pitfalls as a flake8 plugin (``flake8 --select=FA,E9 src/`` or
+``pytest --fa-lint=src/``): one walk over a file's ``ast``, torch never imported. Each code is the
+``lint_code`` of its pitfall in :data:`pytest_fa.pitfalls.PITFALLS`:
 
-- ``FA001``: a norm (``t.norm``, ``torch.norm``, ``torch.linalg.norm``/``vector_norm``) given a numeric
-  literal as its positional order and no ``dim``: the norm of the whole flattened tensor.
-- ``FA002``: a cosine (``F.cosine_similarity``, ``torch.cosine_similarity``, ``nn.CosineSimilarity``)
-  with no ``eps`` given on a gradient-like argument.
-- ``FA003``: a float16 cast of a gradient-like receiver, or a float16 autocast (``with`` or decorator)
-  around ``torch.autograd.grad``/``backward`` or a ``.backward(...)``.
-- ``FA004``: a cosine (``cosine_per_sample`` too) whose two arguments have known batch origins that do
-  not meet.
+- ``FA001``: a norm (``t.norm``, ``torch.norm``, ``torch.linalg.norm``/``vector_norm``) given a numeric literal
+  as its positional order and no ``dim``: the norm of the whole flattened tensor.
+- ``FA002``: a cosine (``F.cosine_similarity``, ``torch.cosine_similarity``, ``nn.CosineSimilarity``) with no
+  ``eps`` given on a gradient-like argument.
+- ``FA003``: a float16 cast of a gradient-like receiver, or a float16 autocast (``with`` or decorator) around
+  ``torch.autograd.grad``/``backward`` or a ``.backward(...)``.
+- ``FA004``: a cosine (``cosine_per_sample`` too) whose two arguments come from known batches that do not meet.
 
-Gradient-like: an expression that mentions a name or attribute containing ``grad`` (not the autograd
-switches such as ``requires_grad``), or a variable assigned one earlier in the scope. Batch origins
-flow forward through the assignments of one function: a loop over a batch source (``loader``,
-``batches``, ``dl``, ...) gives its targets one origin, shared by loops over the same source unless it
-shuffles; ``next(it)`` is a new batch at every call site; ``batches[0]`` and ``batches[1]`` are two.
+Gradient-like: mentions a name or attribute containing ``grad`` (not autograd switches such as ``requires_grad``),
+or a variable assigned one earlier in the scope. Batch origins flow forward through one function's assignments:
+a loop over a batch source (``loader``, ``batches``, ``dl``, ...) is one batch, shared by loops over the same
+source unless it shuffles; each ``next(it)`` call site is a new batch; ``batches[0]`` and ``batches[1]`` are two.
 An assignment replaces a variable's origins in straight-line code and adds to them under a branch.
-flake8's ``# noqa: FA00N`` on the finding's line silences it.
+``# noqa: FA00N`` on the finding's line silences it.
 """
 
 from __future__ import annotations
@@ -96,12 +94,10 @@ def _params(args: ast.arguments) -> set[str]:
 def _grad_like(node: ast.AST, taint: set[str]) -> str | None:
     """The fragment that makes ``node`` gradient-like, or None."""
     for sub in ast.walk(node):
-        if isinstance(sub, ast.Name):
-            if sub.id in taint or ("grad" in sub.id.lower() and sub.id.lower() not in _GRAD_SWITCHES):
-                return sub.id
-        elif isinstance(sub, ast.Attribute):
-            if "grad" in sub.attr.lower() and sub.attr.lower() not in _GRAD_SWITCHES:
-                return _short(sub)
+        if isinstance(sub, (ast.Name, ast.Attribute)):
+            word = (sub.id if isinstance(sub, ast.Name) else sub.attr).lower()
+            if "grad" in word and word not in _GRAD_SWITCHES:
+                return sub.id if isinstance(sub, ast.Name) else _short(sub)
             if _dotted(sub) in taint:
                 return _dotted(sub)
     return None
@@ -169,24 +165,11 @@ def _is_next(node: ast.AST) -> bool:
                 and inner.func.attr in _MODEL_ITERATORS)
 
 
-def _next_key(call: ast.Call, env: Env) -> tuple:
-    """``next(it)`` advances an iterator: every call site is another batch. ``next(iter(X))``
-    starts afresh: the first batch of X again, unless X is known to shuffle."""
-    arg = call.args[0]
-    if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "iter" and len(arg.args) == 1:
-        source = _dotted(arg.args[0])
-        if source is not None and source not in env.shuffled:
-            return ("first", source)
-    return ("next", call.lineno, call.col_offset)
-
-
-def _loop_key(iterable: ast.AST, env: Env) -> tuple:
-    """Loops over the same named source visit the same batches in the same order (unless it
-    shuffles); any other loop is a batch source of its own."""
-    source = _dotted(_unwrapped(iterable))
-    if source is not None and source not in env.shuffled:
-        return ("for", source)
-    return ("for", iterable.lineno, iterable.col_offset)
+def _batch_key(kind: str, source: ast.AST | None, site: ast.AST, env: Env) -> tuple:
+    """Reading a named ``source`` afresh (a loop over it, ``next(iter(X))``) gives the same batches
+    each time unless it shuffles; any other read is a batch of its own at ``site``."""
+    name = None if source is None else _dotted(source)
+    return (kind, name) if name is not None and name not in env.shuffled else (kind, site.lineno, site.col_offset)
 
 
 @dataclass(frozen=True)
@@ -321,12 +304,11 @@ class Checker(ast.NodeVisitor):
                 eps, gradient = self.cosine_module(sub.value), _grad_like(sub.value, set()) is not None
                 for target in sub.targets if isinstance(sub, ast.Assign) else [sub.target]:
                     for leaf in ast.walk(target):
-                        if not (isinstance(leaf, ast.Attribute) and _dotted(leaf.value) == "self"):
-                            continue
-                        if eps is not None:
-                            inner.cosines[f"self.{leaf.attr}"] = eps
-                        if gradient:
-                            inner.taint.add(f"self.{leaf.attr}")
+                        if isinstance(leaf, ast.Attribute) and _dotted(leaf.value) == "self":
+                            if eps is not None:
+                                inner.cosines[f"self.{leaf.attr}"] = eps
+                            if gradient:
+                                inner.taint.add(f"self.{leaf.attr}")
         self.block(node.body, True, inner)
 
     def visit_Assign(self, node: ast.Assign) -> None:
@@ -399,9 +381,7 @@ class Checker(ast.NodeVisitor):
     def visit_Lambda(self, node: ast.Lambda) -> None:
         for default in [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]:
             self.visit(default)
-        saved, self.env = self.env, self.env.inner(_params(node.args))
-        self.visit(node.body)
-        self.env = saved
+        self.block([node.body], True, self.env.inner(_params(node.args)))
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)
@@ -441,12 +421,8 @@ class Checker(ast.NodeVisitor):
         if not isinstance(func, ast.Attribute) or self.qualname(func.value) is not None:
             return
         dtype = "dtype" in kwargs and self.is_fp16(kwargs["dtype"])
-        if func.attr == "half":
-            casts = not args
-        elif func.attr == "to":
-            casts = any(self.is_fp16(a) for a in args) or dtype
-        else:
-            casts = func.attr == "type" and (bool(args and self.is_fp16(args[0])) or dtype)
+        casts = {"half": not args, "to": dtype or any(self.is_fp16(a) for a in args),
+                 "type": dtype or bool(args and self.is_fp16(args[0]))}.get(func.attr, False)
         fragment = _grad_like(func.value, self.env.taint) if casts else None
         if fragment is not None:
             self.report("FA003", call, (
@@ -550,8 +526,11 @@ class Checker(ast.NodeVisitor):
             return env.origins.get(node.id, EMPTY)
         if isinstance(node, ast.Attribute):
             return env.origins.get(_dotted(node), EMPTY) | self.origins(node.value, env)
-        if _is_next(node):
-            return frozenset({Origin(_next_key(node, env), f"`{_short(node)}` at line {node.lineno}")}).union(
+        if _is_next(node):  # next(it) advances: every call site is another batch; next(iter(X)) starts afresh
+            arg = node.args[0]
+            fresh = isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "iter"
+            key = _batch_key("next", arg.args[0] if fresh and len(arg.args) == 1 else None, node, env)
+            return frozenset({Origin(key, f"`{_short(node)}` at line {node.lineno}")}).union(
                 *(self.origins(child, env) for child in ast.iter_child_nodes(node)))
         if isinstance(node, ast.Subscript):
             inner, dotted, index = self.origins(node.value, env), _dotted(node.value), node.slice
@@ -600,7 +579,7 @@ class Checker(ast.NodeVisitor):
         if extra is None:
             extra = EMPTY
             if not self.origins(iterable, env) and _batch_source(iterable):
-                extra = frozenset({Origin(_loop_key(iterable, env),
+                extra = frozenset({Origin(_batch_key("for", _unwrapped(iterable), iterable, env),
                                           f"the loop over `{_short(iterable)}` at line {iterable.lineno}")})
         name = iterable.func.id if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) else None
         if isinstance(target, (ast.Tuple, ast.List)) and name in ("zip", "enumerate") and not _has_splat(iterable):

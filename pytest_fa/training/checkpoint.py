@@ -64,22 +64,16 @@ class Bundle:
     def from_payload(cls, payload: dict[str, Any], source: str = "bundle") -> Bundle:
         version = payload.get("format_version")
         if isinstance(version, bool) or not isinstance(version, (int, type(None))):
-            raise CheckpointError(
-                f"{source} records format_version={version!r} (a {type(version).__name__}); the format "
-                f"version must be the integer {FORMAT_VERSION}. {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"format_version={version!r} (a {type(version).__name__})",
+                           f"the format version must be the integer {FORMAT_VERSION}")
         if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{source} has bundle format version {version!r}; this pytest-fa reads version "
-                f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle"
-            )
+            raise CheckpointError(f"{source} has bundle format version {version!r}; this pytest-fa reads version "
+                                  f"{FORMAT_VERSION}. Upgrade pytest-fa or re-save the bundle")
         required = ("arch", "state_dict", "method", "data")
         missing = [k for k in required if k not in payload]
         if missing:
-            raise CheckpointError(
-                f"{source} is a pytest-fa bundle without {missing}; re-save it with "
-                "pytest_fa.training.checkpoint.save_bundle"
-            )
+            raise CheckpointError(f"{source} is a pytest-fa bundle without {missing}; re-save it with "
+                                  "pytest_fa.training.checkpoint.save_bundle")
         _check_types(payload, source)
         _check_record(payload, source)
         records = {k: dict(payload.get(k) or {}) for k in ("arch_config", "method_config", "aux", "recipe", "metrics")}
@@ -94,29 +88,21 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
     string keys at every level (the data spec all JSON), feedback a list, the seed one torch takes."""
     for name in ("arch", "method"):
         if not isinstance(payload[name], str):
-            raise CheckpointError(
-                f"{source} records {name}={payload[name]!r}; {name} is a name (a string). {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"{name}={payload[name]!r}", f"{name} is a name (a string)")
     for name in ("arch_config", "method_config", "data", "recipe", "aux"):
         value = payload.get(name)
         if value is None and name != "data":
             continue
         if not isinstance(value, dict):
-            raise CheckpointError(
-                f"{source} records {name} of type {type(value).__name__}; {name} is a dict. {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"{name} of type {type(value).__name__}", f"{name} is a dict")
         found = _not_json(value, keys_only=name != "data")
         if found is not None:
             holds = "JSON (dicts with string keys, lists, strings, numbers)" if name == "data" else "string keys"
-            raise CheckpointError(
-                f"{source} records {name} with the {found[0]} {found[1]!r}; {name} holds {holds}. {_RESAVE_BUNDLE}"
-            )
+            raise _refused(source, f"{name} with the {found[0]} {found[1]!r}", f"{name} holds {holds}")
     feedback = payload.get("feedback")
     if feedback is not None and not isinstance(feedback, (list, tuple)):
-        raise CheckpointError(
-            f"{source} records feedback of type {type(feedback).__name__}; feedback is a list of "
-            f"tensors, one per hidden state. {_RESAVE_BUNDLE}"
-        )
+        raise _refused(source, f"feedback of type {type(feedback).__name__}",
+                       "feedback is a list of tensors, one per hidden state")
     for index, b in enumerate(feedback or ()):
         if isinstance(b, torch.Tensor) and b.is_complex():
             raise FeedbackError(
@@ -125,10 +111,12 @@ def _check_types(payload: dict[str, Any], source: str) -> None:
             )
     seed = payload.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64 - 1):
-        raise CheckpointError(
-            f"{source} records seed={seed!r}; a seed is a whole number torch can seed with, in "
-            f"[-2**63, 2**64 - 1). {_RESAVE_BUNDLE}"
-        )
+        raise _refused(source, f"seed={seed!r}", "a seed is a whole number torch can seed with, in [-2**63, 2**64 - 1)")
+
+
+def _refused(source: str, what: str, rule: str) -> CheckpointError:
+    """The error for a bundle field of the wrong type: what ``source`` records and the rule it breaks."""
+    return CheckpointError(f"{source} records {what}; {rule}. {_RESAVE_BUNDLE}")
 
 
 def _not_json(value: Any, keys_only: bool) -> tuple[str, Any] | None:
@@ -149,10 +137,8 @@ def _check_record(payload: dict[str, Any], source: str) -> None:
     ``epochs`` ≤ ``metrics.planned_epochs``, the accuracy a fraction."""
     metrics = payload.get("metrics") or {}
     if not isinstance(metrics, dict):
-        raise CheckpointError(
-            f"{source} records metrics of type {type(metrics).__name__}; metrics is a dict (test_acc, "
-            f"planned_epochs, history). {_RESAVE_BUNDLE}"
-        )
+        raise _refused(source, f"metrics of type {type(metrics).__name__}",
+                       "metrics is a dict (test_acc, planned_epochs, history)")
     epochs = payload.get("epochs")
     planned = metrics.get("planned_epochs")
     for name, value in (("epochs", epochs), ("metrics.planned_epochs", planned)):
@@ -166,10 +152,8 @@ def _check_record(payload: dict[str, Any], source: str) -> None:
         )
     acc = metrics.get("test_acc")
     if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):  # NaN too
-        raise CheckpointError(
-            f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
-            "bundle with the measured accuracy"
-        )
+        raise CheckpointError(f"{source} records test_acc={acc!r}; an accuracy is a fraction in [0, 1]. Re-save the "
+                              "bundle with the measured accuracy")
 
 
 def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
@@ -181,10 +165,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
     try:
         torch.load(buffer, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"the bundle holds an object that weights_only loading refuses ({exc}); store only "
-            "tensors, numbers, strings, lists and dicts"
-        ) from exc
+        raise CheckpointError(f"the bundle holds an object that weights_only loading refuses ({exc}); store only "
+                              "tensors, numbers, strings, lists and dicts") from exc
     write_atomically(path, buffer.getvalue())
     return path
 
@@ -213,10 +195,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"to load (unsafe), which pytest-fa refuses. {_RESAVE}"
         ) from exc
     except Exception as exc:  # torch raises many types on a damaged file
-        raise CheckpointError(
-            f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): "
-            "the file is corrupt or truncated, or not a torch checkpoint at all"
-        ) from exc
+        raise CheckpointError(f"{path} is not a checkpoint pytest-fa can read safely ({_torch_reason(exc)}): "
+                              "the file is corrupt or truncated, or not a torch checkpoint at all") from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}; expected a pytest-fa bundle or a state dict")
     return payload
@@ -242,10 +222,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     """Read a pytest-fa bundle; a plain state dict is an error here."""
     payload = read_checkpoint(path)
     if not is_bundle(payload):
-        raise CheckpointError(
-            f"{path} is not a pytest-fa bundle (no 'format' key); for a plain state dict pass "
-            f"{setting('model', 'package.module:build')} so pytest-fa can construct the model"
-        )
+        raise CheckpointError(f"{path} is not a pytest-fa bundle (no 'format' key); for a plain state dict pass "
+                              f"{setting('model', 'package.module:build')} so pytest-fa can construct the model")
     return Bundle.from_payload(payload, source=str(path))
 
 
@@ -331,22 +309,18 @@ def load_checkpoint(path: str | os.PathLike, factory: str | Callable[..., nn.Mod
                     num_classes: int | None = None, allow_unknown_method: bool = False,
                     adapt: Callable[[nn.Module], nn.Module] | None = None,
                     contents: dict[str, Any] | Bundle | None = None) -> LoadedCheckpoint:
-    """Load a bundle or, with ``factory``, a plain state dict, and validate both fully.
-
-    ``input_shape``/``num_classes`` (of the data) serve where the arch_config lacks them;
-    ``allow_unknown_method`` accepts a method pytest-fa does not know (the caller gives its
-    credit); ``adapt`` wraps the model once its weights are in; ``contents`` is what the file
-    holds when it was read already (:func:`read_checkpoint`, or its :class:`Bundle`).
-    """
+    """Load a bundle or, with ``factory``, a plain state dict, and validate both fully. ``input_shape``/
+    ``num_classes`` (of the data) serve where the arch_config lacks them; ``allow_unknown_method`` accepts a
+    method pytest-fa does not know (the caller gives its credit); ``adapt`` wraps the model once its weights
+    are in; ``contents``: what the file holds, when read already (:func:`read_checkpoint`, or its :class:`Bundle`)."""
     source = str(path)
     contents = read_checkpoint(path) if contents is None else contents
     make = import_factory(factory) if isinstance(factory, str) else factory
     if not isinstance(contents, Bundle) and not is_bundle(contents):
         if make is None:
-            raise CheckpointError(
-                f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
-                f"pass {setting('model', 'package.module:build')} (a callable returning the untrained model)"
-            )
+            raise CheckpointError(f"{source} is a plain state dict; pytest-fa needs the architecture to rebuild it: "
+                                  f"pass {setting('model', 'package.module:build')} (a callable returning the "
+                                  "untrained model)")
         model = load_weights(_call_factory(make, {}, source), contents, source)
         return LoadedCheckpoint(source, adapt(model) if adapt else model, None, MethodState(), None)
 
@@ -368,18 +342,14 @@ def load_checkpoint(path: str | os.PathLike, factory: str | Callable[..., nn.Mod
         return LoadedCheckpoint(source, model, bundle, state, bundle.method)
     method = get_method(bundle.method, **bundle.method_config)
     if method.needs_feedback and not bundle.feedback:
-        raise FeedbackError(
-            f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
-            "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
-            "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l"
-        )
+        raise FeedbackError(f"{source}: method {bundle.method!r} trains with fixed feedback matrices but the "
+                            "bundle carries none, so its credit cannot be rebuilt and any Γ would silently "
+                            "fall back to cos(BP, BP) = 1. Re-save the bundle with the training B_l")
     shape = bundle.arch_config.get("input_shape") or input_shape
     classes = bundle.arch_config.get("num_classes") or num_classes
     if shape is None or classes is None:
-        raise CheckpointError(
-            f"{source}: neither the bundle's arch_config nor the caller gives input_shape and "
-            "num_classes, which the method's feedback matrices are checked against"
-        )
+        raise CheckpointError(f"{source}: neither the bundle's arch_config nor the caller gives input_shape and "
+                              "num_classes, which the method's feedback matrices are checked against")
     state = method.restore(model, state, classes, shape)
     return LoadedCheckpoint(source, model, bundle, state, bundle.method)
 

@@ -34,20 +34,16 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 )
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
-CIFAR_STATS = {
+IMAGE_STATS = {  # per-channel (mean, std)
+    "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
-# the batch files of each split, and the meta file with its key of class names, as the archives hold them
+# folder, classes, the batch files of each split, the meta file and its key of class names, as the archives hold them
 CIFAR_FILES = {
-    "cifar10": (
-        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "batches.meta", "label_names"
-    ),
-    "cifar100": ({"train": ["train"], "test": ["test"]}, "meta", "fine_label_names"),
+    "cifar10": ("cifar-10-batches-py", 10, {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+                "batches.meta", "label_names"),
+    "cifar100": ("cifar-100-python", 100, {"train": ["train"], "test": ["test"]}, "meta", "fine_label_names"),
 }
 # The only globals a CIFAR batch pickle holds: numpy's array and dtype rebuilders, under
 # numpy 1's module names (the official Python 2 files) and numpy 2's (copies re-pickled
@@ -60,9 +56,7 @@ _CIFAR_GLOBALS = frozenset({
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist1d": {"num_samples": 60000, "seed": 42},
-    "fashion-mnist": {"limit_train": None, "limit_test": None},
-    "cifar10": {"limit_train": None, "limit_test": None},
-    "cifar100": {"limit_train": None, "limit_test": None},
+    **dict.fromkeys(("fashion-mnist", "cifar10", "cifar100"), {"limit_train": None, "limit_test": None}),
     "synthetic": {
         "num_samples": 20000, "d_in": 32, "num_classes": 10, "teacher_width": 64, "seed": 0, "train_split": 0.8
     },
@@ -89,20 +83,16 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with the four tensors on ``device``."""
-        return dataclasses.replace(
-            self, x_train=self.x_train.to(device), y_train=self.y_train.to(device), x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device), spec=copy.deepcopy(self.spec),
-        )
+        tensors = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        return dataclasses.replace(self, **tensors, spec=copy.deepcopy(self.spec))
 
 
 def cache_dir() -> pathlib.Path:
     """``$PYTEST_FA_CACHE``, else ``$XDG_CACHE_HOME/pytest-fa``, else ``~/.cache/pytest-fa``."""
     if os.environ.get("PYTEST_FA_CACHE"):
         path = pathlib.Path(os.environ["PYTEST_FA_CACHE"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        path = pathlib.Path(os.environ["XDG_CACHE_HOME"]) / "pytest-fa"
     else:
-        path = pathlib.Path.home() / ".cache" / "pytest-fa"
+        path = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "pytest-fa"
     path = path.expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -146,10 +136,8 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
     missing = sorted({"name", "config", "preprocessing"} - set(spec))
     extra = sorted(set(spec) - _SPEC_KEYS)
     if missing or extra:
-        raise DataError(
-            f"malformed data spec: missing keys {missing}, unexpected keys {extra}; "
-            f"a spec has the keys {sorted(_SPEC_KEYS)} as written by load_dataset"
-        )
+        raise DataError(f"malformed data spec: missing keys {missing}, unexpected keys {extra}; "
+                        f"a spec has the keys {sorted(_SPEC_KEYS)} as written by load_dataset")
     name, config, preprocessing = spec["name"], spec["config"], spec["preprocessing"]
     if not isinstance(config, Mapping) or not isinstance(preprocessing, Mapping):
         raise DataError("malformed data spec: 'config' and 'preprocessing' must be dicts")
@@ -167,10 +155,8 @@ def dataset_from_spec(spec: Mapping[str, Any], *, root: str | os.PathLike | None
     _check_config(name, config)  # before the call: a key 'name' or 'root' would clash with its arguments
     dataset = load_dataset(name, root=root, **config)
     if _jsonable(preprocessing) != _jsonable(dataset.spec["preprocessing"]):
-        raise DataError(
-            f"the spec asks for preprocessing {dict(preprocessing)} but this version of pytest_fa "
-            f"produces {dataset.spec['preprocessing']} for {name!r}; the data cannot be rebuilt exactly"
-        )
+        raise DataError(f"the spec asks for preprocessing {dict(preprocessing)} but this version of pytest_fa "
+                        f"produces {dataset.spec['preprocessing']} for {name!r}; the data cannot be rebuilt exactly")
     return dataset
 
 
@@ -252,16 +238,15 @@ def _read_mnist1d_cache(path: pathlib.Path, chosen: dict[str, int]) -> dict[str,
     try:
         cached = torch.load(path, map_location="cpu", weights_only=True)
         args = json.loads(cached["args"])
-        if (
+        valid = (
             set(cached) == {*_MNIST1D_DTYPES, "args"}
             and all(isinstance(cached[k], torch.Tensor) and cached[k].dtype == d for k, d in _MNIST1D_DTYPES.items())
             and "final_seq_length" in args
             and all(args[k] == v for k, v in chosen.items())
-        ):
-            return cached
+        )
     except Exception:  # missing or damaged: generated again
-        pass
-    return None
+        return None
+    return cached if valid else None
 
 
 def _generate_mnist1d(chosen: dict[str, int]) -> dict[str, Any]:
@@ -311,9 +296,20 @@ def _load_synthetic(config: dict[str, Any]) -> Dataset:
 # Image data sets, read from their files
 
 
-def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def _image_dataset(name: str, label: str, config: dict[str, Any], base: pathlib.Path,
+                   splits: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: int) -> Dataset:
+    """The (N, C, H, W) uint8 images of each split scaled to [0, 1] and standardised by
+    :data:`IMAGE_STATS`, once its labels are checked."""
+    mean, std = IMAGE_STATS[name]
     mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
-    return ((images.to(torch.float32) / 255.0) - mean_t) / std_t
+    tensors = {}
+    for split, (images, labels) in splits.items():
+        _check_labels(label, split, labels, images, classes)
+        tensors[f"x_{split}"] = ((images.to(torch.float32) / 255.0) - mean_t) / std_t
+        tensors[f"y_{split}"] = labels.to(torch.int64)
+    preprocessing = {"divide_by": 255, "mean": list(mean), "std": list(std)}
+    spec = _make_spec(name, config, preprocessing, str(base.absolute()))
+    return Dataset(name, **tensors, num_classes=classes, input_shape=tuple(images.shape[1:]), spec=spec)
 
 
 def _check_labels(name: str, split: str, labels: torch.Tensor, images: torch.Tensor, classes: int) -> None:
@@ -322,10 +318,8 @@ def _check_labels(name: str, split: str, labels: torch.Tensor, images: torch.Ten
     if len(labels) == 0:
         raise DataError(f"{name} {split} split is empty")
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
-        raise DataError(
-            f"{name} {split} labels lie in [{int(labels.min())}, {int(labels.max())}], "
-            f"outside [0, {classes - 1}]; the files are not {name}"
-        )
+        raise DataError(f"{name} {split} labels lie in [{int(labels.min())}, {int(labels.max())}], "
+                        f"outside [0, {classes - 1}]; the files are not {name}")
 
 
 def _read_idx(path: pathlib.Path, ndim: int) -> torch.Tensor:
@@ -338,10 +332,8 @@ def _read_idx(path: pathlib.Path, ndim: int) -> torch.Tensor:
         shape = np.frombuffer(data, ">u4", count=ndim, offset=4)
         return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape))
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise DataError(
-            f"cannot read Fashion-MNIST from {path}: {exc}; the idx files are corrupt or not Fashion-MNIST "
-            f"(re-install them, or pass {setting('data_root')} with the right files)"
-        ) from exc
+        raise DataError(f"cannot read Fashion-MNIST from {path}: {exc}; the idx files are corrupt or not Fashion-MNIST "
+                        f"(re-install them, or pass {setting('data_root')} with the right files)") from exc
 
 
 def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) -> Dataset:
@@ -352,25 +344,18 @@ def _load_fashion_mnist(config: dict[str, Any], root: str | os.PathLike | None) 
         candidates = [f / name for f in (base / "FashionMNIST" / "raw", base) for name in (stem, f"{stem}.gz")]
         found[stem] = next((path for path in candidates if path.is_file()), None)
     if None in found.values():
-        raise DataError(
-            f"Fashion-MNIST not found in {base} (looked for {', '.join(FASHION_MNIST_FILES)}, "
-            "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
-            f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}"
-        )
-    tensors = {}
+        raise DataError(f"Fashion-MNIST not found in {base} (looked for {', '.join(FASHION_MNIST_FILES)}, "
+                        "plain or .gz, there or under FashionMNIST/raw); run `apt-get install "
+                        f"dataset-fashion-mnist` or pass {setting('data_root', '<folder with the idx files>')}")
+    splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         limit = config[f"limit_{split}"]
         images = _read_idx(found[f"{prefix}-images-idx3-ubyte"], 3)[:limit]
         labels = _read_idx(found[f"{prefix}-labels-idx1-ubyte"], 1)[:limit]
         if tuple(images.shape[1:]) != (28, 28):
             raise DataError(f"Fashion-MNIST {split} images have shape {tuple(images.shape)}, not (N, 28, 28)")
-        _check_labels("Fashion-MNIST", split, labels, images, 10)
-        tensors[f"x_{split}"] = _normalise(images.unsqueeze(1), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        tensors[f"y_{split}"] = labels.to(torch.int64)
-
-    preprocessing = {"divide_by": 255, "mean": list(FASHION_MNIST_MEAN), "std": list(FASHION_MNIST_STD)}
-    spec = _make_spec("fashion-mnist", config, preprocessing, str(base.absolute()))
-    return Dataset("fashion-mnist", **tensors, num_classes=10, input_shape=(1, 28, 28), spec=spec)
+        splits[split] = images.unsqueeze(1), labels
+    return _image_dataset("fashion-mnist", "Fashion-MNIST", config, base, splits, 10)
 
 
 def _unpickle_cifar(path: pathlib.Path) -> Any:
@@ -380,10 +365,8 @@ def _unpickle_cifar(path: pathlib.Path) -> Any:
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) in _CIFAR_GLOBALS:
                 return super().find_class(module, name)
-            raise DataError(
-                f"{path} is not a CIFAR batch: its pickle asks for {module}.{name}, which no CIFAR "
-                "batch holds; it was refused before anything in it ran; do not trust this file"
-            )
+            raise DataError(f"{path} is not a CIFAR batch: its pickle asks for {module}.{name}, which no CIFAR "
+                            "batch holds; it was refused before anything in it ran; do not trust this file")
 
     with open(path, "rb") as handle:
         return Unpickler(handle, encoding="latin1").load()
@@ -401,22 +384,17 @@ def _read_cifar(folder: pathlib.Path, filenames: list[str]) -> tuple[np.ndarray,
 
 def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | None) -> Dataset:
     _check_limit(config)
-    folder = CIFAR_FOLDERS[name]
+    folder, classes, batches, meta, meta_key = CIFAR_FILES[name]
     if root is None:
-        raise DataError(
-            f"{name} needs a data root: pass {setting('data_root', f'<folder containing {folder}>')} "
-            "(nothing is downloaded)"
-        )
+        raise DataError(f"{name} needs a data root: pass {setting('data_root', f'<folder containing {folder}>')} "
+                        "(nothing is downloaded)")
     base = pathlib.Path(root).expanduser()
     if base.name == folder and not (base / folder).is_dir():
         base = base.parent
-    batches, meta, meta_key = CIFAR_FILES[name]
     missing = [f for f in [*batches["train"], *batches["test"], meta] if not (base / folder / f).is_file()]
     if missing:
-        raise DataError(
-            f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
-            f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)"
-        )
+        raise DataError(f"{name} not found: {base / folder} lacks {', '.join(missing)}; pass "
+                        f"{setting('data_root', f'<folder containing {folder}>')} (nothing is downloaded)")
     try:
         num_names = len(_unpickle_cifar(base / folder / meta)[meta_key])
         read = {split: _read_cifar(base / folder, filenames) for split, filenames in batches.items()}
@@ -425,21 +403,12 @@ def _load_cifar(name: str, config: dict[str, Any], root: str | os.PathLike | Non
     except Exception as exc:
         raise DataError(f"cannot read {name} from {base / folder}: {exc}") from exc
 
-    classes = CIFAR_CLASSES[name]
     if num_names != classes:
         raise DataError(f"{base / folder} names {num_names} classes, not {classes}; is it {name}?")
-    mean, std = CIFAR_STATS[name]
-    tensors = {}
+    splits = {}
     for split, (images, labels) in read.items():
         limit = config[f"limit_{split}"]
         if images.dtype != np.uint8:
             raise DataError(f"{name} {split} images are {images.dtype}, not uint8; the files are not {name}")
-        images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
-        labels = torch.from_numpy(labels[:limit])
-        _check_labels(name, split, labels, images, classes)
-        tensors[f"x_{split}"] = _normalise(images, mean, std)
-        tensors[f"y_{split}"] = labels
-
-    preprocessing = {"divide_by": 255, "mean": list(mean), "std": list(std)}
-    spec = _make_spec(name, config, preprocessing, str(base.absolute()))
-    return Dataset(name, **tensors, num_classes=classes, input_shape=(3, 32, 32), spec=spec)
+        splits[split] = torch.from_numpy(np.ascontiguousarray(images[:limit])), torch.from_numpy(labels[:limit])
+    return _image_dataset(name, name, config, base, splits, classes)
