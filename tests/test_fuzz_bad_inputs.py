@@ -461,7 +461,7 @@ class OptionsConfig:
     def __init__(self, cli: dict[str, Any], ini: dict[str, Any], inipath: Path) -> None:
         self.cli, self.ini, self.inipath = cli, ini, inipath
         self.stash = pytest.Stash()
-        self.pluginmanager = SimpleNamespace(register=lambda plugin, name=None: None)
+        self.pluginmanager = SimpleNamespace(register=lambda plugin, name=None: None, getplugin=lambda name: None)
         self.args_source, self.args = pytest.Config.ArgsSource.ARGS, []
 
     def getoption(self, dest: str) -> Any:

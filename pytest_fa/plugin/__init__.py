@@ -229,6 +229,8 @@ def _drop_idle_hypothesis_summary(config: pytest.Config) -> None:
     """Unregister hypothesis's pytest plugin when nothing in the session imported hypothesis: its
     terminal summary would import all of it (about 0.45× an ``import torch``, benchmarks/RESULTS.md)
     to report what only a session that imported it can have."""
+    if "hypothesis" in sys.modules:
+        return
     plugin = config.pluginmanager.get_plugin("hypothesispytest")
-    if plugin is not None and "hypothesis" not in sys.modules:
+    if plugin is not None:
         config.pluginmanager.unregister(plugin)
