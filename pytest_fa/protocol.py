@@ -378,7 +378,8 @@ class ProtocolRunner:
     def _ablation(self, run: CheckpointRun, model: nn.Module) -> Ablation:
         """Each block removed and reset, on the test split of the headline accuracy."""
         init_state, why = self.initial_state(run)
-        return block_ablation(model, run.data.x_test, run.data.y_test, init_state=init_state, reset_unavailable=why)
+        return block_ablation(model, run.data.x_test, run.data.y_test, init_state=init_state, reset_unavailable=why,
+                              accuracy=run.headline_acc)
 
 
 def _configuration(bundle: Bundle | None, data_spec: dict[str, Any]) -> str | None:

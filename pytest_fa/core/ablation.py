@@ -17,6 +17,7 @@ from torch import nn
 from pytest_fa.core import interface
 from pytest_fa.errors import FAError
 
+
 @dataclass
 class BlockAblation:
     """Block ``block`` (writes ``h_{block+1}``): the drops in pp, or None with the status saying why."""
@@ -43,21 +44,13 @@ class _ShapeChange(Exception):
     """A block whose output shape differs from its input: its removal is not defined."""
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -> float:
-    """Top-1 accuracy in chunks, as the headline is measured."""
-    correct = 0
-    for start in range(0, len(x), chunk):
-        logits = model(x[start:start + chunk])
-        correct += int((logits.argmax(-1) == y[start:start + chunk]).sum())
-    return correct / len(x)
-
-
 def block_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, init_state: dict[str, Any] | None = None,
-                   reset_unavailable: str = "no initial weights given (init_state)", chunk: int = 4096) -> Ablation:
+                   reset_unavailable: str = "no initial weights given (init_state)",
+                   accuracy: float | None = None) -> Ablation:
     """Per block, the drops removed and reset to ``init_state`` (the model's, or the adapted model's inner,
     ``state_dict()`` at initialisation; without it ``not available: reset_unavailable``) on ``(x, y)`` in eval
-    mode. A block that changes the shape cannot be removed; the model is restored exactly, also on error."""
+    mode; ``accuracy``: the model's own on ``(x, y)`` when already measured. A block that changes the shape
+    cannot be removed; the model is restored exactly, also on error."""
     try:
         blocks = list(interface.blocks(model))
         if not blocks:
@@ -66,11 +59,11 @@ def block_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, init_s
     except FAError as exc:
         return Ablation(None, len(y), f"not defined: the blocks cannot be found ({exc})")
     with interface.eval_mode(model):
-        acc = _accuracy(model, x, y, chunk)
+        acc = interface.accuracy(model, x, y) if accuracy is None else accuracy
         rows = []
         for index, block in enumerate(blocks):
-            removed, removed_status = _removed(model, block, mode, x, y, chunk)
-            reset, reset_status = _reset(model, block, init_state, reset_unavailable, x, y, chunk)
+            removed, removed_status = _removed(model, block, mode, x, y)
+            reset, reset_status = _reset(model, block, init_state, reset_unavailable, x, y)
             rows.append(BlockAblation(
                 index, None if removed is None else 100.0 * (acc - removed), removed_status,
                 None if reset is None else 100.0 * (acc - reset), reset_status,
@@ -89,7 +82,7 @@ def _block_output(model: nn.Module, x: torch.Tensor) -> str:
     return model._mode
 
 
-def _removed(model, block, mode, x, y, chunk) -> tuple[float | None, str]:
+def _removed(model, block, mode, x, y) -> tuple[float | None, str]:
     """The accuracy with ``block``'s output replaced so that ``h_{l+1} = h_l``."""
 
     def remove(module, args, output):
@@ -101,14 +94,14 @@ def _removed(model, block, mode, x, y, chunk) -> tuple[float | None, str]:
 
     handle = block.register_forward_hook(remove)
     try:
-        return _accuracy(model, x, y, chunk), "ok"
+        return interface.accuracy(model, x, y), "ok"
     except _ShapeChange as exc:
         return None, f"not defined: the block {exc}, so h_{{l+1}} = h_l is not a state of the model"
     finally:
         handle.remove()
 
 
-def _reset(model, block, init_state, unavailable, x, y, chunk) -> tuple[float | None, str]:
+def _reset(model, block, init_state, unavailable, x, y) -> tuple[float | None, str]:
     """The accuracy with ``block`` at its entries of ``init_state`` (keyed as ``model``'s, or the adapted
     model's inner one); the trained weights copied back after."""
     if init_state is None:
@@ -124,6 +117,6 @@ def _reset(model, block, init_state, unavailable, x, y, chunk) -> tuple[float | 
                       f"{type(block).__name__}")
     try:
         block.load_state_dict(initial)
-        return _accuracy(model, x, y, chunk), "ok"
+        return interface.accuracy(model, x, y), "ok"
     finally:
         block.load_state_dict(trained)

@@ -184,6 +184,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
+    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after, also on an error."""
+    import torch
+
+    correct = 0
+    with torch.no_grad(), eval_mode(model):
+        for start in range(0, len(x), chunk):
+            correct += int((model(x[start : start + chunk]).argmax(-1) == y[start : start + chunk]).sum())
+    return correct / len(x)
+
+
 def block_weights(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> list[torch.nn.Parameter]:
     """Parameters of the blocks (``modules``, by default :func:`blocks`) but their normalisation
     layers': what the frozen-blocks baseline holds at their initial values."""

@@ -48,7 +48,7 @@ class HtmlExtras:
         out = [extras.html(f'<p class="fa-verdict">pytest-fa verdict on {escape(checkpoint)}: '
                            f"<strong>{escape(as_flags(protocol.verdict))}</strong></p>")]
         if checkpoint not in self.shown:
-            from pytest_fa.core.markdown import layer_table
+            from pytest_fa.core.report import layer_table
             from pytest_fa.core.plot import report_png
 
             self.shown.add(checkpoint)

@@ -6,12 +6,11 @@ Hugging Face Trainer step it from a callback: ``training.lightning``, ``training
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import importlib
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pytest_fa.core import diagnostics as D
-from pytest_fa.core.interface import eval_mode
+from pytest_fa.core.interface import accuracy
 from pytest_fa.core.settings import SettingError, resolve_device
 from pytest_fa.errors import FAError, as_flags
 from pytest_fa.training.checkpoint import Bundle, save_bundle
@@ -62,16 +62,6 @@ class TrainResult:
     state: MethodState
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
-    """Top-1 accuracy in eval mode, in chunks; each submodule's own mode is restored after, also on an error."""
-    correct = 0
-    with eval_mode(model):
-        for start in range(0, len(x), chunk):
-            correct += int((model(x[start : start + chunk]).argmax(-1) == y[start : start + chunk]).sum())
-    return correct / len(x)
 
 
 def train(data: Dataset, method: str | Method = "dfa", *, arch: str = "resmlp",
